@@ -1,0 +1,55 @@
+//! # cache-layer
+//!
+//! Read-through caching on Redis for Rust services, with two front doors over one engine:
+//!
+//! - [`CacheLayer`]: a Tower middleware that caches whole HTTP responses (coming in the HTTP issue);
+//! - [`cached`]: an attribute macro that turns an `async fn` into a read-through cached call.
+//!
+//! Both share one [`Cache`]: a Redis connection pool (or the embedded in-memory store when no Redis
+//! is configured), an optional in-process L1 tier, single-flight loading, a circuit breaker that
+//! sends every caller to the source when Redis is slow or down, and metrics.
+//!
+//! ```
+//! use std::time::Duration;
+//! use cache_layer::{Cache, Policy};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), cache_layer::Error> {
+//! // No Redis configured: the embedded in-memory store. Use `.redis(url)` for Redis.
+//! let cache = Cache::builder().namespace("shop").local(10_000).build()?;
+//! let policy = Policy::ttl(Duration::from_secs(300)).tags(["product:42"]);
+//!
+//! let name: String = cache
+//!     .get_or_fetch("product:42", &policy, || async { "espresso machine".to_string() })
+//!     .await;
+//! assert_eq!(name, "espresso machine");
+//! assert_eq!(cache.get::<String>("product:42").await?, Some(name));
+//! # Ok(()) }
+//! ```
+#![deny(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+mod breaker;
+mod cache;
+mod envelope;
+mod error;
+mod keys;
+mod local;
+mod metrics;
+mod policy;
+mod stampede;
+pub mod store;
+mod tags;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use breaker::{BreakerConfig, BreakerState};
+pub use cache::{install, Cache, CacheBuilder};
+pub use envelope::Codec;
+pub use error::Error;
+pub use metrics::Stats;
+pub use policy::{Policy, Stampede};
+
+pub use cache_macros::{cached, invalidate};

@@ -1,0 +1,158 @@
+//! [`CacheBuilder`]: configures and builds a [`Cache`].
+
+use std::{sync::Arc, time::Duration};
+
+use super::{Cache, Inner};
+use crate::{
+    breaker::Breaker,
+    keys::KeySpace,
+    local::LocalTier,
+    metrics::Counters,
+    stampede::flight::Flights,
+    store::{Backend, MemoryStore, RedisStore, RedisStoreConfig},
+    BreakerConfig, Codec, Error,
+};
+
+/// Builds a [`Cache`]. Obtain one with [`Cache::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_layer::Cache;
+///
+/// // Succeeds even though nothing listens on port 1: connections are made lazily and a dead
+/// // Redis only opens the circuit breaker.
+/// let cache = Cache::builder()
+///     .redis("redis://127.0.0.1:1")
+///     .namespace("shop")
+///     .local(10_000)
+///     .op_timeout(Duration::from_millis(100))
+///     .build()?;
+/// # Ok::<(), cache_layer::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct CacheBuilder {
+    redis_url: Option<String>,
+    namespace: String,
+    name: Option<String>,
+    local_entries: Option<u64>,
+    redis: RedisStoreConfig,
+    breaker: BreakerConfig,
+    codec: Codec,
+    memory_max_bytes: u64,
+}
+
+impl Default for CacheBuilder {
+    fn default() -> Self {
+        CacheBuilder {
+            redis_url: None,
+            namespace: "cache".to_owned(),
+            name: None,
+            local_entries: None,
+            redis: RedisStoreConfig::default(),
+            breaker: BreakerConfig::default(),
+            codec: Codec::default(),
+            memory_max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+impl CacheBuilder {
+    /// Use the Redis at `url` (`redis://[user:password@]host:port[/db]`). Without this the cache
+    /// uses the embedded in-memory store.
+    pub fn redis(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = Some(url.into());
+        self
+    }
+
+    /// Key prefix for every Redis key of this cache (default `"cache"`). Appears verbatim in keys.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Name used in metrics labels and logs (default: the namespace).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Adds an in-process L1 tier holding at most `max_entries` decoded values.
+    pub fn local(mut self, max_entries: u64) -> Self {
+        self.local_entries = Some(max_entries);
+        self
+    }
+
+    /// Timeout of each Redis command (default 250 ms). A timed-out command counts as a failure for
+    /// the breaker and the caller falls back to the source.
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.redis.op_timeout = timeout;
+        self
+    }
+
+    /// Longest wait for a pooled connection, including connecting (default 250 ms).
+    pub fn checkout_timeout(mut self, timeout: Duration) -> Self {
+        self.redis.checkout_timeout = timeout;
+        self
+    }
+
+    /// Timeout for establishing a connection (default 250 ms).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.redis.connect_timeout = timeout;
+        self
+    }
+
+    /// Number of multiplexed Redis connections (default 4; each carries many concurrent commands).
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.redis.pool_size = size;
+        self
+    }
+
+    /// Circuit-breaker settings.
+    pub fn breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = config;
+        self
+    }
+
+    /// Default payload codec (MessagePack unless changed).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Size bound of the embedded in-memory store, when no Redis is configured (default 256 MiB).
+    pub fn memory_max_bytes(mut self, bytes: u64) -> Self {
+        self.memory_max_bytes = bytes;
+        self
+    }
+
+    /// Builds the cache. Never connects: fails only on invalid configuration (bad URL or namespace).
+    pub fn build(self) -> Result<Cache, Error> {
+        let keys = KeySpace::new(&self.namespace)?;
+        let store = match &self.redis_url {
+            Some(url) => Backend::Redis(RedisStore::new(url, self.redis.clone())?),
+            None => Backend::Memory(MemoryStore::new(self.memory_max_bytes)),
+        };
+        let name = self.name.unwrap_or_else(|| self.namespace.clone());
+        let counters = Arc::new(Counters::new(&name));
+        let hook_counters = counters.clone();
+        let breaker = Breaker::new(
+            self.breaker,
+            Some(Arc::new(move |to| hook_counters.breaker_transition(to))),
+        );
+        Ok(Cache {
+            inner: Arc::new(Inner {
+                name,
+                keys,
+                store,
+                local: self.local_entries.map(LocalTier::new),
+                breaker,
+                flights: Arc::new(Flights::default()),
+                counters,
+                codec: self.codec,
+                corrupt_logged: Default::default(),
+                tag_clock: Default::default(),
+            }),
+        })
+    }
+}

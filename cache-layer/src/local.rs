@@ -1,0 +1,76 @@
+//! The optional in-process L1 tier (moka), in front of the store.
+//!
+//! Entries hold the decoded value (`Arc<dyn Any>`), so an L1 hit costs one moka lookup, a downcast
+//! and a clone of the value: no Redis call, no decoding. Entries are keyed by the user key (the tier
+//! belongs to one cache, so the namespace is implied) and expire at their hard expiry.
+
+use std::{
+    any::Any,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use moka::{sync::Cache as MokaCache, Expiry};
+
+use crate::envelope::Timing;
+
+/// One decoded value in L1.
+#[derive(Clone)]
+pub(crate) struct LocalEntry {
+    pub(crate) value: Arc<dyn Any + Send + Sync>,
+    pub(crate) timing: Timing,
+    pub(crate) tags: Arc<[String]>,
+    /// When this copy stops being trusted (hard expiry, or sooner while the bus is down).
+    pub(crate) expires_at: Instant,
+}
+
+struct UntilExpiry;
+
+impl Expiry<Arc<str>, LocalEntry> for UntilExpiry {
+    fn expire_after_create(&self, _: &Arc<str>, e: &LocalEntry, now: Instant) -> Option<Duration> {
+        Some(e.expires_at.saturating_duration_since(now))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Arc<str>,
+        e: &LocalEntry,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(e.expires_at.saturating_duration_since(now))
+    }
+}
+
+/// Bounded L1 tier.
+#[derive(Clone)]
+pub(crate) struct LocalTier {
+    entries: MokaCache<Arc<str>, LocalEntry>,
+}
+
+impl LocalTier {
+    pub(crate) fn new(max_entries: u64) -> Self {
+        LocalTier {
+            entries: MokaCache::builder()
+                .max_capacity(max_entries)
+                .expire_after(UntilExpiry)
+                .build(),
+        }
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<LocalEntry> {
+        self.entries.get(key)
+    }
+
+    pub(crate) fn insert(&self, key: &str, entry: LocalEntry) {
+        self.entries.insert(Arc::from(key), entry);
+    }
+
+    pub(crate) fn remove(&self, key: &str) {
+        self.entries.invalidate(key);
+    }
+
+    pub(crate) fn clear(&self) {
+        self.entries.invalidate_all();
+    }
+}
