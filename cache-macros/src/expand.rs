@@ -1,0 +1,931 @@
+//! Code generation for `#[cached]` and `#[invalidate]`.
+//!
+//! A `#[cached]` fn `get` becomes:
+//!
+//! - `get`: resolves the cache, builds the key and the policy, and calls the engine with a loader
+//!   that runs the body; with no cache it runs the body directly;
+//! - `get_uncached`: the original fn, renamed (the body lives here, once);
+//! - `get_refresh`: runs the body and stores its result;
+//! - `get_invalidate`: drops the entry of the given arguments.
+//!
+//! With `companions = false` (needed in trait impls, which cannot have extra methods) the body is
+//! inlined into the loader instead. Everything generated calls `<crate>::__private::*` only, with
+//! fully qualified `::core` paths, and names its locals `__cache_*`.
+
+use std::collections::HashSet;
+
+use proc_macro2::{Ident, Span, TokenStream, TokenTree};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
+use syn::spanned::Spanned;
+use syn::{
+    AttrStyle, Attribute, FnArg, GenericArgument, GenericParam, Generics, ItemFn, Pat, PathArguments,
+    Receiver, ReturnType, Type, WherePredicate,
+};
+
+use crate::attr::{self, push_error, Args, Macro};
+use crate::template::Template;
+
+/// Entry point of `#[cached]`.
+pub(crate) fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand(Macro::Cached, args, item)
+}
+
+/// Entry point of `#[invalidate]`.
+pub(crate) fn invalidate(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand(Macro::Invalidate, args, item)
+}
+
+fn expand(mac: Macro, args: TokenStream, item: TokenStream) -> TokenStream {
+    let func: ItemFn = match syn::parse2(item.clone()) {
+        Ok(func) => func,
+        Err(e) => {
+            let msg = format!(
+                "{} goes on an `async fn` with a body (a free fn, or a method in an `impl` \
+                 block): {e}",
+                mac.name()
+            );
+            let err = syn::Error::new(e.span(), msg).to_compile_error();
+            return quote!(#item #err);
+        }
+    };
+    let mut errors = None;
+    let args = match attr::parse(mac, args) {
+        Ok(args) => Some(args),
+        Err(e) => {
+            push_error(&mut errors, e);
+            None
+        }
+    };
+    let info = analyze(mac, &func, args.as_ref(), &mut errors);
+    match (errors, args) {
+        (None, Some(args)) => match mac {
+            Macro::Cached => expand_cached(&func, &args, &info),
+            Macro::Invalidate => expand_invalidate(&func, &args, &info),
+        },
+        (Some(errors), _) => {
+            let errors = errors.to_compile_error();
+            quote!(#item #errors)
+        }
+        (None, None) => item,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Analysis of the fn.
+// ---------------------------------------------------------------------------------------------
+
+/// One typed argument of the fn.
+struct Arg {
+    /// Name of the argument in generated signatures: the user's ident, or `__cache_argN` when the
+    /// pattern is not a plain ident.
+    binding: Ident,
+    /// The name templates and `skip` refer to (`None` for destructuring patterns).
+    name: Option<Ident>,
+    /// The original pattern (`mut x`, `(a, b)`, ...).
+    pat: Pat,
+    /// Whether the original pattern differs from `binding` (then inlined bodies rebind it).
+    rebind: bool,
+    ty: Type,
+    attrs: Vec<Attribute>,
+    skipped: bool,
+}
+
+/// What the return type says about caching.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Shape {
+    /// `T`: cached as is (also `Option<T>` with `none = true`).
+    Plain,
+    /// `Option<T>`: `Some` cached.
+    Option,
+    /// `Result<T, E>`: `Ok` cached (also `Result<Option<T>, E>` with `none = true`).
+    Result,
+    /// `Result<Option<T>, E>`: `Ok(Some)` cached.
+    ResultOption,
+}
+
+struct Info {
+    receiver: Option<Receiver>,
+    args: Vec<Arg>,
+    ret: Option<Type>,
+    shape: Shape,
+    /// The loader can be `'static` (free fn, owned argument types): background refresh possible.
+    is_static: bool,
+}
+
+fn analyze(mac: Macro, func: &ItemFn, args: Option<&Args>, errors: &mut Option<syn::Error>) -> Info {
+    let sig = &func.sig;
+    if sig.asyncness.is_none() {
+        push_error(
+            errors,
+            syn::Error::new(
+                sig.fn_token.span,
+                format!(
+                    "{} only works on an `async fn`: add `async` (the cache is asynchronous)",
+                    mac.name()
+                ),
+            ),
+        );
+    }
+    let receiver = sig.receiver().cloned();
+    let mut out_args = Vec::new();
+    for (i, input) in sig.inputs.iter().enumerate() {
+        let FnArg::Typed(pat_type) = input else { continue };
+        let (binding, name, rebind) = match &*pat_type.pat {
+            Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => {
+                (p.ident.clone(), Some(p.ident.clone()), p.mutability.is_some())
+            }
+            _ => (format_ident!("__cache_arg{}", i), None, true),
+        };
+        out_args.push(Arg {
+            binding,
+            name,
+            pat: (*pat_type.pat).clone(),
+            rebind,
+            ty: (*pat_type.ty).clone(),
+            attrs: pat_type.attrs.clone(),
+            skipped: false,
+        });
+    }
+
+    let ret = match &sig.output {
+        ReturnType::Type(_, ty) if !is_unit(ty) => Some((**ty).clone()),
+        _ => None,
+    };
+    let none = args.and_then(|a| a.none.as_ref());
+    let shape = match ret.as_ref().map(classify) {
+        Some(Classified::Option) if none.is_some_and(|n| n.value) => Shape::Plain,
+        Some(Classified::Option) => Shape::Option,
+        Some(Classified::ResultOption) if none.is_some_and(|n| n.value) => Shape::Result,
+        Some(Classified::ResultOption) => Shape::ResultOption,
+        Some(Classified::Result) => Shape::Result,
+        Some(Classified::Plain) | None => Shape::Plain,
+    };
+
+    if mac == Macro::Cached {
+        match &ret {
+            None => push_error(
+                errors,
+                syn::Error::new(
+                    match &sig.output {
+                        ReturnType::Type(arrow, _) => arrow.spans[0],
+                        ReturnType::Default => sig.ident.span(),
+                    },
+                    format!(
+                        "#[cached] needs a return type: `{}` returns `()`, so there is nothing to \
+                         cache (use #[invalidate] for fns that write)",
+                        sig.ident
+                    ),
+                ),
+            ),
+            Some(ty) if contains_impl(ty.to_token_stream()) => push_error(
+                errors,
+                syn::Error::new_spanned(
+                    ty,
+                    "#[cached] cannot store an `impl Trait` return type: name the concrete type",
+                ),
+            ),
+            Some(_) => {}
+        }
+        if let Some(none) = none {
+            let is_optional = ret.as_ref().map(classify);
+            if !matches!(is_optional, Some(Classified::Option | Classified::ResultOption)) {
+                push_error(
+                    errors,
+                    syn::Error::new(
+                        none.span,
+                        "`none` only applies to fns returning `Option<T>` or `Result<Option<T>, E>`",
+                    ),
+                );
+            }
+        }
+    }
+
+    let mut info = Info { receiver, args: out_args, ret, shape, is_static: false };
+    if let Some(args) = args {
+        check_args(mac, func, args, &mut info, errors);
+    }
+    info.is_static = info.receiver.is_none()
+        && !func.sig.generics.params.iter().any(|p| !matches!(p, GenericParam::Const(_)))
+        && info.args.iter().all(|a| !borrows(a.ty.to_token_stream()));
+    info
+}
+
+/// Checks `skip` and the templates against the arguments, and marks the skipped arguments.
+fn check_args(mac: Macro, func: &ItemFn, args: &Args, info: &mut Info, errors: &mut Option<syn::Error>) {
+    let names: Vec<String> = info.args.iter().filter_map(|a| a.name.as_ref()).map(Ident::to_string).collect();
+    let available = || {
+        let mut list: Vec<String> = Vec::new();
+        if info.receiver.is_some() {
+            list.push("`self`".to_owned());
+        }
+        list.extend(names.iter().map(|n| format!("`{n}`")));
+        if list.is_empty() {
+            "the fn has no named arguments".to_owned()
+        } else {
+            format!("arguments: {}", list.join(", "))
+        }
+    };
+
+    for ident in &args.skip {
+        let name = ident.to_string();
+        if name == "self" {
+            push_error(errors, syn::Error::new(ident.span(), "`self` is never part of the default key; no need to skip it"));
+        } else if let Some(arg) = info.args.iter_mut().find(|a| a.name.as_ref().is_some_and(|n| *n == name)) {
+            arg.skipped = true;
+        } else {
+            push_error(errors, syn::Error::new(ident.span(), format!("`skip` names `{name}`, which is not an argument of `{}`; {}", func.sig.ident, available())));
+        }
+    }
+    if let (Some(span), Some(_)) = (args.skip_span, &args.key) {
+        push_error(errors, syn::Error::new(span, "`skip` only applies to the default key; with `key = \"...\"` the key is exactly the template"));
+    }
+    if mac == Macro::Invalidate && args.tags.is_empty() && args.keys.is_empty() {
+        push_error(errors, syn::Error::new(Span::call_site(), "#[invalidate] needs something to invalidate: give `tags = [...]` and/or `keys = [...]`"));
+    }
+
+    let templates = args.key.iter().chain(&args.tags).chain(&args.keys);
+    for template in templates {
+        for (root, _) in template.placeholders() {
+            let known = if root == "self" { info.receiver.is_some() } else { names.iter().any(|n| n == root) };
+            if !known {
+                push_error(
+                    errors,
+                    syn::Error::new(template.span(), format!("unknown argument `{root}` in template {:?}; {}", template.lit.value(), available())),
+                );
+            }
+        }
+    }
+}
+
+enum Classified {
+    Plain,
+    Option,
+    Result,
+    ResultOption,
+}
+
+/// Looks at the last path segment: `Option<T>`, `Result<T, E>` (also `io::Result<T>` and
+/// aliases named `Result`).
+fn classify(ty: &Type) -> Classified {
+    let ty = strip_parens(ty);
+    let Type::Path(path) = ty else { return Classified::Plain };
+    if path.qself.is_some() {
+        return Classified::Plain;
+    }
+    let Some(last) = path.path.segments.last() else { return Classified::Plain };
+    let first_ty = match &last.arguments {
+        PathArguments::AngleBracketed(a) => a.args.iter().find_map(|g| match g {
+            GenericArgument::Type(t) => Some(t),
+            _ => None,
+        }),
+        _ => None,
+    };
+    match (last.ident.to_string().as_str(), first_ty) {
+        ("Option", Some(_)) => Classified::Option,
+        ("Result", Some(inner)) => match classify(inner) {
+            Classified::Option => Classified::ResultOption,
+            _ => Classified::Result,
+        },
+        _ => Classified::Plain,
+    }
+}
+
+fn strip_parens(ty: &Type) -> &Type {
+    match ty {
+        Type::Paren(p) => strip_parens(&p.elem),
+        Type::Group(g) => strip_parens(&g.elem),
+        other => other,
+    }
+}
+
+fn is_unit(ty: &Type) -> bool {
+    matches!(strip_parens(ty), Type::Tuple(t) if t.elems.is_empty())
+}
+
+/// Whether a type (as tokens) contains `impl`.
+fn contains_impl(tokens: TokenStream) -> bool {
+    tokens.into_iter().any(|tt| match tt {
+        TokenTree::Ident(i) => i == "impl",
+        TokenTree::Group(g) => contains_impl(g.stream()),
+        _ => false,
+    })
+}
+
+/// Whether an argument type may borrow (so the loader cannot be `'static`): references other than
+/// `&'static`, lifetimes other than `'static`, `impl Trait`, `Self`.
+fn borrows(tokens: TokenStream) -> bool {
+    let tts: Vec<TokenTree> = tokens.into_iter().collect();
+    for (i, tt) in tts.iter().enumerate() {
+        match tt {
+            TokenTree::Punct(p) if p.as_char() == '&' => {
+                let is_static = matches!(
+                    (tts.get(i + 1), tts.get(i + 2)),
+                    (Some(TokenTree::Punct(q)), Some(TokenTree::Ident(id))) if q.as_char() == '\'' && id == "static"
+                );
+                if !is_static {
+                    return true;
+                }
+            }
+            TokenTree::Punct(p) if p.as_char() == '\'' => {
+                if !matches!(tts.get(i + 1), Some(TokenTree::Ident(id)) if id == "static") {
+                    return true;
+                }
+            }
+            TokenTree::Ident(id) if id == "impl" || id == "Self" => return true,
+            TokenTree::Group(g) if borrows(g.stream()) => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Every identifier in some tokens.
+fn idents_in(tokens: TokenStream, out: &mut HashSet<String>) {
+    for tt in tokens {
+        match tt {
+            TokenTree::Ident(i) => {
+                out.insert(i.to_string());
+            }
+            TokenTree::Group(g) => idents_in(g.stream(), out),
+            _ => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared pieces.
+// ---------------------------------------------------------------------------------------------
+
+fn private(args: &Args) -> TokenStream {
+    match &args.krate {
+        Some(path) => quote!(#path::__private),
+        None => quote!(::cache_layer::__private),
+    }
+}
+
+/// `static __CACHE_WARN ...; let __cache_handle = resolve(...);`
+fn resolve_cache(p: &TokenStream, args: &Args, fn_name: &Ident) -> TokenStream {
+    let name = fn_name.to_string();
+    let explicit = match &args.cache {
+        Some(expr) => quote_spanned!(expr.span()=> #p::explicit(#expr)),
+        None => quote!(::core::option::Option::None),
+    };
+    quote! {
+        static __CACHE_WARN: #p::WarnOnce = #p::WarnOnce::new();
+        let __cache_handle: ::core::option::Option<#p::Cache> = #p::resolve(
+            #explicit,
+            &__CACHE_WARN,
+            ::core::concat!(::core::module_path!(), "::", #name),
+        );
+    }
+}
+
+/// `format!(..)` of a template, with the placeholders spanned at the template.
+fn render(p: &TokenStream, template: &Template) -> TokenStream {
+    let span = template.span();
+    let fmt = syn::LitStr::new(&template.format_string(), span);
+    let values = template.placeholders().map(|(root, fields)| {
+        let root = if root == "self" {
+            quote_spanned!(span=> self)
+        } else {
+            Ident::new(root, span).into_token_stream()
+        };
+        let fields = fields.iter().map(|f| match f.parse::<u32>() {
+            Ok(index) => syn::Index { index, span }.into_token_stream(),
+            Err(_) => Ident::new(f, span).into_token_stream(),
+        });
+        quote_spanned!(span=> &(#root #(.#fields)*))
+    });
+    quote_spanned!(span=> #p::format!(#fmt #(, #values)*))
+}
+
+/// The type and const params the default key depends on: those named by the key arguments or by
+/// the return type.
+fn key_generics<'a>(generics: &'a Generics, key_args: &[&Arg], ret: Option<&Type>) -> Vec<&'a GenericParam> {
+    let mut named = HashSet::new();
+    for arg in key_args {
+        idents_in(arg.ty.to_token_stream(), &mut named);
+    }
+    if let Some(ret) = ret {
+        idents_in(ret.to_token_stream(), &mut named);
+    }
+    generics
+        .params
+        .iter()
+        .filter(|p| match p {
+            GenericParam::Type(t) => named.contains(&t.ident.to_string()),
+            GenericParam::Const(c) => named.contains(&c.ident.to_string()),
+            GenericParam::Lifetime(_) => false,
+        })
+        .collect()
+}
+
+/// Whether `Self` can be named in the fn (it is a method, or its signature says `Self`).
+fn knows_self(func: &ItemFn, info: &Info) -> bool {
+    let mut idents = HashSet::new();
+    idents_in(func.sig.to_token_stream(), &mut idents);
+    info.receiver.is_some() || idents.contains("Self")
+}
+
+/// The key expression: `Option<String>` (`None` when an argument refused to serialize).
+fn key_expr(p: &TokenStream, func: &ItemFn, args: &Args, info: &Info) -> TokenStream {
+    if let Some(template) = &args.key {
+        let rendered = render(p, template);
+        return quote!(::core::option::Option::Some(#rendered));
+    }
+    let name = func.sig.ident.to_string();
+    let key_args: Vec<&Arg> = info.args.iter().filter(|a| !a.skipped).collect();
+    let generics = key_generics(&func.sig.generics, &key_args, info.ret.as_ref());
+    let generic_parts = generics.iter().map(|g| match g {
+        GenericParam::Type(t) => {
+            let ident = &t.ident;
+            quote!(__cache_kb.type_param(#p::type_name::<#ident>());)
+        }
+        GenericParam::Const(c) => {
+            let ident = &c.ident;
+            quote!(__cache_kb.const_param(#ident);)
+        }
+        GenericParam::Lifetime(_) => quote!(),
+    });
+    let self_part = knows_self(func, info).then(|| quote!(__cache_kb.self_type(#p::type_name::<Self>());));
+    let arg_parts = key_args.iter().map(|arg| {
+        let binding = &arg.binding;
+        let span = arg.name.as_ref().map_or_else(|| arg.ty.span(), Ident::span);
+        quote_spanned!(span=> #p::KeyBuilder::arg(&mut __cache_kb, &#binding);)
+    });
+    quote! {{
+        fn __cache_path() {}
+        let mut __cache_kb = #p::KeyBuilder::new(#p::type_name_of_val(&__cache_path), #name);
+        #self_part
+        #(#generic_parts)*
+        #(#arg_parts)*
+        __cache_kb.finish()
+    }}
+}
+
+fn policy_expr(p: &TokenStream, args: &Args) -> TokenStream {
+    let ttl = args.ttl_ms.as_ref().map_or(300_000, |t| t.value);
+    let mut policy = quote!(#p::Policy::ttl(#p::Duration::from_millis(#ttl)));
+    if !args.tags.is_empty() {
+        let tags = args.tags.iter().map(|t| render(p, t));
+        policy.extend(quote!(.tags([#(#tags),*])));
+    }
+    if let Some(mode) = &args.stampede {
+        let variant = Ident::new(mode.value.variant(), mode.span);
+        policy.extend(quote!(.stampede(#p::Stampede::#variant)));
+    }
+    if let Some(stale) = &args.stale_ms {
+        let ms = stale.value;
+        policy.extend(quote!(.stale(#p::Duration::from_millis(#ms))));
+    }
+    if let Some(jitter) = &args.jitter {
+        let f = jitter.value;
+        policy.extend(quote!(.jitter(#f)));
+    }
+    policy
+}
+
+/// Attributes for the generated fn: inner attributes of the body become outer ones.
+fn outer_attrs(attrs: &[Attribute]) -> Vec<Attribute> {
+    attrs
+        .iter()
+        .cloned()
+        .map(|mut a| {
+            a.style = AttrStyle::Outer;
+            a
+        })
+        .collect()
+}
+
+/// Attributes that also apply to the companions: `cfg` and lint levels.
+fn companion_attrs(attrs: &[Attribute]) -> Vec<&Attribute> {
+    attrs
+        .iter()
+        .filter(|a| matches!(a.style, AttrStyle::Outer))
+        .filter(|a| {
+            let path = a.path();
+            ["cfg", "allow", "warn", "deny", "forbid", "deprecated"].iter().any(|n| path.is_ident(n))
+        })
+        .collect()
+}
+
+/// The main fn's parameters: the receiver, then `binding: Type` per argument.
+fn main_inputs(info: &Info, keep_mut_self: bool) -> TokenStream {
+    let receiver = info.receiver.as_ref().map(|r| {
+        let mut r = r.clone();
+        if !keep_mut_self && matches!(r.kind, syn::ReceiverKind::Value) {
+            r.mutability = None;
+        }
+        quote!(#r,)
+    });
+    let args = info.args.iter().map(|a| {
+        let (attrs, binding, ty) = (&a.attrs, &a.binding, &a.ty);
+        quote!(#(#attrs)* #binding: #ty)
+    });
+    quote!(#receiver #(#args),*)
+}
+
+/// `let <original pattern> = <binding>;` for arguments whose pattern is not a plain ident.
+fn rebinds(info: &Info) -> Vec<TokenStream> {
+    info.args
+        .iter()
+        .filter(|a| a.rebind)
+        .map(|a| {
+            let (pat, binding) = (&a.pat, &a.binding);
+            quote!(let #pat = #binding;)
+        })
+        .collect()
+}
+
+/// A statement that fixes an async block's output type, so `?` and `return` in a moved body infer
+/// as in the original fn (the trick `tracing::instrument` uses).
+fn output_type_hint(ret: Option<&Type>) -> TokenStream {
+    let Some(ret) = ret else { return quote!() };
+    if contains_impl(ret.to_token_stream()) {
+        return quote!();
+    }
+    quote! {
+        #[allow(
+            unknown_lints,
+            unreachable_code,
+            clippy::diverging_sub_expression,
+            clippy::empty_loop,
+            clippy::let_unit_value,
+            clippy::let_with_type_underscore,
+            clippy::needless_return,
+            clippy::unreachable
+        )]
+        if false {
+            let __cache_unreachable: #ret = loop {};
+            return __cache_unreachable;
+        }
+    }
+}
+
+/// Turbofish for calling the `_uncached` fn: type and const params, unless an argument is
+/// `impl Trait` (explicit generic arguments are not allowed then; inference does it).
+fn turbofish(func: &ItemFn, info: &Info) -> TokenStream {
+    if info.args.iter().any(|a| contains_impl(a.ty.to_token_stream())) {
+        return quote!();
+    }
+    let params: Vec<TokenStream> = func
+        .sig
+        .generics
+        .params
+        .iter()
+        .filter_map(|p| match p {
+            GenericParam::Type(t) => Some(t.ident.to_token_stream()),
+            GenericParam::Const(c) => {
+                let ident = &c.ident;
+                Some(quote!({ #ident }))
+            }
+            GenericParam::Lifetime(_) => None,
+        })
+        .collect();
+    if params.is_empty() {
+        quote!()
+    } else {
+        quote!(::<#(#params),*>)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// #[cached]
+// ---------------------------------------------------------------------------------------------
+
+fn expand_cached(func: &ItemFn, args: &Args, info: &Info) -> TokenStream {
+    let p = private(args);
+    let companions = args.companions.as_ref().is_none_or(|c| c.value);
+    let name = &func.sig.ident;
+    let name_str = name.to_string();
+    let vis = &func.vis;
+    let uncached = format_ident!("{}_uncached", name);
+    let bindings: Vec<&Ident> = info.args.iter().map(|a| &a.binding).collect();
+    let fish = turbofish(func, info);
+
+    // How to call the body.
+    let call_body = if info.receiver.is_some() {
+        quote!(Self::#uncached #fish (self, #(#bindings),*))
+    } else {
+        quote!(#uncached #fish (#(#bindings),*))
+    };
+    let loader = if companions {
+        quote!(move || #call_body)
+    } else {
+        let hint = output_type_hint(info.ret.as_ref());
+        let rebinds = rebinds(info);
+        let block = &func.block;
+        quote!(move || async move { #hint #(#rebinds)* #block })
+    };
+
+    let scoped = if info.is_static { "" } else { "_scoped" };
+    let fetch = match info.shape {
+        Shape::Plain => "fetch",
+        Shape::Option => "fetch_some",
+        Shape::Result => "try_fetch",
+        Shape::ResultOption => "try_fetch_some",
+    };
+    let fetch = format_ident!("{}{}", fetch, scoped);
+    let ret_span = info.ret.as_ref().map_or_else(Span::call_site, |r| r.span());
+    let call_engine = quote_spanned!(ret_span=>
+        #p::#fetch(&__cache_handle, &__cache_key, &__cache_policy, __cache_loader).await
+    );
+
+    let resolve = resolve_cache(&p, args, name);
+    let key = key_expr(&p, func, args, info);
+    let policy = policy_expr(&p, args);
+    let mut sig = func.sig.clone();
+    let inputs = main_inputs(info, !companions);
+    sig.inputs = syn::parse_quote!(#inputs);
+    let attrs = outer_attrs(&func.attrs);
+
+    let main = quote! {
+        #(#attrs)*
+        #vis #sig {
+            #resolve
+            let __cache_key: ::core::option::Option<#p::String> = #key;
+            let __cache_policy: #p::Policy = #policy;
+            let __cache_loader = #loader;
+            match (__cache_handle, __cache_key) {
+                (::core::option::Option::Some(__cache_handle), ::core::option::Option::Some(__cache_key)) => {
+                    #call_engine
+                }
+                _ => __cache_loader().await,
+            }
+        }
+    };
+    if !companions {
+        return main;
+    }
+
+    let shared_attrs = companion_attrs(&func.attrs);
+    let what = if info.receiver.is_some() { format!("Self::{name_str}") } else { name_str.clone() };
+
+    // {fn}_uncached: the original fn, renamed.
+    let mut body_fn = func.clone();
+    body_fn.sig.ident = uncached.clone();
+    body_fn.attrs.retain(|a| matches!(a.style, AttrStyle::Inner(_)));
+    let uncached_doc = format!(
+        "The body of [`{what}`], without the cache: always runs, never reads or writes an entry.\n\n\
+         Generated by `#[cached]`."
+    );
+    let uncached_fn = quote! {
+        #[doc = #uncached_doc]
+        #(#shared_attrs)*
+        #body_fn
+    };
+
+    // {fn}_refresh: runs the body and stores the result.
+    let refresh = format_ident!("{}_refresh", name);
+    let mut refresh_sig = func.sig.clone();
+    refresh_sig.ident = refresh;
+    refresh_sig.inputs = syn::parse_quote!(#inputs);
+    let store = format_ident!(
+        "{}",
+        match info.shape {
+            Shape::Plain => "store",
+            Shape::Option => "store_some",
+            Shape::Result => "store_ok",
+            Shape::ResultOption => "store_ok_some",
+        }
+    );
+    let store_call = quote_spanned!(ret_span=>
+        #p::#store(__cache_handle, __cache_key, &__cache_policy, &__cache_out, #name_str).await
+    );
+    let refresh_doc = format!(
+        "Runs the body of [`{what}`] and stores its result as the entry for these arguments \
+         (replacing a cached one), then returns it. What is stored follows the same rules as a \
+         miss: `Err` is never stored; `None` is not stored (and drops the entry) unless \
+         `none = true`.\n\nGenerated by `#[cached]`."
+    );
+    let refresh_fn = quote! {
+        #[doc = #refresh_doc]
+        #[allow(dead_code)]
+        #(#shared_attrs)*
+        #vis #refresh_sig {
+            #resolve
+            let __cache_key: ::core::option::Option<#p::String> = #key;
+            let __cache_policy: #p::Policy = #policy;
+            let __cache_out = #call_body.await;
+            if let (::core::option::Option::Some(__cache_handle), ::core::option::Option::Some(__cache_key)) =
+                (&__cache_handle, &__cache_key)
+            {
+                #store_call;
+            }
+            __cache_out
+        }
+    };
+
+    let invalidate_fn = invalidate_companion(&p, func, args, info, &shared_attrs, &what);
+    quote! {
+        #main
+        #uncached_fn
+        #refresh_fn
+        #invalidate_fn
+    }
+}
+
+/// `{fn}_invalidate(key args..) -> Result<bool, Error>`.
+fn invalidate_companion(
+    p: &TokenStream,
+    func: &ItemFn,
+    args: &Args,
+    info: &Info,
+    shared_attrs: &[&Attribute],
+    what: &str,
+) -> TokenStream {
+    let name = &func.sig.ident;
+    let vis = &func.vis;
+    let ident = format_ident!("{}_invalidate", name);
+
+    // The arguments the key (and the `cache = ...` expression) need.
+    let mut needed = HashSet::new();
+    if let Some(template) = &args.key {
+        needed.extend(template.placeholders().map(|(root, _)| root.to_owned()));
+    }
+    if let Some(expr) = &args.cache {
+        idents_in(expr.to_token_stream(), &mut needed);
+    }
+    let kept: Vec<&Arg> = info
+        .args
+        .iter()
+        .filter(|a| {
+            let named = a.name.as_ref().is_some_and(|n| needed.contains(&n.to_string()));
+            named || (args.key.is_none() && !a.skipped)
+        })
+        .collect();
+
+    // Generic params the kept arguments, the key and the cache expression depend on.
+    let mut mentioned = HashSet::new();
+    for arg in &kept {
+        idents_in(arg.ty.to_token_stream(), &mut mentioned);
+    }
+    if args.key.is_none() {
+        if let Some(ret) = &info.ret {
+            idents_in(ret.to_token_stream(), &mut mentioned);
+        }
+    }
+    if let Some(expr) = &args.cache {
+        idents_in(expr.to_token_stream(), &mut mentioned);
+    }
+    let generics = prune_generics(&func.sig.generics, mentioned);
+    let (_, _, where_clause) = generics.split_for_impl();
+    let params = &generics.params;
+
+    let receiver = info.receiver.as_ref().map(|_| quote!(&self,));
+    let inputs = kept.iter().map(|a| {
+        let (attrs, binding, ty) = (&a.attrs, &a.binding, &a.ty);
+        quote!(#(#attrs)* #binding: #ty)
+    });
+    let resolve = resolve_cache(p, args, &ident);
+    let key = key_expr(p, func, args, info);
+    let doc = format!(
+        "Drops the cached entry of [`{what}`] for these arguments, so the next call loads it \
+         again. Returns whether an entry was removed (`false` also when no cache is installed).\n\n\
+         Generated by `#[cached]`."
+    );
+    quote! {
+        #[doc = #doc]
+        #[allow(dead_code, clippy::extra_unused_type_parameters)]
+        #(#shared_attrs)*
+        #vis async fn #ident <#params> (#receiver #(#inputs),*)
+            -> ::core::result::Result<bool, #p::Error>
+            #where_clause
+        {
+            #resolve
+            let __cache_key: ::core::option::Option<#p::String> = #key;
+            #p::delete(__cache_handle, __cache_key).await
+        }
+    }
+}
+
+/// Keeps the generic params named in `mentioned` (and, transitively, those their bounds name);
+/// lifetimes are always kept. Where-predicates about dropped params are dropped.
+fn prune_generics(generics: &Generics, mut mentioned: HashSet<String>) -> Generics {
+    let param_name = |p: &GenericParam| match p {
+        GenericParam::Type(t) => Some(t.ident.to_string()),
+        GenericParam::Const(c) => Some(c.ident.to_string()),
+        GenericParam::Lifetime(_) => None,
+    };
+    let all: HashSet<String> = generics.params.iter().filter_map(param_name).collect();
+    let predicates: Vec<&WherePredicate> =
+        generics.where_clause.iter().flat_map(|w| w.predicates.iter()).collect();
+    loop {
+        let before = mentioned.len();
+        for param in &generics.params {
+            if param_name(param).is_some_and(|n| mentioned.contains(&n)) {
+                idents_in(param.to_token_stream(), &mut mentioned);
+            }
+        }
+        for predicate in &predicates {
+            let mut names = HashSet::new();
+            idents_in(predicate.to_token_stream(), &mut names);
+            if names.iter().any(|n| all.contains(n) && mentioned.contains(n)) {
+                mentioned.extend(names);
+            }
+        }
+        if mentioned.len() == before {
+            break;
+        }
+    }
+    let mut pruned = generics.clone();
+    pruned.params = generics
+        .params
+        .iter()
+        .filter(|p| param_name(p).is_none_or(|n| mentioned.contains(&n)))
+        .cloned()
+        .collect();
+    if let Some(where_clause) = &mut pruned.where_clause {
+        where_clause.predicates = where_clause
+            .predicates
+            .iter()
+            .filter(|predicate| {
+                let mut names = HashSet::new();
+                idents_in(predicate.to_token_stream(), &mut names);
+                names.iter().all(|n| !all.contains(n) || mentioned.contains(n))
+            })
+            .cloned()
+            .collect();
+    }
+    pruned
+}
+
+// ---------------------------------------------------------------------------------------------
+// #[invalidate]
+// ---------------------------------------------------------------------------------------------
+
+fn expand_invalidate(func: &ItemFn, args: &Args, info: &Info) -> TokenStream {
+    let p = private(args);
+    let name = &func.sig.ident;
+    let name_str = name.to_string();
+    let vis = &func.vis;
+    let sig = &func.sig;
+    let attrs = outer_attrs(&func.attrs);
+    let resolve = resolve_cache(&p, args, name);
+    let tags = args.tags.iter().map(|t| render(&p, t));
+    let keys = args.keys.iter().map(|t| render(&p, t));
+    let hint = output_type_hint(info.ret.as_ref());
+    let block = &func.block;
+    let succeeded = match info.shape {
+        Shape::Result | Shape::ResultOption => {
+            quote!(::core::result::Result::is_ok(&__cache_out))
+        }
+        Shape::Plain | Shape::Option => quote!(true),
+    };
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            #resolve
+            let __cache_tags: ::std::vec::Vec<#p::String> = ::std::vec![#(#tags),*];
+            let __cache_keys: ::std::vec::Vec<#p::String> = ::std::vec![#(#keys),*];
+            let __cache_out = async { #hint #block }.await;
+            if #succeeded {
+                #p::invalidate(__cache_handle, &__cache_tags, &__cache_keys, #name_str).await;
+            }
+            __cache_out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ty(s: &str) -> Type {
+        syn::parse_str(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn classifies_return_types() {
+        assert!(matches!(classify(&ty("Option<u8>")), Classified::Option));
+        assert!(matches!(classify(&ty("std::result::Result<u8, E>")), Classified::Result));
+        assert!(matches!(classify(&ty("io::Result<u8>")), Classified::Result));
+        assert!(matches!(classify(&ty("Result<Option<u8>, E>")), Classified::ResultOption));
+        assert!(matches!(classify(&ty("Vec<Option<u8>>")), Classified::Plain));
+        assert!(matches!(classify(&ty("u8")), Classified::Plain));
+    }
+
+    #[test]
+    fn borrowing_types() {
+        for t in ["&str", "&'a T", "Cow<'_, str>", "impl Display", "Vec<&u8>", "Self"] {
+            assert!(borrows(ty(t).to_token_stream()), "{t}");
+        }
+        for t in ["u64", "String", "&'static str", "Vec<(u8, String)>", "Box<dyn Fn()>"] {
+            assert!(!borrows(ty(t).to_token_stream()), "{t}");
+        }
+    }
+
+    #[test]
+    fn prunes_unused_generics() {
+        let func: ItemFn = syn::parse_str(
+            "async fn f<'a, C: Conn, T: From<U>, U>(c: &'a C, id: T) -> u8 where C: Send, U: Clone {}",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mentioned = ["T".to_owned()].into_iter().collect();
+        let pruned = prune_generics(&func.sig.generics, mentioned);
+        let printed = pruned.to_token_stream().to_string();
+        assert_eq!(printed, "< 'a , T : From < U > , U >");
+        let where_printed = pruned.where_clause.to_token_stream().to_string();
+        assert_eq!(where_printed, "where U : Clone");
+    }
+}
