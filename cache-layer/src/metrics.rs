@@ -3,7 +3,8 @@
 //! Metric names (labels: `cache` = the cache's name; never the key):
 //! `cache_hits_total{tier="l1"|"l2"}`, `cache_misses_total`, `cache_stale_hits_total`,
 //! `cache_loads_total`, `cache_load_errors_total`, `cache_redis_errors_total`,
-//! `cache_corrupt_entries_total`, `cache_coalesced_total`, `cache_breaker_transitions_total{to}`,
+//! `cache_corrupt_entries_total`, `cache_coalesced_total`, `cache_refreshes_total`,
+//! `cache_lock_waits_total`, `cache_lock_timeouts_total`, `cache_breaker_transitions_total{to}`,
 //! histogram `cache_load_seconds`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +52,12 @@ pub struct Stats {
     pub errors: u64,
     /// Stored entries that could not be decoded (treated as misses).
     pub corrupt: u64,
+    /// Background or early refreshes started (stale-while-revalidate, XFetch).
+    pub refreshes: u64,
+    /// Loads that waited for another process's distributed lock (`Stampede::Lock`).
+    pub lock_waits: u64,
+    /// Lock waits that gave up after `lock_wait` and loaded without storing.
+    pub lock_timeouts: u64,
     /// Current circuit-breaker state.
     pub breaker: BreakerState,
     /// Breaker state changes since the cache was built.
@@ -84,6 +91,9 @@ struct Handles {
     coalesced: metrics::Counter,
     redis_errors: metrics::Counter,
     corrupt: metrics::Counter,
+    refreshes: metrics::Counter,
+    lock_waits: metrics::Counter,
+    lock_timeouts: metrics::Counter,
 }
 
 impl Handles {
@@ -99,7 +109,10 @@ impl Handles {
             load_seconds: metrics::histogram!("cache_load_seconds", "cache" => cache.clone()),
             coalesced: metrics::counter!("cache_coalesced_total", "cache" => cache.clone()),
             redis_errors: metrics::counter!("cache_redis_errors_total", "cache" => cache.clone()),
-            corrupt: metrics::counter!("cache_corrupt_entries_total", "cache" => cache),
+            corrupt: metrics::counter!("cache_corrupt_entries_total", "cache" => cache.clone()),
+            refreshes: metrics::counter!("cache_refreshes_total", "cache" => cache.clone()),
+            lock_waits: metrics::counter!("cache_lock_waits_total", "cache" => cache.clone()),
+            lock_timeouts: metrics::counter!("cache_lock_timeouts_total", "cache" => cache),
         }
     }
 }
@@ -117,6 +130,9 @@ pub(crate) struct Counters {
     coalesced: AtomicU64,
     errors: AtomicU64,
     corrupt: AtomicU64,
+    refreshes: AtomicU64,
+    lock_waits: AtomicU64,
+    lock_timeouts: AtomicU64,
 }
 
 impl std::fmt::Debug for Counters {
@@ -147,6 +163,9 @@ impl Counters {
             coalesced: zero(),
             errors: zero(),
             corrupt: zero(),
+            refreshes: zero(),
+            lock_waits: zero(),
+            lock_timeouts: zero(),
         }
     }
 
@@ -187,6 +206,18 @@ impl Counters {
         bump(&self.corrupt, &self.handles.corrupt);
     }
 
+    pub(crate) fn refresh(&self) {
+        bump(&self.refreshes, &self.handles.refreshes);
+    }
+
+    pub(crate) fn lock_wait(&self) {
+        bump(&self.lock_waits, &self.handles.lock_waits);
+    }
+
+    pub(crate) fn lock_timeout(&self) {
+        bump(&self.lock_timeouts, &self.handles.lock_timeouts);
+    }
+
     pub(crate) fn breaker_transition(&self, to: BreakerState) {
         let to = match to {
             BreakerState::Closed => "closed",
@@ -209,6 +240,9 @@ impl Counters {
             coalesced: get(&self.coalesced),
             errors: get(&self.errors),
             corrupt: get(&self.corrupt),
+            refreshes: get(&self.refreshes),
+            lock_waits: get(&self.lock_waits),
+            lock_timeouts: get(&self.lock_timeouts),
             breaker,
             breaker_transitions,
         }

@@ -8,7 +8,7 @@ use crate::{
     keys::KeySpace,
     local::LocalTier,
     metrics::Counters,
-    stampede::flight::Flights,
+    stampede::{flight::Flights, lock::LandedSignals},
     store::{Backend, MemoryStore, RedisStore, RedisStoreConfig},
     BreakerConfig, Codec, Error,
 };
@@ -140,6 +140,11 @@ impl CacheBuilder {
             self.breaker,
             Some(Arc::new(move |to| hook_counters.breaker_transition(to))),
         );
+        let landed = LandedSignals::new(keys.meta("landed"), store.redis_client());
+        let refresh_failures = moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(crate::cache::REFRESH_RETRY_AFTER)
+            .build();
         Ok(Cache {
             inner: Arc::new(Inner {
                 name,
@@ -152,6 +157,8 @@ impl CacheBuilder {
                 codec: self.codec,
                 corrupt_logged: Default::default(),
                 tag_clock: Default::default(),
+                landed,
+                refresh_failures,
             }),
         })
     }

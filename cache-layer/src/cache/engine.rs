@@ -1,51 +1,142 @@
 //! The read-through engine shared by both front doors.
 //!
 //! ```text
-//! lookup: L1 (decoded value) ──► store GET (one round trip) ──► decode ──► fresh? return
-//!    │ miss / stale / corrupt / Redis failing
+//! lookup: L1 (decoded value) ──► store GET (one round trip) ──► decode
+//!    │ fresh ───────────────► return   (Early: maybe start one refresh first)
+//!    │ stale (grace) ───────► return stale, one refresh   (load_timeout: wait up to it first)
+//!    │ miss / corrupt / Redis failing
 //!    ▼
-//! single-flight: leader runs the loader ──► SET PX (hard expiry) + L1 ──► followers get the value
+//! single-flight: leader [Lock: takes the Redis lock or waits for the value to land]
+//!                runs the loader ──► SET PX (hard expiry) + L1 ──► followers get the value
 //! ```
 //!
 //! Two entry points share everything but how the leader runs the loader:
 //! - `'static` loaders ([`Cache::get_or_fetch`]) run in a spawned task, so a cancelled caller does
-//!   not cancel the load: it completes, is stored and reaches the followers.
+//!   not cancel the load, and refreshes (stale-while-revalidate, early refresh) run in the
+//!   background while every caller is answered at once.
 //! - borrowing loaders ([`Cache::get_or_fetch_scoped`], used by the macro for `&self` methods and
-//!   reference arguments) run in the calling task; if that caller is cancelled, a follower takes over.
+//!   reference arguments) run in the calling task: if that caller is cancelled, a follower takes
+//!   over; a refresh runs in the caller that triggered it while the others get the stale value.
 
-use std::{convert::Infallible, future::Future, sync::Arc, time::Instant};
+use std::{
+    convert::Infallible,
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{now_ms, Cache};
 use crate::{
-    envelope::Envelope,
-    stampede::flight::{Join, LeaderGuard, Outcome},
+    envelope::{Envelope, Timing},
+    stampede::{
+        early,
+        flight::{Join, LeaderGuard, Outcome},
+        lock::{self, HeldLock},
+    },
     Policy, Stampede,
 };
 
+/// What the engine can cache: serializable, cloneable, shareable between tasks.
+pub(crate) trait Value:
+    Serialize + DeserializeOwned + Clone + Send + Sync + 'static
+{
+}
+impl<T> Value for T where T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
+
+/// A loader's result plus per-value storage decisions (used by the HTTP layer, whose origin
+/// decides TTL, tags and cacheability per response).
+pub(crate) struct Loaded<T> {
+    pub(crate) value: T,
+    /// Overrides the policy's TTL for this value.
+    pub(crate) ttl: Option<Duration>,
+    /// Tags added to the policy's tags for this value.
+    pub(crate) tags: Vec<String>,
+    /// `false`: return the value to this caller only; never store it nor share it with waiters.
+    pub(crate) cacheable: bool,
+}
+
+impl<T> Loaded<T> {
+    pub(crate) fn cacheable(value: T) -> Self {
+        Loaded {
+            value,
+            ttl: None,
+            tags: Vec::new(),
+            cacheable: true,
+        }
+    }
+}
+
+/// Where a returned value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Fresh, from the in-process L1 tier.
+    LocalHit,
+    /// Fresh, from the store.
+    Hit,
+    /// Past its TTL but within the grace period.
+    Stale,
+    /// Shared from another caller's load (in this process or, with `Lock`, another one).
+    Coalesced,
+    /// Loaded by this caller and stored.
+    Loaded,
+    /// Loaded by this caller and not stored (uncacheable, lock wait timed out, or an
+    /// invalidation raced the load).
+    LoadedUnstored,
+}
+
+/// A value and where it came from.
+pub(crate) struct Fetched<T> {
+    pub(crate) value: T,
+    pub(crate) origin: Origin,
+    /// The entry's timing, when the value is (or would have been) an entry.
+    pub(crate) timing: Option<Timing>,
+}
+
+/// What a flight shares with its followers.
+struct Shared<T> {
+    value: T,
+    timing: Option<Timing>,
+}
+
 /// What one lookup found.
 enum Lookup<T> {
-    Fresh(T),
-    Miss,
+    Fresh {
+        value: T,
+        timing: Timing,
+        local: bool,
+    },
+    Stale {
+        value: T,
+        timing: Timing,
+    },
+    /// Nothing usable; the timing of an expired entry, if one was seen (load-time hint).
+    Miss {
+        hint: Option<Timing>,
+    },
 }
 
 /// How a caller that lost its flight continues.
 enum Next<T> {
-    Done(T),
-    /// The leader's loader failed: run our own loader, uncoalesced.
+    Done(Fetched<T>),
+    /// The leader's loader failed or its value was not shareable: run our own, uncoalesced.
     LoadAlone,
     /// The leader vanished (cancelled or panicked): try to lead or follow again.
     Rejoin,
 }
 
+/// How long a failed refresh of a key keeps further refreshes of it from being attempted.
+pub(crate) const REFRESH_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 impl Cache {
     /// Returns the cached value of `key`, or runs `loader` on a miss, stores its value with
     /// `policy` and returns it.
     ///
-    /// Concurrent misses of one key in this process share one load. When Redis fails (error,
-    /// timeout, breaker open) the loader's value is returned anyway: this never fails because of the
-    /// cache. The loader runs in its own task, so a caller that is cancelled does not cancel it.
+    /// Concurrent misses of one key in this process share one load ([`Stampede`] selects more
+    /// protection). When Redis fails (error, timeout, breaker open) the loader's value is returned
+    /// anyway: this never fails because of the cache. The loader runs in its own task, so a caller
+    /// that is cancelled does not cancel it, and refreshes run in the background.
     ///
     /// ```
     /// use std::{sync::{Arc, atomic::{AtomicUsize, Ordering}}, time::Duration};
@@ -75,15 +166,18 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
     {
-        let infallible = move || async move { Ok::<T, Infallible>(loader().await) };
-        match self.try_get_or_fetch(key, policy, infallible).await {
-            Ok(value) => value,
+        let infallible =
+            move || async move { Ok::<_, Infallible>(Loaded::cacheable(loader().await)) };
+        match self.fetch(key, policy, infallible).await {
+            Ok(fetched) => fetched.value,
             Err(never) => match never {},
         }
     }
 
     /// Like [`get_or_fetch`](Cache::get_or_fetch) for fallible loaders: only `Ok` values are
-    /// cached; an `Err` is returned to its caller and never stored.
+    /// cached; an `Err` is returned to its caller and never stored. With a
+    /// [`stale`](Policy::stale) grace period, a failing refresh keeps serving the stale value
+    /// (stale-if-error) instead of the error.
     ///
     /// ```
     /// use std::time::Duration;
@@ -113,36 +207,18 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
-        if let Lookup::Fresh(value) = self.lookup::<T>(key, true).await {
-            return Ok(value);
-        }
-        loop {
-            let guard = match self.join(key, policy) {
-                None => return self.load_alone(key, policy, loader).await,
-                Some(Join::Leader(guard)) => guard,
-                Some(Join::Follower(follower)) => {
-                    match self.follow::<T>(key, follower.wait().await).await {
-                        Next::Done(value) => return Ok(value),
-                        Next::LoadAlone => return self.load_alone(key, policy, loader).await,
-                        Next::Rejoin => continue,
-                    }
-                }
-            };
-            let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
-            let task = tokio::spawn(async move { cache.lead(guard, &key, &policy, loader).await });
-            return match task.await {
-                Ok(result) => result,
-                Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-                // Only happens while the runtime shuts down, when this caller is going away too.
-                Err(err) => panic!("cache load task did not complete: {err}"),
-            };
-        }
+        let loader = move || async move { loader().await.map(Loaded::cacheable) };
+        self.fetch(key, policy, loader)
+            .await
+            .map(|fetched| fetched.value)
     }
 
     /// Read-through with a loader that may borrow (not `'static`), e.g. from `&self`.
     ///
     /// Same single-flight as [`get_or_fetch`](Cache::get_or_fetch), but the load runs in the calling
     /// task; if that caller is cancelled, one of the waiting callers takes over with its own loader.
+    /// A refresh (stale-while-revalidate, early refresh) runs in the caller that triggered it while
+    /// every other caller gets the stale value.
     ///
     /// ```
     /// use std::time::Duration;
@@ -171,9 +247,10 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
-        let infallible = move || async move { Ok::<T, Infallible>(loader().await) };
-        match self.try_get_or_fetch_scoped(key, policy, infallible).await {
-            Ok(value) => value,
+        let infallible =
+            move || async move { Ok::<_, Infallible>(Loaded::cacheable(loader().await)) };
+        match self.fetch_scoped(key, policy, infallible).await {
+            Ok(fetched) => fetched.value,
             Err(never) => match never {},
         }
     }
@@ -190,17 +267,158 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        if let Lookup::Fresh(value) = self.lookup::<T>(key, true).await {
-            return Ok(value);
-        }
+        let loader = move || async move { loader().await.map(Loaded::cacheable) };
+        self.fetch_scoped(key, policy, loader)
+            .await
+            .map(|fetched| fetched.value)
+    }
+
+    /// The engine behind every `'static` front door: lookup, refresh, single-flight, lock, fill.
+    pub(crate) async fn fetch<T, E, F, Fut>(
+        &self,
+        key: &str,
+        policy: &Policy,
+        loader: F,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Value,
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
+    {
+        let hint = match self.lookup::<T>(key).await {
+            Lookup::Fresh {
+                value,
+                timing,
+                local,
+            } => {
+                if self.early_refresh_due(policy, &timing) {
+                    self.refresh_in_background(key, policy, timing, loader);
+                }
+                let origin = if local { Origin::LocalHit } else { Origin::Hit };
+                return Ok(Fetched {
+                    value,
+                    origin,
+                    timing: Some(timing),
+                });
+            }
+            Lookup::Stale { value, timing } => {
+                let stale = Fetched {
+                    value,
+                    origin: Origin::Stale,
+                    timing: Some(timing),
+                };
+                let Some(soft) = policy.load_timeout else {
+                    self.refresh_in_background(key, policy, timing, loader);
+                    return Ok(stale);
+                };
+                // Give the refresh up to `soft`; it keeps running after we answer stale.
+                let refreshed =
+                    tokio::time::timeout(soft, self.refresh_and_wait(key, policy, timing, loader));
+                return Ok(match refreshed.await {
+                    Ok(Some(fresh)) => fresh,
+                    _ => stale,
+                });
+            }
+            Lookup::Miss { hint } => hint,
+        };
         loop {
-            match self.join(key, policy) {
-                None => return self.load_alone(key, policy, loader).await,
-                Some(Join::Leader(guard)) => return self.lead(guard, key, policy, loader).await,
+            let guard = match self.join(key, policy) {
+                None => return self.load(None, key, policy, loader, hint).await,
+                Some(Join::Leader(guard)) => guard,
                 Some(Join::Follower(follower)) => {
                     match self.follow::<T>(key, follower.wait().await).await {
-                        Next::Done(value) => return Ok(value),
-                        Next::LoadAlone => return self.load_alone(key, policy, loader).await,
+                        Next::Done(fetched) => return Ok(fetched),
+                        Next::LoadAlone => return self.load(None, key, policy, loader, hint).await,
+                        Next::Rejoin => continue,
+                    }
+                }
+            };
+            let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
+            let task =
+                tokio::spawn(
+                    async move { cache.load(Some(guard), &key, &policy, loader, hint).await },
+                );
+            return join_task(task).await;
+        }
+    }
+
+    /// The engine behind the borrowing front doors (loader runs in the calling task).
+    pub(crate) async fn fetch_scoped<T, E, F, Fut>(
+        &self,
+        key: &str,
+        policy: &Policy,
+        loader: F,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Value,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Loaded<T>, E>>,
+    {
+        let hint = match self.lookup::<T>(key).await {
+            Lookup::Fresh {
+                value,
+                timing,
+                local,
+            } => {
+                let origin = if local { Origin::LocalHit } else { Origin::Hit };
+                let fresh = Fetched {
+                    value,
+                    origin,
+                    timing: Some(timing),
+                };
+                if !self.early_refresh_due(policy, &timing) {
+                    return Ok(fresh);
+                }
+                // One caller refreshes early, inline; everyone else keeps the fresh value.
+                return Ok(match self.inner.flights.join(key, &policy.tags) {
+                    Join::Leader(guard) => {
+                        self.inner.counters.refresh();
+                        self.load(Some(guard), key, policy, loader, Some(timing))
+                            .await
+                            .unwrap_or(fresh)
+                    }
+                    Join::Follower(_) => fresh,
+                });
+            }
+            Lookup::Stale { value, timing } => {
+                let stale = Fetched {
+                    value,
+                    origin: Origin::Stale,
+                    timing: Some(timing),
+                };
+                if self.refresh_throttled(key) {
+                    return Ok(stale);
+                }
+                return Ok(match self.inner.flights.join(key, &policy.tags) {
+                    Join::Leader(guard) => {
+                        self.inner.counters.refresh();
+                        let refresh = self.load(Some(guard), key, policy, loader, Some(timing));
+                        match policy.load_timeout {
+                            // A borrowing load cannot outlive its caller: past the soft timeout
+                            // it is dropped and the stale value answered.
+                            Some(soft) => match tokio::time::timeout(soft, refresh).await {
+                                Ok(Ok(fresh)) => fresh,
+                                _ => stale,
+                            },
+                            None => refresh.await.unwrap_or(stale),
+                        }
+                    }
+                    Join::Follower(_) => stale,
+                });
+            }
+            Lookup::Miss { hint } => hint,
+        };
+        loop {
+            match self.join(key, policy) {
+                None => return self.load(None, key, policy, loader, hint).await,
+                Some(Join::Leader(guard)) => {
+                    return self.load(Some(guard), key, policy, loader, hint).await
+                }
+                Some(Join::Follower(follower)) => {
+                    match self.follow::<T>(key, follower.wait().await).await {
+                        Next::Done(fetched) => return Ok(fetched),
+                        Next::LoadAlone => return self.load(None, key, policy, loader, hint).await,
                         Next::Rejoin => continue,
                     }
                 }
@@ -208,52 +426,146 @@ impl Cache {
         }
     }
 
-    /// Looks `key` up in L1, then the store. Redis failures and undecodable entries are misses.
-    async fn lookup<T>(&self, key: &str, count: bool) -> Lookup<T>
-    where
-        T: DeserializeOwned + Clone + Send + Sync + 'static,
-    {
+    /// Looks `key` up in L1, then the store. Redis failures and undecodable entries are misses,
+    /// except that a stale L1 copy may answer while Redis is failing (stale-if-error).
+    async fn lookup<T: Value>(&self, key: &str) -> Lookup<T> {
         let inner = &self.inner;
         let now = now_ms();
-        if let Some(value) = self.local_get::<T>(key, now) {
-            inner.counters.local_hit();
-            return Lookup::Fresh(value);
+        let mut local_stale = None;
+        if let Some((value, timing)) = self.local_lookup::<T>(key, now) {
+            if timing.fresh_until_ms > now {
+                inner.counters.local_hit();
+                return Lookup::Fresh {
+                    value,
+                    timing,
+                    local: true,
+                };
+            }
+            local_stale = Some((value, timing));
         }
         let full_key = inner.keys.entry(key);
-        if let Ok(Some(bytes)) = self.store_op(inner.store.get(&full_key)).await {
-            match Envelope::parse(&bytes) {
-                Ok(envelope)
-                    if envelope.timing.fresh_until_ms > now
-                        && !inner
-                            .tag_clock
-                            .is_stale(envelope.tags(), envelope.timing.created_ms) =>
-                {
-                    match envelope.decode::<T>() {
-                        Ok(value) => {
-                            let ttl = envelope.timing.stale_until_ms.saturating_sub(now).max(1);
-                            self.local_insert(
-                                key,
-                                &value,
-                                envelope.timing,
-                                envelope.tags(),
-                                std::time::Duration::from_millis(ttl),
-                            );
-                            if count {
-                                inner.counters.hit();
+        let mut hint = None;
+        match self.store_op(inner.store.get(&full_key)).await {
+            Ok(Some(bytes)) => match Envelope::parse(&bytes) {
+                Ok(envelope) if self.is_current(&envelope) => {
+                    let timing = envelope.timing;
+                    hint = Some(timing);
+                    if timing.stale_until_ms > now {
+                        match envelope.decode::<T>() {
+                            Ok(value) => {
+                                let ttl = Duration::from_millis(timing.stale_until_ms - now);
+                                self.local_insert(key, &value, timing, envelope.tags(), ttl);
+                                if timing.fresh_until_ms > now {
+                                    inner.counters.hit();
+                                    return Lookup::Fresh {
+                                        value,
+                                        timing,
+                                        local: false,
+                                    };
+                                }
+                                inner.counters.stale_hit();
+                                return Lookup::Stale { value, timing };
                             }
-                            return Lookup::Fresh(value);
+                            Err(why) => self.note_corrupt(key, why),
                         }
-                        Err(why) => self.note_corrupt(key, why),
                     }
                 }
-                Ok(_stale_or_invalidated) => {}
+                Ok(_invalidated) => {}
                 Err(why) => self.note_corrupt(key, why),
+            },
+            Ok(None) => {}
+            // Redis is failing: a stale L1 copy beats loading (stale-if-error).
+            Err(_) => {
+                if let Some((value, timing)) = local_stale {
+                    inner.counters.stale_hit();
+                    return Lookup::Stale { value, timing };
+                }
             }
         }
-        if count {
-            inner.counters.miss();
+        inner.counters.miss();
+        Lookup::Miss { hint }
+    }
+
+    /// Whether an entry survived every invalidation that covers it (tags, namespace).
+    fn is_current(&self, envelope: &Envelope<'_>) -> bool {
+        !self
+            .inner
+            .tag_clock
+            .is_stale(envelope.tags(), envelope.timing.created_ms)
+    }
+
+    fn early_refresh_due(&self, policy: &Policy, timing: &Timing) -> bool {
+        policy.stampede == Stampede::Early && early::should_refresh(timing, now_ms(), policy.beta)
+    }
+
+    fn refresh_throttled(&self, key: &str) -> bool {
+        self.inner.refresh_failures.contains_key(key)
+    }
+
+    /// Starts one background refresh of `key` unless one is running or recently failed.
+    fn refresh_in_background<T, E, F, Fut>(
+        &self,
+        key: &str,
+        policy: &Policy,
+        timing: Timing,
+        loader: F,
+    ) where
+        T: Value,
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
+    {
+        if self.refresh_throttled(key) {
+            return;
         }
-        Lookup::Miss
+        if let Join::Leader(guard) = self.inner.flights.join(key, &policy.tags) {
+            self.inner.counters.refresh();
+            let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
+            tokio::spawn(async move {
+                let _ = cache
+                    .load(Some(guard), &key, &policy, loader, Some(timing))
+                    .await;
+            });
+        }
+    }
+
+    /// Refreshes `key` (or joins the running refresh) and waits for the fresh value; `None` when
+    /// the refresh failed or is throttled. Dropping this future leaves the refresh running.
+    async fn refresh_and_wait<T, E, F, Fut>(
+        &self,
+        key: &str,
+        policy: &Policy,
+        timing: Timing,
+        loader: F,
+    ) -> Option<Fetched<T>>
+    where
+        T: Value,
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
+    {
+        if self.refresh_throttled(key) {
+            return None;
+        }
+        match self.inner.flights.join(key, &policy.tags) {
+            Join::Leader(guard) => {
+                self.inner.counters.refresh();
+                let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
+                let task = tokio::spawn(async move {
+                    cache
+                        .load(Some(guard), &key, &policy, loader, Some(timing))
+                        .await
+                });
+                match task.await {
+                    Ok(Ok(fetched)) => Some(fetched),
+                    _ => None,
+                }
+            }
+            Join::Follower(follower) => match self.follow::<T>(key, follower.wait().await).await {
+                Next::Done(fetched) => Some(fetched),
+                Next::LoadAlone | Next::Rejoin => None,
+            },
+        }
     }
 
     /// Starts or joins the flight for `key`; `None` when the policy asks for no coalescing.
@@ -265,94 +577,249 @@ impl Cache {
     }
 
     /// Turns a finished flight into the follower's next step.
-    async fn follow<T>(&self, key: &str, outcome: Outcome) -> Next<T>
-    where
-        T: DeserializeOwned + Clone + Send + Sync + 'static,
-    {
+    async fn follow<T: Value>(&self, key: &str, outcome: Outcome) -> Next<T> {
         match outcome {
-            Outcome::Value(value) => match value.downcast_ref::<T>() {
-                Some(value) => {
+            Outcome::Value(shared) => match shared.downcast_ref::<Shared<T>>() {
+                Some(shared) => {
                     self.inner.counters.coalesced();
-                    Next::Done(value.clone())
+                    Next::Done(Fetched {
+                        value: shared.value.clone(),
+                        origin: Origin::Coalesced,
+                        timing: shared.timing,
+                    })
                 }
                 // Same key read as a different type: this caller loads its own.
                 None => Next::LoadAlone,
             },
             Outcome::Failed => Next::LoadAlone,
-            Outcome::Abandoned | Outcome::Pending => match self.lookup::<T>(key, false).await {
-                Lookup::Fresh(value) => Next::Done(value),
-                Lookup::Miss => Next::Rejoin,
+            Outcome::Abandoned | Outcome::Pending => match self.lookup::<T>(key).await {
+                Lookup::Fresh { value, timing, .. } => Next::Done(Fetched {
+                    value,
+                    origin: Origin::Hit,
+                    timing: Some(timing),
+                }),
+                _ => Next::Rejoin,
             },
         }
     }
 
-    /// Runs the loader as the flight's leader, stores an `Ok` value, then releases the followers.
-    /// Dropping this future before it finishes marks the flight abandoned (via the guard).
-    async fn lead<T, E, F, Fut>(
+    /// Loads `key` as the flight's leader (or alone), honouring `Stampede::Lock`, stores a
+    /// cacheable value, then releases the followers. Dropping this future before it finishes
+    /// marks the flight abandoned (via the guard) so a follower takes over.
+    async fn load<T, E, F, Fut>(
         &self,
-        guard: LeaderGuard,
+        guard: Option<LeaderGuard>,
         key: &str,
         policy: &Policy,
         loader: F,
-    ) -> Result<T, E>
+        hint: Option<Timing>,
+    ) -> Result<Fetched<T>, E>
     where
-        T: Serialize + Clone + Send + Sync + 'static,
+        T: Value,
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        Fut: Future<Output = Result<Loaded<T>, E>>,
     {
-        let (started_ms, started) = (now_ms(), Instant::now());
-        let result = loader().await;
-        let took = started.elapsed();
-        self.inner.counters.load(took, result.is_ok());
-        match &result {
-            Ok(value) => {
-                if !guard.is_detached() {
-                    self.fill(key, policy, value, started_ms, took).await;
-                }
-                guard.finish(Outcome::Value(Arc::new(value.clone())));
+        if policy.stampede != Stampede::Lock || !self.inner.store.is_remote() {
+            return self.load_and_fill(guard, key, policy, loader, true).await;
+        }
+        match self.acquire_or_wait::<T>(key, policy, hint.as_ref()).await {
+            LockWait::Acquired(held) => {
+                let result = self.load_and_fill(guard, key, policy, loader, true).await;
+                self.release_lock(&held).await;
+                result
             }
-            Err(_) => guard.finish(Outcome::Failed),
+            LockWait::Landed(value, timing) => {
+                if let Some(guard) = guard {
+                    let shared = Shared {
+                        value: value.clone(),
+                        timing: Some(timing),
+                    };
+                    guard.finish(Outcome::Value(Arc::new(shared)));
+                }
+                Ok(Fetched {
+                    value,
+                    origin: Origin::Coalesced,
+                    timing: Some(timing),
+                })
+            }
+            LockWait::TimedOut => {
+                self.inner.counters.lock_timeout();
+                tracing::debug!(cache = %self.inner.name, "lock wait timed out; loading without storing");
+                self.load_and_fill(guard, key, policy, loader, false).await
+            }
+            LockWait::Unavailable => self.load_and_fill(guard, key, policy, loader, true).await,
         }
-        result
     }
 
-    /// Loads without coalescing (no flight) and stores an `Ok` value.
-    async fn load_alone<T, E, F, Fut>(&self, key: &str, policy: &Policy, loader: F) -> Result<T, E>
+    /// Runs the loader, stores a cacheable value (when `store`), and finishes the flight.
+    async fn load_and_fill<T, E, F, Fut>(
+        &self,
+        guard: Option<LeaderGuard>,
+        key: &str,
+        policy: &Policy,
+        loader: F,
+        store: bool,
+    ) -> Result<Fetched<T>, E>
     where
-        T: Serialize + Clone + Send + Sync + 'static,
+        T: Value,
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        Fut: Future<Output = Result<Loaded<T>, E>>,
     {
         let (started_ms, started) = (now_ms(), Instant::now());
         let result = loader().await;
         let took = started.elapsed();
         self.inner.counters.load(took, result.is_ok());
-        if let Ok(value) = &result {
-            self.fill(key, policy, value, started_ms, took).await;
+        let loaded = match result {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                self.inner.refresh_failures.insert(key.to_owned(), ());
+                if let Some(guard) = guard {
+                    guard.finish(Outcome::Failed);
+                }
+                return Err(err);
+            }
+        };
+        if !loaded.cacheable {
+            if let Some(guard) = guard {
+                guard.finish(Outcome::Failed);
+            }
+            return Ok(Fetched {
+                value: loaded.value,
+                origin: Origin::LoadedUnstored,
+                timing: None,
+            });
         }
-        result
+        let detached = guard.as_ref().is_some_and(LeaderGuard::is_detached);
+        let policy = effective_policy(policy, &loaded);
+        let mut origin = Origin::LoadedUnstored;
+        let timing = match self.encode_entry(&loaded.value, &policy, started_ms, took) {
+            Ok((bytes, timing)) => {
+                if store && !detached {
+                    match self
+                        .write_entry(key, &loaded.value, bytes, timing, &policy.tags)
+                        .await
+                    {
+                        Ok(()) => origin = Origin::Loaded,
+                        Err(err) => tracing::debug!(cache = %self.inner.name, error = %err,
+                            "could not store loaded value"),
+                    }
+                    if policy.stampede == Stampede::Lock {
+                        self.announce_landed(key).await;
+                    }
+                }
+                Some(timing)
+            }
+            Err(err) => {
+                tracing::warn!(cache = %self.inner.name, error = %err, "loaded value could not be encoded; not cached");
+                None
+            }
+        };
+        if let Some(guard) = guard {
+            let shared = Shared {
+                value: loaded.value.clone(),
+                timing,
+            };
+            guard.finish(Outcome::Value(Arc::new(shared)));
+        }
+        Ok(Fetched {
+            value: loaded.value,
+            origin,
+            timing,
+        })
     }
 
-    /// Stores a freshly loaded value. Failures are logged and swallowed: the caller has its value.
-    async fn fill<T>(
+    /// Takes the distributed lock of `key`, or waits for another process's value to land.
+    async fn acquire_or_wait<T: Value>(
         &self,
         key: &str,
         policy: &Policy,
-        value: &T,
-        started_ms: u64,
-        took: std::time::Duration,
-    ) where
-        T: Serialize + Clone + Send + Sync + 'static,
-    {
-        let result = match self.encode_entry(value, policy, started_ms, took) {
-            Ok((bytes, timing)) => {
-                self.write_entry(key, value, bytes, timing, &policy.tags)
-                    .await
-            }
-            Err(err) => Err(err),
+        hint: Option<&Timing>,
+    ) -> LockWait<T> {
+        let inner = &self.inner;
+        let full_key = inner.keys.entry(key);
+        let held = HeldLock {
+            lock_key: inner.keys.lock(&full_key),
+            token: lock::new_token(),
         };
-        if let Err(err) = result {
-            tracing::debug!(cache = %self.inner.name, error = %err, "could not store loaded value");
+        let lock_ttl = lock::lock_ttl(policy, hint);
+        let deadline = Instant::now() + policy.lock_wait;
+        let mut signals = None;
+        loop {
+            let take = inner
+                .store
+                .set_if_absent(&held.lock_key, held.token.clone(), lock_ttl);
+            match self.store_op(take).await {
+                Ok(true) => return LockWait::Acquired(held),
+                Ok(false) => {}
+                Err(_) => return LockWait::Unavailable,
+            }
+            if signals.is_none() {
+                inner.counters.lock_wait();
+            }
+            let rx = signals.get_or_insert_with(|| inner.landed.subscribe());
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return LockWait::TimedOut;
+            }
+            lock::wait_for_landing(rx, &full_key, remaining.min(lock::POLL_INTERVAL)).await;
+            if let Lookup::Fresh { value, timing, .. } = self.lookup::<T>(key).await {
+                return LockWait::Landed(value, timing);
+            }
         }
+    }
+
+    async fn release_lock(&self, held: &HeldLock) {
+        let release = self
+            .inner
+            .store
+            .delete_if_equals(&held.lock_key, &held.token);
+        if let Err(err) = self.store_op(release).await {
+            tracing::debug!(cache = %self.inner.name, error = %err, "lock release failed; it will expire");
+        }
+    }
+
+    async fn announce_landed(&self, key: &str) {
+        let full_key = self.inner.keys.entry(key);
+        let publish = self
+            .inner
+            .store
+            .publish(self.inner.landed.channel(), &full_key);
+        if let Err(err) = self.store_op(publish).await {
+            tracing::debug!(cache = %self.inner.name, error = %err, "could not announce landed value");
+        }
+    }
+}
+
+/// Result of trying to take an entry's distributed lock.
+enum LockWait<T> {
+    Acquired(HeldLock),
+    /// Another process stored the value while we waited.
+    Landed(T, Timing),
+    /// `lock_wait` passed: load without storing.
+    TimedOut,
+    /// Redis failed: load (and try to store) as if unlocked.
+    Unavailable,
+}
+
+/// The policy with a loaded value's own TTL and extra tags applied.
+fn effective_policy<'p, T>(policy: &'p Policy, loaded: &Loaded<T>) -> std::borrow::Cow<'p, Policy> {
+    if loaded.ttl.is_none() && loaded.tags.is_empty() {
+        return std::borrow::Cow::Borrowed(policy);
+    }
+    let mut policy = policy.clone();
+    if let Some(ttl) = loaded.ttl {
+        policy.ttl = ttl;
+    }
+    policy.tags.extend(loaded.tags.iter().cloned());
+    std::borrow::Cow::Owned(policy)
+}
+
+/// Awaits a spawned leader task, re-raising a loader panic in this caller only.
+async fn join_task<R>(task: tokio::task::JoinHandle<R>) -> R {
+    match task.await {
+        Ok(result) => result,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        // Only happens while the runtime shuts down, when this caller is going away too.
+        Err(err) => panic!("cache load task did not complete: {err}"),
     }
 }

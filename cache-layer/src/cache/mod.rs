@@ -4,6 +4,8 @@
 mod builder;
 mod engine;
 
+pub(crate) use self::engine::REFRESH_RETRY_AFTER;
+
 use std::{
     future::Future,
     sync::{atomic::AtomicBool, Arc, RwLock},
@@ -19,7 +21,7 @@ use crate::{
     keys::KeySpace,
     local::{LocalEntry, LocalTier},
     metrics::Counters,
-    stampede::flight::Flights,
+    stampede::{flight::Flights, lock::LandedSignals},
     store::Backend,
     tags::TagClock,
     Codec, Error, Policy, Stats,
@@ -60,6 +62,10 @@ pub(crate) struct Inner {
     pub(crate) codec: Codec,
     pub(crate) corrupt_logged: AtomicBool,
     pub(crate) tag_clock: TagClock,
+    /// "Value landed" signals for `Stampede::Lock` waiters.
+    pub(crate) landed: LandedSignals,
+    /// Keys whose last load failed recently: background refreshes of them are held off.
+    pub(crate) refresh_failures: moka::sync::Cache<String, ()>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -326,16 +332,26 @@ impl Cache {
 
     /// A fresh L1 value of type `T`, if the tier is enabled and holds one.
     pub(crate) fn local_get<T: Clone + 'static>(&self, key: &str, now: u64) -> Option<T> {
+        self.local_lookup(key, now)
+            .filter(|(_, timing)| timing.fresh_until_ms > now)
+            .map(|(value, _)| value)
+    }
+
+    /// An L1 value of type `T` that no invalidation covers (fresh or within its grace period).
+    pub(crate) fn local_lookup<T: Clone + 'static>(
+        &self,
+        key: &str,
+        now: u64,
+    ) -> Option<(T, Timing)> {
         let entry = self.inner.local.as_ref()?.get(key)?;
-        if entry.timing.fresh_until_ms <= now
-            || self.inner.tag_clock.is_stale(
-                entry.tags.iter().map(String::as_str),
-                entry.timing.created_ms,
-            )
+        let tags = entry.tags.iter().map(String::as_str);
+        if entry.timing.stale_until_ms <= now
+            || self.inner.tag_clock.is_stale(tags, entry.timing.created_ms)
         {
             return None;
         }
-        entry.value.downcast_ref::<T>().cloned()
+        let value = entry.value.downcast_ref::<T>()?.clone();
+        Some((value, entry.timing))
     }
 
     /// Stores `value` under `key` with `policy` (write-through after a database write).

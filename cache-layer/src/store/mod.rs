@@ -95,4 +95,24 @@ impl Backend {
     pub(crate) async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, Error> {
         delegate!(self, s => s.delete_if_equals(key, expected))
     }
+
+    /// `PUBLISH channel message`; a no-op for the in-memory store (one process, nobody to tell).
+    pub(crate) async fn publish(&self, channel: &str, message: &str) -> Result<(), Error> {
+        match self {
+            Backend::Memory(_) => Ok(()),
+            Backend::Redis(store) => {
+                let cmd = ::redis::cmd("PUBLISH").arg(channel).arg(message).clone();
+                let _receivers: i64 = store.connection().await?.query(&cmd).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The redis-rs client, for connections that are not pooled (pub/sub).
+    pub(crate) fn redis_client(&self) -> Option<::redis::Client> {
+        match self {
+            Backend::Memory(_) => None,
+            Backend::Redis(store) => Some(store.client().clone()),
+        }
+    }
 }
