@@ -3,7 +3,6 @@
 //!
 //! Everything here may change between patch releases; the macro crate is pinned with `=x.y.z`.
 
-use std::borrow::Borrow;
 use std::fmt::{self, Write as _};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,10 +40,10 @@ impl WarnOnce {
     }
 }
 
-/// The cache named by `cache = expr` (anything that borrows as a [`Cache`]: `&Cache`, `Cache`,
-/// `&Arc<Cache>` via `&*`, ...). Cloned, so the borrow of `self` ends at once.
-pub fn explicit<C: Borrow<Cache>>(cache: C) -> Option<Cache> {
-    Some(cache.borrow().clone())
+/// The cache named by `cache = expr`: a `&Cache` (deref coercion also takes `&Arc<Cache>`,
+/// `&LazyLock<Cache>`, ...). Cloned, so a borrow of `self` ends at once.
+pub fn explicit(cache: &Cache) -> Option<Cache> {
+    Some(cache.clone())
 }
 
 /// The cache a generated fn uses: the explicit one, else the installed global one, else none (the

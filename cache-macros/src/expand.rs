@@ -19,7 +19,7 @@ use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::{
     AttrStyle, Attribute, FnArg, GenericArgument, GenericParam, Generics, ItemFn, Pat, PathArguments,
-    Receiver, ReturnType, Type, WherePredicate,
+    Receiver, ReturnType, Type,
 };
 
 use crate::attr::{self, push_error, Args, Macro};
@@ -399,27 +399,6 @@ fn render(p: &TokenStream, template: &Template) -> TokenStream {
     quote_spanned!(span=> #p::format!(#fmt #(, #values)*))
 }
 
-/// The type and const params the default key depends on: those named by the key arguments or by
-/// the return type.
-fn key_generics<'a>(generics: &'a Generics, key_args: &[&Arg], ret: Option<&Type>) -> Vec<&'a GenericParam> {
-    let mut named = HashSet::new();
-    for arg in key_args {
-        idents_in(arg.ty.to_token_stream(), &mut named);
-    }
-    if let Some(ret) = ret {
-        idents_in(ret.to_token_stream(), &mut named);
-    }
-    generics
-        .params
-        .iter()
-        .filter(|p| match p {
-            GenericParam::Type(t) => named.contains(&t.ident.to_string()),
-            GenericParam::Const(c) => named.contains(&c.ident.to_string()),
-            GenericParam::Lifetime(_) => false,
-        })
-        .collect()
-}
-
 /// Whether `Self` can be named in the fn (it is a method, or its signature says `Self`).
 fn knows_self(func: &ItemFn, info: &Info) -> bool {
     let mut idents = HashSet::new();
@@ -435,8 +414,8 @@ fn key_expr(p: &TokenStream, func: &ItemFn, args: &Args, info: &Info) -> TokenSt
     }
     let name = func.sig.ident.to_string();
     let key_args: Vec<&Arg> = info.args.iter().filter(|a| !a.skipped).collect();
-    let generics = key_generics(&func.sig.generics, &key_args, info.ret.as_ref());
-    let generic_parts = generics.iter().map(|g| match g {
+    // Every type and const parameter: a different instantiation may compute something else.
+    let generic_parts = func.sig.generics.params.iter().map(|g| match g {
         GenericParam::Type(t) => {
             let ident = &t.ident;
             quote!(__cache_kb.type_param(#p::type_name::<#ident>());)
@@ -606,10 +585,19 @@ fn expand_cached(func: &ItemFn, args: &Args, info: &Info) -> TokenStream {
     // How to call the body.
     let call_body = if info.receiver.is_some() {
         quote!(Self::#uncached #fish (self, #(#bindings),*))
+    } else if knows_self(func, info) {
+        quote!(Self::#uncached #fish (#(#bindings),*))
     } else {
         quote!(#uncached #fish (#(#bindings),*))
     };
-    let loader = if companions {
+    let loader = if companions && info.receiver.is_some() {
+        // Move the receiver into the call, so the closure is `FnOnce` and a `&mut self` is not
+        // reborrowed from the closure's state.
+        quote!(move || {
+            let __cache_self = self;
+            Self::#uncached #fish (__cache_self, #(#bindings),*)
+        })
+    } else if companions {
         quote!(move || #call_body)
     } else {
         let hint = output_type_hint(info.ret.as_ref());
@@ -755,20 +743,7 @@ fn invalidate_companion(
         })
         .collect();
 
-    // Generic params the kept arguments, the key and the cache expression depend on.
-    let mut mentioned = HashSet::new();
-    for arg in &kept {
-        idents_in(arg.ty.to_token_stream(), &mut mentioned);
-    }
-    if args.key.is_none() {
-        if let Some(ret) = &info.ret {
-            idents_in(ret.to_token_stream(), &mut mentioned);
-        }
-    }
-    if let Some(expr) = &args.cache {
-        idents_in(expr.to_token_stream(), &mut mentioned);
-    }
-    let generics = prune_generics(&func.sig.generics, mentioned);
+    let generics = &func.sig.generics;
     let (_, _, where_clause) = generics.split_for_impl();
     let params = &generics.params;
 
@@ -797,57 +772,6 @@ fn invalidate_companion(
             #p::delete(__cache_handle, __cache_key).await
         }
     }
-}
-
-/// Keeps the generic params named in `mentioned` (and, transitively, those their bounds name);
-/// lifetimes are always kept. Where-predicates about dropped params are dropped.
-fn prune_generics(generics: &Generics, mut mentioned: HashSet<String>) -> Generics {
-    let param_name = |p: &GenericParam| match p {
-        GenericParam::Type(t) => Some(t.ident.to_string()),
-        GenericParam::Const(c) => Some(c.ident.to_string()),
-        GenericParam::Lifetime(_) => None,
-    };
-    let all: HashSet<String> = generics.params.iter().filter_map(param_name).collect();
-    let predicates: Vec<&WherePredicate> =
-        generics.where_clause.iter().flat_map(|w| w.predicates.iter()).collect();
-    loop {
-        let before = mentioned.len();
-        for param in &generics.params {
-            if param_name(param).is_some_and(|n| mentioned.contains(&n)) {
-                idents_in(param.to_token_stream(), &mut mentioned);
-            }
-        }
-        for predicate in &predicates {
-            let mut names = HashSet::new();
-            idents_in(predicate.to_token_stream(), &mut names);
-            if names.iter().any(|n| all.contains(n) && mentioned.contains(n)) {
-                mentioned.extend(names);
-            }
-        }
-        if mentioned.len() == before {
-            break;
-        }
-    }
-    let mut pruned = generics.clone();
-    pruned.params = generics
-        .params
-        .iter()
-        .filter(|p| param_name(p).is_none_or(|n| mentioned.contains(&n)))
-        .cloned()
-        .collect();
-    if let Some(where_clause) = &mut pruned.where_clause {
-        where_clause.predicates = where_clause
-            .predicates
-            .iter()
-            .filter(|predicate| {
-                let mut names = HashSet::new();
-                idents_in(predicate.to_token_stream(), &mut names);
-                names.iter().all(|n| !all.contains(n) || mentioned.contains(n))
-            })
-            .cloned()
-            .collect();
-    }
-    pruned
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -913,19 +837,5 @@ mod tests {
         for t in ["u64", "String", "&'static str", "Vec<(u8, String)>", "Box<dyn Fn()>"] {
             assert!(!borrows(ty(t).to_token_stream()), "{t}");
         }
-    }
-
-    #[test]
-    fn prunes_unused_generics() {
-        let func: ItemFn = syn::parse_str(
-            "async fn f<'a, C: Conn, T: From<U>, U>(c: &'a C, id: T) -> u8 where C: Send, U: Clone {}",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let mentioned = ["T".to_owned()].into_iter().collect();
-        let pruned = prune_generics(&func.sig.generics, mentioned);
-        let printed = pruned.to_token_stream().to_string();
-        assert_eq!(printed, "< 'a , T : From < U > , U >");
-        let where_printed = pruned.where_clause.to_token_stream().to_string();
-        assert_eq!(where_printed, "where U : Clone");
     }
 }

@@ -89,8 +89,9 @@ mod template;
 /// argument that is not skipped, e.g. `shop::catalog::get_product(42,"en")` or, for a method,
 /// `shop::Repo::find("ann")`. Two different argument tuples never share a key (`("a:b", "c")` and
 /// `("a", "b:c")` differ). The arguments must implement `serde::Serialize`; the compile error
-/// points at the argument that does not. Generic fns add the type parameters the key depends on
-/// (`get::<alloc::string::String>(..)`). `&self` / `&mut self` are not part of the key: two
+/// points at the argument that does not. Generic fns add their type and const parameters
+/// (`parse::<u32>("7")`), so two instantiations never share entries; their `_invalidate`
+/// companion takes the same generic parameters (use a turbofish where they cannot be inferred). `&self` / `&mut self` are not part of the key: two
 /// instances share their entries unless the key names a field of `self` (`key = "{self.id}:.."`).
 /// Prefer ordered collections (`BTreeMap`) over `HashMap` in key arguments.
 ///
@@ -143,7 +144,8 @@ mod template;
 /// ## `cache`
 ///
 /// Which [`Cache`] to use: an expression evaluated at each call, inside the fn, that yields a
-/// `&Cache` (or a `Cache`). So `cache = &self.cache` works in methods. Without it the fn uses the
+/// `&Cache` (deref coercion applies, so `&Arc<Cache>` or `&LazyLock<Cache>` work too). So
+/// `cache = &self.cache` works in methods. Without it the fn uses the
 /// cache installed with [`cache_layer::install`]; with neither, the body runs uncached (one
 /// warning is logged per fn) and nothing panics.
 ///
