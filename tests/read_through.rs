@@ -484,7 +484,7 @@ async fn build_succeeds_with_redis_down_and_calls_fall_back_to_the_loader() {
     let cache = Cache::builder()
         .redis(format!("redis://127.0.0.1:{port}"))
         .namespace("down")
-        .breaker(BreakerConfig { failure_threshold: 3, cooldown: Duration::from_secs(60) })
+        .breaker(BreakerConfig { failure_threshold: 3, cooldown: Duration::from_secs(60), ..Default::default() })
         .build()
         .expect("build never connects");
     let policy = Policy::ttl(Duration::from_secs(60));
@@ -509,7 +509,7 @@ async fn redis_dying_at_call_time_falls_back_and_recovers() {
     let cache = Cache::builder()
         .redis(server.url())
         .namespace("dies")
-        .breaker(BreakerConfig { failure_threshold: 3, cooldown: Duration::from_millis(200) })
+        .breaker(BreakerConfig { failure_threshold: 3, cooldown: Duration::from_millis(200), ..Default::default() })
         .build()
         .unwrap();
     let policy = Policy::ttl(Duration::from_secs(60));

@@ -1,24 +1,62 @@
 //! The circuit breaker shared by every front door of one [`Cache`](crate::Cache).
 //!
-//! Closed → open after `failure_threshold` consecutive failures → after `cooldown`, one probe
-//! (half-open) → closed on success, open again on failure. While open, the engine skips Redis and
-//! calls the source, so no caller waits on a dead or hung Redis.
+//! ```text
+//!            N consecutive failures, or failure rate ≥ r over the window (≥ min_calls calls)
+//!   Closed ─────────────────────────────────────────────────────────────────────────► Open
+//!     ▲                                                                                │
+//!     │ probe succeeds          cooldown elapsed: the first caller becomes the probe   │
+//!     └──────────────────────────── HalfOpen ◄─────────────────────────────────────────┘
+//!                                      │ probe fails: Open again, for another cooldown
+//! ```
+//!
+//! While open (and while the one probe is in flight), the engine skips Redis and calls the source,
+//! so no caller waits on a dead or hung Redis. Every transition is logged (`tracing`), counted in
+//! [`Stats::breaker_transitions`](crate::Stats::breaker_transitions) and reported as metrics.
+//!
+//! The closed-state check ([`Breaker::admit`]) is one atomic load: the state and the time the
+//! breaker opened share one word, so a caller can never see "open" with a stale opening time.
 
 use std::{
+    fmt,
     sync::{
-        atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
         Arc,
     },
     time::{Duration, Instant},
 };
 
+use crate::Error;
+
 /// Breaker settings (see [`CacheBuilder::breaker`](crate::CacheBuilder::breaker)).
-#[derive(Debug, Clone)]
+///
+/// Set only what you need and take the rest from the defaults:
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_layer::BreakerConfig;
+///
+/// let config = BreakerConfig {
+///     failure_threshold: 3,
+///     cooldown: Duration::from_millis(500),
+///     ..Default::default()
+/// };
+/// # let _ = cache_layer::Cache::builder().breaker(config).build()?;
+/// # Ok::<(), cache_layer::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
 pub struct BreakerConfig {
-    /// Consecutive failed Redis operations that open the breaker.
+    /// Consecutive failed Redis operations that open the breaker (default 5; at least 1).
     pub failure_threshold: u32,
-    /// How long the breaker stays open before one probe is let through.
+    /// How long the breaker stays open before one probe is let through (default 2 s).
     pub cooldown: Duration,
+    /// Failure ratio (`0.0 < r ≤ 1.0`) over [`window`](Self::window) that opens the breaker even
+    /// when failures are interleaved with successes (default 0.5).
+    pub failure_rate: f64,
+    /// Length of the sliding window the failure ratio is measured over (default 10 s). Zero turns
+    /// the ratio rule off (only consecutive failures open the breaker).
+    pub window: Duration,
+    /// Fewest operations in the window before the ratio is considered (default 20).
+    pub min_calls: u32,
 }
 
 impl Default for BreakerConfig {
@@ -26,7 +64,28 @@ impl Default for BreakerConfig {
         BreakerConfig {
             failure_threshold: 5,
             cooldown: Duration::from_secs(2),
+            failure_rate: 0.5,
+            window: Duration::from_secs(10),
+            min_calls: 20,
         }
+    }
+}
+
+impl BreakerConfig {
+    /// Checks the settings (the builder calls this).
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.failure_threshold == 0 {
+            return Err(Error::Config(
+                "breaker failure_threshold must be at least 1".into(),
+            ));
+        }
+        if !(self.failure_rate > 0.0 && self.failure_rate <= 1.0) {
+            return Err(Error::Config(format!(
+                "breaker failure_rate must be in (0.0, 1.0], got {}",
+                self.failure_rate
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -41,24 +100,75 @@ pub enum BreakerState {
     HalfOpen,
 }
 
-const CLOSED: u8 = 0;
-const OPEN: u8 = 1;
-const HALF_OPEN: u8 = 2;
+impl BreakerState {
+    /// A lower-case name for logs and metric labels: `closed`, `open`, `half_open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// The state word: low two bits are the state, the rest the time the breaker last opened
+// (milliseconds since `Breaker::epoch`).
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+const STATE_BITS: u64 = 0b11;
+/// Opening time meaning "the cooldown is over": set when a probe is abandoned.
+const PROBE_NOW: u64 = u64::MAX >> 2;
+
+fn word(state: u64, opened_at_ms: u64) -> u64 {
+    (opened_at_ms << 2) | state
+}
+
+/// Number of buckets of the sliding window.
+const BUCKETS: usize = 10;
+/// A bucket slot that matches no time slot (the window was reset).
+const NO_SLOT: u64 = u64::MAX;
+
+/// One time slice of the sliding window. Counts are approximate under races at slice boundaries
+/// (an increment may land just before the slice is recycled), which is fine for a ratio.
+struct Bucket {
+    slot: AtomicU64,
+    calls: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// Why the breaker opened (for the log line).
+enum Trip {
+    Consecutive(u32),
+    Rate { failures: u64, calls: u64 },
+    Probe,
+}
+
+/// Called on every state change (the cache updates its metrics).
+pub(crate) type TransitionHook = Arc<dyn Fn(BreakerState) + Send + Sync>;
 
 /// Lock-free breaker; `admit` is one atomic load while closed.
 pub(crate) struct Breaker {
     config: BreakerConfig,
-    state: AtomicU8,
+    /// Cache name, for logs.
+    name: String,
+    state: AtomicU64,
     consecutive_failures: AtomicU32,
-    /// Milliseconds since `epoch` at which the breaker last opened.
-    opened_at_ms: AtomicU64,
+    buckets: [Bucket; BUCKETS],
+    bucket_ms: u64,
     epoch: Instant,
     transitions: AtomicU64,
-    on_transition: Option<Arc<dyn Fn(BreakerState) + Send + Sync>>,
+    on_transition: Option<TransitionHook>,
 }
 
-impl std::fmt::Debug for Breaker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Breaker")
             .field("config", &self.config)
             .field("state", &self.state())
@@ -74,16 +184,28 @@ pub(crate) enum Admission {
     Rejected,
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Breaker {
     pub(crate) fn new(
         config: BreakerConfig,
-        on_transition: Option<Arc<dyn Fn(BreakerState) + Send + Sync>>,
+        name: impl Into<String>,
+        on_transition: Option<TransitionHook>,
     ) -> Self {
+        let bucket_ms = (millis(config.window) / BUCKETS as u64).max(1);
         Breaker {
             config,
-            state: AtomicU8::new(CLOSED),
+            name: name.into(),
+            state: AtomicU64::new(word(CLOSED, 0)),
             consecutive_failures: AtomicU32::new(0),
-            opened_at_ms: AtomicU64::new(0),
+            buckets: std::array::from_fn(|_| Bucket {
+                slot: AtomicU64::new(NO_SLOT),
+                calls: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+            }),
+            bucket_ms,
             epoch: Instant::now(),
             transitions: AtomicU64::new(0),
             on_transition,
@@ -91,11 +213,11 @@ impl Breaker {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        millis(self.epoch.elapsed())
     }
 
     pub(crate) fn state(&self) -> BreakerState {
-        match self.state.load(Ordering::Acquire) {
+        match self.state.load(Ordering::Acquire) & STATE_BITS {
             CLOSED => BreakerState::Closed,
             OPEN => BreakerState::Open,
             _ => BreakerState::HalfOpen,
@@ -107,92 +229,200 @@ impl Breaker {
         self.transitions.load(Ordering::Relaxed)
     }
 
-    /// Asks to use Redis.
+    /// Asks to use Redis. While closed this is one atomic load.
+    #[inline]
     pub(crate) fn admit(&self) -> Admission {
-        match self.state.load(Ordering::Acquire) {
-            CLOSED => Admission::Allowed,
-            OPEN => {
-                let opened = self.opened_at_ms.load(Ordering::Acquire);
-                let cooldown = u64::try_from(self.config.cooldown.as_millis()).unwrap_or(u64::MAX);
-                if self.now_ms().saturating_sub(opened) < cooldown {
-                    return Admission::Rejected;
-                }
-                // Exactly one caller wins the transition and becomes the probe.
-                if self
-                    .state
-                    .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    self.transitioned(BreakerState::HalfOpen);
-                    Admission::Probe
-                } else {
-                    Admission::Rejected
-                }
-            }
-            _ => Admission::Rejected,
+        let current = self.state.load(Ordering::Acquire);
+        if current & STATE_BITS == CLOSED {
+            return Admission::Allowed;
         }
+        self.admit_slow(current)
     }
 
-    /// Reports a successful Redis operation.
-    pub(crate) fn record_success(&self, admission: Admission) {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
-        if admission == Admission::Probe
-            && self
-                .state
-                .compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+    #[cold]
+    fn admit_slow(&self, current: u64) -> Admission {
+        if current & STATE_BITS != OPEN {
+            // Half-open: the probe is in flight; everyone else goes to the source.
+            return Admission::Rejected;
+        }
+        let opened_at = current >> 2;
+        if opened_at != PROBE_NOW
+            && self.now_ms().saturating_sub(opened_at) < millis(self.config.cooldown)
         {
-            self.transitioned(BreakerState::Closed);
+            return Admission::Rejected;
+        }
+        // Exactly one caller wins the transition and becomes the probe.
+        let probing = word(HALF_OPEN, opened_at);
+        if self
+            .state
+            .compare_exchange(current, probing, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.transitioned(BreakerState::HalfOpen, None, None);
+            Admission::Probe
+        } else {
+            Admission::Rejected
         }
     }
 
-    /// Reports a failed Redis operation (transport error or timeout).
-    pub(crate) fn record_failure(&self, admission: Admission) {
+    /// Reports a Redis operation that succeeded (or failed for reasons that say nothing about
+    /// Redis' health, such as a wrong key type).
+    pub(crate) fn record_success(&self, admission: Admission) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
         if admission == Admission::Probe {
-            self.open(HALF_OPEN);
+            if self.transition(HALF_OPEN, CLOSED) {
+                self.reset_counts();
+                self.transitioned(BreakerState::Closed, None, None);
+            }
             return;
         }
-        let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if failures >= self.config.failure_threshold {
-            self.open(CLOSED);
+        self.count(false);
+    }
+
+    /// Reports a failed Redis operation (transport error, timeout, server unable to serve).
+    pub(crate) fn record_failure(&self, admission: Admission, cause: &dyn fmt::Display) {
+        if admission == Admission::Probe {
+            self.open(HALF_OPEN, Trip::Probe, cause);
+            return;
+        }
+        let consecutive = self
+            .consecutive_failures
+            .fetch_add(1, Ordering::AcqRel)
+            .saturating_add(1);
+        let (calls, failures) = self.count(true);
+        if self.state.load(Ordering::Acquire) & STATE_BITS != CLOSED {
+            // A straggler admitted before the breaker opened: it changes nothing.
+            return;
+        }
+        if consecutive >= self.config.failure_threshold {
+            self.open(CLOSED, Trip::Consecutive(consecutive), cause);
+        } else if calls >= u64::from(self.config.min_calls)
+            && calls > 0
+            && failures as f64 >= self.config.failure_rate * calls as f64
+        {
+            self.open(CLOSED, Trip::Rate { failures, calls }, cause);
         }
     }
 
-    /// Releases a probe admission whose operation never ran (e.g. the caller was cancelled).
+    /// Releases a probe admission whose operation never finished (e.g. the caller was
+    /// cancelled): the next caller probes at once.
     pub(crate) fn abandon_probe(&self) {
-        if self
-            .state
-            .compare_exchange(HALF_OPEN, OPEN, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            // Let the next caller probe immediately.
-            self.opened_at_ms.store(0, Ordering::Release);
+        let current = self.state.load(Ordering::Acquire);
+        if current & STATE_BITS == HALF_OPEN {
+            let _ = self.state.compare_exchange(
+                current,
+                word(OPEN, PROBE_NOW),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
     }
 
-    fn open(&self, from: u8) {
-        self.opened_at_ms.store(self.now_ms(), Ordering::Release);
+    /// CAS from state `from` (whatever its opening time) to `to`, keeping the opening time.
+    fn transition(&self, from: u64, to: u64) -> bool {
+        let current = self.state.load(Ordering::Acquire);
+        current & STATE_BITS == from
+            && self
+                .state
+                .compare_exchange(
+                    current,
+                    word(to, current >> 2),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+    }
+
+    fn open(&self, from: u64, trip: Trip, cause: &dyn fmt::Display) {
+        let current = self.state.load(Ordering::Acquire);
+        if current & STATE_BITS != from {
+            return;
+        }
+        let opened = word(OPEN, self.now_ms());
         if self
             .state
-            .compare_exchange(from, OPEN, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(current, opened, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
-            self.transitioned(BreakerState::Open);
+            self.reset_counts();
+            self.transitioned(BreakerState::Open, Some(trip), Some(cause));
         }
     }
 
-    fn transitioned(&self, to: BreakerState) {
+    /// Counts one operation in the sliding window; returns the window's `(calls, failures)` when
+    /// `failed` (the totals are only needed then).
+    fn count(&self, failed: bool) -> (u64, u64) {
+        if self.config.window.is_zero() {
+            return (0, 0);
+        }
+        let slot = self.now_ms() / self.bucket_ms;
+        let bucket = &self.buckets[(slot % BUCKETS as u64) as usize];
+        let seen = bucket.slot.load(Ordering::Acquire);
+        if seen != slot
+            && bucket
+                .slot
+                .compare_exchange(seen, slot, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            bucket.calls.store(0, Ordering::Relaxed);
+            bucket.failures.store(0, Ordering::Relaxed);
+        }
+        bucket.calls.fetch_add(1, Ordering::Relaxed);
+        if !failed {
+            return (0, 0);
+        }
+        bucket.failures.fetch_add(1, Ordering::Relaxed);
+        let oldest = slot.saturating_sub(BUCKETS as u64 - 1);
+        self.buckets
+            .iter()
+            .filter(|b| (oldest..=slot).contains(&b.slot.load(Ordering::Acquire)))
+            .fold((0, 0), |(calls, failures), b| {
+                (
+                    calls + b.calls.load(Ordering::Relaxed),
+                    failures + b.failures.load(Ordering::Relaxed),
+                )
+            })
+    }
+
+    /// Forgets the window and the consecutive count (on open and on close), so failures from
+    /// before an outage cannot re-open the breaker right after it closed.
+    fn reset_counts(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        for bucket in &self.buckets {
+            bucket.slot.store(NO_SLOT, Ordering::Release);
+        }
+    }
+
+    fn transitioned(&self, to: BreakerState, trip: Option<Trip>, cause: Option<&dyn fmt::Display>) {
         self.transitions.fetch_add(1, Ordering::Relaxed);
+        let cache = self.name.as_str();
         match to {
-            BreakerState::Open => tracing::warn!(
-                cooldown = ?self.config.cooldown,
-                "cache circuit breaker opened: redis is skipped, callers go to the source"
-            ),
-            BreakerState::HalfOpen => {
-                tracing::info!("cache circuit breaker half-open: probing redis")
+            BreakerState::Open => {
+                let why = match trip {
+                    Some(Trip::Consecutive(n)) => format!("{n} consecutive redis failures"),
+                    Some(Trip::Rate { failures, calls }) => format!(
+                        "{failures} of {calls} redis operations failed in the last {:?}",
+                        self.config.window
+                    ),
+                    Some(Trip::Probe) | None => "the half-open probe failed".to_owned(),
+                };
+                let last_error = cause.map(ToString::to_string).unwrap_or_default();
+                tracing::warn!(
+                    cache,
+                    reason = %why,
+                    last_error = %last_error,
+                    cooldown = ?self.config.cooldown,
+                    "cache circuit breaker opened: redis is skipped, callers go to the source"
+                );
             }
-            BreakerState::Closed => tracing::info!("cache circuit breaker closed: redis is back"),
+            BreakerState::HalfOpen => {
+                tracing::info!(cache, "cache circuit breaker half-open: probing redis")
+            }
+            BreakerState::Closed => {
+                tracing::info!(cache, "cache circuit breaker closed: redis is back")
+            }
         }
         if let Some(hook) = &self.on_transition {
             hook(to);
@@ -204,34 +434,40 @@ impl Breaker {
 mod tests {
     use super::*;
 
-    fn breaker(threshold: u32, cooldown_ms: u64) -> Breaker {
-        Breaker::new(
-            BreakerConfig {
-                failure_threshold: threshold,
-                cooldown: Duration::from_millis(cooldown_ms),
-            },
-            None,
-        )
+    const CAUSE: &str = "test failure";
+
+    fn breaker(config: BreakerConfig) -> Breaker {
+        Breaker::new(config, "test", None)
+    }
+
+    /// Consecutive rule only.
+    fn consecutive(threshold: u32, cooldown_ms: u64) -> Breaker {
+        breaker(BreakerConfig {
+            failure_threshold: threshold,
+            cooldown: Duration::from_millis(cooldown_ms),
+            window: Duration::ZERO,
+            ..Default::default()
+        })
     }
 
     #[test]
     fn opens_after_consecutive_failures_only() {
-        let b = breaker(3, 10_000);
-        b.record_failure(Admission::Allowed);
-        b.record_failure(Admission::Allowed);
+        let b = consecutive(3, 10_000);
+        b.record_failure(Admission::Allowed, &CAUSE);
+        b.record_failure(Admission::Allowed, &CAUSE);
         b.record_success(Admission::Allowed);
-        b.record_failure(Admission::Allowed);
-        b.record_failure(Admission::Allowed);
+        b.record_failure(Admission::Allowed, &CAUSE);
+        b.record_failure(Admission::Allowed, &CAUSE);
         assert_eq!(b.state(), BreakerState::Closed);
-        b.record_failure(Admission::Allowed);
+        b.record_failure(Admission::Allowed, &CAUSE);
         assert_eq!(b.state(), BreakerState::Open);
         assert_eq!(b.admit(), Admission::Rejected);
     }
 
     #[test]
     fn one_probe_after_cooldown_then_closes_on_success() {
-        let b = breaker(1, 0);
-        b.record_failure(Admission::Allowed);
+        let b = consecutive(1, 0);
+        b.record_failure(Admission::Allowed, &CAUSE);
         assert_eq!(b.state(), BreakerState::Open);
         assert_eq!(b.admit(), Admission::Probe);
         assert_eq!(b.state(), BreakerState::HalfOpen);
@@ -243,20 +479,168 @@ mod tests {
     }
 
     #[test]
-    fn failed_probe_reopens() {
-        let b = breaker(1, 0);
-        b.record_failure(Admission::Allowed);
-        assert_eq!(b.admit(), Admission::Probe);
-        b.record_failure(Admission::Probe);
+    fn stays_open_during_the_cooldown() {
+        let b = consecutive(1, 60_000);
+        b.record_failure(Admission::Allowed, &CAUSE);
+        for _ in 0..100 {
+            assert_eq!(b.admit(), Admission::Rejected);
+        }
         assert_eq!(b.state(), BreakerState::Open);
     }
 
     #[test]
+    fn failed_probe_reopens() {
+        let b = consecutive(1, 0);
+        b.record_failure(Admission::Allowed, &CAUSE);
+        assert_eq!(b.admit(), Admission::Probe);
+        b.record_failure(Admission::Probe, &CAUSE);
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.transitions(), 3);
+    }
+
+    #[test]
+    fn a_failed_probe_restarts_the_cooldown() {
+        let b = consecutive(1, 60_000);
+        b.record_failure(Admission::Allowed, &CAUSE);
+        assert_eq!(b.admit(), Admission::Rejected);
+        // Pretend the cooldown elapsed.
+        b.state.store(word(OPEN, PROBE_NOW), Ordering::Release);
+        assert_eq!(b.admit(), Admission::Probe);
+        b.record_failure(Admission::Probe, &CAUSE);
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.admit(), Admission::Rejected, "a new cooldown started");
+    }
+
+    #[test]
     fn abandoned_probe_lets_the_next_caller_probe() {
-        let b = breaker(1, 0);
-        b.record_failure(Admission::Allowed);
+        let b = consecutive(1, 60_000);
+        b.record_failure(Admission::Allowed, &CAUSE);
+        b.state.store(word(OPEN, PROBE_NOW), Ordering::Release);
         assert_eq!(b.admit(), Admission::Probe);
         b.abandon_probe();
+        assert_eq!(b.state(), BreakerState::Open);
         assert_eq!(b.admit(), Admission::Probe);
+    }
+
+    #[test]
+    fn stragglers_do_not_move_an_open_breaker() {
+        let b = consecutive(2, 0);
+        b.record_failure(Admission::Allowed, &CAUSE);
+        b.record_failure(Admission::Allowed, &CAUSE);
+        assert_eq!(b.state(), BreakerState::Open);
+        let transitions = b.transitions();
+        // Operations admitted before the breaker opened finish late.
+        b.record_failure(Admission::Allowed, &CAUSE);
+        b.record_failure(Admission::Allowed, &CAUSE);
+        b.record_success(Admission::Allowed);
+        assert_eq!(b.state(), BreakerState::Open, "only the probe closes it");
+        assert_eq!(b.transitions(), transitions);
+    }
+
+    #[test]
+    fn opens_on_failure_rate_with_interleaved_successes() {
+        let b = breaker(BreakerConfig {
+            failure_threshold: 1000,
+            cooldown: Duration::from_secs(60),
+            failure_rate: 0.5,
+            window: Duration::from_secs(60),
+            min_calls: 20,
+        });
+        // success, failure, success, failure, ...: never 2 consecutive failures.
+        for i in 0..19 {
+            if i % 2 == 0 {
+                b.record_success(Admission::Allowed);
+            } else {
+                b.record_failure(Admission::Allowed, &CAUSE);
+            }
+            assert_eq!(b.state(), BreakerState::Closed, "below min_calls at {i}");
+        }
+        b.record_failure(Admission::Allowed, &CAUSE); // 20 calls, 10 failures
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn a_low_failure_rate_keeps_it_closed() {
+        let b = breaker(BreakerConfig {
+            failure_threshold: 1000,
+            failure_rate: 0.5,
+            window: Duration::from_secs(60),
+            min_calls: 10,
+            ..Default::default()
+        });
+        for _ in 0..100 {
+            for _ in 0..3 {
+                b.record_success(Admission::Allowed);
+            }
+            b.record_failure(Admission::Allowed, &CAUSE);
+        }
+        assert_eq!(b.state(), BreakerState::Closed, "25% < 50%");
+    }
+
+    #[test]
+    fn closing_forgets_old_failures() {
+        let b = breaker(BreakerConfig {
+            failure_threshold: 1000,
+            cooldown: Duration::ZERO,
+            failure_rate: 0.5,
+            window: Duration::from_secs(60),
+            min_calls: 4,
+        });
+        for _ in 0..4 {
+            b.record_failure(Admission::Allowed, &CAUSE);
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.admit(), Admission::Probe);
+        b.record_success(Admission::Probe);
+        assert_eq!(b.state(), BreakerState::Closed);
+        // One failure after recovery: 1 of 1 calls, but below min_calls and the old ones are gone.
+        b.record_success(Admission::Allowed);
+        b.record_success(Admission::Allowed);
+        b.record_failure(Admission::Allowed, &CAUSE);
+        b.record_success(Admission::Allowed);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn invalid_settings_are_rejected() {
+        let bad = [
+            BreakerConfig {
+                failure_threshold: 0,
+                ..Default::default()
+            },
+            BreakerConfig {
+                failure_rate: 0.0,
+                ..Default::default()
+            },
+            BreakerConfig {
+                failure_rate: 1.5,
+                ..Default::default()
+            },
+            BreakerConfig {
+                failure_rate: f64::NAN,
+                ..Default::default()
+            },
+        ];
+        for config in bad {
+            assert!(config.validate().is_err(), "{config:?}");
+        }
+        assert!(BreakerConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn concurrent_callers_get_exactly_one_probe() {
+        let b = Arc::new(consecutive(1, 0));
+        b.record_failure(Admission::Allowed, &CAUSE);
+        let probes: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let b = b.clone();
+                    s.spawn(move || (0..1000).filter(|_| b.admit() == Admission::Probe).count())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+        });
+        assert_eq!(probes, 1);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
     }
 }

@@ -5,7 +5,7 @@
 //! `cache_loads_total`, `cache_load_errors_total`, `cache_redis_errors_total`,
 //! `cache_corrupt_entries_total`, `cache_coalesced_total`, `cache_refreshes_total`,
 //! `cache_lock_waits_total`, `cache_lock_timeouts_total`, `cache_breaker_transitions_total{to}`,
-//! histogram `cache_load_seconds`.
+//! histogram `cache_load_seconds`, gauge `cache_breaker_state` (0 closed, 1 open, 2 half-open).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -94,6 +94,7 @@ struct Handles {
     refreshes: metrics::Counter,
     lock_waits: metrics::Counter,
     lock_timeouts: metrics::Counter,
+    breaker_state: metrics::Gauge,
 }
 
 impl Handles {
@@ -112,7 +113,8 @@ impl Handles {
             corrupt: metrics::counter!("cache_corrupt_entries_total", "cache" => cache.clone()),
             refreshes: metrics::counter!("cache_refreshes_total", "cache" => cache.clone()),
             lock_waits: metrics::counter!("cache_lock_waits_total", "cache" => cache.clone()),
-            lock_timeouts: metrics::counter!("cache_lock_timeouts_total", "cache" => cache),
+            lock_timeouts: metrics::counter!("cache_lock_timeouts_total", "cache" => cache.clone()),
+            breaker_state: metrics::gauge!("cache_breaker_state", "cache" => cache),
         }
     }
 }
@@ -151,9 +153,11 @@ fn bump(counter: &AtomicU64, handle: &metrics::Counter) {
 impl Counters {
     pub(crate) fn new(name: &str) -> Self {
         let zero = || AtomicU64::new(0);
+        let handles = Handles::register(name);
+        handles.breaker_state.set(0.0);
         Counters {
             name: name.to_owned(),
-            handles: Handles::register(name),
+            handles,
             hits: zero(),
             local_hits: zero(),
             misses: zero(),
@@ -219,12 +223,12 @@ impl Counters {
     }
 
     pub(crate) fn breaker_transition(&self, to: BreakerState) {
-        let to = match to {
-            BreakerState::Closed => "closed",
-            BreakerState::Open => "open",
-            BreakerState::HalfOpen => "half_open",
-        };
-        metrics::counter!("cache_breaker_transitions_total", "cache" => self.name.clone(), "to" => to)
+        self.handles.breaker_state.set(match to {
+            BreakerState::Closed => 0.0,
+            BreakerState::Open => 1.0,
+            BreakerState::HalfOpen => 2.0,
+        });
+        metrics::counter!("cache_breaker_transitions_total", "cache" => self.name.clone(), "to" => to.as_str())
             .increment(1);
     }
 

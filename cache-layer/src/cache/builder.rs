@@ -129,6 +129,7 @@ impl CacheBuilder {
     /// Builds the cache. Never connects: fails only on invalid configuration (bad URL or namespace).
     pub fn build(self) -> Result<Cache, Error> {
         let keys = KeySpace::new(&self.namespace)?;
+        self.breaker.validate()?;
         let store = match &self.redis_url {
             Some(url) => Backend::Redis(RedisStore::new(url, self.redis.clone())?),
             None => Backend::Memory(MemoryStore::new(self.memory_max_bytes)),
@@ -138,6 +139,7 @@ impl CacheBuilder {
         let hook_counters = counters.clone();
         let breaker = Breaker::new(
             self.breaker,
+            name.clone(),
             Some(Arc::new(move |to| hook_counters.breaker_transition(to))),
         );
         let landed = LandedSignals::new(keys.meta("landed"), store.redis_client());

@@ -110,10 +110,12 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// Whether a failed Redis operation says something about Redis' health (and so counts against the
-/// breaker), as opposed to a problem with one key.
+/// breaker), as opposed to a rejection of one command by a Redis that is otherwise serving: a wrong
+/// key type, `OOM` (maxmemory with `noeviction`: writes fail, reads still hit), `READONLY`, an ACL
+/// `NOPERM`. Opening the breaker for those would throw away the hits Redis can still serve.
 fn is_health_failure(err: &Error) -> bool {
     match err {
-        Error::Redis(e) => e.code() != Some("WRONGTYPE"),
+        Error::Redis(e) => !matches!(e.code(), Some("WRONGTYPE" | "OOM" | "READONLY" | "NOPERM")),
         Error::Timeout(_) => true,
         Error::BreakerOpen | Error::Encode(_) | Error::Config(_) => false,
     }
@@ -128,12 +130,12 @@ struct AdmissionGuard<'a> {
 }
 
 impl AdmissionGuard<'_> {
-    fn settle(mut self, healthy: bool) {
+    /// `failure`: the error if it says Redis is unhealthy.
+    fn settle(mut self, failure: Option<&Error>) {
         self.settled = true;
-        if healthy {
-            self.breaker.record_success(self.admission);
-        } else {
-            self.breaker.record_failure(self.admission);
+        match failure {
+            None => self.breaker.record_success(self.admission),
+            Some(err) => self.breaker.record_failure(self.admission, err),
         }
     }
 }
@@ -214,11 +216,11 @@ impl Cache {
         };
         let result = op.await;
         match &result {
-            Ok(_) => guard.settle(true),
+            Ok(_) => guard.settle(None),
             Err(err) => {
                 inner.counters.redis_error();
                 tracing::debug!(cache = %inner.name, error = %err, "redis operation failed");
-                guard.settle(!is_health_failure(err));
+                guard.settle(Some(err).filter(|err| is_health_failure(err)));
             }
         }
         result
