@@ -18,7 +18,7 @@ use proc_macro2::{Ident, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::{
-    AttrStyle, Attribute, FnArg, GenericArgument, GenericParam, Generics, ItemFn, Pat, PathArguments,
+    AttrStyle, Attribute, FnArg, GenericArgument, GenericParam, ItemFn, Pat, PathArguments,
     Receiver, ReturnType, Type,
 };
 
@@ -167,7 +167,7 @@ fn analyze(mac: Macro, func: &ItemFn, args: Option<&Args>, errors: &mut Option<s
                 errors,
                 syn::Error::new(
                     match &sig.output {
-                        ReturnType::Type(arrow, _) => arrow.spans[0],
+                        ReturnType::Type(_, ty) => ty.span(),
                         ReturnType::Default => sig.ident.span(),
                     },
                     format!(
@@ -337,6 +337,24 @@ fn borrows(tokens: TokenStream) -> bool {
         }
     }
     false
+}
+
+/// The same tokens, all with `span` (so errors about them point there).
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|tt| match tt {
+            TokenTree::Group(g) => {
+                let mut group = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                group.set_span(span);
+                TokenTree::Group(group)
+            }
+            mut other => {
+                other.set_span(span);
+                other
+            }
+        })
+        .collect()
 }
 
 /// Every identifier in some tokens.
@@ -614,9 +632,11 @@ fn expand_cached(func: &ItemFn, args: &Args, info: &Info) -> TokenStream {
         Shape::ResultOption => "try_fetch_some",
     };
     let fetch = format_ident!("{}{}", fetch, scoped);
+    // Errors about the cached type (not `Serialize`, body not `Send`, ...) point at the return type.
     let ret_span = info.ret.as_ref().map_or_else(Span::call_site, |r| r.span());
+    let p_ret = respan(p.clone(), ret_span);
     let call_engine = quote_spanned!(ret_span=>
-        #p::#fetch(&__cache_handle, &__cache_key, &__cache_policy, __cache_loader).await
+        #p_ret::#fetch(&__cache_handle, &__cache_key, &__cache_policy, __cache_loader).await
     );
 
     let resolve = resolve_cache(&p, args, name);
@@ -678,7 +698,7 @@ fn expand_cached(func: &ItemFn, args: &Args, info: &Info) -> TokenStream {
         }
     );
     let store_call = quote_spanned!(ret_span=>
-        #p::#store(__cache_handle, __cache_key, &__cache_policy, &__cache_out, #name_str).await
+        #p_ret::#store(__cache_handle, __cache_key, &__cache_policy, &__cache_out, #name_str).await
     );
     let refresh_doc = format!(
         "Runs the body of [`{what}`] and stores its result as the entry for these arguments \

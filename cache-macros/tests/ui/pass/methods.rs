@@ -73,9 +73,10 @@ impl<'de> serde::Deserialize<'de> for Repo {
     }
 }
 
+/// A trait whose futures must be `Send`: the cached impls satisfy it.
 pub trait Catalog {
-    async fn title(&self, id: u64) -> String;
-    async fn maybe(&self, id: u64) -> Result<u64, std::io::Error>;
+    fn title(&self, id: u64) -> impl std::future::Future<Output = String> + Send;
+    fn maybe(&self, id: u64) -> impl std::future::Future<Output = Result<u64, std::io::Error>> + Send;
 }
 
 impl Catalog for Repo {
