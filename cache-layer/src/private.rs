@@ -346,7 +346,7 @@ impl KeyBuilder {
     /// Starts a key. `marker_path` is the `type_name_of_val` of a fn item declared inside the
     /// generated fn (or a companion of it), `fn_name` the name of the cached fn.
     pub fn new(marker_path: &str, fn_name: &str) -> Self {
-        let mut key = container_path(marker_path).to_owned();
+        let mut key = container_path(marker_path);
         if !key.is_empty() {
             key.push_str("::");
         }
@@ -423,27 +423,18 @@ impl<T: Serialize + ?Sized> KeyArg for T {
     }
 }
 
-/// Strips the marker fn's own name, closure segments and the generated fn's name from a
-/// `type_name_of_val` path, leaving the module path or the impl (`crate::m::Repo<_>`).
-fn container_path(marker_path: &str) -> &str {
-    let mut path = marker_path;
-    // The marker fn itself.
-    if let Some((head, _)) = path.rsplit_once("::") {
-        path = head;
-    }
-    // `{{closure}}` (async fn bodies) and similar compiler-made segments.
-    while let Some((head, last)) = path.rsplit_once("::") {
-        if last.starts_with('{') {
-            path = head;
-        } else {
-            break;
-        }
-    }
-    // The generated fn (`get`, `get_invalidate`, `get_refresh`).
-    match path.rsplit_once("::") {
-        Some((head, _)) => head,
-        None => "",
-    }
+/// Strips the marker fn's own name, compiler-made segments (`{{closure}}` of async fn bodies)
+/// and the generated fn's name from a `type_name_of_val` path, leaving the module path or the impl
+/// (`crate::m`, `crate::m::Repo<_>`, `<crate::m::Repo as crate::m::Load>`).
+fn container_path(marker_path: &str) -> String {
+    let mut segments: Vec<&str> = marker_path
+        .split("::")
+        .filter(|segment| !segment.starts_with('{'))
+        .collect();
+    // The marker fn, then the generated fn (`get`, `get_invalidate`, `get_refresh`).
+    segments.pop();
+    segments.pop();
+    segments.join("::")
 }
 
 /// Whether a path shows generic arguments as `_` (impl generics a nested fn cannot see).
@@ -920,6 +911,11 @@ mod tests {
             container_path("app::Repo<_>::get::__cache_path"),
             "app::Repo<_>"
         );
+        assert_eq!(
+            container_path("app::test::{{closure}}::get::{{closure}}::__cache_path"),
+            "app::test"
+        );
+        assert_eq!(container_path("get::__cache_path"), "");
         assert!(has_erased_generics("app::Repo<_>"));
         assert!(has_erased_generics("<app::Repo<u8, _> as app::Load>"));
         assert!(!has_erased_generics("<app::Repo as app::Load>"));
@@ -950,5 +946,47 @@ mod tests {
             }
         }
         assert_eq!(key(&[&|k| k.arg(&Refuses)]), None);
+    }
+
+    /// Counts `WARN` events.
+    struct CountWarnings(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl tracing::Subscriber for CountWarnings {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            if *event.metadata().level() == tracing::Level::WARN {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn no_cache_warns_once_per_fn() {
+        // No unit test of this crate installs a global cache.
+        assert!(Cache::global().is_none());
+        let warnings = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let subscriber = CountWarnings(warnings.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let (first, second) = (WarnOnce::new(), WarnOnce::new());
+            for _ in 0..3 {
+                assert!(resolve(None, &first, "app::first").is_none());
+            }
+            assert_eq!(warnings.load(Ordering::SeqCst), 1);
+            assert!(resolve(None, &second, "app::second").is_none());
+            assert_eq!(warnings.load(Ordering::SeqCst), 2);
+            // An explicit cache never warns.
+            let cache = Cache::in_memory();
+            assert!(resolve(explicit(&cache), &WarnOnce::new(), "app::third").is_some());
+            assert_eq!(warnings.load(Ordering::SeqCst), 2);
+        });
     }
 }

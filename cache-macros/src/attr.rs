@@ -109,7 +109,6 @@ pub(crate) struct Args {
     pub(crate) jitter: Option<WithSpan<f64>>,
     pub(crate) cache: Option<Expr>,
     pub(crate) skip: Vec<Ident>,
-    pub(crate) skip_span: Option<Span>,
     pub(crate) none: Option<WithSpan<bool>>,
     pub(crate) companions: Option<WithSpan<bool>>,
     pub(crate) krate: Option<Path>,
@@ -358,7 +357,6 @@ fn parse_entry(
                 let idents = ident_list(value.clone())
                     .map_err(|_| wrong("a list of argument names"))?;
                 args.skip = idents;
-                args.skip_span = Some(span);
             }
             KeyKind::None | KeyKind::Companions => {
                 let lit: LitBool =

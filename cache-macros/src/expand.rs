@@ -236,9 +236,6 @@ fn check_args(mac: Macro, func: &ItemFn, args: &Args, info: &mut Info, errors: &
             push_error(errors, syn::Error::new(ident.span(), format!("`skip` names `{name}`, which is not an argument of `{}`; {}", func.sig.ident, available())));
         }
     }
-    if let (Some(span), Some(_)) = (args.skip_span, &args.key) {
-        push_error(errors, syn::Error::new(span, "`skip` only applies to the default key; with `key = \"...\"` the key is exactly the template"));
-    }
     if mac == Macro::Invalidate && args.tags.is_empty() && args.keys.is_empty() {
         push_error(errors, syn::Error::new(Span::call_site(), "#[invalidate] needs something to invalidate: give `tags = [...]` and/or `keys = [...]`"));
     }
@@ -672,6 +669,23 @@ fn expand_cached(func: &ItemFn, args: &Args, info: &Info) -> TokenStream {
     // {fn}_uncached: the original fn, renamed.
     let mut body_fn = func.clone();
     body_fn.sig.ident = uncached.clone();
+    // Arguments only the attribute uses (`cache = cache`, `key = "{id}"`) are used, as far as the
+    // user is concerned: no "unused variable" warning from the body.
+    let mut used_by_attr = HashSet::new();
+    if let Some(expr) = &args.cache {
+        idents_in(expr.to_token_stream(), &mut used_by_attr);
+    }
+    for template in args.key.iter().chain(&args.tags) {
+        used_by_attr.extend(template.placeholders().map(|(root, _)| root.to_owned()));
+    }
+    let touches: Vec<syn::Stmt> = info
+        .args
+        .iter()
+        .filter_map(|a| a.name.as_ref())
+        .filter(|name| used_by_attr.contains(&name.to_string()))
+        .map(|name| syn::parse_quote!(let _ = &#name;))
+        .collect();
+    body_fn.block.stmts.splice(0..0, touches);
     body_fn.attrs.retain(|a| matches!(a.style, AttrStyle::Inner(_)));
     let uncached_doc = format!(
         "The body of [`{what}`], without the cache: always runs, never reads or writes an entry.\n\n\

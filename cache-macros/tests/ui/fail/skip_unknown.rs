@@ -6,10 +6,4 @@ async fn get(conn: &str, id: u64) -> u64 {
     id
 }
 
-#[cached(key = "k:{id}", skip = [conn])]
-async fn keyed(conn: &str, id: u64) -> u64 {
-    let _ = conn;
-    id
-}
-
 fn main() {}
