@@ -9,11 +9,13 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Redis answered with an error or the connection failed.
-    #[error("redis error: {0}")]
+    /// Redis answered with an error or the connection failed. The message starts with what it
+    /// means (`redis authentication failed`, `redis is out of memory`, `could not connect to
+    /// redis`, ...) followed by the server's or driver's own words.
+    #[error("{}", describe(.0))]
     Redis(#[from] redis::RedisError),
-    /// A Redis operation (or pool checkout) took longer than the configured timeout.
-    #[error("redis operation timed out after {0:?}")]
+    /// A Redis operation (waiting for a connection included) took longer than the timeout.
+    #[error("redis did not answer within {0:?} (down, hung or overloaded?)")]
     Timeout(Duration),
     /// The circuit breaker is open: Redis failed recently and is being skipped until the cooldown ends.
     #[error("circuit breaker is open: redis is being skipped after recent failures")]
@@ -25,3 +27,32 @@ pub enum Error {
     #[error("invalid cache configuration: {0}")]
     Config(String),
 }
+
+/// A plain-language summary of a Redis error, followed by the error itself.
+fn describe(err: &redis::RedisError) -> String {
+    let mentions_password = || err.detail().is_some_and(|d| d.contains("password"));
+    let summary = match err.code() {
+        Some("NOAUTH" | "WRONGPASS") => AUTH_FAILED,
+        Some("ERR") if mentions_password() => AUTH_FAILED,
+        Some("OOM") => {
+            "redis is out of memory (maxmemory reached and the eviction policy frees nothing): \
+             writes are rejected"
+        }
+        Some("BUSY") => "redis is busy running a script or function",
+        Some("LOADING") => "redis is still loading its data set",
+        Some("READONLY") => "redis is a read-only replica: writes are rejected",
+        Some("NOPERM") => "the redis user lacks the ACL permission for this command",
+        _ if err.kind() == redis::ErrorKind::AuthenticationFailed => AUTH_FAILED,
+        _ if err.is_connection_refusal() => {
+            "could not connect to redis (connection refused: is it running at that address?)"
+        }
+        _ if err.is_timeout() => "redis did not answer in time",
+        _ if err.is_connection_dropped() => "the connection to redis was lost",
+        _ if err.is_io_error() => "redis I/O error",
+        _ => "redis error",
+    };
+    format!("{summary}: {err}")
+}
+
+const AUTH_FAILED: &str =
+    "redis authentication failed (check the user name and password in the redis URL)";

@@ -83,20 +83,22 @@ impl CacheBuilder {
         self
     }
 
-    /// Timeout of each Redis command (default 250 ms). A timed-out command counts as a failure for
-    /// the breaker and the caller falls back to the source.
+    /// Timeout of each Redis operation, including the wait for a pooled connection (default
+    /// 250 ms). A timed-out operation counts as a failure for the breaker and the caller falls back
+    /// to the source.
     pub fn op_timeout(mut self, timeout: Duration) -> Self {
         self.redis.op_timeout = timeout;
         self
     }
 
-    /// Longest wait for a pooled connection, including connecting (default 250 ms).
+    /// Longest wait for a pooled connection (default 250 ms; never longer than the op timeout).
     pub fn checkout_timeout(mut self, timeout: Duration) -> Self {
         self.redis.checkout_timeout = timeout;
         self
     }
 
-    /// Timeout for establishing a connection (default 250 ms).
+    /// Timeout for establishing a connection: TCP connect plus handshake (default 250 ms). Runs in
+    /// the background: callers never wait for it longer than the op timeout.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.redis.connect_timeout = timeout;
         self

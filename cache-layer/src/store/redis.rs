@@ -3,15 +3,31 @@
 //! The pool follows the measurements in DESIGN.md "Redis access":
 //!
 //! - no `PING` on checkout (`test_on_check_out(false)`): health comes from errors and the breaker;
-//! - a short checkout timeout and no connect retries, so a dead Redis fails fast;
 //! - the pool is built lazily (`build_unchecked`, no background tasks), so building never touches
 //!   the network and works outside a Tokio runtime;
 //! - a connection that saw an I/O error or a timeout is flagged and replaced at its next checkout
 //!   (bb8-redis' own manager reports connections as never broken);
 //! - the multiplexed connection is cloned out of the checkout and the checkout released at once,
 //!   so any number of commands share the pool's connections concurrently.
+//!
+//! Time bounds (nothing here can make a caller wait on a dead or hung Redis):
+//!
+//! - one operation — waiting for a pooled connection *and* the command(s) — has one deadline,
+//!   `op_timeout` after it started (scripts that need a `SCRIPT LOAD` retry included);
+//! - waiting for a pooled connection is also capped by `checkout_timeout` (bb8 otherwise waits
+//!   30 s and retries connecting), and fails at once when a connection attempt fails (bb8 does not
+//!   hand connect errors to waiting callers; we do, so a refused connection or a wrong password is
+//!   reported as such instead of as a timeout);
+//! - a new connection (TCP connect plus the `HELLO`/`AUTH`/`SELECT` handshake) is made in the
+//!   background and bounded by `connect_timeout`; callers never wait for it past their deadline;
+//! - redis-rs' own response timeout (= `op_timeout`) backs the deadline up.
+//!
+//! A command that fails because its connection was dropped (the server restarted, `CLIENT KILL`,
+//! an idle timeout) is retried on another connection within the same deadline, except `SET NX`
+//! whose first attempt may have succeeded.
 
 use std::{
+    future::Future,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -23,6 +39,7 @@ use bb8_redis::{
     bb8::{self, ManageConnection, RunError},
     redis::{self, aio::MultiplexedConnection, AsyncConnectionConfig, FromRedisValue},
 };
+use tokio::{sync::watch, time::Instant};
 
 use super::Store;
 use crate::Error;
@@ -30,11 +47,12 @@ use crate::Error;
 /// Connection settings of a [`RedisStore`].
 #[derive(Debug, Clone)]
 pub struct RedisStoreConfig {
-    /// Longest time one command may take before it fails (and counts against the breaker).
+    /// Longest time one operation may take, from asking the pool for a connection to the reply;
+    /// past it the operation fails (and counts against the breaker).
     pub op_timeout: Duration,
-    /// Longest time to wait for a pooled connection (including connecting).
+    /// Longest time to wait for a pooled connection (never longer than `op_timeout`).
     pub checkout_timeout: Duration,
-    /// Longest time to establish a new TCP connection and handshake.
+    /// Longest time to establish a new connection: TCP connect plus handshake (`HELLO`, `AUTH`).
     pub connect_timeout: Duration,
     /// Number of multiplexed connections in the pool.
     pub pool_size: u32,
@@ -57,9 +75,13 @@ pub(crate) struct PooledConnection {
     broken: Arc<AtomicBool>,
 }
 
+/// The last failed connection attempt, published to callers waiting for a connection.
+type ConnectFailures = watch::Sender<Option<redis::RedisError>>;
+
 struct Manager {
     client: redis::Client,
     connection_config: AsyncConnectionConfig,
+    connect_failures: Arc<ConnectFailures>,
 }
 
 impl ManageConnection for Manager {
@@ -67,14 +89,21 @@ impl ManageConnection for Manager {
     type Error = redis::RedisError;
 
     async fn connect(&self) -> Result<PooledConnection, redis::RedisError> {
-        let connection = self
+        match self
             .client
             .get_multiplexed_async_connection_with_config(&self.connection_config)
-            .await?;
-        Ok(PooledConnection {
-            connection,
-            broken: Arc::new(AtomicBool::new(false)),
-        })
+            .await
+        {
+            Ok(connection) => Ok(PooledConnection {
+                connection,
+                broken: Arc::new(AtomicBool::new(false)),
+            }),
+            Err(err) => {
+                tracing::debug!(error = %Error::Redis(err.clone()), "redis connection attempt failed");
+                self.connect_failures.send_replace(Some(err.clone()));
+                Err(err)
+            }
+        }
     }
 
     async fn is_valid(&self, conn: &mut PooledConnection) -> Result<(), redis::RedisError> {
@@ -88,51 +117,73 @@ impl ManageConnection for Manager {
     }
 }
 
-/// A connection cloned out of the pool, with the handle that marks it broken.
+/// Whether `err` means the connection itself is gone (so another connection may succeed).
+fn is_dropped_connection(err: &Error) -> bool {
+    matches!(err, Error::Redis(e) if e.is_connection_dropped())
+}
+
+/// A connection cloned out of the pool, with the handle that marks it broken and the deadline of
+/// the operation it serves.
 pub(crate) struct Connection {
     pub(crate) inner: MultiplexedConnection,
     broken: Arc<AtomicBool>,
+    deadline: Instant,
     op_timeout: Duration,
 }
 
 impl Connection {
     /// Runs a command, retiring the connection if it failed at the transport level.
     pub(crate) async fn query<T: FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, Error> {
-        let result = cmd.query_async(&mut self.inner).await;
+        let deadline = self.deadline;
+        let result = tokio::time::timeout_at(deadline, cmd.query_async(&mut self.inner)).await;
         self.check(result)
     }
 
     /// Runs a pipeline, retiring the connection if it failed at the transport level.
+    #[allow(dead_code)] // for pipelined batches (write-behind counters)
     pub(crate) async fn query_pipeline<T: FromRedisValue>(
         &mut self,
         pipe: &redis::Pipeline,
     ) -> Result<T, Error> {
-        let result = pipe.query_async(&mut self.inner).await;
+        let deadline = self.deadline;
+        let result = tokio::time::timeout_at(deadline, pipe.query_async(&mut self.inner)).await;
         self.check(result)
     }
 
-    /// Invokes a Lua script (EVALSHA, falling back to EVAL/loading on NOSCRIPT).
+    /// Invokes a Lua script (EVALSHA, falling back to loading it on NOSCRIPT), all within the
+    /// operation's deadline.
     pub(crate) async fn invoke<T: FromRedisValue>(
         &mut self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, Error> {
-        let result = invocation.invoke_async(&mut self.inner).await;
+        let deadline = self.deadline;
+        let result =
+            tokio::time::timeout_at(deadline, invocation.invoke_async(&mut self.inner)).await;
         self.check(result)
     }
 
-    fn check<T>(&self, result: redis::RedisResult<T>) -> Result<T, Error> {
-        result.map_err(|err| {
-            if err.is_timeout() {
+    fn check<T>(
+        &self,
+        result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, Error> {
+        match result {
+            Err(_elapsed) => {
                 self.broken.store(true, Ordering::Relaxed);
-                Error::Timeout(self.op_timeout)
-            } else {
+                Err(Error::Timeout(self.op_timeout))
+            }
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) if err.is_timeout() => {
+                self.broken.store(true, Ordering::Relaxed);
+                Err(Error::Timeout(self.op_timeout))
+            }
+            Ok(Err(err)) => {
                 if err.is_io_error() || err.is_connection_dropped() || err.is_unrecoverable_error()
                 {
                     self.broken.store(true, Ordering::Relaxed);
                 }
-                Error::Redis(err)
+                Err(Error::Redis(err))
             }
-        })
+        }
     }
 }
 
@@ -152,6 +203,7 @@ pub struct RedisStore {
     pool: bb8::Pool<Manager>,
     client: redis::Client,
     config: RedisStoreConfig,
+    connect_failures: Arc<ConnectFailures>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -168,20 +220,23 @@ impl RedisStore {
     ///
     /// Fails only when the URL is invalid; a Redis that is down is noticed on use.
     pub fn new(url: &str, config: RedisStoreConfig) -> Result<Self, Error> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::Config(format!("invalid redis url {url:?}: {e}")))?;
+        let client = redis::Client::open(url).map_err(|e| {
+            Error::Config(format!("invalid redis url {:?}: {e}", redact_password(url)))
+        })?;
         let connection_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.op_timeout));
+        let connect_failures = Arc::new(watch::Sender::new(None));
         let manager = Manager {
             client: client.clone(),
             connection_config,
+            connect_failures: connect_failures.clone(),
         };
         let pool = bb8::Pool::builder()
             .max_size(config.pool_size.max(1))
             .min_idle(None)
             .test_on_check_out(false)
-            .connection_timeout(config.checkout_timeout)
+            .connection_timeout(config.checkout_timeout.min(config.op_timeout))
             .retry_connection(false)
             // No reaper task: building must work outside a runtime. Multiplexed connections are
             // long-lived by design; broken ones are retired through `has_broken`.
@@ -192,6 +247,7 @@ impl RedisStore {
             pool,
             client,
             config,
+            connect_failures,
         })
     }
 
@@ -205,17 +261,42 @@ impl RedisStore {
         &self.config
     }
 
-    /// A multiplexed connection cloned out of the pool; the checkout is released immediately.
+    /// A multiplexed connection cloned out of the pool (the checkout is released immediately) for
+    /// one operation: its commands must finish within `op_timeout` from now.
     pub(crate) async fn connection(&self) -> Result<Connection, Error> {
+        self.connection_until(Instant::now() + self.config.op_timeout)
+            .await
+    }
+
+    async fn connection_until(&self, deadline: Instant) -> Result<Connection, Error> {
+        match tokio::time::timeout_at(deadline, self.checkout(deadline)).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(Error::Timeout(self.config.op_timeout)),
+        }
+    }
+
+    async fn checkout(&self, deadline: Instant) -> Result<Connection, Error> {
         // Each broken connection found is dropped (bb8 asks `has_broken` and discards it), so this
         // loop ends after at most `pool_size` retirements.
         for _ in 0..=self.config.pool_size {
-            let checkout = match self.pool.get().await {
-                Ok(checkout) => checkout,
-                Err(RunError::TimedOut) => {
-                    return Err(Error::Timeout(self.config.checkout_timeout))
+            let mut failures = self.connect_failures.subscribe();
+            let checkout = tokio::select! {
+                biased;
+                checkout = self.pool.get() => match checkout {
+                    Ok(checkout) => checkout,
+                    Err(RunError::TimedOut) => return Err(Error::Timeout(self.config.op_timeout)),
+                    Err(RunError::User(err)) => return Err(Error::Redis(err)),
+                },
+                // bb8 does not tell waiting callers that connecting failed; fail fast with the
+                // reason instead of waiting for the timeout.
+                Ok(()) = failures.changed() => {
+                    let failure = failures.borrow_and_update().clone();
+                    return Err(match failure {
+                        Some(err) if err.is_timeout() => Error::Timeout(self.config.connect_timeout),
+                        Some(err) => Error::Redis(err),
+                        None => Error::Timeout(self.config.op_timeout),
+                    });
                 }
-                Err(RunError::User(err)) => return Err(Error::Redis(err)),
             };
             if checkout.broken.load(Ordering::Relaxed) {
                 continue;
@@ -223,14 +304,60 @@ impl RedisStore {
             return Ok(Connection {
                 inner: checkout.connection.clone(),
                 broken: checkout.broken.clone(),
+                deadline,
                 op_timeout: self.config.op_timeout,
             });
         }
-        Err(Error::Timeout(self.config.checkout_timeout))
+        Err(Error::Timeout(self.config.op_timeout))
+    }
+
+    /// Runs one operation within `op_timeout`. When its connection turns out to be dropped and
+    /// `retry` allows, runs it again on another connection, within the same deadline: after a
+    /// server restart or `CLIENT KILL` every pooled connection is dead, and each failed attempt
+    /// retires one (a dead multiplexed connection fails at once), so at most `pool_size` retries.
+    async fn run<T, F, Fut>(&self, retry: bool, mut op: F) -> Result<T, Error>
+    where
+        F: FnMut(Connection) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let deadline = Instant::now() + self.config.op_timeout;
+        let mut retries = if retry { self.config.pool_size } else { 0 };
+        loop {
+            let result = op(self.connection_until(deadline).await?).await;
+            match result {
+                Err(err)
+                    if retries > 0 && is_dropped_connection(&err) && Instant::now() < deadline =>
+                {
+                    retries -= 1;
+                    tracing::debug!(error = %err, "redis connection dropped; retrying on another");
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Error> {
-        self.connection().await?.query(cmd).await
+        self.run(true, |mut conn| async move { conn.query(cmd).await })
+            .await
+    }
+}
+
+/// `url` with the password (if any) replaced by `***`, for error messages.
+fn redact_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -262,15 +389,17 @@ impl Store for RedisStore {
     }
 
     async fn set_if_absent(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool, Error> {
+        let cmd = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(px(ttl))
+            .clone();
+        let cmd = &cmd;
+        // No retry: the first attempt may have taken the key before its connection dropped.
         let reply: Option<String> = self
-            .query(
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(value)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(px(ttl)),
-            )
+            .run(false, |mut conn| async move { conn.query(cmd).await })
             .await?;
         Ok(reply.is_some())
     }
@@ -280,7 +409,84 @@ impl Store for RedisStore {
         let script = SCRIPT.get_or_init(|| redis::Script::new(COMPARE_AND_DELETE));
         let mut invocation = script.prepare_invoke();
         invocation.key(key).arg(expected);
-        let removed: u64 = self.connection().await?.invoke(&invocation).await?;
+        let invocation = &invocation;
+        let removed: u64 = self
+            .run(
+                true,
+                |mut conn| async move { conn.invoke(invocation).await },
+            )
+            .await?;
         Ok(removed > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OP: Duration = Duration::from_millis(100);
+    /// Scheduling slack on a busy machine.
+    const SLACK: Duration = Duration::from_millis(400);
+
+    fn store(addr: std::net::SocketAddr) -> RedisStore {
+        let config = RedisStoreConfig {
+            op_timeout: OP,
+            checkout_timeout: OP,
+            connect_timeout: OP,
+            pool_size: 2,
+        };
+        RedisStore::new(&format!("redis://{addr}"), config).expect("valid url")
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_costs_at_most_one_op_timeout() {
+        // The kernel completes TCP handshakes into the backlog, but nobody ever answers: the
+        // connection handshake (or the command) hangs, exactly like a SIGSTOPped Redis.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let store = store(listener.local_addr().expect("addr"));
+        for _ in 0..5 {
+            let started = std::time::Instant::now();
+            let err = store.get("k").await.expect_err("nobody answers");
+            let took = started.elapsed();
+            assert!(matches!(err, Error::Timeout(_)), "{err}");
+            // (Later calls may fail sooner: a connection attempt that just timed out is reported
+            // to every caller waiting for a connection.)
+            assert!(took < OP + SLACK, "took {took:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_fails_fast_with_the_reason() {
+        let addr = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("addr")
+        };
+        let store = store(addr);
+        for _ in 0..5 {
+            let started = std::time::Instant::now();
+            let err = store
+                .set("k", b"v".to_vec(), OP)
+                .await
+                .expect_err("refused");
+            let took = started.elapsed();
+            assert!(
+                err.to_string().starts_with("could not connect to redis"),
+                "{err}"
+            );
+            assert!(took < OP, "not a timeout: took {took:?}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_url_errors() {
+        assert_eq!(
+            redact_password("redis://user:secret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redact_password("redis://:secret@host"), "redis://:***@host");
+        assert_eq!(redact_password("redis://host:6379"), "redis://host:6379");
+        let err = RedisStore::new("redis://:secret@host:notaport", RedisStoreConfig::default())
+            .expect_err("invalid url");
+        assert!(!err.to_string().contains("secret"), "{err}");
     }
 }

@@ -1,0 +1,829 @@
+//! Fault injection against real Redis. Every test starts its own `redis-server` (never the shared
+//! one), runs [`TASKS`] concurrent read-through callers against it, injects one fault and asserts:
+//!
+//! - no call fails or returns a wrong value: Redis trouble never reaches `get_or_fetch` callers;
+//! - every call is answered within [`BOUND`] (op timeout + source time + a generous margin for a
+//!   small, shared machine), including while Redis is hung;
+//! - after the fault is removed the cache recovers: the breaker closes and Redis serves hits again.
+//!
+//! Direct operations (`get`/`set`) are checked to report each fault with a message that names it.
+//!
+//! The tests run one at a time ([`run`]): they measure latency, and running several 200-task loads
+//! at once on two cores would measure the machine instead. Each prints one summary line
+//! (`cargo test --test faults -- --nocapture` to see them).
+
+mod support;
+
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use cache_layer::{BreakerConfig, BreakerState, Cache, Policy, Stats};
+use support::{random_u64, RedisServer};
+
+/// The cache's per-operation timeout.
+const OP_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long the breaker stays open before probing.
+const COOLDOWN: Duration = Duration::from_millis(300);
+/// How long the source (the "database") takes per load.
+const SOURCE_TIME: Duration = Duration::from_millis(5);
+/// Every call must be answered within this: a miss is at most GET + load + SET, i.e.
+/// 2 × 100 ms + 5 ms, and a coalesced follower adds one GET; the rest is scheduling margin.
+const BOUND: Duration = Duration::from_secs(1);
+/// A call this slow is reported as hung (and abandoned, so a broken build cannot hang the test).
+const HANG: Duration = Duration::from_secs(5);
+/// Concurrent callers.
+const TASKS: usize = 200;
+/// Distinct keys the callers read.
+const KEYS: u64 = 100;
+/// Pause between two calls of one caller (keeps 200 callers from saturating two cores).
+const THINK: Duration = Duration::from_millis(2);
+/// How long a fault lasts under load.
+const FAULT_TIME: Duration = Duration::from_millis(1500);
+/// Upper limit for recovery after the fault is removed (recovery itself takes about a cooldown).
+const RECOVERY_LIMIT: Duration = Duration::from_secs(10);
+/// L2 hits that prove Redis is serving again.
+const HITS_FOR_RECOVERY: u64 = 200;
+
+type Value = (u64, String);
+
+fn value_of(k: u64) -> Value {
+    (k, format!("value of item {k}"))
+}
+
+fn key(k: u64) -> String {
+    format!("item:{k}")
+}
+
+fn policy() -> Policy {
+    Policy::ttl(Duration::from_secs(60))
+}
+
+fn builder(url: &str) -> cache_layer::CacheBuilder {
+    Cache::builder()
+        .redis(url)
+        .namespace(format!("faults-{:08x}", random_u64() as u32))
+        .op_timeout(OP_TIMEOUT)
+        .checkout_timeout(OP_TIMEOUT)
+        .connect_timeout(OP_TIMEOUT)
+}
+
+/// The cache under load.
+fn cache(url: &str) -> Cache {
+    builder(url)
+        .breaker(BreakerConfig {
+            failure_threshold: 5,
+            cooldown: COOLDOWN,
+            ..Default::default()
+        })
+        .build()
+        .expect("valid configuration")
+}
+
+/// A cache whose breaker never opens, so direct operations show the raw failure.
+fn unprotected_cache(url: &str) -> Cache {
+    builder(url)
+        .breaker(BreakerConfig {
+            failure_threshold: u32::MAX,
+            window: Duration::ZERO,
+            ..Default::default()
+        })
+        .build()
+        .expect("valid configuration")
+}
+
+/// Runs one test on its own 2-worker runtime, one test at a time.
+fn run(test: impl Future<Output = ()>) {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _serial = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(test);
+}
+
+/// Runs a blocking harness call (kill, restart, redis-cli, ...) off the runtime's workers, so the
+/// load keeps running while it waits.
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
+}
+
+/// `redis-cli` on `server`, off the runtime's workers.
+async fn cli(server: &Arc<RedisServer>, args: &[&str]) -> String {
+    let (server, args) = (
+        server.clone(),
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+    );
+    blocking(move || server.cli(&args.iter().map(String::as_str).collect::<Vec<_>>())).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load generator
+// ---------------------------------------------------------------------------------------------
+
+/// [`TASKS`] callers doing `try_get_or_fetch` on random keys until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<CallerReport>>,
+    source_calls: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct CallerReport {
+    latencies_us: Vec<u32>,
+    failures: Vec<String>,
+}
+
+/// What the callers saw.
+struct Report {
+    calls: usize,
+    failures: Vec<String>,
+    over_bound: usize,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+impl Load {
+    fn start(cache: &Cache) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let source_calls = Arc::new(AtomicU64::new(0));
+        let tasks = (0..TASKS)
+            .map(|task| {
+                let (cache, stop, source_calls) =
+                    (cache.clone(), stop.clone(), source_calls.clone());
+                tokio::spawn(async move {
+                    let mut report = CallerReport::default();
+                    let mut rng = 0x9E37_79B9_7F4A_7C15_u64 ^ (task as u64 + 1);
+                    while !stop.load(Ordering::Relaxed) {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        let k = rng % KEYS;
+                        let source_calls = source_calls.clone();
+                        let loader = move || async move {
+                            source_calls.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(SOURCE_TIME).await;
+                            Ok::<Value, String>(value_of(k))
+                        };
+                        let started = Instant::now();
+                        let (key, policy) = (key(k), policy());
+                        let call = cache.try_get_or_fetch(&key, &policy, loader);
+                        let outcome = tokio::time::timeout(HANG, call).await;
+                        let took = started.elapsed();
+                        report
+                            .latencies_us
+                            .push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
+                        let failure = match outcome {
+                            Err(_) => Some(format!("call for {key} hung for {HANG:?}")),
+                            Ok(Err(err)) => Some(format!("call for {key} failed: {err}")),
+                            Ok(Ok(v)) if v != value_of(k) => {
+                                Some(format!("call for {key} returned {v:?}"))
+                            }
+                            Ok(Ok(_)) => None,
+                        };
+                        if let Some(failure) = failure {
+                            if report.failures.len() < 5 {
+                                report.failures.push(failure);
+                            }
+                        }
+                        tokio::time::sleep(THINK).await;
+                    }
+                    report
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            tasks,
+            source_calls,
+        }
+    }
+
+    fn source_calls(&self) -> u64 {
+        self.source_calls.load(Ordering::Relaxed)
+    }
+
+    async fn stop(self) -> Report {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut latencies = Vec::new();
+        let mut failures = Vec::new();
+        for task in self.tasks {
+            let report = task
+                .await
+                .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()));
+            latencies.extend(report.latencies_us);
+            failures.extend(report.failures);
+        }
+        latencies.sort_unstable();
+        let at = |q: f64| {
+            let i = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
+            Duration::from_micros(latencies.get(i).copied().unwrap_or(0).into())
+        };
+        let bound_us = u32::try_from(BOUND.as_micros()).unwrap_or(u32::MAX);
+        Report {
+            calls: latencies.len(),
+            over_bound: latencies.iter().filter(|&&us| us > bound_us).count(),
+            p50: at(0.5),
+            p99: at(0.99),
+            max: at(1.0),
+            failures,
+        }
+    }
+}
+
+impl Report {
+    /// Zero failed calls, every call within [`BOUND`], and enough calls to mean something.
+    fn assert_ok(&self, scenario: &str) {
+        assert!(
+            self.failures.is_empty(),
+            "{scenario}: calls failed: {:#?}",
+            self.failures
+        );
+        assert_eq!(
+            self.over_bound, 0,
+            "{scenario}: {} of {} calls took longer than {BOUND:?} (max {:?})",
+            self.over_bound, self.calls, self.max
+        );
+        assert!(
+            self.calls >= 2 * TASKS,
+            "{scenario}: only {} calls were made",
+            self.calls
+        );
+    }
+}
+
+/// Redis-served hits (not L1).
+fn l2_hits(stats: &Stats) -> u64 {
+    stats.hits - stats.local_hits
+}
+
+/// Waits (bounded) until the breaker is closed and Redis served [`HITS_FOR_RECOVERY`] more hits;
+/// returns how long that took.
+async fn recovery(cache: &Cache, scenario: &str) -> Duration {
+    let started = Instant::now();
+    let before = l2_hits(&cache.stats());
+    loop {
+        let stats = cache.stats();
+        if stats.breaker == BreakerState::Closed && l2_hits(&stats) >= before + HITS_FOR_RECOVERY {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < RECOVERY_LIMIT,
+            "{scenario}: no recovery within {RECOVERY_LIMIT:?}: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits (bounded) until the load is served from Redis (before injecting a fault).
+async fn warmed_up(cache: &Cache, scenario: &str) {
+    recovery(cache, &format!("{scenario} (warm-up)")).await;
+}
+
+/// After recovery, with the data still in Redis, the source is not called any more (calls that
+/// missed during the outage get 100 ms to finish first).
+async fn assert_no_more_loads(cache: &Cache, scenario: &str) {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = cache.stats();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = cache.stats();
+    assert_eq!(
+        after.loads, before.loads,
+        "{scenario}: loads while every key is in Redis: {before:?} -> {after:?}"
+    );
+}
+
+/// A direct `get` on a cache without breaker protection: the error and how long it took.
+async fn direct_get_error(url: &str) -> (String, Duration) {
+    let cache = unprotected_cache(url);
+    let started = Instant::now();
+    let result = cache.get::<Value>(&key(0)).await;
+    let took = started.elapsed();
+    match result {
+        Err(err) => (err.to_string(), took),
+        Ok(v) => panic!("expected an error from a direct get, got Ok({v:?})"),
+    }
+}
+
+/// The summary line of one scenario (see the file docs).
+fn summary(scenario: &str, report: &Report, recovered_in: Duration, stats: &Stats) {
+    eprintln!(
+        "faults[{scenario}]: {} calls, 0 failed, latency p50 {:?} p99 {:?} max {:?} (bound {BOUND:?}); \
+         recovered in {recovered_in:?}; loads {} redis errors {} breaker transitions {}",
+        report.calls,
+        report.p50,
+        report.p99,
+        report.max,
+        stats.loads,
+        stats.errors,
+        stats.breaker_transitions
+    );
+}
+
+/// During an outage the breaker opened and the source answered.
+fn assert_fell_back(
+    scenario: &str,
+    before: &Stats,
+    during: &Stats,
+    source_before: u64,
+    load: &Load,
+) {
+    assert!(
+        during.breaker_transitions > before.breaker_transitions,
+        "{scenario}: the breaker never opened: {during:?}"
+    );
+    assert!(
+        load.source_calls() > source_before,
+        "{scenario}: the source was never called during the outage"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. SIGKILL, then a restart with no data
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn sigkill_then_restart_empty() {
+    run(async {
+        let scenario = "sigkill+restart-empty";
+        let server = Arc::new(RedisServer::start());
+        let cache = cache(&server.url());
+        let load = Load::start(&cache);
+        warmed_up(&cache, scenario).await;
+        let (before, source_before) = (cache.stats(), load.source_calls());
+
+        let s = server.clone();
+        blocking(move || s.kill()).await;
+        tokio::time::sleep(FAULT_TIME).await;
+        let during = cache.stats();
+        assert_fell_back(scenario, &before, &during, source_before, &load);
+        assert_eq!(during.breaker, BreakerState::Open, "{during:?}");
+        assert_eq!(
+            cache
+                .get::<Value>(&key(1))
+                .await
+                .expect("breaker open: a miss"),
+            None
+        );
+        let (err, took) = direct_get_error(&server.url()).await;
+        assert!(err.contains("could not connect to redis"), "{err}");
+        assert!(
+            took < OP_TIMEOUT,
+            "a refused connection fails fast, took {took:?}"
+        );
+
+        let s = server.clone();
+        blocking(move || s.restart()).await;
+        let recovered_in = recovery(&cache, scenario).await;
+        let report = load.stop().await;
+        report.assert_ok(scenario);
+        summary(scenario, &report, recovered_in, &cache.stats());
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. SIGSTOP then SIGCONT: the hang
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn sigstop_then_sigcont() {
+    run(async {
+        let scenario = "sigstop+sigcont";
+        let server = Arc::new(RedisServer::start());
+        let cache = cache(&server.url());
+        let load = Load::start(&cache);
+        warmed_up(&cache, scenario).await;
+        let (before, source_before) = (cache.stats(), load.source_calls());
+
+        let s = server.clone();
+        blocking(move || s.pause()).await;
+        tokio::time::sleep(FAULT_TIME).await;
+        let during = cache.stats();
+        assert_fell_back(scenario, &before, &during, source_before, &load);
+        // A hung server, and a new connection to it (the kernel accepts, nobody answers the
+        // handshake): bounded by the op timeout either way.
+        let (err, took) = direct_get_error(&server.url()).await;
+        assert!(err.contains("did not answer within"), "{err}");
+        assert!(took < BOUND, "took {took:?}");
+
+        let s = server.clone();
+        blocking(move || s.resume()).await;
+        let recovered_in = recovery(&cache, scenario).await;
+        // The data survived the pause: once Redis is back, nothing is loaded again.
+        assert_no_more_loads(&cache, scenario).await;
+        let report = load.stop().await;
+        report.assert_ok(scenario);
+        let after = cache.stats();
+        summary(scenario, &report, recovered_in, &after);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Restart on the same port (data saved, so it survives)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn restart_on_the_same_port() {
+    run(async {
+        let scenario = "restart-same-port";
+        let server = Arc::new(RedisServer::start());
+        let cache = cache(&server.url());
+        let load = Load::start(&cache);
+        warmed_up(&cache, scenario).await;
+
+        cli(&server, &["SAVE"]).await;
+        let s = server.clone();
+        blocking(move || s.restart()).await;
+        let recovered_in = recovery(&cache, scenario).await;
+        // Reconnected to the restarted server, which loaded its data: no more source calls.
+        assert_no_more_loads(&cache, scenario).await;
+        let report = load.stop().await;
+        report.assert_ok(scenario);
+        summary(scenario, &report, recovered_in, &cache.stats());
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Out of memory: maxmemory with noeviction rejects writes; reads keep hitting
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn out_of_memory_rejects_writes_and_reads_keep_hitting() {
+    run(async {
+        let scenario = "oom-noeviction";
+        let server = Arc::new(RedisServer::start_with(&[
+            "--maxmemory-policy",
+            "noeviction",
+        ]));
+        let cache = cache(&server.url());
+        let load = Load::start(&cache);
+        warmed_up(&cache, scenario).await;
+        let connections_before: u64 = info_stat(&server, "total_connections_received").await;
+
+        cli(&server, &["CONFIG", "SET", "maxmemory", "1"]).await;
+        // Half the keys disappear: their callers miss, load, and fail to store.
+        for k in KEYS / 2..KEYS {
+            cli(&server, &["DEL", &cache.redis_key(&key(k))]).await;
+        }
+        let before = cache.stats();
+        tokio::time::sleep(FAULT_TIME).await;
+        let during = cache.stats();
+        assert!(during.errors > before.errors, "writes failed: {during:?}");
+        assert!(
+            l2_hits(&during) > l2_hits(&before) + HITS_FOR_RECOVERY,
+            "reads kept hitting: {during:?}"
+        );
+        assert_eq!(
+            during.breaker_transitions, before.breaker_transitions,
+            "OOM is not an outage: the breaker stays closed"
+        );
+        let err = unprotected_cache(&server.url())
+            .set(&key(KEYS + 1), &value_of(KEYS + 1), &policy())
+            .await
+            .expect_err("a write is rejected");
+        assert!(err.to_string().contains("redis is out of memory"), "{err}");
+
+        cli(&server, &["CONFIG", "SET", "maxmemory", "0"]).await;
+        let recovered_in = recovery(&cache, scenario).await;
+        // Refilled: every key is stored again.
+        for k in 0..KEYS {
+            let stored = wait_for(Duration::from_secs(5), || async {
+                cache.get::<Value>(&key(k)).await.ok().flatten() == Some(value_of(k))
+            })
+            .await;
+            assert!(stored, "{} was never stored again", key(k));
+        }
+        let report = load.stop().await;
+        report.assert_ok(scenario);
+        let connections_after: u64 = info_stat(&server, "total_connections_received").await;
+        // OOM replies do not retire connections (the cli calls above account for the rest).
+        assert!(
+            connections_after - connections_before <= KEYS / 2 + 10,
+            "connections churned: {connections_before} -> {connections_after}"
+        );
+        summary(scenario, &report, recovered_in, &cache.stats());
+    });
+}
+
+async fn info_stat(server: &Arc<RedisServer>, field: &str) -> u64 {
+    let s = server.clone();
+    let field = field.to_owned();
+    blocking(move || s.info_field("stats", &field))
+        .await
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("INFO stats has no numeric field"))
+}
+
+/// Polls an async condition every 10 ms until it holds or `timeout` passes.
+async fn wait_for<F, Fut>(timeout: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Authentication: no password, wrong password
+// ---------------------------------------------------------------------------------------------
+
+/// A server that requires `password` (set before any client connects: the harness' own start-up
+/// check cannot authenticate, so `--requirepass` on the command line is not an option).
+fn server_with_password(password: &str) -> Arc<RedisServer> {
+    let server = Arc::new(RedisServer::start());
+    server.cli(&["CONFIG", "SET", "requirepass", password]);
+    server
+}
+
+/// Load against a server the cache cannot authenticate to, from the start; then `fix` it.
+async fn auth_scenario(scenario: &str, server: &Arc<RedisServer>, cache_url: &str, fix: &[&str]) {
+    let cache = cache(cache_url);
+    let load = Load::start(&cache);
+    tokio::time::sleep(FAULT_TIME).await;
+    let during = cache.stats();
+    assert!(
+        during.breaker_transitions > 0,
+        "{scenario}: the breaker opened: {during:?}"
+    );
+    assert_eq!(l2_hits(&during), 0, "{scenario}: nothing can be read");
+    assert!(load.source_calls() > 0, "{scenario}: the source answered");
+    let (err, took) = direct_get_error(cache_url).await;
+    assert!(
+        err.contains("redis authentication failed"),
+        "{scenario}: {err}"
+    );
+    assert!(took < OP_TIMEOUT, "{scenario}: fails fast, took {took:?}");
+
+    let mut args = vec!["-a", "secret", "--no-auth-warning"];
+    args.extend_from_slice(fix);
+    cli(server, &args).await;
+    let recovered_in = recovery(&cache, scenario).await;
+    let report = load.stop().await;
+    report.assert_ok(scenario);
+    summary(scenario, &report, recovered_in, &cache.stats());
+}
+
+#[test]
+fn no_password_is_noauth() {
+    run(async {
+        let server = server_with_password("secret");
+        let url = server.url();
+        // The operator drops the password requirement.
+        auth_scenario(
+            "noauth",
+            &server,
+            &url,
+            &["CONFIG", "SET", "requirepass", ""],
+        )
+        .await;
+    });
+}
+
+#[test]
+fn wrong_password_fails_authentication() {
+    run(async {
+        let server = server_with_password("secret");
+        let url = format!("redis://:wrong@{}", server.addr());
+        // The operator rolls the server's password to the one the application has.
+        auth_scenario(
+            "wrong-password",
+            &server,
+            &url,
+            &["CONFIG", "SET", "requirepass", "wrong"],
+        )
+        .await;
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. CLIENT KILL of our connections
+// ---------------------------------------------------------------------------------------------
+
+/// Ids of the normal clients connected to `server`, except the `redis-cli` asking.
+async fn client_ids(server: &Arc<RedisServer>) -> Vec<u64> {
+    cli(server, &["CLIENT", "LIST", "TYPE", "normal"])
+        .await
+        .lines()
+        .filter(|line| !line.contains("cmd=client|list"))
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find_map(|field| field.strip_prefix("id="))
+                .and_then(|id| id.parse().ok())
+        })
+        .collect()
+}
+
+#[test]
+fn client_kill_replaces_connections() {
+    run(async {
+        let scenario = "client-kill";
+        let server = Arc::new(RedisServer::start());
+        let cache = cache(&server.url());
+        let load = Load::start(&cache);
+        warmed_up(&cache, scenario).await;
+        let before = client_ids(&server).await;
+        assert!(!before.is_empty());
+
+        for _ in 0..5 {
+            cli(&server, &["CLIENT", "KILL", "TYPE", "normal"]).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let recovered_in = recovery(&cache, scenario).await;
+        let after = client_ids(&server).await;
+        let report = load.stop().await;
+        report.assert_ok(scenario);
+        assert!(!after.is_empty(), "reconnected");
+        assert!(
+            after.iter().all(|id| !before.contains(id)),
+            "every killed connection was replaced: before {before:?}, after {after:?}"
+        );
+        // A dropped connection is retried on another one: nobody noticed, not even the breaker.
+        let stats = cache.stats();
+        assert_eq!(
+            (stats.errors, stats.breaker_transitions),
+            (0, 0),
+            "{stats:?}"
+        );
+        summary(scenario, &report, recovered_in, &cache.stats());
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. A slow Redis: DEBUG SLEEP, and a busy Lua script
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn debug_sleep_longer_than_the_op_timeout() {
+    run(async {
+        let scenario = "debug-sleep";
+        let server = Arc::new(RedisServer::start_with(&["--enable-debug-command", "yes"]));
+        let cache = cache(&server.url());
+        let load = Load::start(&cache);
+        warmed_up(&cache, scenario).await;
+        let (before, source_before) = (cache.stats(), load.source_calls());
+
+        // The server is blocked for 2 s; `redis-cli` returns when it is done.
+        let sleeper = {
+            let s = server.clone();
+            tokio::task::spawn_blocking(move || s.cli(&["DEBUG", "SLEEP", "2"]))
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (err, took) = direct_get_error(&server.url()).await;
+        assert!(err.contains("did not answer within"), "{err}");
+        assert!(took < BOUND, "took {took:?}");
+        sleeper.await.expect("DEBUG SLEEP");
+        let during = cache.stats();
+        assert_fell_back(scenario, &before, &during, source_before, &load);
+
+        let recovered_in = recovery(&cache, scenario).await;
+        let report = load.stop().await;
+        report.assert_ok(scenario);
+        summary(scenario, &report, recovered_in, &cache.stats());
+    });
+}
+
+#[test]
+fn busy_lua_script() {
+    run(async {
+        let scenario = "busy-script";
+        let server = Arc::new(RedisServer::start_with(&["--busy-reply-threshold", "50"]));
+        let cache = cache(&server.url());
+        let load = Load::start(&cache);
+        warmed_up(&cache, scenario).await;
+        let (before, source_before) = (cache.stats(), load.source_calls());
+
+        // A script that never ends on its own; other clients get BUSY after 50 ms.
+        let script = {
+            let s = server.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut conn = s.client().get_connection().expect("connect");
+                conn.set_read_timeout(Some(Duration::from_secs(30)))
+                    .expect("read timeout");
+                redis::cmd("EVAL")
+                    .arg("while true do end")
+                    .arg(0)
+                    .query::<()>(&mut conn)
+                    .expect_err("the script is killed")
+            })
+        };
+        tokio::time::sleep(FAULT_TIME).await;
+        let during = cache.stats();
+        assert_fell_back(scenario, &before, &during, source_before, &load);
+        let (err, took) = direct_get_error(&server.url()).await;
+        assert!(err.contains("redis is busy running a script"), "{err}");
+        assert!(took < BOUND, "took {took:?}");
+
+        cli(&server, &["SCRIPT", "KILL"]).await;
+        script.await.expect("script client");
+        let recovered_in = recovery(&cache, scenario).await;
+        let report = load.stop().await;
+        report.assert_ok(scenario);
+        summary(scenario, &report, recovered_in, &cache.stats());
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Garbage written under our keys by another client
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn garbage_under_our_keys_is_replaced() {
+    run(async {
+        let scenario = "garbage";
+        let server = Arc::new(RedisServer::start());
+        let cache = cache(&server.url());
+        let load = Load::start(&cache);
+        warmed_up(&cache, scenario).await;
+        let before = cache.stats();
+
+        let mut conn = server
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("vandal connection");
+        // A well-formed entry holding another type (another application's value).
+        let other = self::cache(&server.url());
+        other
+            .set("foreign", &"a string, not an item".to_string(), &policy())
+            .await
+            .expect("set foreign entry");
+        let foreign: Vec<u8> = redis::cmd("GET")
+            .arg(other.redis_key("foreign"))
+            .query_async(&mut conn)
+            .await
+            .expect("GET foreign entry");
+        let started = Instant::now();
+        let mut written = 0u64;
+        while started.elapsed() < FAULT_TIME {
+            let target = cache.redis_key(&key(written % KEYS));
+            let garbage: Vec<u8> = match written % 5 {
+                0 => Vec::new(),
+                1 => b"not an envelope".to_vec(),
+                2 => (0..64).map(|_| random_u64() as u8).collect(),
+                3 => foreign[..foreign.len() / 2].to_vec(),
+                _ => foreign.clone(),
+            };
+            let _: () = redis::cmd("SET")
+                .arg(&target)
+                .arg(garbage)
+                .query_async(&mut conn)
+                .await
+                .expect("SET garbage");
+            if written.is_multiple_of(7) {
+                // Not even a string: GET answers WRONGTYPE.
+                let _: () = redis::pipe()
+                    .atomic()
+                    .del(&target)
+                    .hset(&target, "f", "v")
+                    .query_async(&mut conn)
+                    .await
+                    .expect("DEL + HSET");
+            }
+            written += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let during = cache.stats();
+        assert!(
+            during.corrupt > before.corrupt,
+            "garbage was read: {during:?}"
+        );
+        assert_eq!(
+            during.breaker_transitions, before.breaker_transitions,
+            "garbage is not an outage"
+        );
+
+        let recovered_in = recovery(&cache, scenario).await;
+        // Every key holds a valid entry again (the callers replaced the garbage).
+        for k in 0..KEYS {
+            let replaced = wait_for(Duration::from_secs(5), || async {
+                cache.get::<Value>(&key(k)).await.ok().flatten() == Some(value_of(k))
+            })
+            .await;
+            assert!(replaced, "{} still holds garbage", key(k));
+        }
+        let report = load.stop().await;
+        report.assert_ok(scenario);
+        summary(scenario, &report, recovered_in, &cache.stats());
+    });
+}
