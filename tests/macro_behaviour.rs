@@ -97,7 +97,11 @@ async fn hits_skip_the_body_and_misses_run_it_once() {
         assert_eq!(count(&calls), 2, "{store}: other arguments, other entry");
         // The default key: module path, fn name, readable arguments.
         let key = format!("{}::square(3)", module_path!());
-        assert_eq!(cache.get::<u64>(&key).await.ok().flatten(), Some(9), "{store}: {key}");
+        assert_eq!(
+            cache.get::<u64>(&key).await.ok().flatten(),
+            Some(9),
+            "{store}: {key}"
+        );
     }
 }
 
@@ -112,7 +116,11 @@ async fn argument_tuples_never_share_a_key() {
         assert_eq!(second, ("a".to_owned(), "b:c".to_owned()), "{store}");
         assert_eq!(third, ("a\",\"b".to_owned(), String::new()), "{store}");
         assert_eq!(count(&calls), 3, "{store}");
-        assert_eq!(pair(&cache, &calls, "a".into(), "b:c").await, second, "{store}");
+        assert_eq!(
+            pair(&cache, &calls, "a".into(), "b:c").await,
+            second,
+            "{store}"
+        );
         assert_eq!(count(&calls), 3, "{store}");
     }
 }
@@ -121,8 +129,16 @@ async fn argument_tuples_never_share_a_key() {
 async fn result_caches_ok_only() {
     for (store, cache) in caches("macro_result") {
         let calls = AtomicUsize::new(0);
-        assert_eq!(fallible(&cache, &calls, 3).await, Err("3 is odd".into()), "{store}");
-        assert_eq!(fallible(&cache, &calls, 3).await, Err("3 is odd".into()), "{store}");
+        assert_eq!(
+            fallible(&cache, &calls, 3).await,
+            Err("3 is odd".into()),
+            "{store}"
+        );
+        assert_eq!(
+            fallible(&cache, &calls, 3).await,
+            Err("3 is odd".into()),
+            "{store}"
+        );
         assert_eq!(count(&calls), 2, "{store}: errors are not cached");
         assert_eq!(fallible(&cache, &calls, 4).await, Ok(2), "{store}");
         assert_eq!(fallible(&cache, &calls, 4).await, Ok(2), "{store}");
@@ -149,7 +165,11 @@ async fn option_caches_some_and_none_only_when_asked() {
         let calls = AtomicUsize::new(0);
         for _ in 0..2 {
             assert_eq!(lookup(&cache, &calls, 0).await, Ok(None), "{store}");
-            assert_eq!(lookup(&cache, &calls, 1).await, Err("one".into()), "{store}");
+            assert_eq!(
+                lookup(&cache, &calls, 1).await,
+                Err("one".into()),
+                "{store}"
+            );
             assert_eq!(lookup(&cache, &calls, 2).await, Ok(Some(2)), "{store}");
         }
         assert_eq!(count(&calls), 5, "{store}: only Ok(Some) is cached");
@@ -212,9 +232,17 @@ async fn invalidate_drops_tags_and_keys_on_success_only() {
         assert_eq!(v1, Ok("product 1 v1".into()), "{store}");
         assert_eq!(v2, Ok("product 2 v2".into()), "{store}");
         // The explicit key is used verbatim.
-        assert_eq!(cache.get::<String>("product:1").await.ok().flatten(), v1.clone().ok(), "{store}");
+        assert_eq!(
+            cache.get::<String>("product:1").await.ok().flatten(),
+            v1.clone().ok(),
+            "{store}"
+        );
 
-        assert_eq!(update_product(&cache, 1, false).await, Err("db down".into()), "{store}");
+        assert_eq!(
+            update_product(&cache, 1, false).await,
+            Err("db down".into()),
+            "{store}"
+        );
         assert_eq!(one().await, v1, "{store}: Err leaves the cache alone");
 
         assert_eq!(update_product(&cache, 1, true).await, Ok(()), "{store}");
@@ -244,8 +272,16 @@ async fn companions_invalidate_refresh_and_bypass() {
     for (store, cache) in caches("macro_companions") {
         let calls = AtomicUsize::new(0);
         assert_eq!(square(&cache, &calls, 7).await, 49, "{store}");
-        assert_eq!(square_invalidate(&cache, 7).await.ok(), Some(true), "{store}");
-        assert_eq!(square_invalidate(&cache, 7).await.ok(), Some(false), "{store}: already gone");
+        assert_eq!(
+            square_invalidate(&cache, 7).await.ok(),
+            Some(true),
+            "{store}"
+        );
+        assert_eq!(
+            square_invalidate(&cache, 7).await.ok(),
+            Some(false),
+            "{store}: already gone"
+        );
         assert_eq!(square(&cache, &calls, 7).await, 49, "{store}");
         assert_eq!(count(&calls), 2, "{store}: reloaded after invalidate");
 
@@ -268,10 +304,26 @@ async fn companions_invalidate_refresh_and_bypass() {
 
         // Refresh of an Err leaves the entry alone; refresh of a template key works.
         let calls = AtomicUsize::new(0);
-        assert_eq!(product(&cache, &calls, 9).await, Ok("product 9 v1".into()), "{store}");
-        assert_eq!(product_refresh(&cache, &calls, 9).await, Ok("product 9 v2".into()), "{store}");
-        assert_eq!(product(&cache, &calls, 9).await, Ok("product 9 v2".into()), "{store}");
-        assert_eq!(product_invalidate(&cache, 9).await.ok(), Some(true), "{store}");
+        assert_eq!(
+            product(&cache, &calls, 9).await,
+            Ok("product 9 v1".into()),
+            "{store}"
+        );
+        assert_eq!(
+            product_refresh(&cache, &calls, 9).await,
+            Ok("product 9 v2".into()),
+            "{store}"
+        );
+        assert_eq!(
+            product(&cache, &calls, 9).await,
+            Ok("product 9 v2".into()),
+            "{store}"
+        );
+        assert_eq!(
+            product_invalidate(&cache, 9).await.ok(),
+            Some(true),
+            "{store}"
+        );
     }
 }
 
@@ -288,7 +340,12 @@ struct Repo {
 
 impl Repo {
     fn new(cache: &Cache, tenant: &str) -> Self {
-        Repo { cache: cache.clone(), tenant: tenant.into(), calls: AtomicUsize::new(0), total: 0 }
+        Repo {
+            cache: cache.clone(),
+            tenant: tenant.into(),
+            calls: AtomicUsize::new(0),
+            total: 0,
+        }
     }
 
     /// `&self` is not part of the default key: instances share entries.
@@ -340,14 +397,31 @@ async fn methods_inherent_and_trait_impl() {
         let b = Repo::new(&cache, "b");
 
         assert_eq!(a.shared_name(1).await, "a:1", "{store}");
-        assert_eq!(b.shared_name(1).await, "a:1", "{store}: &self is not in the default key");
+        assert_eq!(
+            b.shared_name(1).await,
+            "a:1",
+            "{store}: &self is not in the default key"
+        );
         assert_eq!(count(&a.calls) + count(&b.calls), 1, "{store}");
 
         assert_eq!(a.name(1).await, "a:1", "{store}");
-        assert_eq!(b.name(1).await, "b:1", "{store}: {{self.tenant}} is in the key");
+        assert_eq!(
+            b.name(1).await,
+            "b:1",
+            "{store}: {{self.tenant}} is in the key"
+        );
         assert_eq!(a.name(1).await, "a:1", "{store}");
         assert_eq!(count(&a.calls), 2, "{store}");
-        assert_eq!(cache.get::<String>("b:name:1").await.ok().flatten().as_deref(), Some("b:1"), "{store}");
+        assert_eq!(
+            cache
+                .get::<String>("b:name:1")
+                .await
+                .ok()
+                .flatten()
+                .as_deref(),
+            Some("b:1"),
+            "{store}"
+        );
 
         // Companions are methods.
         assert_eq!(a.name_invalidate(1).await.ok(), Some(true), "{store}");
@@ -376,7 +450,11 @@ async fn methods_inherent_and_trait_impl() {
         assert_eq!(b.load(0).await, Err("zero".into()), "{store}");
         assert_eq!(count(&b.calls) - calls_before, 3, "{store}");
         let key = format!("<{0}::Repo as {0}::Source>::load(3)", module_path!());
-        assert_eq!(cache.get::<u64>(&key).await.ok().flatten(), Some(30), "{store}: {key}");
+        assert_eq!(
+            cache.get::<u64>(&key).await.ok().flatten(),
+            Some(30),
+            "{store}: {key}"
+        );
     }
 }
 
@@ -412,19 +490,51 @@ async fn generic_fns_keep_instantiations_apart() {
     for (store, cache) in caches("macro_generics") {
         let calls = AtomicUsize::new(0);
         assert_eq!(parse::<u32>(&cache, &calls, "7").await, Some(7), "{store}");
-        assert_eq!(parse::<String>(&cache, &calls, "7").await.as_deref(), Some("7"), "{store}");
+        assert_eq!(
+            parse::<String>(&cache, &calls, "7").await.as_deref(),
+            Some("7"),
+            "{store}"
+        );
         assert_eq!(parse::<u32>(&cache, &calls, "7").await, Some(7), "{store}");
-        assert_eq!(parse::<String>(&cache, &calls, "7").await.as_deref(), Some("7"), "{store}");
+        assert_eq!(
+            parse::<String>(&cache, &calls, "7").await.as_deref(),
+            Some("7"),
+            "{store}"
+        );
         assert_eq!(count(&calls), 2, "{store}: one entry per type");
         let key = format!("{}::parse::<u32>(\"7\")", module_path!());
-        assert_eq!(cache.get::<u32>(&key).await.ok().flatten(), Some(7), "{store}: {key}");
-        assert_eq!(parse_invalidate::<u32>(&cache, "7").await.ok(), Some(true), "{store}");
-        assert_eq!(parse_invalidate::<String>(&cache, "7").await.ok(), Some(true), "{store}");
+        assert_eq!(
+            cache.get::<u32>(&key).await.ok().flatten(),
+            Some(7),
+            "{store}: {key}"
+        );
+        assert_eq!(
+            parse_invalidate::<u32>(&cache, "7").await.ok(),
+            Some(true),
+            "{store}"
+        );
+        assert_eq!(
+            parse_invalidate::<String>(&cache, "7").await.ok(),
+            Some(true),
+            "{store}"
+        );
 
         let calls = AtomicUsize::new(0);
-        assert_eq!(wrap(&cache, &calls, 1u8).await, Wrapped { inner: 1u8 }, "{store}");
-        assert_eq!(wrap(&cache, &calls, 1u64).await, Wrapped { inner: 1u64 }, "{store}");
-        assert_eq!(wrap(&cache, &calls, 1u8).await, Wrapped { inner: 1u8 }, "{store}");
+        assert_eq!(
+            wrap(&cache, &calls, 1u8).await,
+            Wrapped { inner: 1u8 },
+            "{store}"
+        );
+        assert_eq!(
+            wrap(&cache, &calls, 1u64).await,
+            Wrapped { inner: 1u64 },
+            "{store}"
+        );
+        assert_eq!(
+            wrap(&cache, &calls, 1u8).await,
+            Wrapped { inner: 1u8 },
+            "{store}"
+        );
         assert_eq!(count(&calls), 2, "{store}");
     }
 }
@@ -443,7 +553,11 @@ async fn fib(cache: Cache, calls: Arc<AtomicUsize>, n: u64) -> u64 {
     fib_boxed(cache.clone(), calls.clone(), n - 1).await + fib_boxed(cache, calls, n - 2).await
 }
 
-fn fib_boxed(cache: Cache, calls: Arc<AtomicUsize>, n: u64) -> Pin<Box<dyn Future<Output = u64> + Send>> {
+fn fib_boxed(
+    cache: Cache,
+    calls: Arc<AtomicUsize>,
+    n: u64,
+) -> Pin<Box<dyn Future<Output = u64> + Send>> {
     Box::pin(fib(cache, calls, n))
 }
 
@@ -472,7 +586,11 @@ async fn recursion_does_not_deadlock() {
         let value = within("fib", fib(cache.clone(), calls.clone(), 60)).await;
         assert_eq!(value, 1_548_008_755_920, "{store}");
         assert_eq!(count(&calls), 61, "{store}: every n computed once");
-        assert_eq!(within("fib again", fib(cache.clone(), calls.clone(), 60)).await, value, "{store}");
+        assert_eq!(
+            within("fib again", fib(cache.clone(), calls.clone(), 60)).await,
+            value,
+            "{store}"
+        );
         assert_eq!(count(&calls), 61, "{store}");
 
         // The borrowing path polls each level inside its caller: keep the depth modest for the
@@ -481,7 +599,11 @@ async fn recursion_does_not_deadlock() {
         let value = within("fib_ref", fib_ref(&cache, &calls, 20)).await;
         assert_eq!(value, 6765, "{store}");
         assert_eq!(count(&calls), 21, "{store}");
-        assert_eq!(within("fib_ref again", fib_ref(&cache, &calls, 20)).await, 6765, "{store}");
+        assert_eq!(
+            within("fib_ref again", fib_ref(&cache, &calls, 20)).await,
+            6765,
+            "{store}"
+        );
         assert_eq!(count(&calls), 21, "{store}");
     }
 }
@@ -522,11 +644,19 @@ async fn thousand_concurrent_calls_run_the_body_once_spawned() {
         let tasks: Vec<_> = (0..CALLERS)
             .map(|_| tokio::spawn(slow_owned(cache.clone(), calls.clone(), 42)))
             .collect();
-        let results = within("1000 spawned callers", futures_util::future::join_all(tasks)).await;
+        let results = within(
+            "1000 spawned callers",
+            futures_util::future::join_all(tasks),
+        )
+        .await;
         for result in results {
             assert_eq!(result.expect("task completes"), "value 42", "{store}");
         }
-        assert_eq!(count(&calls), 1, "{store}: one body execution for {CALLERS} callers");
+        assert_eq!(
+            count(&calls),
+            1,
+            "{store}: one body execution for {CALLERS} callers"
+        );
     }
 }
 
@@ -535,9 +665,17 @@ async fn thousand_concurrent_calls_run_the_body_once_borrowed() {
     for (store, cache) in caches("macro_concurrent_borrowed") {
         let calls = AtomicUsize::new(0);
         let callers = (0..CALLERS).map(|_| slow_borrowed(&cache, &calls, "k"));
-        let results = within("1000 borrowing callers", futures_util::future::join_all(callers)).await;
+        let results = within(
+            "1000 borrowing callers",
+            futures_util::future::join_all(callers),
+        )
+        .await;
         assert!(results.iter().all(|r| r == "value k"), "{store}");
-        assert_eq!(count(&calls), 1, "{store}: one body execution for {CALLERS} callers");
+        assert_eq!(
+            count(&calls),
+            1,
+            "{store}: one body execution for {CALLERS} callers"
+        );
     }
 }
 

@@ -241,7 +241,10 @@ fn parse_entry(
 
         if input.is_empty() && matches!(kind, KeyKind::None | KeyKind::Companions) {
             // Flag style: `none` means `none = true`.
-            let flag = WithSpan { value: true, span: key_span };
+            let flag = WithSpan {
+                value: true,
+                span: key_span,
+            };
             match kind {
                 KeyKind::None => args.none = Some(flag),
                 _ => args.companions = Some(flag),
@@ -250,8 +253,15 @@ fn parse_entry(
         }
         if !input.peek(Token![=]) {
             return Err(syn::Error::new(
-                if input.is_empty() { key_span } else { input.span() },
-                format!("expected `=` after `{name}`, as in `{name} = {}`", example(&kind)),
+                if input.is_empty() {
+                    key_span
+                } else {
+                    input.span()
+                },
+                format!(
+                    "expected `=` after `{name}`, as in `{name} = {}`",
+                    example(&kind)
+                ),
             ));
         }
         input.parse::<Token![=]>()?;
@@ -259,21 +269,29 @@ fn parse_entry(
         if value.is_empty() {
             return Err(syn::Error::new(
                 key_span,
-                format!("missing value for `{name}`, as in `{name} = {}`", example(&kind)),
+                format!(
+                    "missing value for `{name}`, as in `{name} = {}`",
+                    example(&kind)
+                ),
             ));
         }
         let span = value.span();
         let wrong = |what: &str| {
             syn::Error::new_spanned(
                 &value,
-                format!("`{name}` expects {what}, as in `{name} = {}`", example(&kind)),
+                format!(
+                    "`{name}` expects {what}, as in `{name} = {}`",
+                    example(&kind)
+                ),
             )
         };
         match kind {
             KeyKind::Ttl | KeyKind::Stale => {
                 let ms = duration_value(value.clone()).map_err(|msg| match msg {
                     Some(msg) => syn::Error::new_spanned(&value, msg),
-                    None => wrong("integer seconds or a duration string like \"90s\", \"5m\", \"1h\""),
+                    None => {
+                        wrong("integer seconds or a duration string like \"90s\", \"5m\", \"1h\"")
+                    }
                 })?;
                 if matches!(kind, KeyKind::Ttl) {
                     if ms == 0 {
@@ -288,13 +306,13 @@ fn parse_entry(
                 }
             }
             KeyKind::Key => {
-                let lit: LitStr = syn::parse2(value.clone())
-                    .map_err(|_| wrong("a string template"))?;
+                let lit: LitStr =
+                    syn::parse2(value.clone()).map_err(|_| wrong("a string template"))?;
                 args.key = Some(Template::parse(&lit)?);
             }
             KeyKind::Tags | KeyKind::Keys => {
-                let lits = string_list(value.clone())
-                    .map_err(|_| wrong("a list of string templates"))?;
+                let lits =
+                    string_list(value.clone()).map_err(|_| wrong("a list of string templates"))?;
                 let mut templates = Vec::new();
                 let mut errors = None;
                 for lit in lits {
@@ -314,9 +332,8 @@ fn parse_entry(
                 }
             }
             KeyKind::Stampede => {
-                let lit: LitStr = syn::parse2(value.clone()).map_err(|_| {
-                    wrong("one of \"none\", \"coalesce\", \"lock\", \"early\"")
-                })?;
+                let lit: LitStr = syn::parse2(value.clone())
+                    .map_err(|_| wrong("one of \"none\", \"coalesce\", \"lock\", \"early\""))?;
                 let mode = match lit.value().as_str() {
                     "none" => StampedeMode::None,
                     "coalesce" => StampedeMode::Coalesce,
@@ -346,7 +363,10 @@ fn parse_entry(
                         "`jitter` must be between 0.0 and 0.5 (a fraction of the TTL)",
                     ));
                 }
-                args.jitter = Some(WithSpan { value: fraction, span });
+                args.jitter = Some(WithSpan {
+                    value: fraction,
+                    span,
+                });
             }
             KeyKind::Cache => {
                 let expr: Expr = syn::parse2(value.clone())
@@ -354,14 +374,17 @@ fn parse_entry(
                 args.cache = Some(expr);
             }
             KeyKind::Skip => {
-                let idents = ident_list(value.clone())
-                    .map_err(|_| wrong("a list of argument names"))?;
+                let idents =
+                    ident_list(value.clone()).map_err(|_| wrong("a list of argument names"))?;
                 args.skip = idents;
             }
             KeyKind::None | KeyKind::Companions => {
                 let lit: LitBool =
                     syn::parse2(value.clone()).map_err(|_| wrong("`true` or `false`"))?;
-                let flag = WithSpan { value: lit.value, span };
+                let flag = WithSpan {
+                    value: lit.value,
+                    span,
+                };
                 if matches!(kind, KeyKind::None) {
                     args.none = Some(flag);
                 } else {
@@ -409,12 +432,18 @@ fn unknown_key(mac: Macro, input: ParseStream) -> syn::Error {
                 .unwrap_or_default();
             syn::Error::new(
                 ident.span(),
-                format!("unknown key `{name}` for {}{hint}\nvalid keys are: {valid}", mac.name()),
+                format!(
+                    "unknown key `{name}` for {}{hint}\nvalid keys are: {valid}",
+                    mac.name()
+                ),
             )
         }
         Err(_) => syn::Error::new(
             input.span(),
-            format!("expected `key = value`; valid keys for {} are: {valid}", mac.name()),
+            format!(
+                "expected `key = value`; valid keys for {} are: {valid}",
+                mac.name()
+            ),
         ),
     }
 }
@@ -464,10 +493,8 @@ fn ident_list(value: TokenStream) -> syn::Result<Vec<Ident>> {
         if input.peek(syn::token::Bracket) {
             let content;
             syn::bracketed!(content in input);
-            let list = Punctuated::<Ident, Token![,]>::parse_terminated_with(
-                &content,
-                Ident::parse_any,
-            )?;
+            let list =
+                Punctuated::<Ident, Token![,]>::parse_terminated_with(&content, Ident::parse_any)?;
             return Ok(list.into_iter().collect());
         }
         Ok(vec![input.call(Ident::parse_any)?])
@@ -481,7 +508,8 @@ fn duration_value(value: TokenStream) -> Result<u64, Option<String>> {
     match syn::parse2::<Lit>(value) {
         Ok(Lit::Int(i)) => {
             let secs: u64 = i.base10_parse().map_err(|e| Some(e.to_string()))?;
-            secs.checked_mul(1000).ok_or_else(|| Some("duration is too long".to_owned()))
+            secs.checked_mul(1000)
+                .ok_or_else(|| Some("duration is too long".to_owned()))
         }
         Ok(Lit::Str(s)) => parse_duration(&s.value()).map_err(Some),
         _ => Err(None),
@@ -512,7 +540,10 @@ pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
         }
         let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_alphabetic()).len();
+        let unit_len = rest.len()
+            - rest
+                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                .len();
         let unit_ms: u64 = match &rest[..unit_len] {
             "ms" => 1,
             "s" => 1_000,
@@ -555,9 +586,19 @@ mod tests {
     fn parses_every_cached_key() {
         let args = parse(
             Macro::Cached,
-            quote!(ttl = "5m", key = "user:{id}", tags = ["user:{id}", "users"], stampede = "lock",
-                stale = 60, jitter = 0.1, cache = &self.cache, skip = [conn], none = true,
-                companions = false, crate = ::my::cache),
+            quote!(
+                ttl = "5m",
+                key = "user:{id}",
+                tags = ["user:{id}", "users"],
+                stampede = "lock",
+                stale = 60,
+                jitter = 0.1,
+                cache = &self.cache,
+                skip = [conn],
+                none = true,
+                companions = false,
+                crate = ::my::cache
+            ),
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(args.ttl_ms.map(|t| t.value), Some(300_000));
@@ -573,10 +614,13 @@ mod tests {
 
     #[test]
     fn collects_all_errors() {
-        let err = parse(Macro::Cached, quote!(tll = 1, ttl = "5 min", ttl = 3, keys = []))
-            .err()
-            .map(|e| e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>())
-            .unwrap_or_default();
+        let err = parse(
+            Macro::Cached,
+            quote!(tll = 1, ttl = "5 min", ttl = 3, keys = []),
+        )
+        .err()
+        .map(|e| e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>())
+        .unwrap_or_default();
         assert_eq!(err.len(), 4, "{err:#?}");
         assert!(err[0].contains("did you mean `ttl`"));
         assert!(err[1].contains("invalid duration"));

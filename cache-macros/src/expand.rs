@@ -112,7 +112,12 @@ struct Info {
     is_static: bool,
 }
 
-fn analyze(mac: Macro, func: &ItemFn, args: Option<&Args>, errors: &mut Option<syn::Error>) -> Info {
+fn analyze(
+    mac: Macro,
+    func: &ItemFn,
+    args: Option<&Args>,
+    errors: &mut Option<syn::Error>,
+) -> Info {
     let sig = &func.sig;
     if sig.asyncness.is_none() {
         push_error(
@@ -129,11 +134,15 @@ fn analyze(mac: Macro, func: &ItemFn, args: Option<&Args>, errors: &mut Option<s
     let receiver = sig.receiver().cloned();
     let mut out_args = Vec::new();
     for (i, input) in sig.inputs.iter().enumerate() {
-        let FnArg::Typed(pat_type) = input else { continue };
+        let FnArg::Typed(pat_type) = input else {
+            continue;
+        };
         let (binding, name, rebind) = match &*pat_type.pat {
-            Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => {
-                (p.ident.clone(), Some(p.ident.clone()), p.mutability.is_some())
-            }
+            Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => (
+                p.ident.clone(),
+                Some(p.ident.clone()),
+                p.mutability.is_some(),
+            ),
             _ => (format_ident!("__cache_arg{}", i), None, true),
         };
         out_args.push(Arg {
@@ -188,7 +197,10 @@ fn analyze(mac: Macro, func: &ItemFn, args: Option<&Args>, errors: &mut Option<s
         }
         if let Some(none) = none {
             let is_optional = ret.as_ref().map(classify);
-            if !matches!(is_optional, Some(Classified::Option | Classified::ResultOption)) {
+            if !matches!(
+                is_optional,
+                Some(Classified::Option | Classified::ResultOption)
+            ) {
                 push_error(
                     errors,
                     syn::Error::new(
@@ -200,19 +212,41 @@ fn analyze(mac: Macro, func: &ItemFn, args: Option<&Args>, errors: &mut Option<s
         }
     }
 
-    let mut info = Info { receiver, args: out_args, ret, shape, is_static: false };
+    let mut info = Info {
+        receiver,
+        args: out_args,
+        ret,
+        shape,
+        is_static: false,
+    };
     if let Some(args) = args {
         check_args(mac, func, args, &mut info, errors);
     }
     info.is_static = info.receiver.is_none()
-        && !func.sig.generics.params.iter().any(|p| !matches!(p, GenericParam::Const(_)))
+        && !func
+            .sig
+            .generics
+            .params
+            .iter()
+            .any(|p| !matches!(p, GenericParam::Const(_)))
         && info.args.iter().all(|a| !borrows(a.ty.to_token_stream()));
     info
 }
 
 /// Checks `skip` and the templates against the arguments, and marks the skipped arguments.
-fn check_args(mac: Macro, func: &ItemFn, args: &Args, info: &mut Info, errors: &mut Option<syn::Error>) {
-    let names: Vec<String> = info.args.iter().filter_map(|a| a.name.as_ref()).map(Ident::to_string).collect();
+fn check_args(
+    mac: Macro,
+    func: &ItemFn,
+    args: &Args,
+    info: &mut Info,
+    errors: &mut Option<syn::Error>,
+) {
+    let names: Vec<String> = info
+        .args
+        .iter()
+        .filter_map(|a| a.name.as_ref())
+        .map(Ident::to_string)
+        .collect();
     let available = || {
         let mut list: Vec<String> = Vec::new();
         if info.receiver.is_some() {
@@ -229,11 +263,31 @@ fn check_args(mac: Macro, func: &ItemFn, args: &Args, info: &mut Info, errors: &
     for ident in &args.skip {
         let name = ident.to_string();
         if name == "self" {
-            push_error(errors, syn::Error::new(ident.span(), "`self` is never part of the default key; no need to skip it"));
-        } else if let Some(arg) = info.args.iter_mut().find(|a| a.name.as_ref().is_some_and(|n| *n == name)) {
+            push_error(
+                errors,
+                syn::Error::new(
+                    ident.span(),
+                    "`self` is never part of the default key; no need to skip it",
+                ),
+            );
+        } else if let Some(arg) = info
+            .args
+            .iter_mut()
+            .find(|a| a.name.as_ref().is_some_and(|n| *n == name))
+        {
             arg.skipped = true;
         } else {
-            push_error(errors, syn::Error::new(ident.span(), format!("`skip` names `{name}`, which is not an argument of `{}`; {}", func.sig.ident, available())));
+            push_error(
+                errors,
+                syn::Error::new(
+                    ident.span(),
+                    format!(
+                        "`skip` names `{name}`, which is not an argument of `{}`; {}",
+                        func.sig.ident,
+                        available()
+                    ),
+                ),
+            );
         }
     }
     if mac == Macro::Invalidate && args.tags.is_empty() && args.keys.is_empty() {
@@ -243,11 +297,22 @@ fn check_args(mac: Macro, func: &ItemFn, args: &Args, info: &mut Info, errors: &
     let templates = args.key.iter().chain(&args.tags).chain(&args.keys);
     for template in templates {
         for (root, _) in template.placeholders() {
-            let known = if root == "self" { info.receiver.is_some() } else { names.iter().any(|n| n == root) };
+            let known = if root == "self" {
+                info.receiver.is_some()
+            } else {
+                names.iter().any(|n| n == root)
+            };
             if !known {
                 push_error(
                     errors,
-                    syn::Error::new(template.span(), format!("unknown argument `{root}` in template {:?}; {}", template.lit.value(), available())),
+                    syn::Error::new(
+                        template.span(),
+                        format!(
+                            "unknown argument `{root}` in template {:?}; {}",
+                            template.lit.value(),
+                            available()
+                        ),
+                    ),
                 );
             }
         }
@@ -265,11 +330,15 @@ enum Classified {
 /// aliases named `Result`).
 fn classify(ty: &Type) -> Classified {
     let ty = strip_parens(ty);
-    let Type::Path(path) = ty else { return Classified::Plain };
+    let Type::Path(path) = ty else {
+        return Classified::Plain;
+    };
     if path.qself.is_some() {
         return Classified::Plain;
     }
-    let Some(last) = path.path.segments.last() else { return Classified::Plain };
+    let Some(last) = path.path.segments.last() else {
+        return Classified::Plain;
+    };
     let first_ty = match &last.arguments {
         PathArguments::AngleBracketed(a) => a.args.iter().find_map(|g| match g {
             GenericArgument::Type(t) => Some(t),
@@ -323,10 +392,11 @@ fn borrows(tokens: TokenStream) -> bool {
                     return true;
                 }
             }
-            TokenTree::Punct(p) if p.as_char() == '\'' => {
-                if !matches!(tts.get(i + 1), Some(TokenTree::Ident(id)) if id == "static") {
-                    return true;
-                }
+            TokenTree::Punct(p)
+                if p.as_char() == '\''
+                    && !matches!(tts.get(i + 1), Some(TokenTree::Ident(id)) if id == "static") =>
+            {
+                return true
             }
             TokenTree::Ident(id) if id == "impl" || id == "Self" => return true,
             TokenTree::Group(g) if borrows(g.stream()) => return true,
@@ -441,7 +511,8 @@ fn key_expr(p: &TokenStream, func: &ItemFn, args: &Args, info: &Info) -> TokenSt
         }
         GenericParam::Lifetime(_) => quote!(),
     });
-    let self_part = knows_self(func, info).then(|| quote!(__cache_kb.self_type(#p::type_name::<Self>());));
+    let self_part =
+        knows_self(func, info).then(|| quote!(__cache_kb.self_type(#p::type_name::<Self>());));
     let arg_parts = key_args.iter().map(|arg| {
         let binding = &arg.binding;
         let span = arg.name.as_ref().map_or_else(|| arg.ty.span(), Ident::span);
@@ -498,7 +569,9 @@ fn companion_attrs(attrs: &[Attribute]) -> Vec<&Attribute> {
         .filter(|a| matches!(a.style, AttrStyle::Outer))
         .filter(|a| {
             let path = a.path();
-            ["cfg", "allow", "warn", "deny", "forbid", "deprecated"].iter().any(|n| path.is_ident(n))
+            ["cfg", "allow", "warn", "deny", "forbid", "deprecated"]
+                .iter()
+                .any(|n| path.is_ident(n))
         })
         .collect()
 }
@@ -559,7 +632,11 @@ fn output_type_hint(ret: Option<&Type>) -> TokenStream {
 /// Turbofish for calling the `_uncached` fn: type and const params, unless an argument is
 /// `impl Trait` (explicit generic arguments are not allowed then; inference does it).
 fn turbofish(func: &ItemFn, info: &Info) -> TokenStream {
-    if info.args.iter().any(|a| contains_impl(a.ty.to_token_stream())) {
+    if info
+        .args
+        .iter()
+        .any(|a| contains_impl(a.ty.to_token_stream()))
+    {
         return quote!();
     }
     let params: Vec<TokenStream> = func
@@ -664,7 +741,11 @@ fn expand_cached(func: &ItemFn, args: &Args, info: &Info) -> TokenStream {
     }
 
     let shared_attrs = companion_attrs(&func.attrs);
-    let what = if info.receiver.is_some() { format!("Self::{name_str}") } else { name_str.clone() };
+    let what = if info.receiver.is_some() {
+        format!("Self::{name_str}")
+    } else {
+        name_str.clone()
+    };
 
     // {fn}_uncached: the original fn, renamed.
     let mut body_fn = func.clone();
@@ -686,7 +767,9 @@ fn expand_cached(func: &ItemFn, args: &Args, info: &Info) -> TokenStream {
         .map(|name| syn::parse_quote!(let _ = &#name;))
         .collect();
     body_fn.block.stmts.splice(0..0, touches);
-    body_fn.attrs.retain(|a| matches!(a.style, AttrStyle::Inner(_)));
+    body_fn
+        .attrs
+        .retain(|a| matches!(a.style, AttrStyle::Inner(_)));
     let uncached_doc = format!(
         "The body of [`{what}`], without the cache: always runs, never reads or writes an entry.\n\n\
          Generated by `#[cached]`."
@@ -772,7 +855,10 @@ fn invalidate_companion(
         .args
         .iter()
         .filter(|a| {
-            let named = a.name.as_ref().is_some_and(|n| needed.contains(&n.to_string()));
+            let named = a
+                .name
+                .as_ref()
+                .is_some_and(|n| needed.contains(&n.to_string()));
             named || (args.key.is_none() && !a.skipped)
         })
         .collect();
@@ -856,19 +942,44 @@ mod tests {
     #[test]
     fn classifies_return_types() {
         assert!(matches!(classify(&ty("Option<u8>")), Classified::Option));
-        assert!(matches!(classify(&ty("std::result::Result<u8, E>")), Classified::Result));
-        assert!(matches!(classify(&ty("io::Result<u8>")), Classified::Result));
-        assert!(matches!(classify(&ty("Result<Option<u8>, E>")), Classified::ResultOption));
-        assert!(matches!(classify(&ty("Vec<Option<u8>>")), Classified::Plain));
+        assert!(matches!(
+            classify(&ty("std::result::Result<u8, E>")),
+            Classified::Result
+        ));
+        assert!(matches!(
+            classify(&ty("io::Result<u8>")),
+            Classified::Result
+        ));
+        assert!(matches!(
+            classify(&ty("Result<Option<u8>, E>")),
+            Classified::ResultOption
+        ));
+        assert!(matches!(
+            classify(&ty("Vec<Option<u8>>")),
+            Classified::Plain
+        ));
         assert!(matches!(classify(&ty("u8")), Classified::Plain));
     }
 
     #[test]
     fn borrowing_types() {
-        for t in ["&str", "&'a T", "Cow<'_, str>", "impl Display", "Vec<&u8>", "Self"] {
+        for t in [
+            "&str",
+            "&'a T",
+            "Cow<'_, str>",
+            "impl Display",
+            "Vec<&u8>",
+            "Self",
+        ] {
             assert!(borrows(ty(t).to_token_stream()), "{t}");
         }
-        for t in ["u64", "String", "&'static str", "Vec<(u8, String)>", "Box<dyn Fn()>"] {
+        for t in [
+            "u64",
+            "String",
+            "&'static str",
+            "Vec<(u8, String)>",
+            "Box<dyn Fn()>",
+        ] {
             assert!(!borrows(ty(t).to_token_stream()), "{t}");
         }
     }

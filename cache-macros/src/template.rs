@@ -24,9 +24,15 @@ pub(crate) enum Segment {
 impl Template {
     pub(crate) fn parse(lit: &LitStr) -> syn::Result<Self> {
         let segments = parse_segments(&lit.value()).map_err(|msg| {
-            syn::Error::new(lit.span(), format!("invalid template {:?}: {msg}", lit.value()))
+            syn::Error::new(
+                lit.span(),
+                format!("invalid template {:?}: {msg}", lit.value()),
+            )
         })?;
-        Ok(Template { lit: lit.clone(), segments })
+        Ok(Template {
+            lit: lit.clone(),
+            segments,
+        })
     }
 
     pub(crate) fn span(&self) -> Span {
@@ -114,12 +120,16 @@ fn parse_placeholder(inner: &str) -> Result<Segment, String> {
     }
     let mut fields = Vec::new();
     for field in parts {
-        if !is_ident(field) && !(field.chars().all(|c| c.is_ascii_digit()) && !field.is_empty()) {
+        let is_index = !field.is_empty() && field.chars().all(|c| c.is_ascii_digit());
+        if !is_ident(field) && !is_index {
             return Err(format!("invalid field `{field}` in `{{{inner}}}`"));
         }
         fields.push(field.to_owned());
     }
-    Ok(Segment::Arg { root: root.to_owned(), fields })
+    Ok(Segment::Arg {
+        root: root.to_owned(),
+        fields,
+    })
 }
 
 fn is_ident(s: &str) -> bool {
@@ -133,7 +143,10 @@ mod tests {
     use super::*;
 
     fn arg(root: &str, fields: &[&str]) -> Segment {
-        Segment::Arg { root: root.into(), fields: fields.iter().map(|f| f.to_string()).collect() }
+        Segment::Arg {
+            root: root.into(),
+            fields: fields.iter().map(|f| f.to_string()).collect(),
+        }
     }
 
     #[test]
@@ -151,7 +164,10 @@ mod tests {
                 Segment::Text("{x}".into()),
             ])
         );
-        assert_eq!(parse_segments("catalog"), Ok(vec![Segment::Text("catalog".into())]));
+        assert_eq!(
+            parse_segments("catalog"),
+            Ok(vec![Segment::Text("catalog".into())])
+        );
     }
 
     #[test]
