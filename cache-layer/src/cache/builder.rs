@@ -9,7 +9,7 @@ use crate::{
     local::LocalTier,
     metrics::Counters,
     stampede::{flight::Flights, lock::LandedSignals},
-    store::{Backend, MemoryStore, RedisStore, RedisStoreConfig},
+    store::{Backend, ClusterStore, MemoryStore, RedisStore, RedisStoreConfig},
     BreakerConfig, Codec, Error,
 };
 
@@ -33,6 +33,7 @@ use crate::{
 #[must_use]
 pub struct CacheBuilder {
     redis_url: Option<String>,
+    cluster_nodes: Option<Vec<String>>,
     namespace: String,
     name: Option<String>,
     local_entries: Option<u64>,
@@ -46,6 +47,7 @@ impl Default for CacheBuilder {
     fn default() -> Self {
         CacheBuilder {
             redis_url: None,
+            cluster_nodes: None,
             namespace: "cache".to_owned(),
             name: None,
             local_entries: None,
@@ -62,6 +64,26 @@ impl CacheBuilder {
     /// uses the embedded in-memory store.
     pub fn redis(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
+        self
+    }
+
+    /// Use the Redis Cluster reachable through any of `nodes` (`redis://host:port` each). Every
+    /// operation works the same as on a single node: keys are hash-tagged per entry, so no
+    /// command is cross-slot, and MOVED/ASK redirects and failovers are followed by the client.
+    ///
+    /// ```
+    /// let cache = cache_layer::Cache::builder()
+    ///     .redis_cluster(["redis://127.0.0.1:7000", "redis://127.0.0.1:7001", "redis://127.0.0.1:7002"])
+    ///     .namespace("shop")
+    ///     .build()?;
+    /// # Ok::<(), cache_layer::Error>(())
+    /// ```
+    pub fn redis_cluster<I, S>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.cluster_nodes = Some(nodes.into_iter().map(Into::into).collect());
         self
     }
 
@@ -132,9 +154,15 @@ impl CacheBuilder {
     pub fn build(self) -> Result<Cache, Error> {
         let keys = KeySpace::new(&self.namespace)?;
         self.breaker.validate()?;
-        let store = match &self.redis_url {
-            Some(url) => Backend::Redis(RedisStore::new(url, self.redis.clone())?),
-            None => Backend::Memory(MemoryStore::new(self.memory_max_bytes)),
+        let store = match (&self.redis_url, &self.cluster_nodes) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "both .redis(..) and .redis_cluster(..) were given; choose one".into(),
+                ))
+            }
+            (Some(url), None) => Backend::Redis(RedisStore::new(url, self.redis.clone())?),
+            (None, Some(nodes)) => Backend::Cluster(ClusterStore::new(nodes, self.redis.clone())?),
+            (None, None) => Backend::Memory(MemoryStore::new(self.memory_max_bytes)),
         };
         let name = self.name.unwrap_or_else(|| self.namespace.clone());
         let counters = Arc::new(Counters::new(&name));

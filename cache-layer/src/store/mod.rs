@@ -1,16 +1,19 @@
 //! Where entries live: the [`Store`] trait and its implementations.
 //!
 //! - [`RedisStore`]: a bb8 pool of multiplexed redis-rs connections (see DESIGN.md "Redis access").
+//! - [`ClusterStore`]: Redis Cluster through redis-rs' multiplexed async cluster connection.
 //! - [`MemoryStore`]: an embedded, bounded in-memory store with TTLs; the default when no Redis is
 //!   configured, so an application (and its tests) run anywhere.
 //!
 //! Stores work on raw bytes; the [`Cache`](crate::Cache) owns encoding, tags and stampede logic.
 
+mod cluster;
 mod memory;
 mod redis;
 
 use std::{future::Future, time::Duration};
 
+pub use self::cluster::ClusterStore;
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisStore, RedisStoreConfig};
 use crate::Error;
@@ -55,6 +58,7 @@ pub trait Store: Send + Sync + 'static {
 pub(crate) enum Backend {
     Memory(MemoryStore),
     Redis(RedisStore),
+    Cluster(ClusterStore),
 }
 
 macro_rules! delegate {
@@ -62,6 +66,7 @@ macro_rules! delegate {
         match $self {
             Backend::Memory($store) => $call.await,
             Backend::Redis($store) => $call.await,
+            Backend::Cluster($store) => $call.await,
         }
     };
 }
@@ -98,21 +103,79 @@ impl Backend {
 
     /// `PUBLISH channel message`; a no-op for the in-memory store (one process, nobody to tell).
     pub(crate) async fn publish(&self, channel: &str, message: &str) -> Result<(), Error> {
-        match self {
-            Backend::Memory(_) => Ok(()),
-            Backend::Redis(store) => {
-                let cmd = ::redis::cmd("PUBLISH").arg(channel).arg(message).clone();
-                let _receivers: i64 = store.connection().await?.query(&cmd).await?;
-                Ok(())
-            }
+        if let Backend::Memory(_) = self {
+            return Ok(());
         }
+        let cmd = ::redis::cmd("PUBLISH").arg(channel).arg(message).clone();
+        let _receivers: i64 = self.query(&cmd).await?;
+        Ok(())
     }
 
-    /// The redis-rs client, for connections that are not pooled (pub/sub).
+    /// A client for connections that are not pooled (pub/sub): for a cluster, one node's (cluster
+    /// pub/sub messages reach every node). `None` for the in-memory store.
     pub(crate) fn redis_client(&self) -> Option<::redis::Client> {
         match self {
             Backend::Memory(_) => None,
             Backend::Redis(store) => Some(store.client().clone()),
+            Backend::Cluster(store) => store.pubsub_client(),
         }
     }
+
+    /// Runs one raw, idempotent command on Redis or Redis Cluster (retried on another connection
+    /// when the first turns out dropped). The in-memory store has no raw commands: callers keep
+    /// their own in-process representation for it.
+    pub(crate) async fn query<T: ::redis::FromRedisValue>(
+        &self,
+        cmd: &::redis::Cmd,
+    ) -> Result<T, Error> {
+        match self {
+            Backend::Memory(_) => Err(no_raw_commands()),
+            Backend::Redis(store) => store.query(cmd).await,
+            Backend::Cluster(store) => store.query(cmd).await,
+        }
+    }
+
+    /// Runs a pipeline (all keys in one hash slot). `retry` only when it is idempotent.
+    pub(crate) async fn query_pipeline<T: ::redis::FromRedisValue>(
+        &self,
+        pipe: &::redis::Pipeline,
+        retry: bool,
+    ) -> Result<T, Error> {
+        match self {
+            Backend::Memory(_) => Err(no_raw_commands()),
+            Backend::Redis(store) => store.query_pipeline(pipe, retry).await,
+            Backend::Cluster(store) => store.query_pipeline(pipe).await,
+        }
+    }
+
+    /// Invokes a Lua script (all keys in one hash slot). `retry` only when it is idempotent.
+    pub(crate) async fn invoke<T: ::redis::FromRedisValue>(
+        &self,
+        invocation: &::redis::ScriptInvocation<'_>,
+        retry: bool,
+    ) -> Result<T, Error> {
+        match self {
+            Backend::Memory(_) => Err(no_raw_commands()),
+            Backend::Redis(store) => store.invoke(invocation, retry).await,
+            Backend::Cluster(store) => store.invoke(invocation).await,
+        }
+    }
+}
+
+fn no_raw_commands() -> Error {
+    Error::Config("the in-memory store does not run Redis commands".into())
+}
+
+/// `DEL KEYS[1]` if it holds `ARGV[1]`: releases a lock only for its owner.
+const COMPARE_AND_DELETE: &str = r#"
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+    return redis.call("DEL", KEYS[1])
+end
+return 0
+"#;
+
+/// The compare-and-delete script (EVALSHA; redis-rs reloads it on NOSCRIPT).
+pub(crate) fn compare_and_delete() -> &'static ::redis::Script {
+    static SCRIPT: std::sync::OnceLock<::redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| ::redis::Script::new(COMPARE_AND_DELETE))
 }

@@ -336,9 +336,37 @@ impl RedisStore {
         }
     }
 
-    async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Error> {
+    /// Runs one command within the op timeout (retried on another connection if this one
+    /// turns out dropped). Only for idempotent commands.
+    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Error> {
         self.run(true, |mut conn| async move { conn.query(cmd).await })
             .await
+    }
+
+    /// Runs one pipeline within the op timeout. `retry`: only when the pipeline is idempotent.
+    pub(crate) async fn query_pipeline<T: FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+        retry: bool,
+    ) -> Result<T, Error> {
+        self.run(
+            retry,
+            |mut conn| async move { conn.query_pipeline(pipe).await },
+        )
+        .await
+    }
+
+    /// Invokes a Lua script within the op timeout. `retry`: only when the script is idempotent.
+    pub(crate) async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        retry: bool,
+    ) -> Result<T, Error> {
+        self.run(
+            retry,
+            |mut conn| async move { conn.invoke(invocation).await },
+        )
+        .await
     }
 }
 
@@ -360,14 +388,6 @@ fn redact_password(url: &str) -> String {
         _ => url.to_owned(),
     }
 }
-
-/// `DEL key` if it holds `ARGV[1]`: releases a lock only for its owner.
-const COMPARE_AND_DELETE: &str = r#"
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-    return redis.call("DEL", KEYS[1])
-end
-return 0
-"#;
 
 fn px(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -405,9 +425,7 @@ impl Store for RedisStore {
     }
 
     async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, Error> {
-        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-        let script = SCRIPT.get_or_init(|| redis::Script::new(COMPARE_AND_DELETE));
-        let mut invocation = script.prepare_invoke();
+        let mut invocation = super::compare_and_delete().prepare_invoke();
         invocation.key(key).arg(expected);
         let invocation = &invocation;
         let removed: u64 = self

@@ -1,0 +1,195 @@
+//! Redis Cluster via redis-rs' async cluster connection.
+//!
+//! A `ClusterConnection` is multiplexed and routes each command to the master owning its key's
+//! slot, following `MOVED`/`ASK` redirects and refreshing the slot map on failover, so one shared
+//! connection serves every caller (the cluster counterpart of cloning a multiplexed connection out
+//! of the pool). It is created lazily on first use and re-created after it fails, so building a
+//! cache never connects. Every operation runs under the cache's op timeout.
+//!
+//! Keys that one script or transaction touches share a hash tag (see `keys.rs`), so no command here
+//! is cross-slot.
+
+use std::{future::Future, time::Duration};
+
+use bb8_redis::redis::{
+    self,
+    cluster::{ClusterClient, ClusterClientBuilder},
+    cluster_async::ClusterConnection,
+    FromRedisValue,
+};
+use tokio::sync::Mutex;
+
+use super::{redis::RedisStoreConfig, Store};
+use crate::Error;
+
+/// A Redis Cluster [`Store`].
+///
+/// ```
+/// use cache_layer::store::{ClusterStore, RedisStoreConfig};
+///
+/// // No I/O happens here: the cluster is contacted on first use.
+/// let store = ClusterStore::new(&["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"], RedisStoreConfig::default())?;
+/// # Ok::<(), cache_layer::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct ClusterStore {
+    client: ClusterClient,
+    nodes: Vec<String>,
+    config: RedisStoreConfig,
+    connection: std::sync::Arc<Mutex<Option<ClusterConnection>>>,
+}
+
+impl std::fmt::Debug for ClusterStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterStore")
+            .field("nodes", &self.nodes.len())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl ClusterStore {
+    /// A store for the cluster reachable through any of `nodes` (`redis://host:port` each).
+    ///
+    /// Fails only when a URL is invalid.
+    pub fn new<S: AsRef<str>>(nodes: &[S], config: RedisStoreConfig) -> Result<Self, Error> {
+        let nodes: Vec<String> = nodes.iter().map(|n| n.as_ref().to_owned()).collect();
+        if nodes.is_empty() {
+            return Err(Error::Config(
+                "redis_cluster needs at least one node URL".into(),
+            ));
+        }
+        let client = ClusterClientBuilder::new(nodes.clone())
+            .connection_timeout(config.connect_timeout)
+            .response_timeout(config.op_timeout)
+            // Redirects and slot refreshes must fit in one op timeout; the breaker handles the rest.
+            .retries(2)
+            .min_retry_wait(10)
+            .max_retry_wait(50)
+            .build()
+            .map_err(|e| Error::Config(format!("invalid redis cluster configuration: {e}")))?;
+        Ok(ClusterStore {
+            client,
+            nodes,
+            config,
+            connection: Default::default(),
+        })
+    }
+
+    /// A client for one node, for pub/sub (cluster pub/sub messages reach every node).
+    pub(crate) fn pubsub_client(&self) -> Option<redis::Client> {
+        self.nodes
+            .iter()
+            .find_map(|url| redis::Client::open(url.as_str()).ok())
+    }
+
+    /// The node URLs the store was built with.
+    pub fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+
+    async fn connection(&self) -> Result<ClusterConnection, Error> {
+        let mut slot = self.connection.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = self
+            .client
+            .get_async_connection()
+            .await
+            .map_err(Error::Redis)?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Drops the shared connection after a transport failure, so the next call reconnects.
+    async fn forget_connection(&self) {
+        *self.connection.lock().await = None;
+    }
+
+    /// Runs `op` on the shared connection within the op timeout.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, Error>
+    where
+        F: FnOnce(ClusterConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let timeout = self.config.op_timeout;
+        let attempt = async {
+            let conn = self.connection().await?;
+            op(conn).await.map_err(Error::Redis)
+        };
+        let result = match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(Error::Timeout(timeout)),
+        };
+        if let Err(Error::Redis(err)) = &result {
+            if err.is_io_error() || err.is_connection_dropped() || err.is_unrecoverable_error() {
+                self.forget_connection().await;
+            }
+        }
+        result
+    }
+
+    /// Runs one command.
+    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Error> {
+        self.run(|mut conn| async move { cmd.query_async(&mut conn).await })
+            .await
+    }
+
+    /// Runs one pipeline (all its keys must share a slot).
+    pub(crate) async fn query_pipeline<T: FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, Error> {
+        self.run(|mut conn| async move { pipe.query_async(&mut conn).await })
+            .await
+    }
+
+    /// Invokes a Lua script (all its keys must share a slot).
+    pub(crate) async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, Error> {
+        self.run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await
+    }
+}
+
+fn px(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Store for ClusterStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.query(redis::cmd("GET").arg(key)).await
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), Error> {
+        self.query(redis::cmd("SET").arg(key).arg(value).arg("PX").arg(px(ttl)))
+            .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, Error> {
+        let removed: u64 = self.query(redis::cmd("DEL").arg(key)).await?;
+        Ok(removed > 0)
+    }
+
+    async fn set_if_absent(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool, Error> {
+        let cmd = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(px(ttl))
+            .clone();
+        let reply: Option<String> = self.query(&cmd).await?;
+        Ok(reply.is_some())
+    }
+
+    async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, Error> {
+        let mut invocation = super::compare_and_delete().prepare_invoke();
+        invocation.key(key).arg(expected);
+        let removed: u64 = self.invoke(&invocation).await?;
+        Ok(removed > 0)
+    }
+}
