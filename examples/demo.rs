@@ -18,8 +18,8 @@ use std::{
 };
 
 use cache_layer::{Cache, Policy};
-use serde::{Deserialize, Serialize};
 use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 const PRODUCTS: u64 = 2_000;
@@ -132,7 +132,9 @@ async fn run(label: &'static str, db: Arc<Database>, cache: Option<Cache>) -> Ru
 
 #[tokio::main]
 async fn main() -> Result<(), cache_layer::Error> {
-    let redis_url = std::env::var("REDIS_URL").ok().filter(|url| !url.is_empty());
+    let redis_url = std::env::var("REDIS_URL")
+        .ok()
+        .filter(|url| !url.is_empty());
     let namespace = format!("demo-{}", std::process::id());
     let mut builder = Cache::builder().namespace(namespace);
     let backend = match &redis_url {
@@ -143,7 +145,10 @@ async fn main() -> Result<(), cache_layer::Error> {
         None => "embedded in-memory store (set REDIS_URL to use Redis)".to_string(),
     };
     let cache = builder.build()?;
-    let db = Arc::new(Database { pool: Semaphore::new(32), queries: AtomicU64::new(0) });
+    let db = Arc::new(Database {
+        pool: Semaphore::new(32),
+        queries: AtomicU64::new(0),
+    });
 
     println!("cache-layer demo: {CLIENTS} clients x {REQUESTS_PER_CLIENT} product-page requests,");
     println!("{PRODUCTS} products (80% of views on 5% of them), ~{QUERY_TIME:?} per query, 32 DB connections");
@@ -166,7 +171,8 @@ async fn main() -> Result<(), cache_layer::Error> {
             r.queries as f64 / secs,
             r.queries as f64 / r.latencies.len() as f64,
             r.latencies.len() as f64 / secs,
-            r.hit_ratio.map_or("-".to_string(), |h| format!("{:.1}%", h * 100.0)),
+            r.hit_ratio
+                .map_or("-".to_string(), |h| format!("{:.1}%", h * 100.0)),
         );
     }
     println!(

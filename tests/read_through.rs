@@ -23,7 +23,11 @@ struct Product {
 }
 
 fn product(id: u64) -> Product {
-    Product { id, name: format!("product {id}"), price_cents: 1999 }
+    Product {
+        id,
+        name: format!("product {id}"),
+        price_cents: 1999,
+    }
 }
 
 fn redis_cache(test: &str) -> Cache {
@@ -55,14 +59,30 @@ async fn miss_fills_then_hits_without_loading() {
     for (store, cache) in caches("miss_fill_hit") {
         let policy = Policy::ttl(Duration::from_secs(60));
         let loads = Arc::new(AtomicUsize::new(0));
-        let first = cache.get_or_fetch("p:1", &policy, counting_loader(&loads, product(1))).await;
-        let second = cache.get_or_fetch("p:1", &policy, counting_loader(&loads, product(999))).await;
+        let first = cache
+            .get_or_fetch("p:1", &policy, counting_loader(&loads, product(1)))
+            .await;
+        let second = cache
+            .get_or_fetch("p:1", &policy, counting_loader(&loads, product(999)))
+            .await;
         assert_eq!(first, product(1), "{store}");
-        assert_eq!(second, product(1), "{store}: the hit returns the stored value");
+        assert_eq!(
+            second,
+            product(1),
+            "{store}: the hit returns the stored value"
+        );
         assert_eq!(loads.load(Ordering::SeqCst), 1, "{store}");
         let stats = cache.stats();
-        assert_eq!((stats.hits, stats.misses, stats.loads), (1, 1, 1), "{store}");
-        assert_eq!(cache.get::<Product>("p:1").await.unwrap(), Some(product(1)), "{store}");
+        assert_eq!(
+            (stats.hits, stats.misses, stats.loads),
+            (1, 1, 1),
+            "{store}"
+        );
+        assert_eq!(
+            cache.get::<Product>("p:1").await.unwrap(),
+            Some(product(1)),
+            "{store}"
+        );
     }
 }
 
@@ -71,14 +91,24 @@ async fn entries_expire_after_their_ttl() {
     for (store, cache) in caches("ttl_expiry") {
         let policy = Policy::ttl(Duration::from_millis(150));
         let loads = Arc::new(AtomicUsize::new(0));
-        cache.get_or_fetch("p:2", &policy, counting_loader(&loads, product(2))).await;
-        cache.get_or_fetch("p:2", &policy, counting_loader(&loads, product(2))).await;
+        cache
+            .get_or_fetch("p:2", &policy, counting_loader(&loads, product(2)))
+            .await;
+        cache
+            .get_or_fetch("p:2", &policy, counting_loader(&loads, product(2)))
+            .await;
         assert_eq!(loads.load(Ordering::SeqCst), 1, "{store}");
         // Waiting out the TTL is the behaviour under test.
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(cache.get::<Product>("p:2").await.unwrap(), None, "{store}");
-        cache.get_or_fetch("p:2", &policy, counting_loader(&loads, product(2))).await;
-        assert_eq!(loads.load(Ordering::SeqCst), 2, "{store}: expired entry reloaded");
+        cache
+            .get_or_fetch("p:2", &policy, counting_loader(&loads, product(2)))
+            .await;
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            2,
+            "{store}: expired entry reloaded"
+        );
     }
 }
 
@@ -89,23 +119,33 @@ async fn redis_ttl_is_the_hard_expiry() {
     cache.set("k", &1u8, &policy).await.unwrap();
     let client = redis::Client::open(shared_redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let pttl: i64 = redis::cmd("PTTL").arg(cache.redis_key("k")).query_async(&mut conn).await.unwrap();
-    assert!((55_000..=60_000).contains(&pttl), "PTTL {pttl} should be ttl + stale");
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(cache.redis_key("k"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        (55_000..=60_000).contains(&pttl),
+        "PTTL {pttl} should be ttl + stale"
+    );
 }
 
 #[tokio::test]
 async fn errors_are_returned_and_never_cached() {
     for (store, cache) in caches("errors_not_cached") {
         let policy = Policy::ttl(Duration::from_secs(60));
-        let err: Result<Product, String> =
-            cache.try_get_or_fetch("p:3", &policy, || async { Err("db down".to_string()) }).await;
+        let err: Result<Product, String> = cache
+            .try_get_or_fetch("p:3", &policy, || async { Err("db down".to_string()) })
+            .await;
         assert_eq!(err, Err("db down".to_string()), "{store}");
         assert_eq!(cache.get::<Product>("p:3").await.unwrap(), None, "{store}");
-        let ok: Result<Product, String> =
-            cache.try_get_or_fetch("p:3", &policy, || async { Ok(product(3)) }).await;
+        let ok: Result<Product, String> = cache
+            .try_get_or_fetch("p:3", &policy, || async { Ok(product(3)) })
+            .await;
         assert_eq!(ok, Ok(product(3)), "{store}");
-        let cached: Result<Product, String> =
-            cache.try_get_or_fetch("p:3", &policy, || async { Err("not called".into()) }).await;
+        let cached: Result<Product, String> = cache
+            .try_get_or_fetch("p:3", &policy, || async { Err("not called".into()) })
+            .await;
         assert_eq!(cached, Ok(product(3)), "{store}");
         assert_eq!(cache.stats().load_errors, 1, "{store}");
     }
@@ -214,10 +254,15 @@ async fn a_cancelled_caller_does_not_cancel_a_static_load() {
     release_tx.send(()).expect("load still waiting");
     let deadline = Instant::now() + Duration::from_secs(5);
     while cache.get::<Product>("k").await.unwrap() != Some(product(9)) {
-        assert!(Instant::now() < deadline, "the orphaned load never stored its value");
+        assert!(
+            Instant::now() < deadline,
+            "the orphaned load never stored its value"
+        );
         tokio::task::yield_now().await;
     }
-    let v = cache.get_or_fetch("k", &policy, counting_loader(&loads, product(0))).await;
+    let v = cache
+        .get_or_fetch("k", &policy, counting_loader(&loads, product(0)))
+        .await;
     assert_eq!(v, product(9));
     assert_eq!(loads.load(Ordering::SeqCst), 1);
 }
@@ -246,7 +291,9 @@ async fn a_panicking_loader_reaches_only_its_caller() {
         let follower = {
             let (cache, policy) = (cache.clone(), policy.clone());
             tokio::spawn(async move {
-                cache.get_or_fetch("k", &policy, || async { product(10) }).await
+                cache
+                    .get_or_fetch("k", &policy, || async { product(10) })
+                    .await
             })
         };
         while cache.stats().misses < 2 {
@@ -254,8 +301,15 @@ async fn a_panicking_loader_reaches_only_its_caller() {
         }
         go_tx.send(()).expect("leader waiting");
         let leader_result = leader.await;
-        assert!(leader_result.unwrap_err().is_panic(), "{store}: the panic reaches its caller");
-        assert_eq!(follower.await.unwrap(), product(10), "{store}: the follower took over");
+        assert!(
+            leader_result.unwrap_err().is_panic(),
+            "{store}: the panic reaches its caller"
+        );
+        assert_eq!(
+            follower.await.unwrap(),
+            product(10),
+            "{store}: the follower took over"
+        );
     }
 }
 
@@ -281,7 +335,9 @@ async fn errors_wake_waiters_who_then_load_themselves() {
     let follower = {
         let (cache, policy) = (cache.clone(), policy.clone());
         tokio::spawn(async move {
-            cache.try_get_or_fetch("k", &policy, || async { Ok::<_, &str>(product(11)) }).await
+            cache
+                .try_get_or_fetch("k", &policy, || async { Ok::<_, &str>(product(11)) })
+                .await
         })
     };
     while cache.stats().misses < 2 {
@@ -300,8 +356,12 @@ async fn a_loader_may_call_the_cache_without_deadlocking() {
         let inner_policy = policy.clone();
         let outer: Vec<u32> = cache
             .get_or_fetch("outer", &policy, move || async move {
-                let a: u32 = inner_cache.get_or_fetch("inner:a", &inner_policy, || async { 1 }).await;
-                let b: u32 = inner_cache.get_or_fetch("inner:b", &inner_policy, || async { 2 }).await;
+                let a: u32 = inner_cache
+                    .get_or_fetch("inner:a", &inner_policy, || async { 1 })
+                    .await;
+                let b: u32 = inner_cache
+                    .get_or_fetch("inner:b", &inner_policy, || async { 2 })
+                    .await;
                 vec![a, b]
             })
             .await;
@@ -351,7 +411,10 @@ async fn namespaces_isolate_caches_on_one_redis() {
     let policy = Policy::ttl(Duration::from_secs(60));
     a.set("same-key", &"from a", &policy).await.unwrap();
     assert_eq!(b.get::<String>("same-key").await.unwrap(), None);
-    assert_eq!(a.get::<String>("same-key").await.unwrap().as_deref(), Some("from a"));
+    assert_eq!(
+        a.get::<String>("same-key").await.unwrap().as_deref(),
+        Some("from a")
+    );
 }
 
 /// Writes raw bytes under a cache key, as a foreign client or a bug would.
@@ -376,8 +439,11 @@ async fn corrupt_truncated_foreign_and_mistyped_entries_are_misses() {
     cache.set("genuine", &product(1), &policy).await.unwrap();
     let client = redis::Client::open(shared_redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let genuine: Vec<u8> =
-        redis::cmd("GET").arg(cache.redis_key("genuine")).query_async(&mut conn).await.unwrap();
+    let genuine: Vec<u8> = redis::cmd("GET")
+        .arg(cache.redis_key("genuine"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 
     let mut flipped = genuine.clone();
     flipped[34] = 0xc1; // first payload byte (no tags): 0xc1 is never valid MessagePack
@@ -394,18 +460,38 @@ async fn corrupt_truncated_foreign_and_mistyped_entries_are_misses() {
     ];
     for (name, bytes) in &cases {
         poke(&cache, name, bytes).await;
-        assert_eq!(cache.get::<Product>(name).await.unwrap(), None, "{name}: get is a miss");
-        let loaded = cache.get_or_fetch(name, &policy, || async { product(2) }).await;
-        assert_eq!(loaded, product(2), "{name}: read-through loads and replaces it");
-        assert_eq!(cache.get::<Product>(name).await.unwrap(), Some(product(2)), "{name}");
+        assert_eq!(
+            cache.get::<Product>(name).await.unwrap(),
+            None,
+            "{name}: get is a miss"
+        );
+        let loaded = cache
+            .get_or_fetch(name, &policy, || async { product(2) })
+            .await;
+        assert_eq!(
+            loaded,
+            product(2),
+            "{name}: read-through loads and replaces it"
+        );
+        assert_eq!(
+            cache.get::<Product>(name).await.unwrap(),
+            Some(product(2)),
+            "{name}"
+        );
     }
     // Same key, different type: a miss for the other type, never a panic or an error.
     assert_eq!(cache.get::<Vec<String>>("genuine").await.unwrap(), None);
-    let as_number: u64 = cache.get_or_fetch("genuine", &policy, || async { 5u64 }).await;
+    let as_number: u64 = cache
+        .get_or_fetch("genuine", &policy, || async { 5u64 })
+        .await;
     assert_eq!(as_number, 5);
     assert!(cache.stats().corrupt >= cases.len() as u64);
     // A non-string value under our key (another client used it as a hash).
-    let _: () = redis::cmd("DEL").arg(cache.redis_key("hash")).query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(cache.redis_key("hash"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let _: () = redis::cmd("HSET")
         .arg(cache.redis_key("hash"))
         .arg("f")
@@ -413,7 +499,9 @@ async fn corrupt_truncated_foreign_and_mistyped_entries_are_misses() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let loaded = cache.get_or_fetch("hash", &policy, || async { product(3) }).await;
+    let loaded = cache
+        .get_or_fetch("hash", &policy, || async { product(3) })
+        .await;
     assert_eq!(loaded, product(3));
 }
 
@@ -431,14 +519,20 @@ fn cache_commands(server: &RedisServer) -> Vec<(String, u64)> {
 #[tokio::test]
 async fn one_hit_is_one_get_and_one_fill_is_one_set_px() {
     let server = RedisServer::start();
-    let cache = Cache::builder().redis(server.url()).namespace("count").build().unwrap();
+    let cache = Cache::builder()
+        .redis(server.url())
+        .namespace("count")
+        .build()
+        .unwrap();
     let tagged = Policy::ttl(Duration::from_secs(60)).tags(["product:1", "catalog"]);
     let plain = Policy::ttl(Duration::from_secs(60));
     // Warm the pool so connection setup commands are not counted.
     let _ = cache.get::<u8>("warmup").await.unwrap();
     server.reset_stats();
 
-    let v: Product = cache.get_or_fetch("p:1", &tagged, || async { product(1) }).await;
+    let v: Product = cache
+        .get_or_fetch("p:1", &tagged, || async { product(1) })
+        .await;
     assert_eq!(v, product(1));
     assert_eq!(server.command_calls("get"), 1, "a miss is one GET");
     assert_eq!(server.command_calls("set"), 1, "a fill is one SET");
@@ -450,14 +544,24 @@ async fn one_hit_is_one_get_and_one_fill_is_one_set_px() {
 
     server.reset_stats();
     for _ in 0..10 {
-        let _: Product = cache.get_or_fetch("p:1", &tagged, || async { product(0) }).await;
+        let _: Product = cache
+            .get_or_fetch("p:1", &tagged, || async { product(0) })
+            .await;
     }
-    let _: Product = cache.get_or_fetch("p:2", &plain, || async { product(2) }).await;
+    let _: Product = cache
+        .get_or_fetch("p:2", &plain, || async { product(2) })
+        .await;
     server.reset_stats();
     for _ in 0..10 {
-        let _: Product = cache.get_or_fetch("p:2", &plain, || async { product(0) }).await;
+        let _: Product = cache
+            .get_or_fetch("p:2", &plain, || async { product(0) })
+            .await;
     }
-    assert_eq!(cache_commands(&server), vec![("get".to_string(), 10)], "a warm hit is one GET");
+    assert_eq!(
+        cache_commands(&server),
+        vec![("get".to_string(), 10)],
+        "a warm hit is one GET"
+    );
     // The SET carried PX: the key has a millisecond TTL.
     let pttl: i64 = server.query(redis::cmd("PTTL").arg(cache.redis_key("p:2")));
     assert!(pttl > 0 && pttl <= 60_000, "{pttl}");
@@ -466,12 +570,21 @@ async fn one_hit_is_one_get_and_one_fill_is_one_set_px() {
 #[tokio::test]
 async fn local_tier_hits_make_no_redis_calls() {
     let server = RedisServer::start();
-    let cache = Cache::builder().redis(server.url()).namespace("l1").local(100).build().unwrap();
+    let cache = Cache::builder()
+        .redis(server.url())
+        .namespace("l1")
+        .local(100)
+        .build()
+        .unwrap();
     let policy = Policy::ttl(Duration::from_secs(60));
-    let _: Product = cache.get_or_fetch("p", &policy, || async { product(1) }).await;
+    let _: Product = cache
+        .get_or_fetch("p", &policy, || async { product(1) })
+        .await;
     server.reset_stats();
     for _ in 0..100 {
-        let v: Product = cache.get_or_fetch("p", &policy, || async { product(0) }).await;
+        let v: Product = cache
+            .get_or_fetch("p", &policy, || async { product(0) })
+            .await;
         assert_eq!(v, product(1));
     }
     assert_eq!(cache_commands(&server), vec![]);
@@ -484,23 +597,39 @@ async fn build_succeeds_with_redis_down_and_calls_fall_back_to_the_loader() {
     let cache = Cache::builder()
         .redis(format!("redis://127.0.0.1:{port}"))
         .namespace("down")
-        .breaker(BreakerConfig { failure_threshold: 3, cooldown: Duration::from_secs(60), ..Default::default() })
+        .breaker(BreakerConfig {
+            failure_threshold: 3,
+            cooldown: Duration::from_secs(60),
+            ..Default::default()
+        })
         .build()
         .expect("build never connects");
     let policy = Policy::ttl(Duration::from_secs(60));
     let loads = Arc::new(AtomicUsize::new(0));
     for i in 0..20u64 {
         let started = Instant::now();
-        let v = cache.get_or_fetch("p", &policy, counting_loader(&loads, product(i))).await;
+        let v = cache
+            .get_or_fetch("p", &policy, counting_loader(&loads, product(i)))
+            .await;
         assert_eq!(v, product(i), "every call answered by the source");
-        assert!(started.elapsed() < Duration::from_secs(2), "bounded: {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "bounded: {:?}",
+            started.elapsed()
+        );
     }
     assert_eq!(loads.load(Ordering::SeqCst), 20);
     let stats = cache.stats();
     assert_eq!(stats.breaker, cache_layer::BreakerState::Open);
     assert!(stats.errors >= 3);
-    assert!(cache.get::<Product>("p").await.unwrap().is_none(), "open breaker reads as a miss");
-    assert!(cache.set("p", &product(1), &policy).await.is_ok(), "open breaker: set is a no-op");
+    assert!(
+        cache.get::<Product>("p").await.unwrap().is_none(),
+        "open breaker reads as a miss"
+    );
+    assert!(
+        cache.set("p", &product(1), &policy).await.is_ok(),
+        "open breaker: set is a no-op"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -509,20 +638,32 @@ async fn redis_dying_at_call_time_falls_back_and_recovers() {
     let cache = Cache::builder()
         .redis(server.url())
         .namespace("dies")
-        .breaker(BreakerConfig { failure_threshold: 3, cooldown: Duration::from_millis(200), ..Default::default() })
+        .breaker(BreakerConfig {
+            failure_threshold: 3,
+            cooldown: Duration::from_millis(200),
+            ..Default::default()
+        })
         .build()
         .unwrap();
     let policy = Policy::ttl(Duration::from_secs(60));
     let loads = Arc::new(AtomicUsize::new(0));
-    let v = cache.get_or_fetch("p", &policy, counting_loader(&loads, product(1))).await;
+    let v = cache
+        .get_or_fetch("p", &policy, counting_loader(&loads, product(1)))
+        .await;
     assert_eq!(v, product(1));
 
     server.kill();
     for _ in 0..10 {
         let started = Instant::now();
-        let v = cache.get_or_fetch("p", &policy, counting_loader(&loads, product(2))).await;
+        let v = cache
+            .get_or_fetch("p", &policy, counting_loader(&loads, product(2)))
+            .await;
         assert_eq!(v, product(2), "Redis down: answered by the source");
-        assert!(started.elapsed() < Duration::from_secs(2), "bounded: {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "bounded: {:?}",
+            started.elapsed()
+        );
     }
     assert_eq!(loads.load(Ordering::SeqCst), 11);
 
@@ -530,13 +671,19 @@ async fn redis_dying_at_call_time_falls_back_and_recovers() {
     // After the cooldown one probe closes the breaker; then values are cached again.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let _ = cache.get_or_fetch("p", &policy, counting_loader(&loads, product(3))).await;
+        let _ = cache
+            .get_or_fetch("p", &policy, counting_loader(&loads, product(3)))
+            .await;
         if cache.stats().breaker == cache_layer::BreakerState::Closed
             && cache.get::<Product>("p").await.ok().flatten() == Some(product(3))
         {
             break;
         }
-        assert!(Instant::now() < deadline, "cache never recovered: {:?}", cache.stats());
+        assert!(
+            Instant::now() < deadline,
+            "cache never recovered: {:?}",
+            cache.stats()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -70,7 +70,9 @@ fn start_workers(
     }
     let mut ready = 0;
     while ready < count {
-        let (_, line) = rx.recv_timeout(Duration::from_secs(30)).expect("worker READY");
+        let (_, line) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("worker READY");
         if line == "READY" {
             ready += 1;
         }
@@ -118,7 +120,9 @@ fn collect_results(
     let mut results = Vec::new();
     while results.len() < expected.len() {
         let left = deadline.saturating_duration_since(Instant::now());
-        let (index, line) = rx.recv_timeout(left).expect("all workers report within the timeout");
+        let (index, line) = rx
+            .recv_timeout(left)
+            .expect("all workers report within the timeout");
         if let Some(result) = parse_result(&line) {
             if expected.contains(&index) {
                 results.push((index, result));
@@ -137,7 +141,10 @@ fn four_processes_a_thousand_callers_one_source_call_with_lock() {
     let loads: usize = results.iter().map(|(_, r)| r.loads).sum();
     let ok: usize = results.iter().map(|(_, r)| r.ok).sum();
     assert_eq!(ok, 1000, "every caller got the value: {results:?}");
-    assert_eq!(loads, 1, "the source ran exactly once across 4 processes: {results:?}");
+    assert_eq!(
+        loads, 1,
+        "the source ran exactly once across 4 processes: {results:?}"
+    );
 }
 
 #[test]
@@ -149,7 +156,10 @@ fn without_the_lock_each_process_loads_once() {
     let results = collect_results(&rx, &[0, 1, 2, 3], Duration::from_secs(30));
     let loads: usize = results.iter().map(|(_, r)| r.loads).sum();
     assert_eq!(results.iter().map(|(_, r)| r.ok).sum::<usize>(), 1000);
-    assert!(loads > 1 && loads <= 4, "one load per process at most: {results:?}");
+    assert!(
+        loads > 1 && loads <= 4,
+        "one load per process at most: {results:?}"
+    );
 }
 
 #[test]
@@ -160,7 +170,9 @@ fn a_killed_lock_holder_costs_the_others_at_most_one_wait() {
     go(&mut workers);
     // The first process whose source starts holds the lock: kill it mid-load.
     let holder = loop {
-        let (index, line) = rx.recv_timeout(Duration::from_secs(10)).expect("someone loads");
+        let (index, line) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("someone loads");
         if line == "LOADING" {
             break index;
         }
@@ -171,10 +183,17 @@ fn a_killed_lock_holder_costs_the_others_at_most_one_wait() {
     let others: Vec<usize> = (0..4).filter(|i| *i != holder).collect();
     let results = collect_results(&rx, &others, Duration::from_secs(30));
     let finished_after = killed_at.elapsed();
-    assert_eq!(results.iter().map(|(_, r)| r.ok).sum::<usize>(), 750, "{results:?}");
+    assert_eq!(
+        results.iter().map(|(_, r)| r.ok).sum::<usize>(),
+        750,
+        "{results:?}"
+    );
     // Bound: one lock wait (the lock TTL of a cold key equals it) + one source call + margin.
     let bound = Duration::from_millis(lock_wait_ms + source_ms + 2_000);
-    assert!(finished_after < bound, "took {finished_after:?}, bound {bound:?}: {results:?}");
+    assert!(
+        finished_after < bound,
+        "took {finished_after:?}, bound {bound:?}: {results:?}"
+    );
     for (_, r) in &results {
         assert!(r.max_ms < bound.as_millis() as u64, "{results:?}");
     }
@@ -199,14 +218,18 @@ async fn hot_key(policy: Policy, tasks: usize, duration: Duration) -> (usize, u6
         }
     };
     // Warm-up: the one cold miss.
-    let _: u64 = cache.get_or_fetch("hot", &policy, loader(source_calls.clone())).await;
+    let _: u64 = cache
+        .get_or_fetch("hot", &policy, loader(source_calls.clone()))
+        .await;
     let before = cache.stats();
     let deadline = Instant::now() + duration;
     let readers = (0..tasks).map(|_| {
         let (cache, policy, calls) = (cache.clone(), policy.clone(), source_calls.clone());
         tokio::spawn(async move {
             while Instant::now() < deadline {
-                let _: u64 = cache.get_or_fetch("hot", &policy, loader(calls.clone())).await;
+                let _: u64 = cache
+                    .get_or_fetch("hot", &policy, loader(calls.clone()))
+                    .await;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
@@ -244,7 +267,10 @@ async fn early_refresh_keeps_a_hot_key_warm_without_blocking() {
     let run = Duration::from_millis(4_000);
     let (calls, misses, stale_hits) = hot_key(policy, 8, run).await;
     let periods = (run.as_millis() / ttl.as_millis()) as usize;
-    assert_eq!(misses, 0, "the value was always refreshed before it expired");
+    assert_eq!(
+        misses, 0,
+        "the value was always refreshed before it expired"
+    );
     assert_eq!(stale_hits, 0, "no grace period configured, none used");
     assert!(
         calls >= periods / 2 && calls <= periods * 2 + 1,
@@ -254,7 +280,10 @@ async fn early_refresh_keeps_a_hot_key_warm_without_blocking() {
 
 /// Sets `key` to `value` and lets its TTL pass, leaving a stale (grace) entry.
 async fn stale_entry(cache: &Cache, policy: &Policy, key: &str, value: &str) {
-    cache.set(key, &value.to_string(), policy).await.expect("set");
+    cache
+        .set(key, &value.to_string(), policy)
+        .await
+        .expect("set");
     let fresh_for = policy.ttl_duration();
     // Waiting out the TTL is the point: the entry must become stale.
     tokio::time::sleep(fresh_for + Duration::from_millis(30)).await;
@@ -281,7 +310,10 @@ async fn stale_is_served_at_once_and_refreshed_in_the_background() {
                 "new".to_string()
             })
             .await;
-        assert_eq!(v, "old", "{store}: answered with the stale value while the source is busy");
+        assert_eq!(
+            v, "old",
+            "{store}: answered with the stale value while the source is busy"
+        );
         release_tx.send(()).expect("refresh is waiting");
         let deadline = Instant::now() + Duration::from_secs(5);
         while cache.get::<String>("k").await.unwrap().as_deref() != Some("new") {
@@ -315,7 +347,11 @@ async fn stale_if_error_and_refresh_failures_are_throttled() {
             assert!(Instant::now() < deadline);
             tokio::task::yield_now().await;
         }
-        assert_eq!(attempts.load(Ordering::SeqCst), 1, "{store}: refresh failures are throttled");
+        assert_eq!(
+            attempts.load(Ordering::SeqCst),
+            1,
+            "{store}: refresh failures are throttled"
+        );
     }
 }
 
@@ -333,18 +369,31 @@ async fn a_soft_load_timeout_answers_stale_and_lets_the_load_finish() {
                 "new".to_string()
             })
             .await;
-        assert_eq!(v, "old", "{store}: past the soft timeout the stale value answers");
-        release_tx.send(()).expect("load still running after the timeout");
+        assert_eq!(
+            v, "old",
+            "{store}: past the soft timeout the stale value answers"
+        );
+        release_tx
+            .send(())
+            .expect("load still running after the timeout");
         let deadline = Instant::now() + Duration::from_secs(5);
         while cache.get::<String>("slow").await.unwrap().as_deref() != Some("new") {
-            assert!(Instant::now() < deadline, "{store}: the load never finished");
+            assert!(
+                Instant::now() < deadline,
+                "{store}: the load never finished"
+            );
             tokio::task::yield_now().await;
         }
 
         // A quick source within the soft timeout answers fresh.
         stale_entry(&cache, &policy, "quick", "old").await;
-        let v: String = cache.get_or_fetch("quick", &policy, || async { "new".to_string() }).await;
-        assert_eq!(v, "new", "{store}: within the soft timeout the fresh value answers");
+        let v: String = cache
+            .get_or_fetch("quick", &policy, || async { "new".to_string() })
+            .await;
+        assert_eq!(
+            v, "new",
+            "{store}: within the soft timeout the fresh value answers"
+        );
     }
 }
 
@@ -368,9 +417,18 @@ async fn borrowing_loaders_refresh_in_the_caller_others_get_stale() {
         while cache.stats().refreshes < 1 {
             tokio::task::yield_now().await;
         }
-        let other: String = cache.get_or_fetch_scoped("k", &policy, || async { "x".to_string() }).await;
-        assert_eq!(other, "old", "{store}: other callers get the stale value at once");
+        let other: String = cache
+            .get_or_fetch_scoped("k", &policy, || async { "x".to_string() })
+            .await;
+        assert_eq!(
+            other, "old",
+            "{store}: other callers get the stale value at once"
+        );
         release_tx.send(()).expect("refresher waiting");
-        assert_eq!(refresher.await.unwrap(), "new", "{store}: the triggering caller refreshed");
+        assert_eq!(
+            refresher.await.unwrap(),
+            "new",
+            "{store}: the triggering caller refreshed"
+        );
     }
 }

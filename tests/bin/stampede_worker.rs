@@ -41,7 +41,11 @@ fn main() {
             std::process::exit(2)
         }
     };
-    let cache = match Cache::builder().redis(args[1].as_str()).namespace(args[2].as_str()).build() {
+    let cache = match Cache::builder()
+        .redis(args[1].as_str())
+        .namespace(args[2].as_str())
+        .build()
+    {
         Ok(cache) => cache,
         Err(err) => {
             eprintln!("cannot build cache: {err}");
@@ -69,7 +73,8 @@ fn main() {
         let loads = Arc::new(AtomicUsize::new(0));
         let key = args[3].clone();
         let calls = (0..callers).map(|_| {
-            let (cache, policy, loads, key) = (cache.clone(), policy.clone(), loads.clone(), key.clone());
+            let (cache, policy, loads, key) =
+                (cache.clone(), policy.clone(), loads.clone(), key.clone());
             tokio::spawn(async move {
                 let started = Instant::now();
                 let value: String = cache
@@ -85,12 +90,18 @@ fn main() {
             })
         });
         let results = futures_util::future::join_all(calls).await;
-        let ok = results.iter().filter(|r| matches!(r, Ok((true, _)))).count();
+        let ok = results
+            .iter()
+            .filter(|r| matches!(r, Ok((true, _))))
+            .count();
         let max_ms = results
             .iter()
             .filter_map(|r| r.as_ref().ok().map(|(_, took)| took.as_millis()))
             .max()
             .unwrap_or(0);
-        println!("RESULT loads={} ok={ok} max_ms={max_ms}", loads.load(Ordering::SeqCst));
+        println!(
+            "RESULT loads={} ok={ok} max_ms={max_ms}",
+            loads.load(Ordering::SeqCst)
+        );
     });
 }
