@@ -275,9 +275,15 @@ mod template;
 ///
 /// # Methods, generics, borrowed arguments
 ///
-/// Inherent methods (`&self`, `&mut self`, `self`) and trait-impl methods work (trait impls need
-/// `companions = false`); attributes, doc comments, visibility, generics and where clauses are
-/// kept. Arguments may borrow (`&str`, `&T`); then the load runs in the calling task.
+/// Inherent methods (`&self`, `&mut self`, `self`, `self: Arc<Self>`) and trait-impl methods
+/// work (trait impls need `companions = false`); attributes, doc comments, visibility, generics
+/// and where clauses are kept. Arguments may borrow (`&str`, `&T`); then the load runs in the
+/// calling task. Free fns whose arguments are all owned hand the load to a task of its own (so
+/// stale entries refresh in the background), which needs the body's future to be `Send`.
+///
+/// An associated fn *without* `self` is recognised as being in an `impl` when its signature
+/// names `Self`; otherwise the macro cannot tell it from a free fn, and the call to its
+/// `_uncached` companion does not resolve: give it `companions = false`.
 ///
 /// ```
 /// # use cache_layer::cached;
