@@ -42,7 +42,9 @@ fn describe(err: &redis::RedisError) -> String {
         Some("LOADING") => "redis is still loading its data set",
         Some("READONLY") => "redis is a read-only replica: writes are rejected",
         Some("NOPERM") => "the redis user lacks the ACL permission for this command",
-        Some("WRONGTYPE") => "the key holds another kind of redis value (not written by this cache)",
+        Some("WRONGTYPE") => {
+            "the key holds another kind of redis value (not written by this cache)"
+        }
         _ if err.kind() == redis::ErrorKind::AuthenticationFailed => AUTH_FAILED,
         _ if err.is_connection_refusal() => {
             "could not connect to redis (connection refused: is it running at that address?)"
