@@ -795,7 +795,7 @@ fn expand_cached(func: &ItemFn, args: &Args, info: &Info) -> TokenStream {
         }
     );
     let store_call = quote_spanned!(ret_span=>
-        #p_ret::#store(__cache_handle, __cache_key, &__cache_policy, &__cache_out, #name_str).await
+        #p_ret::#store(__cache_handle, __cache_key, &__cache_policy, &__cache_out, ::core::concat!(::core::module_path!(), "::", #name_str)).await
     );
     let refresh_doc = format!(
         "Runs the body of [`{what}`] and stores its result as the entry for these arguments \
@@ -924,7 +924,7 @@ fn expand_invalidate(func: &ItemFn, args: &Args, info: &Info) -> TokenStream {
             let __cache_keys: ::std::vec::Vec<#p::String> = ::std::vec![#(#keys),*];
             let __cache_out = async { #hint #block }.await;
             if #succeeded {
-                #p::invalidate(__cache_handle, &__cache_tags, &__cache_keys, #name_str).await;
+                #p::invalidate(__cache_handle, &__cache_tags, &__cache_keys, ::core::concat!(::core::module_path!(), "::", #name_str)).await;
             }
             __cache_out
         }

@@ -1,5 +1,6 @@
 //! Inherent methods (`&self`, `&mut self`, `self`, `self: Arc<Self>`), trait-impl methods, generic
 //! impls, and `cache = &self.cache`.
+#![allow(async_fn_in_trait)]
 use std::sync::Arc;
 
 use cache_layer::{cached, invalidate, Cache};
@@ -95,6 +96,39 @@ impl Catalog for Repo {
     }
 }
 
+pub trait Counter {
+    async fn incr(&mut self, by: u32) -> u32;
+    async fn reset(&mut self) -> Result<(), String>;
+    async fn make(n: u32) -> u32;
+}
+
+pub struct Count {
+    cache: Cache,
+    n: u32,
+}
+
+impl Counter for Count {
+    #[cached(cache = &self.cache, companions = false)]
+    async fn incr(&mut self, by: u32) -> u32 {
+        self.n += by;
+        self.n
+    }
+
+    #[invalidate(cache = &self.cache, tags = ["count"])]
+    async fn reset(&mut self) -> Result<(), String> {
+        self.n = 0;
+        Ok(())
+    }
+
+    /// No `self` and no `Self` in the signature: `companions = false` inlines the body.
+    #[cached(cache = &*GLOBAL, companions = false)]
+    async fn make(n: u32) -> u32 {
+        n * 2
+    }
+}
+
+static GLOBAL: std::sync::LazyLock<Cache> = std::sync::LazyLock::new(Cache::in_memory);
+
 pub struct Typed<T> {
     cache: Cache,
     value: T,
@@ -129,6 +163,12 @@ async fn main() {
     let shared = Arc::new(repo.clone());
     assert_eq!(shared.clone().shared(4).await, 4);
     assert_eq!(repo.into_prefix("x".into()).await, "rx");
+
+    let mut count = Count { cache: cache.clone(), n: 0 };
+    assert_eq!(count.incr(2).await, 2);
+    assert_eq!(count.incr(2).await, 2); // cached
+    assert_eq!(count.reset().await, Ok(()));
+    assert_eq!(<Count as Counter>::make(2).await, 4);
 
     let a = Typed { cache: cache.clone(), value: 1u8 };
     let b = Typed { cache: cache.clone(), value: "s".to_owned() };
