@@ -600,7 +600,11 @@ async fn recursion_does_not_deadlock() {
         let value = within("fib_ref", fib_ref(&cache, &calls, 12)).await;
         assert_eq!(value, 144, "{store}");
         assert_eq!(count(&calls), 13, "{store}");
-        assert_eq!(within("fib_ref again", fib_ref(&cache, &calls, 12)).await, 144, "{store}");
+        assert_eq!(
+            within("fib_ref again", fib_ref(&cache, &calls, 12)).await,
+            144,
+            "{store}"
+        );
         assert_eq!(count(&calls), 13, "{store}");
     }
 }
