@@ -49,7 +49,7 @@ pub use breaker::{BreakerConfig, BreakerState};
 pub use cache::{install, Cache, CacheBuilder};
 pub use envelope::Codec;
 pub use error::Error;
-pub use metrics::Stats;
+pub use metrics::{function_stats, FunctionStats, FunctionStatsSnapshot, Stats};
 pub use policy::{Policy, Stampede};
 
 pub use cache_macros::{cached, invalidate};

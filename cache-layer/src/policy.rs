@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::envelope::Codec;
+use crate::{envelope::Codec, metrics::Door, FunctionStats};
 
 /// How concurrent misses of one key are handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,6 +45,8 @@ pub struct Policy {
     pub(crate) beta: f64,
     pub(crate) load_timeout: Option<Duration>,
     pub(crate) codec: Option<Codec>,
+    pub(crate) door: Door,
+    pub(crate) observer: Option<&'static FunctionStats>,
 }
 
 impl Policy {
@@ -60,6 +62,8 @@ impl Policy {
             beta: 1.0,
             load_timeout: None,
             codec: None,
+            door: Door::Direct,
+            observer: None,
         }
     }
 
@@ -130,6 +134,20 @@ impl Policy {
     /// Payload codec for entries written with this policy (default: the cache's codec).
     pub fn codec(mut self, codec: Codec) -> Self {
         self.codec = Some(codec);
+        self
+    }
+
+    /// Also counts hits, misses and loads made with this policy into `stats` (see
+    /// [`function_stats`](crate::function_stats)); `#[cached]` fns do this for you.
+    pub fn observe(mut self, stats: &'static FunctionStats) -> Self {
+        self.observer = Some(stats);
+        self
+    }
+
+    /// Marks calls as made by `#[cached]` fns (the `door="fn"` metrics label).
+    #[doc(hidden)]
+    pub fn __from_cached_fn(mut self) -> Self {
+        self.door = Door::Fn;
         self
     }
 

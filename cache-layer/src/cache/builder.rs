@@ -7,7 +7,7 @@ use crate::{
     breaker::Breaker,
     keys::KeySpace,
     local::LocalTier,
-    metrics::Counters,
+    metrics::{Counters, HotKeys},
     stampede::{flight::Flights, lock::LandedSignals},
     store::{Backend, ClusterStore, MemoryStore, RedisStore, RedisStoreConfig},
     BreakerConfig, Codec, Error,
@@ -41,6 +41,7 @@ pub struct CacheBuilder {
     breaker: BreakerConfig,
     codec: Codec,
     memory_max_bytes: u64,
+    hot_keys: Option<usize>,
 }
 
 impl Default for CacheBuilder {
@@ -55,6 +56,7 @@ impl Default for CacheBuilder {
             breaker: BreakerConfig::default(),
             codec: Codec::default(),
             memory_max_bytes: 256 * 1024 * 1024,
+            hot_keys: None,
         }
     }
 }
@@ -150,6 +152,13 @@ impl CacheBuilder {
         self
     }
 
+    /// Tracks the `top` most-read keys (sampled, bounded memory), reported in
+    /// [`Stats::hot_keys`](crate::Stats::hot_keys). Off by default.
+    pub fn track_hot_keys(mut self, top: usize) -> Self {
+        self.hot_keys = Some(top);
+        self
+    }
+
     /// Builds the cache. Never connects: fails only on invalid configuration (bad URL or namespace).
     pub fn build(self) -> Result<Cache, Error> {
         let keys = KeySpace::new(&self.namespace)?;
@@ -191,6 +200,7 @@ impl CacheBuilder {
                 tag_clock: Default::default(),
                 landed,
                 refresh_failures,
+                hot_keys: self.hot_keys.map(HotKeys::new),
             }),
         })
     }

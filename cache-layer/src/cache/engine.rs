@@ -26,6 +26,7 @@ use std::{
 };
 
 use serde::{de::DeserializeOwned, Serialize};
+use tracing::Instrument;
 
 use super::{now_ms, Cache};
 use crate::{
@@ -286,7 +287,7 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
     {
-        let hint = match self.lookup::<T>(key).await {
+        let hint = match self.lookup::<T>(key, policy).await {
             Lookup::Fresh {
                 value,
                 timing,
@@ -327,7 +328,7 @@ impl Cache {
                 None => return self.load(None, key, policy, loader, hint).await,
                 Some(Join::Leader(guard)) => guard,
                 Some(Join::Follower(follower)) => {
-                    match self.follow::<T>(key, follower.wait().await).await {
+                    match self.follow::<T>(key, policy, follower.wait().await).await {
                         Next::Done(fetched) => return Ok(fetched),
                         Next::LoadAlone => return self.load(None, key, policy, loader, hint).await,
                         Next::Rejoin => continue,
@@ -355,7 +356,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded<T>, E>>,
     {
-        let hint = match self.lookup::<T>(key).await {
+        let hint = match self.lookup::<T>(key, policy).await {
             Lookup::Fresh {
                 value,
                 timing,
@@ -416,7 +417,7 @@ impl Cache {
                     return self.load(Some(guard), key, policy, loader, hint).await
                 }
                 Some(Join::Follower(follower)) => {
-                    match self.follow::<T>(key, follower.wait().await).await {
+                    match self.follow::<T>(key, policy, follower.wait().await).await {
                         Next::Done(fetched) => return Ok(fetched),
                         Next::LoadAlone => return self.load(None, key, policy, loader, hint).await,
                         Next::Rejoin => continue,
@@ -428,13 +429,14 @@ impl Cache {
 
     /// Looks `key` up in L1, then the store. Redis failures and undecodable entries are misses,
     /// except that a stale L1 copy may answer while Redis is failing (stale-if-error).
-    async fn lookup<T: Value>(&self, key: &str) -> Lookup<T> {
+    async fn lookup<T: Value>(&self, key: &str, policy: &Policy) -> Lookup<T> {
         let inner = &self.inner;
         let now = now_ms();
         let mut local_stale = None;
         if let Some((value, timing)) = self.local_lookup::<T>(key, now) {
             if timing.fresh_until_ms > now {
-                inner.counters.local_hit();
+                inner.counters.local_hit(policy.door);
+                self.observe_hit(policy, key);
                 return Lookup::Fresh {
                     value,
                     timing,
@@ -456,14 +458,16 @@ impl Cache {
                                 let ttl = Duration::from_millis(timing.stale_until_ms - now);
                                 self.local_insert(key, &value, timing, envelope.tags(), ttl);
                                 if timing.fresh_until_ms > now {
-                                    inner.counters.hit();
+                                    inner.counters.hit(policy.door);
+                                    self.observe_hit(policy, key);
                                     return Lookup::Fresh {
                                         value,
                                         timing,
                                         local: false,
                                     };
                                 }
-                                inner.counters.stale_hit();
+                                inner.counters.stale_hit(policy.door);
+                                self.observe_hit(policy, key);
                                 return Lookup::Stale { value, timing };
                             }
                             Err(why) => self.note_corrupt(key, why),
@@ -477,13 +481,27 @@ impl Cache {
             // Redis is failing: a stale L1 copy beats loading (stale-if-error).
             Err(_) => {
                 if let Some((value, timing)) = local_stale {
-                    inner.counters.stale_hit();
+                    inner.counters.stale_hit(policy.door);
+                    self.observe_hit(policy, key);
                     return Lookup::Stale { value, timing };
                 }
             }
         }
-        inner.counters.miss();
+        inner.counters.miss(policy.door);
+        if let Some(observer) = policy.observer {
+            observer.miss();
+        }
         Lookup::Miss { hint }
+    }
+
+    /// Counts a hit for the policy's observer and the hot-key tracker.
+    fn observe_hit(&self, policy: &Policy, key: &str) {
+        if let Some(observer) = policy.observer {
+            observer.hit();
+        }
+        if let Some(hot_keys) = &self.inner.hot_keys {
+            hot_keys.record(key);
+        }
     }
 
     /// Whether an entry survived every invalidation that covers it (tags, namespace).
@@ -561,10 +579,12 @@ impl Cache {
                     _ => None,
                 }
             }
-            Join::Follower(follower) => match self.follow::<T>(key, follower.wait().await).await {
-                Next::Done(fetched) => Some(fetched),
-                Next::LoadAlone | Next::Rejoin => None,
-            },
+            Join::Follower(follower) => {
+                match self.follow::<T>(key, policy, follower.wait().await).await {
+                    Next::Done(fetched) => Some(fetched),
+                    Next::LoadAlone | Next::Rejoin => None,
+                }
+            }
         }
     }
 
@@ -577,11 +597,11 @@ impl Cache {
     }
 
     /// Turns a finished flight into the follower's next step.
-    async fn follow<T: Value>(&self, key: &str, outcome: Outcome) -> Next<T> {
+    async fn follow<T: Value>(&self, key: &str, policy: &Policy, outcome: Outcome) -> Next<T> {
         match outcome {
             Outcome::Value(shared) => match shared.downcast_ref::<Shared<T>>() {
                 Some(shared) => {
-                    self.inner.counters.coalesced();
+                    self.inner.counters.coalesced(policy.door);
                     Next::Done(Fetched {
                         value: shared.value.clone(),
                         origin: Origin::Coalesced,
@@ -592,7 +612,7 @@ impl Cache {
                 None => Next::LoadAlone,
             },
             Outcome::Failed => Next::LoadAlone,
-            Outcome::Abandoned | Outcome::Pending => match self.lookup::<T>(key).await {
+            Outcome::Abandoned | Outcome::Pending => match self.lookup::<T>(key, policy).await {
                 Lookup::Fresh { value, timing, .. } => Next::Done(Fetched {
                     value,
                     origin: Origin::Hit,
@@ -666,9 +686,13 @@ impl Cache {
         Fut: Future<Output = Result<Loaded<T>, E>>,
     {
         let (started_ms, started) = (now_ms(), Instant::now());
-        let result = loader().await;
+        let span = tracing::debug_span!("cache.load", cache = %self.inner.name, key = %super::key_hint(key));
+        let result = loader().instrument(span).await;
         let took = started.elapsed();
-        self.inner.counters.load(took, result.is_ok());
+        self.inner.counters.load(policy.door, took, result.is_ok());
+        if let Some(observer) = policy.observer {
+            observer.load(result.is_ok());
+        }
         let loaded = match result {
             Ok(loaded) => loaded,
             Err(err) => {
@@ -762,7 +786,7 @@ impl Cache {
                 return LockWait::TimedOut;
             }
             lock::wait_for_landing(rx, &full_key, remaining.min(lock::POLL_INTERVAL)).await;
-            if let Lookup::Fresh { value, timing, .. } = self.lookup::<T>(key).await {
+            if let Lookup::Fresh { value, timing, .. } = self.lookup::<T>(key, policy).await {
                 return LockWait::Landed(value, timing);
             }
         }

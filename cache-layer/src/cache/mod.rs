@@ -20,7 +20,7 @@ use crate::{
     envelope::{self, DecodeError, Envelope, Timing},
     keys::KeySpace,
     local::{LocalEntry, LocalTier},
-    metrics::Counters,
+    metrics::{Counters, HotKeys, RedisOutcome},
     stampede::{flight::Flights, lock::LandedSignals},
     store::Backend,
     tags::TagClock,
@@ -66,6 +66,8 @@ pub(crate) struct Inner {
     pub(crate) landed: LandedSignals,
     /// Keys whose last load failed recently: background refreshes of them are held off.
     pub(crate) refresh_failures: moka::sync::Cache<String, ()>,
+    /// Top-N keys by hits, when enabled.
+    pub(crate) hot_keys: Option<HotKeys>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -118,6 +120,36 @@ fn is_health_failure(err: &Error) -> bool {
         Error::Redis(e) => !matches!(e.code(), Some("WRONGTYPE" | "OOM" | "READONLY" | "NOPERM")),
         Error::Timeout(_) => true,
         Error::BreakerOpen | Error::Encode(_) | Error::Config(_) => false,
+    }
+}
+
+/// A loggable stand-in for a key: its first segment (up to 24 bytes, cut at `:`) and a hash of the
+/// whole, so logs and spans can tell keys apart without carrying user data or secrets.
+pub(crate) fn key_hint(key: &str) -> String {
+    let head = key.split(':').next().unwrap_or("");
+    let mut end = head.len().min(24);
+    while !head.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}#{:016x}",
+        &head[..end],
+        xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+    )
+}
+
+/// The metrics outcome of a store operation.
+fn redis_outcome<R>(result: &Result<R, Error>) -> RedisOutcome {
+    match result {
+        Ok(_) => RedisOutcome::Ok,
+        Err(Error::Timeout(_)) => RedisOutcome::Timeout,
+        Err(Error::BreakerOpen) => RedisOutcome::BreakerOpen,
+        Err(Error::Redis(e))
+            if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() =>
+        {
+            RedisOutcome::Connection
+        }
+        Err(_) => RedisOutcome::Server,
     }
 }
 
@@ -193,9 +225,13 @@ impl Cache {
     /// A snapshot of the counters since the cache was built.
     pub fn stats(&self) -> Stats {
         let inner = &self.inner;
-        inner
+        let mut stats = inner
             .counters
-            .snapshot(inner.breaker.state(), inner.breaker.transitions())
+            .snapshot(inner.breaker.state(), inner.breaker.transitions());
+        if let Some(hot_keys) = &inner.hot_keys {
+            stats.hot_keys = hot_keys.top();
+        }
+        stats
     }
 
     /// Runs one store operation through the breaker, counting failures. `op` is not polled when
@@ -207,18 +243,24 @@ impl Cache {
         let inner = &self.inner;
         let admission = inner.breaker.admit();
         if admission == Admission::Rejected {
+            inner
+                .counters
+                .redis_op(Duration::ZERO, RedisOutcome::BreakerOpen);
             return Err(Error::BreakerOpen);
         }
+        let started = std::time::Instant::now();
         let guard = AdmissionGuard {
             breaker: &inner.breaker,
             admission,
             settled: false,
         };
         let result = op.await;
+        inner
+            .counters
+            .redis_op(started.elapsed(), redis_outcome(&result));
         match &result {
             Ok(_) => guard.settle(None),
             Err(err) => {
-                inner.counters.redis_error();
                 tracing::debug!(cache = %inner.name, error = %err, "redis operation failed");
                 guard.settle(Some(err).filter(|err| is_health_failure(err)));
             }
@@ -258,10 +300,9 @@ impl Cache {
             delta_ms: u32::try_from(load_time.as_millis()).unwrap_or(u32::MAX),
         };
         let codec = policy.codec.unwrap_or(self.inner.codec);
-        Ok((
-            envelope::encode(value, codec, timing, &policy.tags)?,
-            timing,
-        ))
+        let bytes = envelope::encode(value, codec, timing, &policy.tags)?;
+        self.inner.counters.value_size(bytes.len());
+        Ok((bytes, timing))
     }
 
     /// Writes an encoded entry to the store (TTL = its hard expiry) and mirrors it into L1.
@@ -385,6 +426,7 @@ impl Cache {
     /// Removes `key`; `Ok(true)` when an entry was removed. Loads of `key` already in flight are
     /// detached: their results are not stored and later callers start a new load.
     pub async fn delete(&self, key: &str) -> Result<bool, Error> {
+        self.inner.counters.invalidation();
         self.inner.flights.detach_key(key);
         if let Some(local) = &self.inner.local {
             local.remove(key);
@@ -427,6 +469,7 @@ impl Cache {
         let mut first_error = None;
         for tag in tags {
             let tag = tag.as_ref();
+            self.inner.counters.invalidation();
             self.inner.tag_clock.record(tag, at);
             self.inner.flights.detach_tag(tag);
             let key = self.inner.keys.meta(&format!("tag:{tag}"));

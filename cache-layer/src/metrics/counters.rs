@@ -1,0 +1,291 @@
+//! The live counters of one cache, mirrored to pre-registered `metrics` handles.
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use super::Stats;
+use crate::BreakerState;
+
+/// Which front door a read-through call came through (the `door` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Door {
+    /// Calls on `Cache` (`get_or_fetch`, ...).
+    #[default]
+    Direct,
+    /// `#[cached]` functions.
+    Fn,
+    /// The HTTP layer.
+    Http,
+}
+
+impl Door {
+    const ALL: [Door; 3] = [Door::Direct, Door::Fn, Door::Http];
+
+    fn label(self) -> &'static str {
+        match self {
+            Door::Direct => "direct",
+            Door::Fn => "fn",
+            Door::Http => "http",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How a Redis operation ended (the `outcome` label of `cache_redis_ops_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RedisOutcome {
+    Ok,
+    Timeout,
+    Connection,
+    Server,
+    BreakerOpen,
+}
+
+impl RedisOutcome {
+    const ALL: [RedisOutcome; 5] = [
+        RedisOutcome::Ok,
+        RedisOutcome::Timeout,
+        RedisOutcome::Connection,
+        RedisOutcome::Server,
+        RedisOutcome::BreakerOpen,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RedisOutcome::Ok => "ok",
+            RedisOutcome::Timeout => "timeout",
+            RedisOutcome::Connection => "connection",
+            RedisOutcome::Server => "server",
+            RedisOutcome::BreakerOpen => "breaker_open",
+        }
+    }
+}
+
+/// Read-through metrics of one front door.
+struct DoorHandles {
+    l1_hits: metrics::Counter,
+    l2_hits: metrics::Counter,
+    misses: metrics::Counter,
+    stale_hits: metrics::Counter,
+    loads: metrics::Counter,
+    load_errors: metrics::Counter,
+    load_seconds: metrics::Histogram,
+    coalesced: metrics::Counter,
+}
+
+impl DoorHandles {
+    fn register(cache: &str, door: Door) -> Self {
+        let (c, d) = (cache.to_owned(), door.label());
+        DoorHandles {
+            l1_hits: metrics::counter!("cache_hits_total", "cache" => c.clone(), "door" => d, "tier" => "l1"),
+            l2_hits: metrics::counter!("cache_hits_total", "cache" => c.clone(), "door" => d, "tier" => "l2"),
+            misses: metrics::counter!("cache_misses_total", "cache" => c.clone(), "door" => d),
+            stale_hits: metrics::counter!("cache_stale_hits_total", "cache" => c.clone(), "door" => d),
+            loads: metrics::counter!("cache_loads_total", "cache" => c.clone(), "door" => d, "outcome" => "ok"),
+            load_errors: metrics::counter!("cache_loads_total", "cache" => c.clone(), "door" => d, "outcome" => "error"),
+            load_seconds: metrics::histogram!("cache_load_seconds", "cache" => c.clone(), "door" => d),
+            coalesced: metrics::counter!("cache_coalesced_total", "cache" => c, "door" => d),
+        }
+    }
+}
+
+/// Cache-wide metrics.
+struct Handles {
+    doors: [DoorHandles; 3],
+    redis_ops: [metrics::Counter; 5],
+    redis_seconds: metrics::Histogram,
+    corrupt: metrics::Counter,
+    refreshes: metrics::Counter,
+    lock_waits: metrics::Counter,
+    lock_timeouts: metrics::Counter,
+    value_bytes: metrics::Histogram,
+    invalidations: metrics::Counter,
+    breaker_state: metrics::Gauge,
+}
+
+impl Handles {
+    fn register(name: &str) -> Self {
+        let cache = name.to_owned();
+        Handles {
+            doors: Door::ALL.map(|door| DoorHandles::register(name, door)),
+            redis_ops: RedisOutcome::ALL.map(|outcome| {
+                metrics::counter!("cache_redis_ops_total", "cache" => cache.clone(), "outcome" => outcome.label())
+            }),
+            redis_seconds: metrics::histogram!("cache_redis_op_seconds", "cache" => cache.clone()),
+            corrupt: metrics::counter!("cache_corrupt_entries_total", "cache" => cache.clone()),
+            refreshes: metrics::counter!("cache_refreshes_total", "cache" => cache.clone()),
+            lock_waits: metrics::counter!("cache_lock_waits_total", "cache" => cache.clone()),
+            lock_timeouts: metrics::counter!("cache_lock_timeouts_total", "cache" => cache.clone()),
+            value_bytes: metrics::histogram!("cache_value_bytes", "cache" => cache.clone()),
+            invalidations: metrics::counter!("cache_invalidations_total", "cache" => cache.clone()),
+            breaker_state: metrics::gauge!("cache_breaker_state", "cache" => cache),
+        }
+    }
+}
+
+/// The live counters of one cache.
+pub(crate) struct Counters {
+    name: String,
+    handles: Handles,
+    hits: AtomicU64,
+    local_hits: AtomicU64,
+    misses: AtomicU64,
+    stale_hits: AtomicU64,
+    loads: AtomicU64,
+    load_errors: AtomicU64,
+    coalesced: AtomicU64,
+    errors: AtomicU64,
+    corrupt: AtomicU64,
+    refreshes: AtomicU64,
+    lock_waits: AtomicU64,
+    lock_timeouts: AtomicU64,
+    invalidations: AtomicU64,
+}
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counters")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bump(counter: &AtomicU64, handle: &metrics::Counter) {
+    counter.fetch_add(1, Ordering::Relaxed);
+    handle.increment(1);
+}
+
+impl Counters {
+    pub(crate) fn new(name: &str) -> Self {
+        let zero = || AtomicU64::new(0);
+        let handles = Handles::register(name);
+        handles.breaker_state.set(0.0);
+        Counters {
+            name: name.to_owned(),
+            handles,
+            hits: zero(),
+            local_hits: zero(),
+            misses: zero(),
+            stale_hits: zero(),
+            loads: zero(),
+            load_errors: zero(),
+            coalesced: zero(),
+            errors: zero(),
+            corrupt: zero(),
+            refreshes: zero(),
+            lock_waits: zero(),
+            lock_timeouts: zero(),
+            invalidations: zero(),
+        }
+    }
+
+    fn door(&self, door: Door) -> &DoorHandles {
+        &self.handles.doors[door.index()]
+    }
+
+    pub(crate) fn local_hit(&self, door: Door) {
+        self.local_hits.fetch_add(1, Ordering::Relaxed);
+        bump(&self.hits, &self.door(door).l1_hits);
+    }
+
+    pub(crate) fn hit(&self, door: Door) {
+        bump(&self.hits, &self.door(door).l2_hits);
+    }
+
+    pub(crate) fn miss(&self, door: Door) {
+        bump(&self.misses, &self.door(door).misses);
+    }
+
+    pub(crate) fn stale_hit(&self, door: Door) {
+        bump(&self.stale_hits, &self.door(door).stale_hits);
+    }
+
+    pub(crate) fn load(&self, door: Door, took: Duration, ok: bool) {
+        let handles = self.door(door);
+        handles.load_seconds.record(took.as_secs_f64());
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        if ok {
+            handles.loads.increment(1);
+        } else {
+            bump(&self.load_errors, &handles.load_errors);
+        }
+    }
+
+    pub(crate) fn coalesced(&self, door: Door) {
+        bump(&self.coalesced, &self.door(door).coalesced);
+    }
+
+    /// One Redis operation: latency and outcome; failures count as errors.
+    pub(crate) fn redis_op(&self, took: Duration, outcome: RedisOutcome) {
+        self.handles.redis_seconds.record(took.as_secs_f64());
+        let index = RedisOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        self.handles.redis_ops[index].increment(1);
+        if !matches!(outcome, RedisOutcome::Ok | RedisOutcome::BreakerOpen) {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn corrupt(&self) {
+        bump(&self.corrupt, &self.handles.corrupt);
+    }
+
+    pub(crate) fn refresh(&self) {
+        bump(&self.refreshes, &self.handles.refreshes);
+    }
+
+    pub(crate) fn lock_wait(&self) {
+        bump(&self.lock_waits, &self.handles.lock_waits);
+    }
+
+    pub(crate) fn lock_timeout(&self) {
+        bump(&self.lock_timeouts, &self.handles.lock_timeouts);
+    }
+
+    pub(crate) fn value_size(&self, bytes: usize) {
+        self.handles.value_bytes.record(bytes as f64);
+    }
+
+    pub(crate) fn invalidation(&self) {
+        bump(&self.invalidations, &self.handles.invalidations);
+    }
+
+    pub(crate) fn breaker_transition(&self, to: BreakerState) {
+        self.handles.breaker_state.set(match to {
+            BreakerState::Closed => 0.0,
+            BreakerState::Open => 1.0,
+            BreakerState::HalfOpen => 2.0,
+        });
+        metrics::counter!("cache_breaker_transitions_total", "cache" => self.name.clone(), "to" => to.as_str())
+            .increment(1);
+    }
+
+    pub(crate) fn snapshot(&self, breaker: BreakerState, breaker_transitions: u64) -> Stats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            hits: get(&self.hits),
+            local_hits: get(&self.local_hits),
+            misses: get(&self.misses),
+            stale_hits: get(&self.stale_hits),
+            loads: get(&self.loads),
+            load_errors: get(&self.load_errors),
+            coalesced: get(&self.coalesced),
+            errors: get(&self.errors),
+            corrupt: get(&self.corrupt),
+            refreshes: get(&self.refreshes),
+            lock_waits: get(&self.lock_waits),
+            lock_timeouts: get(&self.lock_timeouts),
+            invalidations: get(&self.invalidations),
+            breaker,
+            breaker_transitions,
+            hot_keys: Vec::new(),
+        }
+    }
+}
