@@ -628,6 +628,32 @@ mod tests {
     }
 
     #[test]
+    fn every_transition_reaches_the_hook_in_order() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let hook: TransitionHook = {
+            let seen = seen.clone();
+            Arc::new(move |to| seen.lock().unwrap_or_else(|e| e.into_inner()).push(to))
+        };
+        let config = BreakerConfig {
+            failure_threshold: 1,
+            cooldown: Duration::ZERO,
+            ..Default::default()
+        };
+        let b = Breaker::new(config, "test", Some(hook));
+        b.record_failure(Admission::Allowed, &CAUSE);
+        assert_eq!(b.admit(), Admission::Probe);
+        b.record_failure(Admission::Probe, &CAUSE);
+        assert_eq!(b.admit(), Admission::Probe);
+        b.record_success(Admission::Probe);
+        use BreakerState::*;
+        assert_eq!(
+            *seen.lock().unwrap_or_else(|e| e.into_inner()),
+            [Open, HalfOpen, Open, HalfOpen, Closed]
+        );
+        assert_eq!(b.transitions(), 5);
+    }
+
+    #[test]
     fn concurrent_callers_get_exactly_one_probe() {
         let b = Arc::new(consecutive(1, 0));
         b.record_failure(Admission::Allowed, &CAUSE);

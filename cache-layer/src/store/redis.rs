@@ -218,8 +218,14 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// A store for the Redis at `url` (`redis://[user:password@]host:port[/db]`).
     ///
-    /// Fails only when the URL is invalid; a Redis that is down is noticed on use.
+    /// Fails only when the URL is invalid or a timeout is zero; a Redis that is down is noticed
+    /// on use.
     pub fn new(url: &str, config: RedisStoreConfig) -> Result<Self, Error> {
+        if config.op_timeout.is_zero() || config.connect_timeout.is_zero() {
+            return Err(Error::Config(
+                "redis op_timeout and connect_timeout must be greater than zero".into(),
+            ));
+        }
         let client = redis::Client::open(url).map_err(|e| {
             Error::Config(format!("invalid redis url {:?}: {e}", redact_password(url)))
         })?;
@@ -506,5 +512,17 @@ mod tests {
         let err = RedisStore::new("redis://:secret@host:notaport", RedisStoreConfig::default())
             .expect_err("invalid url");
         assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn zero_timeouts_are_rejected() {
+        let config = RedisStoreConfig {
+            op_timeout: Duration::ZERO,
+            ..Default::default()
+        };
+        assert!(matches!(
+            RedisStore::new("redis://127.0.0.1:6379", config),
+            Err(Error::Config(_))
+        ));
     }
 }
