@@ -2,7 +2,8 @@
 //!
 //! Read-through caching on Redis for Rust services, with two front doors over one engine:
 //!
-//! - [`CacheLayer`]: a Tower middleware that caches whole HTTP responses (coming in the HTTP issue);
+//! - [`CacheLayer`]: a Tower middleware that caches whole HTTP responses (feature `http`, on by
+//!   default; see [`http`](crate::http));
 //! - [`cached`]: an attribute macro that turns an `async fn` into a read-through cached call.
 //!
 //! Both share one [`Cache`]: a Redis connection pool (or the embedded in-memory store when no Redis
@@ -33,6 +34,8 @@ mod breaker;
 mod cache;
 mod envelope;
 mod error;
+#[cfg(feature = "http")]
+pub mod http;
 mod keys;
 mod local;
 mod metrics;
@@ -45,6 +48,8 @@ mod tags;
 #[path = "private.rs"]
 pub mod __private;
 
+#[cfg(feature = "http")]
+pub use self::http::CacheLayer;
 pub use breaker::{BreakerConfig, BreakerState};
 pub use cache::{install, Cache, CacheBuilder};
 pub use envelope::Codec;

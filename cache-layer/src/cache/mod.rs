@@ -5,6 +5,8 @@ mod builder;
 mod engine;
 
 pub(crate) use self::engine::REFRESH_RETRY_AFTER;
+#[cfg(feature = "http")]
+pub(crate) use self::engine::{Loaded, Origin};
 
 use std::{
     future::Future,

@@ -1,0 +1,293 @@
+//! Request keys.
+//!
+//! A key is an injective encoding of everything a response may depend on:
+//!
+//! ```text
+//! http:<len>:<method class>|<len>:<a|c>|<len>:<host>|<len>:<path>|<len>:<query>[|<len>:<name>=<n>:<values>]...
+//! ```
+//!
+//! - method class: `GET` for GET and HEAD (HEAD is answered from the GET entry), else the method;
+//! - `a`/`c`: anonymous or credentialed request (only differs with `cache_authorized`), so a
+//!   response to a logged-in request is never served to an anonymous one;
+//! - host: the request's authority (HTTP/2) or `Host` header, lowercased;
+//! - path: exactly as received, never decoded or normalised: `/a%2Fb`, `/a/b`, `/x/../a` and
+//!   `/a.css` are four different keys, whatever the router makes of them;
+//! - query: as received; parameters are stably sorted by name only when every name is plain
+//!   (`[A-Za-z0-9._~-]`) and there is no `;`, so two queries share a key only when every common
+//!   parser sees the same values for every name in the same order;
+//! - then each keyed request header that is present: the configured `vary` headers, the headers
+//!   the origin's `Vary` taught the layer for this URL, and the forwarding headers
+//!   (`X-Forwarded-Host` and friends) that frameworks use to build URLs, so a request carrying
+//!   them can never poison the entry of a request without them.
+//!
+//! Every field is length-prefixed and escaped (`%XX` for `%`, `{`, `}`, spaces, controls and
+//! non-ASCII bytes), so distinct requests never share a key. Keys longer than
+//! [`MAX_KEY_LEN`] are replaced by `http:#` and the SHA-256 of the encoding.
+//! A custom [`key_fn`](super::CacheLayer::key_fn) replaces host, path and query.
+
+use std::fmt::Write;
+
+use http::{header, request, HeaderMap, HeaderName, Method};
+use sha2::{Digest, Sha256};
+
+/// Keys longer than this are hashed.
+pub(crate) const MAX_KEY_LEN: usize = 200;
+
+/// Request headers always part of the key when present: frameworks use them to build absolute
+/// URLs, redirects and links, so leaving them out of the key would let one request poison the
+/// entry of every other (unkeyed header poisoning).
+pub(crate) const FORWARDING_HEADERS: [HeaderName; 10] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-host"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+];
+
+/// The primary part of a key (before request headers): method class, credential class, target.
+pub(crate) fn primary(parts: &request::Parts, credentialed: bool, custom: Option<&str>) -> String {
+    let mut out = String::with_capacity(64);
+    out.push_str("http:");
+    let class = if parts.method == Method::HEAD {
+        Method::GET.as_str()
+    } else {
+        parts.method.as_str()
+    };
+    field(&mut out, class.as_bytes());
+    field(&mut out, if credentialed { b"c" } else { b"a" });
+    match custom {
+        Some(custom) => {
+            field(&mut out, b"custom");
+            field(&mut out, custom.as_bytes());
+        }
+        None => {
+            let host = parts
+                .uri
+                .authority()
+                .map(|a| a.as_str().as_bytes())
+                .or_else(|| parts.headers.get(header::HOST).map(|h| h.as_bytes()))
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            field(&mut out, &host);
+            field(&mut out, parts.uri.path().as_bytes());
+            match parts.uri.query() {
+                None => field(&mut out, b"-"),
+                Some(query) => {
+                    // Prefixed so "no query" and "empty query" differ.
+                    let mut q = String::with_capacity(query.len() + 1);
+                    q.push('?');
+                    q.push_str(&normalized_query(query));
+                    field(&mut out, q.as_bytes());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The full key: the primary part plus the values of `keyed` request headers that are present.
+/// `keyed` must be sorted and free of duplicates.
+pub(crate) fn full(mut primary: String, headers: &HeaderMap, keyed: &[HeaderName]) -> String {
+    for name in keyed {
+        let mut values = headers.get_all(name).iter().peekable();
+        if values.peek().is_none() {
+            continue;
+        }
+        let mut encoded = Vec::with_capacity(32);
+        encoded.extend_from_slice(name.as_str().as_bytes());
+        encoded.push(b'=');
+        for value in values {
+            let _ = write!(Len(&mut encoded), "{}:", value.as_bytes().len());
+            encoded.extend_from_slice(value.as_bytes());
+        }
+        field(&mut primary, &encoded);
+    }
+    if primary.len() > MAX_KEY_LEN {
+        let digest = Sha256::digest(primary.as_bytes());
+        let mut hashed = String::with_capacity(6 + 64);
+        hashed.push_str("http:#");
+        for byte in digest {
+            let _ = write!(hashed, "{byte:02x}");
+        }
+        return hashed;
+    }
+    primary
+}
+
+/// `Write` into a byte vector (for length prefixes).
+struct Len<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Len<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Appends `<len>:<escaped bytes>|`, where `len` is the escaped length.
+fn field(out: &mut String, bytes: &[u8]) {
+    let escaped = escape(bytes);
+    let _ = write!(out, "{}:{}|", escaped.len(), escaped);
+}
+
+/// Escapes bytes outside visible ASCII, `%`, `{`, `}` and `|` as `%XX` (injective).
+fn escape(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    let plain = |b: u8| b.is_ascii_graphic() && !matches!(b, b'%' | b'{' | b'}' | b'|');
+    if bytes.iter().all(|&b| plain(b)) {
+        // All visible ASCII: valid UTF-8.
+        return String::from_utf8_lossy(bytes);
+    }
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for &b in bytes {
+        if plain(b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The query with its parameters stably sorted by name, when that cannot change its meaning.
+fn normalized_query(query: &str) -> std::borrow::Cow<'_, str> {
+    if query.contains(';') || !query.contains('&') {
+        return std::borrow::Cow::Borrowed(query);
+    }
+    let params: Vec<&str> = query.split('&').collect();
+    fn name(param: &str) -> &str {
+        param.split('=').next().unwrap_or_default()
+    }
+    let plain = |n: &str| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
+    };
+    if !params.iter().all(|p| plain(name(p))) {
+        return std::borrow::Cow::Borrowed(query);
+    }
+    let mut sorted = params;
+    sorted.sort_by(|a, b| name(a).cmp(name(b)));
+    std::borrow::Cow::Owned(sorted.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn key(uri: &str, headers: &[(&str, &str)]) -> String {
+        key_with(uri, "GET", headers, &[])
+    }
+
+    fn key_with(uri: &str, method: &str, headers: &[(&str, &str)], keyed: &[&str]) -> String {
+        let mut builder = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let (parts, ()) = builder.body(()).unwrap().into_parts();
+        let mut keyed: Vec<HeaderName> = keyed
+            .iter()
+            .map(|n| HeaderName::from_bytes(n.as_bytes()).unwrap())
+            .chain(FORWARDING_HEADERS)
+            .collect();
+        keyed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        full(primary(&parts, false, None), &parts.headers, &keyed)
+    }
+
+    #[test]
+    fn readable_and_injective() {
+        let k = key("/products/1?b=2&a=1", &[("host", "Shop.Example")]);
+        assert_eq!(
+            k,
+            "http:3:GET|1:a|12:shop.example|11:/products/1|8:?a=1&b=2|"
+        );
+        assert_ne!(key("/a?", &[]), key("/a", &[]));
+        assert_ne!(key("/a%7C", &[]), key("/a|", &[]));
+        assert_ne!(
+            key("/a", &[("host", "x|1:/b")]),
+            key("/b", &[("host", "x")]),
+            "separators inside fields are escaped"
+        );
+    }
+
+    #[test]
+    fn head_shares_the_get_key_other_methods_do_not() {
+        assert_eq!(key_with("/a", "HEAD", &[], &[]), key("/a", &[]));
+        assert_ne!(key_with("/a", "OPTIONS", &[], &[]), key("/a", &[]));
+    }
+
+    #[test]
+    fn paths_are_never_normalised() {
+        let keys = [
+            key("/account", &[]),
+            key("/account.css", &[]),
+            key("/account/x.css", &[]),
+            key("/static/../account", &[]),
+            key("/static/%2e%2e/account", &[]),
+            key("/files/a%2Fb", &[]),
+            key("/files/a/b", &[]),
+            key("/files/a%2fb", &[]),
+            key("//account", &[]),
+        ];
+        let distinct: std::collections::HashSet<_> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len(), "{keys:#?}");
+    }
+
+    #[test]
+    fn query_order_is_normalised_only_when_safe() {
+        assert_eq!(key("/s?a=1&b=2", &[]), key("/s?b=2&a=1", &[]));
+        // Repeated names keep their order.
+        assert_ne!(key("/s?a=1&a=2", &[]), key("/s?a=2&a=1", &[]));
+        assert_eq!(key("/s?a=1&b=0&a=2", &[]), key("/s?b=0&a=1&a=2", &[]));
+        // Encoded names or ';' separators: left as they are.
+        assert_ne!(key("/s?%61=1&a=2", &[]), key("/s?a=2&%61=1", &[]));
+        assert_ne!(key("/s?x=1;a=2&a=3", &[]), key("/s?a=3&x=1;a=2", &[]));
+    }
+
+    #[test]
+    fn keyed_headers_split_entries() {
+        let plain = key("/", &[]);
+        let forwarded = key("/", &[("x-forwarded-host", "evil.example")]);
+        assert_ne!(plain, forwarded);
+        // An unkeyed header does not.
+        assert_eq!(plain, key("/", &[("x-unrelated", "1")]));
+        let en = key_with(
+            "/",
+            "GET",
+            &[("accept-language", "en")],
+            &["accept-language"],
+        );
+        let de = key_with(
+            "/",
+            "GET",
+            &[("accept-language", "de")],
+            &["accept-language"],
+        );
+        assert_ne!(en, de);
+        // Multiple field lines are distinct from one combined line with a different split.
+        let two = key_with("/", "GET", &[("x-v", "a"), ("x-v", "b")], &["x-v"]);
+        let one = key_with("/", "GET", &[("x-v", "a1:b")], &["x-v"]);
+        assert_ne!(two, one);
+    }
+
+    #[test]
+    fn long_keys_are_hashed() {
+        let long = format!("/{}", "x".repeat(500));
+        let k = key(&long, &[]);
+        assert!(k.starts_with("http:#") && k.len() == 6 + 64, "{k}");
+        assert_ne!(k, key(&format!("{long}y"), &[]));
+    }
+
+    #[test]
+    fn escaping_is_injective() {
+        assert_eq!(escape(b"abc"), "abc");
+        assert_eq!(escape(b"a b"), "a%20b");
+        assert_eq!(escape(b"%20"), "%2520");
+        assert_eq!(escape(&[0xff, b'{']), "%FF%7B");
+    }
+}
