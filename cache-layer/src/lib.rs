@@ -3,7 +3,7 @@
 //! Read-through caching on Redis for Rust services, with two front doors over one engine:
 //!
 //! - [`CacheLayer`]: a Tower middleware that caches whole HTTP responses (feature `http`, on by
-//!   default; see [`http`](crate::http));
+//!   default; see [`http`]);
 //! - [`cached`]: an attribute macro that turns an `async fn` into a read-through cached call.
 //!
 //! Both share one [`Cache`]: a Redis connection pool (or the embedded in-memory store when no Redis
