@@ -28,12 +28,15 @@ use futures_util::stream;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use support::{shared_redis_url, unique_prefix, RedisServer};
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, Semaphore},
+};
 
 // ---- origin ---------------------------------------------------------------------------------
 
 /// The origin application behind the layer: behaviour chosen by path, every call counted.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Origin {
     calls: Arc<Mutex<HashMap<String, usize>>>,
     /// `/flaky` answers 500 while set.
@@ -42,6 +45,20 @@ struct Origin {
     gate: Arc<Notify>,
     /// `/stream-big`: the last chunk waits for this.
     stream_gate: Arc<Notify>,
+    /// `/gated-cookie` takes one permit per call.
+    permits: Arc<Semaphore>,
+}
+
+impl Default for Origin {
+    fn default() -> Self {
+        Origin {
+            calls: Default::default(),
+            failing: Default::default(),
+            gate: Default::default(),
+            stream_gate: Default::default(),
+            permits: Arc::new(Semaphore::new(0)),
+        }
+    }
 }
 
 impl Origin {
@@ -142,6 +159,12 @@ async fn handler(State(origin): State<Origin>, request: Request) -> Response {
             } else {
                 format!("flaky ok {}", origin.calls(&path)).into_response()
             }
+        }
+        "gated-cookie" => {
+            if let Ok(permit) = origin.permits.acquire().await {
+                permit.forget();
+            }
+            ([("set-cookie", "s=1")], "gated").into_response()
         }
         "slow" => {
             origin.gate.notified().await;
@@ -561,6 +584,40 @@ async fn concurrent_cold_requests_make_one_origin_call() {
             .count(),
         19
     );
+}
+
+/// Polls `cond` (bounded) while requests are in flight.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn uncacheable_urls_do_not_queue_behind_each_other() {
+    let (addr, origin) = app(CacheLayer::new(redis_cache("http_hit_for_miss"))).await;
+    // The first response shows the URL is not cacheable...
+    let first = tokio::spawn(get(addr, "/gated-cookie"));
+    eventually("first call", || origin.calls("/gated-cookie") == 1).await;
+    origin.permits.add_permits(1);
+    assert_eq!(
+        first.await.unwrap().cache_status(),
+        "cache-layer; fwd=miss; detail=set-cookie"
+    );
+    // ...so concurrent requests for it all reach the origin at once (no single-flight queue).
+    let requests: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(get(addr, "/gated-cookie")))
+        .collect();
+    eventually("all five at the origin together", || {
+        origin.calls("/gated-cookie") == 6
+    })
+    .await;
+    origin.permits.add_permits(5);
+    for request in requests {
+        assert_eq!(request.await.unwrap().header("set-cookie"), "s=1");
+    }
 }
 
 #[tokio::test]

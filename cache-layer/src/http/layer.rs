@@ -61,6 +61,47 @@ pub(crate) struct Config {
     pub(crate) methods: Vec<Method>,
     /// Keyed headers per primary key, for URLs whose origin `Vary` named more than `keyed`.
     pub(crate) learned: Arc<Learned>,
+    /// Keys whose last response was not cacheable (see [`HitForMiss`]).
+    pub(crate) hit_for_miss: Arc<HitForMiss>,
+}
+
+/// Keys whose last origin response was not cacheable ("hit-for-miss", as in Varnish): for a while,
+/// requests for them skip single-flight and go to the origin at once instead of queueing behind
+/// each other's uncacheable responses. They still look the cache up first and store a response
+/// that has become cacheable.
+pub(crate) struct HitForMiss {
+    map: moka::sync::Cache<String, ()>,
+    any: AtomicBool,
+}
+
+/// How long a key is remembered as uncacheable.
+pub(crate) const HIT_FOR_MISS_TTL: Duration = Duration::from_secs(10);
+
+impl HitForMiss {
+    fn new() -> Self {
+        HitForMiss {
+            map: moka::sync::Cache::builder()
+                .max_capacity(LEARNED_VARY_CAPACITY)
+                .time_to_live(HIT_FOR_MISS_TTL)
+                .build(),
+            any: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        self.any.load(Ordering::Relaxed) && self.map.contains_key(key)
+    }
+
+    pub(crate) fn insert(&self, key: String) {
+        self.map.insert(key, ());
+        self.any.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn remove(&self, key: &str) {
+        if self.any.load(Ordering::Relaxed) {
+            self.map.invalidate(key);
+        }
+    }
 }
 
 /// Keyed request headers learned from origin `Vary` headers, per primary key (bounded).
@@ -142,6 +183,7 @@ impl CacheLayer {
                         .build(),
                     any: AtomicBool::new(false),
                 }),
+                hit_for_miss: Arc::new(HitForMiss::new()),
             }),
         }
     }

@@ -1,6 +1,7 @@
 //! [`CacheService`]: the middleware service.
 
 use std::{
+    borrow::Cow,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -23,7 +24,7 @@ use super::{
 };
 use crate::{
     cache::{now_ms, Loaded, Origin},
-    Cache,
+    Cache, Stampede,
 };
 
 /// Caps on tags taken from one response.
@@ -133,6 +134,7 @@ where
             config: self.config.clone(),
             primary,
             keyed,
+            key: key.clone(),
         };
         ResponseFuture::cached(Box::pin(serve(self.cache.clone(), key, request)))
     }
@@ -146,6 +148,8 @@ struct Fill<S, ReqBody> {
     config: Arc<Config>,
     primary: String,
     keyed: Arc<[HeaderName]>,
+    /// The entry's key (for the hit-for-miss memory).
+    key: String,
 }
 
 /// Answers a cacheable request through the engine.
@@ -172,7 +176,13 @@ where
         fill.parts.method = Method::GET;
     }
     let config = fill.config.clone();
-    let fetched = cache.fetch(&key, &config.policy, move || load(fill)).await;
+    // Recently uncacheable: no queueing behind another request's (uncacheable) load.
+    let policy = if config.hit_for_miss.contains(&key) {
+        Cow::Owned(config.policy.clone().stampede(Stampede::None))
+    } else {
+        Cow::Borrowed(&config.policy)
+    };
+    let fetched = cache.fetch(&key, &policy, move || load(fill)).await;
     match fetched {
         Ok(fetched) => {
             let now = now_ms();
@@ -222,6 +232,7 @@ where
         config,
         primary,
         keyed,
+        key,
     } = fill;
     futures_util::future::poll_fn(|cx| inner.poll_ready(cx))
         .await
@@ -237,6 +248,8 @@ where
         Err(why) => {
             if let NotStored::VaryUnkeyed(names) = &why {
                 config.learned.learn(primary, &keyed, names);
+            } else {
+                config.hit_for_miss.insert(key);
             }
             let response = Response::from_parts(parts, CacheBody::stream(body));
             return Err(LoadError::Pass(
@@ -246,15 +259,21 @@ where
         }
     };
     match body::buffer(body, config.max_body_bytes).await {
-        Buffered::Complete(bytes) => Ok(Loaded {
-            value: StoredResponse::new(&parts, bytes, storable.upstream_age),
-            ttl: storable.ttl,
-            tags,
-            cacheable: true,
-        }),
+        Buffered::Complete(bytes) => {
+            config.hit_for_miss.remove(&key);
+            Ok(Loaded {
+                value: StoredResponse::new(&parts, bytes, storable.upstream_age),
+                ttl: storable.ttl,
+                tags,
+                cacheable: true,
+            })
+        }
         Buffered::Passthrough(body, reason) => {
             let detail = match reason {
-                PassReason::TooLarge => "too-large",
+                PassReason::TooLarge => {
+                    config.hit_for_miss.insert(key);
+                    "too-large"
+                }
                 PassReason::Trailers => "trailers",
                 PassReason::BodyError => "body-error",
             };
