@@ -65,6 +65,14 @@ where
     }
 }
 
+/// The measurement with the median throughput of several rounds (rounds of different operations
+/// are interleaved by the caller, so background noise hits them alike).
+pub fn median(mut rounds: Vec<Measurement>) -> Option<Measurement> {
+    rounds.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+    let middle = rounds.len() / 2;
+    rounds.into_iter().nth(middle)
+}
+
 /// Prints measurements with their throughput ratio to the first row (the baseline).
 pub fn print_table(title: &str, rows: &[Measurement]) {
     println!("\n## {title}\n");
