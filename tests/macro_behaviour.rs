@@ -95,6 +95,15 @@ async fn hits_skip_the_body_and_misses_run_it_once() {
         assert_eq!(count(&calls), 1, "{store}: the second call is a hit");
         assert_eq!(square(&cache, &calls, 4).await, 16, "{store}");
         assert_eq!(count(&calls), 2, "{store}: other arguments, other entry");
+        // Per-function stats (shared by every test that calls `square`).
+        let all = cache_layer::function_stats();
+        let stats = all
+            .iter()
+            .find(|s| s.name == concat!(module_path!(), "::square"));
+        assert!(
+            stats.is_some_and(|s| s.hits >= 1 && s.loads >= 2),
+            "{store}: {all:?}"
+        );
         // The default key: module path, fn name, readable arguments.
         let key = format!("{}::square(3)", module_path!());
         assert_eq!(

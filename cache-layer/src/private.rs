@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::de::DeserializeOwned;
 use serde::ser::{self, Serialize};
 
-pub use crate::{Cache, Error, Policy, Stampede};
+pub use crate::{Cache, Error, FunctionStats, Policy, Stampede};
 pub use std::any::{type_name, type_name_of_val};
 pub use std::format;
 pub use std::string::String;
