@@ -50,7 +50,9 @@ pub struct BreakerConfig {
     /// How long the breaker stays open before one probe is let through (default 2 s).
     pub cooldown: Duration,
     /// Failure ratio (`0.0 < r ≤ 1.0`) over [`window`](Self::window) that opens the breaker even
-    /// when failures are interleaved with successes (default 0.5).
+    /// when failures are interleaved with successes (default 0.5). Operations are counted from
+    /// the first failure after a quiet period (one without failures for a whole window), so the
+    /// ratio describes the current trouble and a healthy cache pays nothing for it.
     pub failure_rate: f64,
     /// Length of the sliding window the failure ratio is measured over (default 10 s). Zero turns
     /// the ratio rule off (only consecutive failures open the breaker).
@@ -160,6 +162,10 @@ pub(crate) struct Breaker {
     name: String,
     state: AtomicU64,
     consecutive_failures: AtomicU32,
+    /// When the last failure was counted (ms since `epoch`, plus one; 0 = none recently). The
+    /// window counts successes only while failures are recent, so a healthy cache's success path
+    /// is two relaxed loads (no clock read, no shared write).
+    last_failure: AtomicU64,
     buckets: [Bucket; BUCKETS],
     bucket_ms: u64,
     epoch: Instant,
@@ -200,6 +206,7 @@ impl Breaker {
             name: name.into(),
             state: AtomicU64::new(word(CLOSED, 0)),
             consecutive_failures: AtomicU32::new(0),
+            last_failure: AtomicU64::new(0),
             buckets: std::array::from_fn(|_| Bucket {
                 slot: AtomicU64::new(NO_SLOT),
                 calls: AtomicU64::new(0),
@@ -357,7 +364,27 @@ impl Breaker {
         if self.config.window.is_zero() {
             return (0, 0);
         }
-        let slot = self.now_ms() / self.bucket_ms;
+        if !failed && self.last_failure.load(Ordering::Relaxed) == 0 {
+            // Quiet: nothing failed within the window, so the ratio cannot matter yet.
+            return (0, 0);
+        }
+        let now = self.now_ms();
+        if failed {
+            self.last_failure.store(now + 1, Ordering::Relaxed);
+        } else {
+            let last = self.last_failure.load(Ordering::Relaxed);
+            if last != 0 && now.saturating_sub(last - 1) > millis(self.config.window) {
+                // The last failure left the window: quiet again.
+                let _ = self.last_failure.compare_exchange(
+                    last,
+                    0,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                return (0, 0);
+            }
+        }
+        let slot = now / self.bucket_ms;
         let bucket = &self.buckets[(slot % BUCKETS as u64) as usize];
         let seen = bucket.slot.load(Ordering::Acquire);
         if seen != slot
@@ -390,6 +417,7 @@ impl Breaker {
     /// before an outage cannot re-open the breaker right after it closed.
     fn reset_counts(&self) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.last_failure.store(0, Ordering::Relaxed);
         for bucket in &self.buckets {
             bucket.slot.store(NO_SLOT, Ordering::Release);
         }
@@ -546,16 +574,40 @@ mod tests {
             window: Duration::from_secs(60),
             min_calls: 20,
         });
-        // success, failure, success, failure, ...: never 2 consecutive failures.
-        for i in 0..19 {
+        // failure, success, failure, success, ...: never 2 consecutive failures.
+        for i in 0..20 {
             if i % 2 == 0 {
+                b.record_failure(Admission::Allowed, &CAUSE);
+            } else {
+                b.record_success(Admission::Allowed);
+            }
+            assert_eq!(b.state(), BreakerState::Closed, "below min_calls at {i}");
+        }
+        b.record_failure(Admission::Allowed, &CAUSE); // 21 calls, 11 failures
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn successes_before_the_trouble_do_not_dilute_the_ratio() {
+        let b = breaker(BreakerConfig {
+            failure_threshold: 1000,
+            failure_rate: 0.5,
+            window: Duration::from_secs(60),
+            min_calls: 20,
+            ..Default::default()
+        });
+        // A long healthy period: not counted.
+        for _ in 0..1000 {
+            b.record_success(Admission::Allowed);
+        }
+        // Then Redis starts failing two calls in three.
+        for i in 0..30 {
+            if i % 3 == 0 {
                 b.record_success(Admission::Allowed);
             } else {
                 b.record_failure(Admission::Allowed, &CAUSE);
             }
-            assert_eq!(b.state(), BreakerState::Closed, "below min_calls at {i}");
         }
-        b.record_failure(Admission::Allowed, &CAUSE); // 20 calls, 10 failures
         assert_eq!(b.state(), BreakerState::Open);
     }
 

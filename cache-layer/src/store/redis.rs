@@ -268,12 +268,7 @@ impl RedisStore {
     }
 
     /// A multiplexed connection cloned out of the pool (the checkout is released immediately) for
-    /// one operation: its commands must finish within `op_timeout` from now.
-    pub(crate) async fn connection(&self) -> Result<Connection, Error> {
-        self.connection_until(Instant::now() + self.config.op_timeout)
-            .await
-    }
-
+    /// one operation, whose commands must finish by `deadline`.
     async fn connection_until(&self, deadline: Instant) -> Result<Connection, Error> {
         match tokio::time::timeout_at(deadline, self.checkout(deadline)).await {
             Ok(result) => result,
