@@ -34,7 +34,11 @@ impl HotKeys {
 
     /// Counts one lookup of `key` (sampled).
     pub(crate) fn record(&self, key: &str) {
-        if self.ticks.fetch_add(1, Ordering::Relaxed) % self.sample_every != 0 {
+        if !self
+            .ticks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(self.sample_every)
+        {
             return;
         }
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());

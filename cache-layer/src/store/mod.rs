@@ -54,6 +54,8 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// The store a [`Cache`](crate::Cache) was built with (static dispatch, no boxing on the hot path).
+// One per cache, never moved on the hot path: the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub(crate) enum Backend {
     Memory(MemoryStore),
