@@ -13,7 +13,7 @@ use http::{request, HeaderName, Method, StatusCode};
 use tower_layer::Layer;
 
 use super::{key::FORWARDING_HEADERS, service::CacheService};
-use crate::{Cache, Policy, Stampede};
+use crate::{metrics::Door, Cache, Policy, Stampede};
 
 /// A custom key function (see [`CacheLayer::key_fn`]).
 pub(crate) type KeyFn = Arc<dyn Fn(&request::Parts) -> Option<String> + Send + Sync>;
@@ -166,10 +166,13 @@ impl CacheLayer {
     pub fn new(cache: Cache) -> Self {
         let mut keyed = FORWARDING_HEADERS.to_vec();
         sort_names(&mut keyed);
+        let mut policy = Policy::ttl(DEFAULT_TTL);
+        // Metrics label: door="http".
+        policy.door = Door::Http;
         CacheLayer {
             cache,
             config: Arc::new(Config {
-                policy: Policy::ttl(DEFAULT_TTL),
+                policy,
                 keyed: keyed.into(),
                 key_fn: None,
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
