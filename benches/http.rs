@@ -84,6 +84,7 @@ async fn load(addr: SocketAddr, conns: usize, secs: u64) -> (u64, Vec<u32>) {
                     .body(Empty::<Bytes>::new())
                     .expect("request");
                 let started = Instant::now();
+                sender.ready().await.expect("connection ready");
                 let response = sender.send_request(request).await.expect("response");
                 let body = response.into_body().collect().await.expect("body");
                 assert!(body.to_bytes().len() > 1000);
@@ -103,6 +104,24 @@ async fn load(addr: SocketAddr, conns: usize, secs: u64) -> (u64, Vec<u32>) {
     (total.load(Ordering::Relaxed), latencies)
 }
 
+/// Requests every URL once, in order, on one connection.
+async fn prime(addr: SocketAddr) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    for i in 0..URLS {
+        let request = hyper::Request::get(format!("/items/{i}"))
+            .header("host", "bench.local")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        sender.ready().await.expect("connection ready");
+        let response = sender.send_request(request).await.expect("response");
+        response.into_body().collect().await.expect("body");
+    }
+}
+
 fn percentile(sorted: &[u32], p: f64) -> u32 {
     if sorted.is_empty() {
         return 0;
@@ -113,9 +132,18 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
 
 #[tokio::main]
 async fn main() {
-    let secs = env("BENCH_SECS", 2);
-    let rounds = env("BENCH_ROUNDS", 3) as usize;
-    let conns = env("BENCH_CONNS", 32) as usize;
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it:
+    // then a short smoke run checks that every configuration works (and only hits).
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let (secs, rounds, conns) = if smoke {
+        (1, 1, 4)
+    } else {
+        (
+            env("BENCH_SECS", 2),
+            env("BENCH_ROUNDS", 3) as usize,
+            env("BENCH_CONNS", 32) as usize,
+        )
+    };
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let namespace = |what: &str| format!("bench-http-{what}-{}", std::process::id());
     let route = || Router::new().route("/items/{id}", get(item));
@@ -156,9 +184,12 @@ async fn main() {
         },
     ];
 
-    // Prime every URL (and warm connections and allocators).
+    // Prime every URL, then warm connections and allocators.
     for config in &configs {
-        let _ = load(config.addr, 4, 1).await;
+        prime(config.addr).await;
+        if !smoke {
+            let _ = load(config.addr, conns, 1).await;
+        }
         if let Some(cache) = &config.cache {
             let stats = cache.stats();
             assert_eq!(stats.loads, URLS as u64, "{}: {stats:?}", config.name);
