@@ -952,6 +952,32 @@ async fn unkeyed_header_poisoning_cannot_change_a_stored_entry() {
 }
 
 #[tokio::test]
+async fn fat_get_bodies_cannot_poison_entries() {
+    let (addr, origin) = app(CacheLayer::new(redis_cache("http_sec_fat_get"))).await;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = hyper::Request::get("/plain/fat")
+        .header("host", "shop.test")
+        .body(http_body_util::Full::new(Bytes::from_static(
+            b"callback=evil",
+        )))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(
+        response.headers()["cache-status"],
+        "cache-layer; fwd=bypass"
+    );
+    assert_eq!(
+        get(addr, "/plain/fat").await.cache_status(),
+        "cache-layer; fwd=miss; stored"
+    );
+    assert_eq!(origin.calls("/plain/fat"), 2);
+}
+
+#[tokio::test]
 async fn tag_headers_never_reach_clients_even_when_bypassing() {
     let (addr, _) = app(CacheLayer::new(redis_cache("http_strip"))).await;
     let bypass = send(addr, "GET", "/tagged/1", &[("cookie", "a=b")]).await;

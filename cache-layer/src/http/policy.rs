@@ -5,6 +5,8 @@
 //! - the method is not one of the configured methods (default GET and HEAD; HEAD is answered from
 //!   the GET entry);
 //! - `Authorization` or `Cookie` is present, unless [`cache_authorized`] is on;
+//! - a request body (`Content-Length` other than 0, or `Transfer-Encoding`): "fat GET" bodies are
+//!   not keyed;
 //! - `Range`, `If-Match`, `If-Unmodified-Since`, `If-Range` (partial or precondition semantics the
 //!   cache does not implement), `Upgrade`, or an `X-HTTP-Method-Override`-style header;
 //! - with [`respect_request_no_cache`]: `Cache-Control: no-cache | no-store | max-age=0` or
@@ -66,10 +68,22 @@ pub(crate) fn request_is_cacheable(config: &Config, parts: &request::Parts) -> b
     {
         return false;
     }
+    if has_body(headers) {
+        return false;
+    }
     if config.respect_request_no_cache && asks_for_fresh(headers) {
         return false;
     }
     true
+}
+
+/// A request body ("fat GET"): not part of the key, and some frameworks read parameters from it,
+/// so a cached response could depend on it (a known cache-poisoning vector).
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|len| len.as_bytes() != b"0")
 }
 
 /// `Authorization` or `Cookie` present.
