@@ -23,7 +23,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cache_layer::{BreakerConfig, BreakerState, Cache, Policy, Stampede, Stats};
+use cache_layer::{
+    cached, BreakerConfig, BreakerState, Cache, CacheLayer, Policy, Stampede, Stats,
+};
 use support::{random_u64, RedisServer};
 
 /// The cache's per-operation timeout.
@@ -885,5 +887,137 @@ fn every_stampede_mode_through_a_hang_and_an_outage() {
             after_hang.max(after_outage),
             &cache.stats(),
         );
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// One breaker for every front door: HTTP layer, #[cached] fns, read-through and direct calls
+// ---------------------------------------------------------------------------------------------
+
+#[cached(cache = cache, skip = [cache], ttl = 60)]
+async fn price_of(cache: &Cache, id: u64) -> u64 {
+    tokio::time::sleep(SOURCE_TIME).await;
+    id * 100
+}
+
+async fn product_page(axum::extract::Path(id): axum::extract::Path<u64>) -> String {
+    format!("product page {id}")
+}
+
+/// GET `/products/{id}` through the layer: (status, body, `Cache-Status`, how long it took).
+async fn http_get(router: &axum::Router, id: u64) -> (u16, String, String, Duration) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let request = axum::http::Request::get(format!("/products/{id}"))
+        .header("host", "shop.test")
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let started = Instant::now();
+    let response = router
+        .clone()
+        .oneshot(request)
+        .await
+        .unwrap_or_else(|never| match never {});
+    let status = response.status().as_u16();
+    let cache_status = response
+        .headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    (status, body, cache_status, started.elapsed())
+}
+
+#[test]
+fn one_breaker_for_every_front_door() {
+    run(async {
+        let server = Arc::new(RedisServer::start());
+        let cooldown = Duration::from_secs(1);
+        let cache = builder(&server.url())
+            .breaker(BreakerConfig {
+                failure_threshold: 3,
+                cooldown,
+                ..Default::default()
+            })
+            .build()
+            .expect("valid configuration");
+        let router = axum::Router::new()
+            .route("/products/{id}", axum::routing::get(product_page))
+            .layer(CacheLayer::new(cache.clone()).ttl(Duration::from_secs(60)));
+
+        // Every door fills and hits through Redis.
+        http_get(&router, 1).await;
+        let (_, _, status, _) = http_get(&router, 1).await;
+        assert!(status.starts_with("cache-layer; hit"), "{status}");
+        assert_eq!(price_of(&cache, 1).await, 100);
+        let loads = cache.stats().loads;
+        assert_eq!(price_of(&cache, 1).await, 100);
+        assert_eq!(cache.stats().loads, loads, "a #[cached] hit");
+
+        // Redis hangs. HTTP requests trip the breaker; each is still answered by the origin.
+        let s = server.clone();
+        blocking(move || s.pause()).await;
+        for id in 100.. {
+            let (status, body, _, took) = http_get(&router, id).await;
+            assert_eq!((status, body), (200, format!("product page {id}")));
+            assert!(took < BOUND, "took {took:?}");
+            if cache.stats().breaker == BreakerState::Open {
+                break;
+            }
+            assert!(id < 120, "the breaker never opened: {:?}", cache.stats());
+        }
+
+        // Now no door touches Redis (no operation is even attempted, so none fails) and nobody
+        // waits for the hung server.
+        let errors = cache.stats().errors;
+        let started = Instant::now();
+        assert_eq!(price_of(&cache, 2).await, 200);
+        let v = cache
+            .get_or_fetch(&key(3), &policy(), || async { value_of(3) })
+            .await;
+        assert_eq!(v, value_of(3));
+        assert_eq!(cache.get::<Value>(&key(3)).await.expect("a miss"), None);
+        cache
+            .set(&key(4), &value_of(4), &policy())
+            .await
+            .expect("a no-op");
+        let (status, body, cache_status, _) = http_get(&router, 1).await;
+        assert_eq!((status, body.as_str()), (200, "product page 1"));
+        assert!(!cache_status.contains("hit"), "{cache_status}");
+        let took = started.elapsed();
+        let stats = cache.stats();
+        assert_eq!(stats.breaker, BreakerState::Open, "{stats:?}");
+        assert_eq!(stats.errors, errors, "Redis was skipped: {stats:?}");
+        // Each would wait at least OP_TIMEOUT if it tried the hung server.
+        assert!(
+            took < 3 * OP_TIMEOUT,
+            "five calls through an open breaker took {took:?}"
+        );
+
+        // Redis is back: after the cooldown one probe closes the breaker for every door.
+        let s = server.clone();
+        blocking(move || s.resume()).await;
+        let closed = wait_for(cooldown * 5, || async {
+            let _ = price_of(&cache, 5).await;
+            cache.stats().breaker == BreakerState::Closed
+        })
+        .await;
+        assert!(closed, "{:?}", cache.stats());
+        let (_, _, status, _) = http_get(&router, 1).await;
+        assert!(
+            status.starts_with("cache-layer; hit"),
+            "the HTTP entry survived: {status}"
+        );
+        let loads = cache.stats().loads;
+        assert_eq!(price_of(&cache, 1).await, 100);
+        assert_eq!(cache.stats().loads, loads, "the #[cached] entry survived");
+        eprintln!("faults[front-doors]: breaker opened by HTTP requests, skipped by every door in {took:?}, closed after resume");
     });
 }
