@@ -392,7 +392,8 @@ async fn credentialed_requests_bypass_by_default() {
 
 #[tokio::test]
 async fn uncacheable_responses_are_never_stored() {
-    let (addr, origin) = app(CacheLayer::new(redis_cache("http_uncacheable"))).await;
+    let cache = redis_cache("http_uncacheable");
+    let (addr, origin) = app(CacheLayer::new(cache.clone())).await;
     for (path, detail) in [
         ("/cookie", "set-cookie"),
         ("/private", "cache-control"),
@@ -414,11 +415,15 @@ async fn uncacheable_responses_are_never_stored() {
         get(addr, "/cookie").await.header("set-cookie"),
         "session=new"
     );
+    // Uncacheable is not a failure: these loads succeeded.
+    let stats = cache.stats();
+    assert_eq!((stats.loads, stats.load_errors), (11, 0), "{stats:?}");
 }
 
 #[tokio::test]
 async fn configured_statuses_are_cached_but_never_5xx() {
-    let layer = CacheLayer::new(redis_cache("http_statuses")).statuses([200, 404, 500]);
+    let cache = redis_cache("http_statuses");
+    let layer = CacheLayer::new(cache.clone()).statuses([200, 404, 500]);
     let (addr, origin) = app(layer).await;
     assert_eq!(get(addr, "/missing").await.status, StatusCode::NOT_FOUND);
     let again = get(addr, "/missing").await;
@@ -430,6 +435,8 @@ async fn configured_statuses_are_cached_but_never_5xx() {
         assert_eq!(reply.cache_status(), "cache-layer; fwd=miss; detail=status");
     }
     assert_eq!(origin.calls("/flaky"), 2);
+    // Origin errors count as failed loads.
+    assert_eq!(cache.stats().load_errors, 2);
 }
 
 #[tokio::test]

@@ -78,6 +78,16 @@ impl StoredResponse {
         }))
     }
 
+    /// An empty entry standing in for a response that is passed through (never stored).
+    pub(crate) fn placeholder() -> Self {
+        StoredResponse(Arc::new(Stored {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            upstream_age: 0,
+        }))
+    }
+
     pub(crate) fn etag(&self) -> Option<&HeaderValue> {
         self.0.headers.get(header::ETAG)
     }

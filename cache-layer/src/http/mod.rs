@@ -12,7 +12,10 @@
 //! `Cache-Control: private | no-store | no-cache`, no `Vary: *`, and a body of at most
 //! [`max_body_bytes`](CacheLayer::max_body_bytes). The origin's `s-maxage` / `max-age` / `Expires`
 //! set the TTL, else the layer's [`ttl`](CacheLayer::ttl). Everything else is passed through
-//! untouched (bodies streamed, never buffered beyond the limit) and never stored. The full rules
+//! untouched (bodies streamed, never buffered beyond the limit) and never stored. In
+//! [`Cache::stats`](crate::Cache::stats), an uncacheable response is a successful load; a 5xx or
+//! an origin error is a failed one, for which a stale entry (with [`stale`](CacheLayer::stale))
+//! is served instead. The full rules
 //! are in the `policy` module source; the key layout in `key`.
 //!
 //! # Keys

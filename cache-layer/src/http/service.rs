@@ -2,7 +2,7 @@
 
 use std::{
     borrow::Cow,
-    sync::Arc,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
 };
 
@@ -82,7 +82,7 @@ pub(crate) enum LoadError<E, B: Body> {
     /// The inner service failed.
     Service(E),
     /// A response that is not stored: delivered to its own caller only, intact.
-    Pass(Response<CacheBody<B>>, CacheStatus),
+    Pass(Box<Response<CacheBody<B>>>, CacheStatus),
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CacheService<S>
@@ -128,6 +128,7 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let request = Fill {
+            slot: Arc::new(Mutex::new(None)),
             inner,
             parts,
             body,
@@ -140,8 +141,21 @@ where
     }
 }
 
+/// Where a loader leaves a response that is not cacheable but is not a failure either (a
+/// `Set-Cookie` page, an oversized body): the engine returns a placeholder marked uncacheable
+/// (so the load counts as a success and nothing is stored or shared) and the caller picks the
+/// real response up here.
+type Slot<B> = Arc<Mutex<Option<(Response<CacheBody<B>>, CacheStatus)>>>;
+
+fn take_slot<B: Body>(slot: &Slot<B>) -> Option<(Response<CacheBody<B>>, CacheStatus)> {
+    slot.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take()
+}
+
 /// What a miss needs to call the origin.
-struct Fill<S, ReqBody> {
+struct Fill<S, ReqBody, ResBody: Body> {
+    slot: Slot<ResBody>,
     inner: S,
     parts: request::Parts,
     body: ReqBody,
@@ -156,7 +170,7 @@ struct Fill<S, ReqBody> {
 async fn serve<S, ReqBody, ResBody>(
     cache: Cache,
     key: String,
-    mut fill: Fill<S, ReqBody>,
+    mut fill: Fill<S, ReqBody, ResBody>,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
@@ -176,6 +190,7 @@ where
         fill.parts.method = Method::GET;
     }
     let config = fill.config.clone();
+    let slot = fill.slot.clone();
     // Recently uncacheable: no queueing behind another request's (uncacheable) load.
     let policy = if config.hit_for_miss.contains(&key) {
         Cow::Owned(config.policy.clone().stampede(Stampede::None))
@@ -185,6 +200,11 @@ where
     let fetched = cache.fetch(&key, &policy, move || load(fill)).await;
     match fetched {
         Ok(fetched) => {
+            if fetched.origin == Origin::LoadedUnstored {
+                if let Some((response, status)) = take_slot(&slot) {
+                    return Ok(pass_through(response, status, head));
+                }
+            }
             let now = now_ms();
             let ttl = fetched
                 .timing
@@ -205,27 +225,56 @@ where
                 .value
                 .to_response(head, if_none_match.as_ref(), &status, age))
         }
-        Err(LoadError::Pass(mut response, status)) => {
-            status.append_to(response.headers_mut());
-            if head {
-                Ok(response.map(|_| CacheBody::empty()))
-            } else {
-                Ok(response)
-            }
-        }
+        Err(LoadError::Pass(response, status)) => Ok(pass_through(*response, status, head)),
         Err(LoadError::Service(err)) => Err(err),
     }
 }
 
+/// A response that was not stored, to its own caller (without the body for HEAD).
+fn pass_through<B: Body>(
+    mut response: Response<CacheBody<B>>,
+    status: CacheStatus,
+    head: bool,
+) -> Response<CacheBody<B>> {
+    status.append_to(response.headers_mut());
+    if head {
+        response.map(|_| CacheBody::empty())
+    } else {
+        response
+    }
+}
+
+/// Hands an uncacheable response to the caller: as an error when the origin failed (5xx, body
+/// error: counted as a failed load, and stale content may stand in for it), else through the
+/// slot as a successful, unstored load.
+fn uncacheable<E, B: Body>(
+    slot: &Slot<B>,
+    response: Response<CacheBody<B>>,
+    status: CacheStatus,
+    failed: bool,
+) -> Result<Loaded<StoredResponse>, LoadError<E, B>> {
+    if failed {
+        return Err(LoadError::Pass(Box::new(response), status));
+    }
+    *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((response, status));
+    Ok(Loaded {
+        value: StoredResponse::placeholder(),
+        ttl: None,
+        tags: Vec::new(),
+        cacheable: false,
+    })
+}
+
 /// Calls the origin and turns its response into an entry, or passes it through.
 async fn load<S, ReqBody, ResBody>(
-    fill: Fill<S, ReqBody>,
+    fill: Fill<S, ReqBody, ResBody>,
 ) -> Result<Loaded<StoredResponse>, LoadError<S::Error, ResBody>>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body,
 {
     let Fill {
+        slot,
         mut inner,
         parts,
         body,
@@ -251,11 +300,10 @@ where
             } else {
                 config.hit_for_miss.insert(key);
             }
+            let failed = parts.status.is_server_error();
             let response = Response::from_parts(parts, CacheBody::stream(body));
-            return Err(LoadError::Pass(
-                response,
-                CacheStatus::Uncacheable(why.detail()),
-            ));
+            let status = CacheStatus::Uncacheable(why.detail());
+            return uncacheable(&slot, response, status, failed);
         }
     };
     match body::buffer(body, config.max_body_bytes).await {
@@ -277,8 +325,9 @@ where
                 PassReason::Trailers => "trailers",
                 PassReason::BodyError => "body-error",
             };
+            let failed = reason == PassReason::BodyError || parts.status.is_server_error();
             let response = Response::from_parts(parts, body);
-            Err(LoadError::Pass(response, CacheStatus::Uncacheable(detail)))
+            uncacheable(&slot, response, CacheStatus::Uncacheable(detail), failed)
         }
     }
 }
