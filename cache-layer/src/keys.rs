@@ -3,14 +3,23 @@
 //! Every key of a cache starts with its namespace, verbatim, so operators can find them:
 //!
 //! ```text
-//! <namespace>:{<user key>}          the entry
-//! <namespace>:{<user key>}:lock     its distributed lock (same hash slot as the entry)
+//! <namespace>:{<user key>}            an entry while the namespace version is 0 (never bumped)
+//! <namespace>:{<user key>}:v<N>       an entry under namespace version N >= 1
+//! <entry key>:lock                    its distributed lock (same hash slot as the entry)
+//! <namespace>:__ver                   the namespace version (INCR; never expires)
+//! <namespace>:__tag:<tag>             a tag's invalidation times (expires, see `tags`)
+//! <namespace>:__bus                   the pub/sub channel of the invalidation bus
 //! ```
 //!
 //! The braces make the user key a Redis Cluster hash tag: an entry and its lock share a slot (so a
-//! Lua script may touch both), while the entries of one namespace spread over all masters. User keys
+//! Lua script may touch both), while the entries of one namespace spread over all masters (the
+//! hash tag is per entry, never per namespace, and the version is outside the braces). User keys
 //! are binary-safe (Redis keys are byte strings); very long keys keep a readable head and replace
 //! the tail by a SHA-256 digest of the whole key, so keys stay bounded and distinct.
+//!
+//! The layout is injective: a namespace may contain neither braces nor `":__"`, so the namespace
+//! of any key is the text before its first `"{"` (entries) or first `":__"` (bookkeeping), and an
+//! entry key ends in `}` (version 0), `:v<digits>` or `:lock`.
 
 use sha2::{Digest, Sha256};
 
@@ -36,6 +45,12 @@ impl KeySpace {
                  Redis Cluster hash tag and put every entry on one node"
             )));
         }
+        if namespace.contains(":__") {
+            return Err(crate::Error::Config(format!(
+                "namespace {namespace:?} must not contain \":__\": it separates a namespace from \
+                 its bookkeeping keys (versions, tags, bus channel)"
+            )));
+        }
         Ok(KeySpace {
             namespace: namespace.to_owned(),
         })
@@ -45,14 +60,18 @@ impl KeySpace {
         &self.namespace
     }
 
-    /// The Redis key of an entry.
-    pub(crate) fn entry(&self, user_key: &str) -> String {
+    /// The Redis key of an entry under namespace version `version`.
+    pub(crate) fn entry(&self, user_key: &str, version: u64) -> String {
         let user_key = bounded(user_key);
-        let mut key = String::with_capacity(self.namespace.len() + user_key.len() + 3);
+        let mut key = String::with_capacity(self.namespace.len() + user_key.len() + 24);
         key.push_str(&self.namespace);
         key.push_str(":{");
         key.push_str(&user_key);
         key.push('}');
+        if version > 0 {
+            key.push_str(":v");
+            key.push_str(&version.to_string());
+        }
         key
     }
 
@@ -61,9 +80,24 @@ impl KeySpace {
         format!("{entry_key}:lock")
     }
 
-    /// A key for cache-wide bookkeeping (`<namespace>:__<what>`), e.g. namespace versions or tags.
+    /// A key for cache-wide bookkeeping (`<namespace>:__<what>`).
     pub(crate) fn meta(&self, what: &str) -> String {
         format!("{}:__{what}", self.namespace)
+    }
+
+    /// The key holding the namespace version (an integer, `INCR`ed by `invalidate_namespace`).
+    pub(crate) fn version(&self) -> String {
+        self.meta("ver")
+    }
+
+    /// The key holding a tag's invalidation times. Each tag has its own key (and so its own slot).
+    pub(crate) fn tag(&self, tag: &str) -> String {
+        self.meta(&format!("tag:{}", bounded(tag)))
+    }
+
+    /// The pub/sub channel of the invalidation bus.
+    pub(crate) fn bus_channel(&self) -> String {
+        self.meta("bus")
     }
 }
 
@@ -93,17 +127,40 @@ mod tests {
     #[test]
     fn namespace_appears_verbatim_and_key_is_hash_tagged() {
         let keys = KeySpace::new("shop-eu").unwrap();
-        assert_eq!(keys.entry("product:42"), "shop-eu:{product:42}");
+        assert_eq!(keys.entry("product:42", 0), "shop-eu:{product:42}");
         assert_eq!(
-            keys.lock(&keys.entry("product:42")),
+            keys.lock(&keys.entry("product:42", 0)),
             "shop-eu:{product:42}:lock"
         );
+        assert_eq!(keys.entry("product:42", 7), "shop-eu:{product:42}:v7");
+        assert_eq!(
+            keys.lock(&keys.entry("product:42", 7)),
+            "shop-eu:{product:42}:v7:lock"
+        );
+        assert_eq!(keys.version(), "shop-eu:__ver");
+        assert_eq!(keys.tag("product:42"), "shop-eu:__tag:product:42");
+        assert_eq!(keys.bus_channel(), "shop-eu:__bus");
     }
 
     #[test]
-    fn namespaces_with_braces_or_empty_are_rejected() {
+    fn namespaces_with_braces_separator_or_empty_are_rejected() {
         assert!(KeySpace::new("a{b}").is_err());
         assert!(KeySpace::new("").is_err());
+        assert!(KeySpace::new("shop:__tag").is_err());
+        assert!(KeySpace::new("shop:_x:y__z").is_ok());
+    }
+
+    #[test]
+    fn versions_and_user_keys_do_not_collide() {
+        let keys = KeySpace::new("ns").unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for user_key in ["a", "a}", "a}:v1", "a}:v1}", "a:v1", "}", ""] {
+            for version in [0, 1, 2, 10] {
+                let entry = keys.entry(user_key, version);
+                assert!(seen.insert(entry.clone()), "{entry}");
+                assert!(seen.insert(keys.lock(&entry)), "{entry}:lock");
+            }
+        }
     }
 
     #[test]

@@ -31,6 +31,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod breaker;
+mod bus;
 mod cache;
 mod envelope;
 mod error;

@@ -2,7 +2,12 @@
 //!
 //! Entries hold the decoded value (`Arc<dyn Any>`), so an L1 hit costs one moka lookup, a downcast
 //! and a clone of the value: no Redis call, no decoding. Entries are keyed by the user key (the tier
-//! belongs to one cache, so the namespace is implied) and expire at their hard expiry.
+//! belongs to one cache, so the namespace is implied) and expire at their hard expiry, or after the
+//! bus fallback TTL when they were inserted while the invalidation bus was down.
+//!
+//! An entry remembers the namespace version it was read under and its tags and load start, so a
+//! namespace bump or a tag invalidation makes it unservable at once (checked on every L1 hit
+//! against the tag times the process knows), without scanning the tier.
 
 use std::{
     any::Any,
@@ -22,6 +27,10 @@ pub(crate) struct LocalEntry {
     pub(crate) tags: Arc<[String]>,
     /// When this copy stops being trusted (hard expiry, or sooner while the bus is down).
     pub(crate) expires_at: Instant,
+    /// When it was inserted (while the bus is down, copies live only the fallback TTL).
+    pub(crate) inserted: Instant,
+    /// The namespace version it belongs to.
+    pub(crate) version: u64,
 }
 
 struct UntilExpiry;

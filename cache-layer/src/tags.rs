@@ -1,49 +1,295 @@
-//! Tag invalidation bookkeeping: per-tag invalidation timestamps.
+//! Tag and namespace invalidation state, and the clock entries are stamped with.
 //!
-//! `invalidate_tag(t)` records "everything tagged `t` that was loaded before now is invalid".
-//! An entry carries its tags and `created_ms` (when its load started); a read compares the two, so
-//! a load that started before an invalidation and finished after it cannot resurrect old data.
+//! # How an invalidation reaches readers
 //!
-//! This process's own invalidations are known immediately; timestamps are also written to Redis
-//! (`<namespace>:__tag:<tag>`) for other instances.
+//! `invalidate_tag(t)` runs a one-key Lua script on `<namespace>:__tag:<t>` that sets the tag's
+//! *hard* time to `max(previous + 1, Redis TIME in ms)` and returns it (`expire_tag` does the same
+//! for the *soft* time). An entry carries its tags and `created_ms`, a timestamp taken **before its
+//! loader started**. A reader treats the entry as
+//!
+//! - invalid when `created_ms <= hard(t)` for one of its tags (never served), else
+//! - expired when `created_ms <= soft(t)` (stale: servable only under the policy's `stale` grace),
+//! - valid otherwise.
+//!
+//! So a load that started before an invalidation and finished after it cannot resurrect old data:
+//! its `created_ms` is older than the tag time, whenever it is written.
+//!
+//! # Clock skew (the choice made here)
+//!
+//! Tag times come from the Redis server clock (`TIME` inside the script), never from an
+//! application host. Each process measures its offset to that clock on the bus connection (best of
+//! a few `TIME` round trips, refreshed every minute) and stamps `created_ms` with a **lower bound**
+//! of the Redis time at load start: `local monotonic clock + offset − (rtt/2 + 1 ms + drift)`.
+//! Comparing a lower bound of the load start with the exact invalidation time errs only one way:
+//! an entry loaded within a few milliseconds *after* an invalidation may be dropped once more
+//! (one extra load), but an entry loaded before it is never kept — whatever the hosts' wall clocks
+//! say. Before the offset was measured (Redis never reached yet), stamps subtract the configured
+//! worst-case skew instead (`CacheBuilder::clock_skew`, default 1 s). The embedded in-memory store
+//! has a single process and uses the local clock. On Redis Cluster the tag keys live on several
+//! masters; their clocks are assumed NTP-synchronised to well under the skew bound.
+//!
+//! # Bounded bookkeeping
+//!
+//! Tag keys expire after the tag TTL (default 7 days); entries carrying tags never live longer in
+//! Redis than that, so an expired tag key can only be missing for entries that are gone too. The
+//! tag times a process knows are cached in a bounded moka map; entries not in it are fetched with
+//! one round trip (all missing tags of an entry pipelined) and then kept current by the bus.
 
-use std::{collections::HashMap, sync::RwLock};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
-/// The latest invalidation time this process knows for each tag.
-#[derive(Debug, Default)]
-pub(crate) struct TagClock {
-    invalidated_at: RwLock<HashMap<String, u64>>,
+use moka::{ops::compute::Op, sync::Cache as MokaCache};
+
+/// Whether a cached fact (tag times, namespace version, L1 entry) is still current.
+///
+/// A fact fetched while the bus was subscribed stays current for as long as the same subscription
+/// lives: every later change arrives as a message. Otherwise it is trusted for a short TTL.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Trust {
+    /// The bus generation that was live when the fact was fetched; 0 when the bus was down.
+    pub(crate) generation: u64,
+    pub(crate) at: Instant,
 }
 
-impl TagClock {
-    /// Records that `tag` was invalidated at `at_ms` (keeps the latest).
-    pub(crate) fn record(&self, tag: &str, at_ms: u64) {
-        let mut map = self
-            .invalidated_at
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        let slot = map.entry(tag.to_owned()).or_insert(0);
-        *slot = (*slot).max(at_ms);
+/// The invalidation times of one tag (Redis server milliseconds; 0 = never).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct TagTimes {
+    /// Entries created at or before this are invalid.
+    pub(crate) hard_ms: u64,
+    /// Entries created at or before this are stale (servable under their grace period only).
+    pub(crate) soft_ms: u64,
+}
+
+impl TagTimes {
+    /// Parses the stored form `"<hard>:<soft>"`; anything else reads as "never invalidated".
+    pub(crate) fn parse(bytes: &[u8]) -> Option<TagTimes> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let (hard, soft) = text.split_once(':')?;
+        Some(TagTimes {
+            hard_ms: hard.parse().ok()?,
+            soft_ms: soft.parse().ok()?,
+        })
     }
 
-    /// Whether an entry created at `created_ms` with `tags` was invalidated since.
-    pub(crate) fn is_stale<'a>(
-        &self,
-        tags: impl IntoIterator<Item = &'a str>,
-        created_ms: u64,
-    ) -> bool {
-        let mut tags = tags.into_iter().peekable();
-        if tags.peek().is_none() {
-            return false;
+    /// The stored form.
+    pub(crate) fn render(self) -> String {
+        format!("{}:{}", self.hard_ms, self.soft_ms)
+    }
+
+    fn max(self, other: TagTimes) -> TagTimes {
+        TagTimes {
+            hard_ms: self.hard_ms.max(other.hard_ms),
+            soft_ms: self.soft_ms.max(other.soft_ms),
         }
-        let map = self
-            .invalidated_at
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        if map.is_empty() {
-            return false;
+    }
+}
+
+/// What a reader may do with an entry, given its tags and `created_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Validity {
+    /// No tag was invalidated or expired since the entry's load started.
+    Valid,
+    /// A tag was soft-expired (`expire_tag`) since: serve only under the `stale` grace, refresh.
+    Expired,
+    /// A tag was invalidated since (or its state could not be read): never serve it.
+    Invalid,
+}
+
+impl Validity {
+    /// Combines the verdicts of several tags (the worst wins).
+    pub(crate) fn and(self, other: Validity) -> Validity {
+        use Validity::*;
+        match (self, other) {
+            (Invalid, _) | (_, Invalid) => Invalid,
+            (Expired, _) | (_, Expired) => Expired,
+            _ => Valid,
         }
-        tags.any(|tag| map.get(tag).is_some_and(|&at| at >= created_ms))
+    }
+
+    /// The verdict of one tag's times for an entry created at `created_ms`.
+    pub(crate) fn of(times: TagTimes, created_ms: u64) -> Validity {
+        if created_ms <= times.hard_ms {
+            Validity::Invalid
+        } else if created_ms <= times.soft_ms {
+            Validity::Expired
+        } else {
+            Validity::Valid
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TagRecord {
+    pub(crate) times: TagTimes,
+    pub(crate) trust: Trust,
+}
+
+/// The tag times this process knows: a bounded map, refreshed by fetches and bus messages.
+pub(crate) struct TagBook {
+    map: MokaCache<Arc<str>, TagRecord>,
+}
+
+impl TagBook {
+    pub(crate) fn new(max_tags: u64) -> Self {
+        TagBook {
+            map: MokaCache::builder().max_capacity(max_tags.max(1)).build(),
+        }
+    }
+
+    pub(crate) fn get(&self, tag: &str) -> Option<TagRecord> {
+        self.map.get(tag)
+    }
+
+    /// Merges newer knowledge: times only move forward; the trust stamp is the newer one.
+    pub(crate) fn merge(&self, tag: &str, times: TagTimes, trust: Trust) {
+        self.map.entry(Arc::from(tag)).and_compute_with(|current| {
+            let times = match current {
+                Some(entry) => entry.value().times.max(times),
+                None => times,
+            };
+            Op::Put(TagRecord { times, trust })
+        });
+    }
+}
+
+/// The namespace version this process knows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NamespaceRecord {
+    pub(crate) version: u64,
+    /// Redis time (upper bound) of the last bump this process knows of: a load that started at or
+    /// before it must not be stored under the new version.
+    pub(crate) bumped_ms: u64,
+    /// `None` until the version was read from the store once.
+    pub(crate) trust: Option<Trust>,
+}
+
+/// Holds the namespace version; refreshes are serialised so a cold start is one GET.
+pub(crate) struct NamespaceBook {
+    pub(crate) record: Mutex<NamespaceRecord>,
+    pub(crate) refresh: tokio::sync::Mutex<()>,
+}
+
+impl NamespaceBook {
+    pub(crate) fn new() -> Self {
+        NamespaceBook {
+            record: Mutex::new(NamespaceRecord {
+                version: 0,
+                bumped_ms: 0,
+                trust: None,
+            }),
+            refresh: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn get(&self) -> NamespaceRecord {
+        *self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Merges a version learned from the store, a message or our own bump. Returns whether the
+    /// version moved forward.
+    pub(crate) fn merge(&self, version: u64, bumped_ms: u64, trust: Trust) -> bool {
+        let mut record = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        let advanced = version > record.version;
+        if advanced {
+            record.version = version;
+        }
+        record.bumped_ms = record.bumped_ms.max(bumped_ms);
+        record.trust = Some(trust);
+        advanced
+    }
+}
+
+/// One measurement of the Redis clock against the local monotonic clock.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    redis_ms: f64,
+    err_ms: f64,
+}
+
+/// The Redis server clock as seen from this process (see the module docs on skew).
+pub(crate) struct RedisClock {
+    sample: Mutex<Option<Sample>>,
+    /// Assumed worst-case skew before a measurement exists.
+    unmeasured_skew_ms: u64,
+    /// In-memory store: the local clock is the reference.
+    local: bool,
+}
+
+/// Drift allowance of the local monotonic clock against the Redis clock (100 ppm).
+const DRIFT: f64 = 1e-4;
+
+impl RedisClock {
+    pub(crate) fn new(local: bool, unmeasured_skew: Duration) -> Self {
+        RedisClock {
+            sample: Mutex::new(None),
+            unmeasured_skew_ms: u64::try_from(unmeasured_skew.as_millis()).unwrap_or(u64::MAX),
+            local,
+        }
+    }
+
+    /// The current Redis time estimate and its error bound.
+    fn estimate(&self) -> Option<(f64, f64)> {
+        let sample = (*self.sample.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let elapsed = sample.at.elapsed().as_secs_f64() * 1000.0;
+        Some((
+            sample.redis_ms + elapsed,
+            sample.err_ms + elapsed * DRIFT + 1.0,
+        ))
+    }
+
+    /// A lower bound of the Redis clock now: what load starts are stamped with.
+    pub(crate) fn lower_ms(&self) -> u64 {
+        let wall = crate::cache::now_ms();
+        if self.local {
+            return wall;
+        }
+        match self.estimate() {
+            Some((now, err)) => (now - err).max(0.0) as u64,
+            None => wall.saturating_sub(self.unmeasured_skew_ms),
+        }
+    }
+
+    /// An upper bound of the Redis clock now: used for invalidations recorded without Redis.
+    pub(crate) fn upper_ms(&self) -> u64 {
+        let wall = crate::cache::now_ms();
+        if self.local {
+            return wall;
+        }
+        match self.estimate() {
+            Some((now, err)) => (now + err).ceil() as u64,
+            None => wall.saturating_add(self.unmeasured_skew_ms),
+        }
+    }
+
+    /// Records a `TIME` reply (`redis_us`, microseconds) sent at `sent` and received at `received`.
+    /// Keeps whichever sample gives the tighter bound now.
+    pub(crate) fn record(&self, sent: Instant, received: Instant, redis_us: u64) {
+        let rtt = received.saturating_duration_since(sent);
+        let candidate = Sample {
+            at: sent + rtt / 2,
+            redis_ms: redis_us as f64 / 1000.0,
+            err_ms: rtt.as_secs_f64() * 1000.0 / 2.0 + 1.0,
+        };
+        let mut slot = self.sample.lock().unwrap_or_else(|p| p.into_inner());
+        let keep_old = slot.is_some_and(|old| {
+            let aged = old.err_ms
+                + candidate.at.saturating_duration_since(old.at).as_secs_f64() * 1000.0 * DRIFT;
+            aged < candidate.err_ms
+        });
+        if !keep_old {
+            *slot = Some(candidate);
+        }
+    }
+
+    /// The current error bound in milliseconds (for diagnostics); `None` before a measurement.
+    pub(crate) fn error_ms(&self) -> Option<f64> {
+        if self.local {
+            return Some(0.0);
+        }
+        self.estimate().map(|(_, err)| err)
     }
 }
 
@@ -51,19 +297,100 @@ impl TagClock {
 mod tests {
     use super::*;
 
+    fn trust() -> Trust {
+        Trust {
+            generation: 1,
+            at: Instant::now(),
+        }
+    }
+
     #[test]
-    fn entries_created_before_or_at_an_invalidation_are_stale() {
-        let clock = TagClock::default();
-        clock.record("product:1", 1_000);
-        assert!(clock.is_stale(["product:1"], 999));
-        assert!(clock.is_stale(["other", "product:1"], 1_000));
-        assert!(!clock.is_stale(["product:1"], 1_001));
-        assert!(!clock.is_stale(["product:2"], 1));
-        assert!(!clock.is_stale([], 1));
-        clock.record("product:1", 500);
-        assert!(
-            clock.is_stale(["product:1"], 999),
-            "older records never move the clock back"
+    fn entries_created_at_or_before_a_tag_time_are_invalid_or_expired() {
+        let times = TagTimes {
+            hard_ms: 1_000,
+            soft_ms: 2_000,
+        };
+        assert_eq!(Validity::of(times, 999), Validity::Invalid);
+        assert_eq!(Validity::of(times, 1_000), Validity::Invalid);
+        assert_eq!(Validity::of(times, 1_001), Validity::Expired);
+        assert_eq!(Validity::of(times, 2_000), Validity::Expired);
+        assert_eq!(Validity::of(times, 2_001), Validity::Valid);
+        assert_eq!(Validity::of(TagTimes::default(), 1), Validity::Valid);
+        assert_eq!(
+            Validity::Valid.and(Validity::Expired).and(Validity::Valid),
+            Validity::Expired
         );
+        assert_eq!(Validity::Expired.and(Validity::Invalid), Validity::Invalid);
+    }
+
+    #[test]
+    fn tag_times_round_trip_and_reject_garbage() {
+        let times = TagTimes {
+            hard_ms: 17,
+            soft_ms: 4,
+        };
+        assert_eq!(TagTimes::parse(times.render().as_bytes()), Some(times));
+        assert_eq!(TagTimes::parse(b"17"), None);
+        assert_eq!(TagTimes::parse(b"x:1"), None);
+        assert_eq!(TagTimes::parse(&[0xff, b':', b'1']), None);
+    }
+
+    #[test]
+    fn the_book_never_moves_times_back() {
+        let book = TagBook::new(10);
+        let t = |hard_ms, soft_ms| TagTimes { hard_ms, soft_ms };
+        book.merge("a", t(10, 0), trust());
+        book.merge("a", t(5, 7), trust());
+        assert_eq!(book.get("a").map(|r| r.times), Some(t(10, 7)));
+        assert!(book.get("b").is_none());
+    }
+
+    #[test]
+    fn the_book_is_bounded() {
+        let book = TagBook::new(100);
+        for i in 0..10_000 {
+            book.merge(&format!("tag:{i}"), TagTimes::default(), trust());
+        }
+        book.map.run_pending_tasks();
+        assert!(book.map.entry_count() <= 100, "{}", book.map.entry_count());
+    }
+
+    #[test]
+    fn clock_bounds_bracket_the_measured_time() {
+        let clock = RedisClock::new(false, Duration::from_secs(1));
+        let wall = crate::cache::now_ms();
+        assert!(clock.lower_ms() <= wall - 999);
+        assert!(clock.upper_ms() >= wall + 999);
+        // Redis is 10 s ahead of this host; measured with a 4 ms round trip.
+        let sent = Instant::now();
+        let redis_us = (wall + 10_000) * 1000;
+        clock.record(sent, sent + Duration::from_millis(4), redis_us);
+        let (lower, upper) = (clock.lower_ms(), clock.upper_ms());
+        assert!(
+            lower <= wall + 10_000 && lower >= wall + 10_000 - 10,
+            "{lower}"
+        );
+        assert!(
+            upper >= wall + 10_000 && upper <= wall + 10_000 + 10,
+            "{upper}"
+        );
+        // A sloppier sample does not replace a tight one.
+        clock.record(
+            Instant::now(),
+            Instant::now() + Duration::from_millis(400),
+            0,
+        );
+        assert!(clock.lower_ms() >= wall + 9_000);
+        let err = clock.error_ms().unwrap();
+        assert!((4.0..5.0).contains(&err), "{err}");
+    }
+
+    #[test]
+    fn namespace_versions_only_move_forward() {
+        let book = NamespaceBook::new();
+        assert!(book.merge(3, 100, trust()));
+        assert!(!book.merge(2, 50, trust()));
+        let record = book.get();
+        assert_eq!((record.version, record.bumped_ms), (3, 100));
     }
 }

@@ -1,16 +1,21 @@
 //! [`CacheBuilder`]: configures and builds a [`Cache`].
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use super::{Cache, Inner};
 use crate::{
     breaker::Breaker,
+    bus::Bus,
     keys::KeySpace,
     local::LocalTier,
     metrics::{Counters, HotKeys},
     stampede::{flight::Flights, lock::LandedSignals},
     store::{Backend, ClusterStore, MemoryStore, RedisStore, RedisStoreConfig},
-    BreakerConfig, Codec, Error,
+    tags::{NamespaceBook, RedisClock, TagBook},
+    BreakerConfig, BreakerState, Codec, Error,
 };
 
 /// Builds a [`Cache`]. Obtain one with [`Cache::builder`].
@@ -42,6 +47,10 @@ pub struct CacheBuilder {
     codec: Codec,
     memory_max_bytes: u64,
     hot_keys: Option<usize>,
+    bus_fallback_ttl: Duration,
+    tag_ttl: Duration,
+    max_tags: u64,
+    clock_skew: Duration,
 }
 
 impl Default for CacheBuilder {
@@ -57,6 +66,10 @@ impl Default for CacheBuilder {
             codec: Codec::default(),
             memory_max_bytes: 256 * 1024 * 1024,
             hot_keys: None,
+            bus_fallback_ttl: Duration::from_secs(1),
+            tag_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_tags: 100_000,
+            clock_skew: Duration::from_secs(1),
         }
     }
 }
@@ -159,6 +172,57 @@ impl CacheBuilder {
         self
     }
 
+    /// How long L1 copies, cached tag times and the cached namespace version are trusted while
+    /// the invalidation bus is not subscribed (Redis down, reconnecting, or not reached yet)
+    /// (default 1 s). This bounds how long another instance's invalidation can go unnoticed here
+    /// without the bus; with the bus up they follow within its delay.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = cache_layer::Cache::builder().bus_fallback_ttl(Duration::from_millis(500));
+    /// ```
+    pub fn bus_fallback_ttl(mut self, ttl: Duration) -> Self {
+        self.bus_fallback_ttl = ttl;
+        self
+    }
+
+    /// How long a tag's invalidation times are kept in Redis after its last invalidation
+    /// (default 7 days). Tagged entries never live longer than this in Redis (their TTL is capped),
+    /// so an expired tag key can only be missing for entries that are gone too.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = cache_layer::Cache::builder().tag_ttl(Duration::from_secs(24 * 3600));
+    /// ```
+    pub fn tag_ttl(mut self, ttl: Duration) -> Self {
+        self.tag_ttl = ttl.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How many tags' invalidation times each process keeps in memory (default 100 000). A tag
+    /// that fell out is read again (one round trip) the next time an entry carrying it is read.
+    ///
+    /// ```
+    /// let builder = cache_layer::Cache::builder().max_tracked_tags(10_000);
+    /// ```
+    pub fn max_tracked_tags(mut self, tags: u64) -> Self {
+        self.max_tags = tags;
+        self
+    }
+
+    /// Worst-case clock difference between this host and Redis assumed until the offset was
+    /// measured (default 1 s; see the `tags` module docs). Once the bus is connected the measured
+    /// offset is used, with an error of about half a round trip.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = cache_layer::Cache::builder().clock_skew(Duration::from_millis(200));
+    /// ```
+    pub fn clock_skew(mut self, skew: Duration) -> Self {
+        self.clock_skew = skew;
+        self
+    }
+
     /// Builds the cache. Never connects: fails only on invalid configuration (bad URL or namespace).
     pub fn build(self) -> Result<Cache, Error> {
         let keys = KeySpace::new(&self.namespace)?;
@@ -176,32 +240,49 @@ impl CacheBuilder {
         let name = self.name.unwrap_or_else(|| self.namespace.clone());
         let counters = Arc::new(Counters::new(&name));
         let hook_counters = counters.clone();
-        let breaker = Breaker::new(
-            self.breaker,
-            name.clone(),
-            Some(Arc::new(move |to| hook_counters.breaker_transition(to))),
+        let local = store.is_remote();
+        let bus = Bus::new(
+            keys.bus_channel(),
+            store.redis_client(),
+            self.bus_fallback_ttl,
+            self.redis.connect_timeout + self.redis.op_timeout,
         );
         let landed = LandedSignals::new(keys.meta("landed"), store.redis_client());
         let refresh_failures = moka::sync::Cache::builder()
             .max_capacity(10_000)
             .time_to_live(crate::cache::REFRESH_RETRY_AFTER)
             .build();
-        Ok(Cache {
-            inner: Arc::new(Inner {
-                name,
+        let breaker_config = self.breaker;
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
+            let weak = weak.clone();
+            let on_transition = move |to| {
+                hook_counters.breaker_transition(to);
+                if to == BreakerState::Closed {
+                    if let Some(inner) = weak.upgrade() {
+                        Cache { inner }.breaker_closed();
+                    }
+                }
+            };
+            Inner {
+                name: name.clone(),
                 keys,
                 store,
                 local: self.local_entries.map(LocalTier::new),
-                breaker,
+                breaker: Breaker::new(breaker_config, name, Some(Arc::new(on_transition))),
                 flights: Arc::new(Flights::default()),
                 counters,
                 codec: self.codec,
                 corrupt_logged: Default::default(),
-                tag_clock: Default::default(),
+                tag_book: TagBook::new(self.max_tags),
+                namespace: NamespaceBook::new(),
+                clock: RedisClock::new(!local, self.clock_skew),
+                bus,
+                tag_ttl: self.tag_ttl,
                 landed,
                 refresh_failures,
                 hot_keys: self.hot_keys.map(HotKeys::new),
-            }),
-        })
+            }
+        });
+        Ok(Cache { inner })
     }
 }

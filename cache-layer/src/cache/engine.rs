@@ -445,36 +445,43 @@ impl Cache {
             }
             local_stale = Some((value, timing));
         }
-        let full_key = inner.keys.entry(key);
+        let full_key = self.entry_key(key).await;
         let mut hint = None;
         match self.store_op(inner.store.get(&full_key)).await {
             Ok(Some(bytes)) => match Envelope::parse(&bytes) {
-                Ok(envelope) if self.is_current(&envelope) => {
-                    let timing = envelope.timing;
-                    hint = Some(timing);
-                    if timing.stale_until_ms > now {
-                        match envelope.decode::<T>() {
-                            Ok(value) => {
-                                let ttl = Duration::from_millis(timing.stale_until_ms - now);
-                                self.local_insert(key, &value, timing, envelope.tags(), ttl);
-                                if timing.fresh_until_ms > now {
-                                    inner.counters.hit(policy.door);
-                                    self.observe_hit(policy, key);
-                                    return Lookup::Fresh {
-                                        value,
+                Ok(envelope) => {
+                    // `None`: an invalidation covers the entry (tags; the namespace is in the key).
+                    if let Some(timing) = self.current_timing(&envelope, now).await {
+                        hint = Some(timing);
+                        if timing.stale_until_ms > now {
+                            match envelope.decode::<T>() {
+                                Ok(value) => {
+                                    let ttl = Duration::from_millis(timing.stale_until_ms - now);
+                                    self.local_insert(
+                                        &full_key,
+                                        &value,
                                         timing,
-                                        local: false,
-                                    };
+                                        envelope.tags(),
+                                        ttl,
+                                    );
+                                    if timing.fresh_until_ms > now {
+                                        inner.counters.hit(policy.door);
+                                        self.observe_hit(policy, key);
+                                        return Lookup::Fresh {
+                                            value,
+                                            timing,
+                                            local: false,
+                                        };
+                                    }
+                                    inner.counters.stale_hit(policy.door);
+                                    self.observe_hit(policy, key);
+                                    return Lookup::Stale { value, timing };
                                 }
-                                inner.counters.stale_hit(policy.door);
-                                self.observe_hit(policy, key);
-                                return Lookup::Stale { value, timing };
+                                Err(why) => self.note_corrupt(key, why),
                             }
-                            Err(why) => self.note_corrupt(key, why),
                         }
                     }
                 }
-                Ok(_invalidated) => {}
                 Err(why) => self.note_corrupt(key, why),
             },
             Ok(None) => {}
@@ -502,14 +509,6 @@ impl Cache {
         if let Some(hot_keys) = &self.inner.hot_keys {
             hot_keys.record(key);
         }
-    }
-
-    /// Whether an entry survived every invalidation that covers it (tags, namespace).
-    fn is_current(&self, envelope: &Envelope<'_>) -> bool {
-        !self
-            .inner
-            .tag_clock
-            .is_stale(envelope.tags(), envelope.timing.created_ms)
     }
 
     fn early_refresh_due(&self, policy: &Policy, timing: &Timing) -> bool {
@@ -685,7 +684,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded<T>, E>>,
     {
-        let (started_ms, started) = (now_ms(), Instant::now());
+        let (started_ms, started) = (self.load_stamp_ms(), Instant::now());
         let span = tracing::debug_span!("cache.load", cache = %self.inner.name, key = %super::key_hint(key));
         let result = loader().instrument(span).await;
         let took = started.elapsed();
@@ -760,7 +759,7 @@ impl Cache {
         hint: Option<&Timing>,
     ) -> LockWait<T> {
         let inner = &self.inner;
-        let full_key = inner.keys.entry(key);
+        let full_key = self.entry_key(key).await;
         let held = HeldLock {
             lock_key: inner.keys.lock(&full_key),
             token: lock::new_token(),
@@ -803,7 +802,7 @@ impl Cache {
     }
 
     async fn announce_landed(&self, key: &str) {
-        let full_key = self.inner.keys.entry(key);
+        let full_key = self.entry_key(key).await;
         let publish = self
             .inner
             .store

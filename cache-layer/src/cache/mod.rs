@@ -3,6 +3,7 @@
 
 mod builder;
 mod engine;
+mod invalidate;
 
 pub(crate) use self::engine::REFRESH_RETRY_AFTER;
 #[cfg(feature = "http")]
@@ -14,18 +15,19 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::Serialize;
 
 pub use self::builder::CacheBuilder;
 use crate::{
     breaker::{Admission, Breaker},
-    envelope::{self, DecodeError, Envelope, Timing},
+    bus::Bus,
+    envelope::{self, DecodeError, Timing},
     keys::KeySpace,
-    local::{LocalEntry, LocalTier},
+    local::LocalTier,
     metrics::{Counters, HotKeys, RedisOutcome},
     stampede::{flight::Flights, lock::LandedSignals},
     store::Backend,
-    tags::TagClock,
+    tags::{NamespaceBook, RedisClock, TagBook},
     Codec, Error, Policy, Stats,
 };
 
@@ -63,7 +65,16 @@ pub(crate) struct Inner {
     pub(crate) counters: Arc<Counters>,
     pub(crate) codec: Codec,
     pub(crate) corrupt_logged: AtomicBool,
-    pub(crate) tag_clock: TagClock,
+    /// Tag times this process knows (bounded; refreshed by the bus).
+    pub(crate) tag_book: TagBook,
+    /// The namespace version this process knows.
+    pub(crate) namespace: NamespaceBook,
+    /// The Redis clock as seen from here (entry stamps).
+    pub(crate) clock: RedisClock,
+    /// The invalidation bus between instances.
+    pub(crate) bus: Bus,
+    /// How long tag keys live in Redis (and the longest a tagged entry lives there).
+    pub(crate) tag_ttl: Duration,
     /// "Value landed" signals for `Stampede::Lock` waiters.
     pub(crate) landed: LandedSignals,
     /// Keys whose last load failed recently: background refreshes of them are held off.
@@ -213,7 +224,9 @@ impl Cache {
         self.inner.keys.namespace()
     }
 
-    /// The Redis key under which `key` is stored (for operators and tests).
+    /// The Redis key under which `key` is stored (for operators and tests), with the namespace
+    /// version this cache knows (`<namespace>:{<key>}` before the first
+    /// [`invalidate_namespace`](Cache::invalidate_namespace), then `<namespace>:{<key>}:v<N>`).
     ///
     /// ```
     /// let cache = cache_layer::Cache::builder().namespace("shop").build()?;
@@ -221,7 +234,8 @@ impl Cache {
     /// # Ok::<(), cache_layer::Error>(())
     /// ```
     pub fn redis_key(&self, key: &str) -> String {
-        self.inner.keys.entry(key)
+        let inner = &self.inner;
+        inner.keys.entry(key, inner.namespace.get().version)
     }
 
     /// A snapshot of the counters since the cache was built.
@@ -306,189 +320,4 @@ impl Cache {
         self.inner.counters.value_size(bytes.len());
         Ok((bytes, timing))
     }
-
-    /// Writes an encoded entry to the store (TTL = its hard expiry) and mirrors it into L1.
-    pub(crate) async fn write_entry<T: Clone + Send + Sync + 'static>(
-        &self,
-        key: &str,
-        value: &T,
-        bytes: Vec<u8>,
-        timing: Timing,
-        tags: &[String],
-    ) -> Result<(), Error> {
-        let ttl = Duration::from_millis(timing.stale_until_ms.saturating_sub(now_ms()).max(1));
-        self.local_insert(key, value, timing, tags, ttl);
-        let full_key = self.inner.keys.entry(key);
-        self.store_op(self.inner.store.set(&full_key, bytes, ttl))
-            .await
-    }
-
-    pub(crate) fn local_insert<T: Clone + Send + Sync + 'static>(
-        &self,
-        key: &str,
-        value: &T,
-        timing: Timing,
-        tags: impl IntoIterator<Item = impl AsRef<str>>,
-        ttl: Duration,
-    ) {
-        if let Some(local) = &self.inner.local {
-            let entry = LocalEntry {
-                value: Arc::new(value.clone()),
-                timing,
-                tags: tags.into_iter().map(|t| t.as_ref().to_owned()).collect(),
-                expires_at: std::time::Instant::now() + ttl,
-            };
-            local.insert(key, entry);
-        }
-    }
-
-    /// Reads a fresh value without loading. A missing, expired, corrupt or differently-typed entry
-    /// is `Ok(None)`; so is any lookup while the circuit breaker is open.
-    ///
-    /// Errors are Redis failures (connection, timeout, server error).
-    pub async fn get<T>(&self, key: &str) -> Result<Option<T>, Error>
-    where
-        T: DeserializeOwned + Clone + Send + Sync + 'static,
-    {
-        if let Some(value) = self.local_get::<T>(key, now_ms()) {
-            return Ok(Some(value));
-        }
-        let full_key = self.inner.keys.entry(key);
-        let bytes = match self.store_op(self.inner.store.get(&full_key)).await {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) | Err(Error::BreakerOpen) => return Ok(None),
-            Err(err) => return Err(err),
-        };
-        let now = now_ms();
-        let clock = &self.inner.tag_clock;
-        let decoded = Envelope::parse(&bytes).and_then(|env| {
-            let valid = !clock.is_stale(env.tags(), env.timing.created_ms);
-            Ok((env.decode::<T>()?, env.timing, valid))
-        });
-        match decoded {
-            Ok((value, timing, fresh)) if fresh && timing.fresh_until_ms > now => Ok(Some(value)),
-            Ok(_) => Ok(None),
-            Err(why) => {
-                self.note_corrupt(key, why);
-                Ok(None)
-            }
-        }
-    }
-
-    /// A fresh L1 value of type `T`, if the tier is enabled and holds one.
-    pub(crate) fn local_get<T: Clone + 'static>(&self, key: &str, now: u64) -> Option<T> {
-        self.local_lookup(key, now)
-            .filter(|(_, timing)| timing.fresh_until_ms > now)
-            .map(|(value, _)| value)
-    }
-
-    /// An L1 value of type `T` that no invalidation covers (fresh or within its grace period).
-    pub(crate) fn local_lookup<T: Clone + 'static>(
-        &self,
-        key: &str,
-        now: u64,
-    ) -> Option<(T, Timing)> {
-        let entry = self.inner.local.as_ref()?.get(key)?;
-        let tags = entry.tags.iter().map(String::as_str);
-        if entry.timing.stale_until_ms <= now
-            || self.inner.tag_clock.is_stale(tags, entry.timing.created_ms)
-        {
-            return None;
-        }
-        let value = entry.value.downcast_ref::<T>()?.clone();
-        Some((value, entry.timing))
-    }
-
-    /// Stores `value` under `key` with `policy` (write-through after a database write).
-    ///
-    /// When the write fails the key is deleted (best effort), so readers fall back to the source
-    /// instead of a value that may be out of date. While the breaker is open this is a no-op.
-    pub async fn set<T>(&self, key: &str, value: &T, policy: &Policy) -> Result<(), Error>
-    where
-        T: Serialize + Clone + Send + Sync + 'static,
-    {
-        self.inner.flights.detach_key(key);
-        let (bytes, timing) = self.encode_entry(value, policy, now_ms(), Duration::ZERO)?;
-        match self
-            .write_entry(key, value, bytes, timing, &policy.tags)
-            .await
-        {
-            Ok(()) | Err(Error::BreakerOpen) => Ok(()),
-            Err(err) => {
-                if let Some(local) = &self.inner.local {
-                    local.remove(key);
-                }
-                let full_key = self.inner.keys.entry(key);
-                let _ = self.store_op(self.inner.store.delete(&full_key)).await;
-                Err(err)
-            }
-        }
-    }
-
-    /// Removes `key`; `Ok(true)` when an entry was removed. Loads of `key` already in flight are
-    /// detached: their results are not stored and later callers start a new load.
-    pub async fn delete(&self, key: &str) -> Result<bool, Error> {
-        self.inner.counters.invalidation();
-        self.inner.flights.detach_key(key);
-        if let Some(local) = &self.inner.local {
-            local.remove(key);
-        }
-        let full_key = self.inner.keys.entry(key);
-        match self.store_op(self.inner.store.delete(&full_key)).await {
-            Err(Error::BreakerOpen) => Ok(false),
-            other => other,
-        }
-    }
-
-    /// Invalidates every entry tagged `tag`, for every reader of this cache in this process at once
-    /// (including loads already in flight: their results are not stored). The invalidation time is
-    /// also written to the store for other instances.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use cache_layer::{Cache, Policy};
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), cache_layer::Error> {
-    /// let cache = Cache::in_memory();
-    /// let policy = Policy::ttl(Duration::from_secs(60)).tags(["product:42"]);
-    /// cache.set("product:42:name", &"old", &policy).await?;
-    /// cache.invalidate_tag("product:42").await?;
-    /// assert_eq!(cache.get::<String>("product:42:name").await?, None);
-    /// # Ok(()) }
-    /// ```
-    pub async fn invalidate_tag(&self, tag: &str) -> Result<(), Error> {
-        self.invalidate_tags([tag]).await
-    }
-
-    /// Invalidates several tags (see [`invalidate_tag`](Cache::invalidate_tag)).
-    pub async fn invalidate_tags<I, S>(&self, tags: I) -> Result<(), Error>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        let at = now_ms();
-        let mut first_error = None;
-        for tag in tags {
-            let tag = tag.as_ref();
-            self.inner.counters.invalidation();
-            self.inner.tag_clock.record(tag, at);
-            self.inner.flights.detach_tag(tag);
-            let key = self.inner.keys.meta(&format!("tag:{tag}"));
-            let write = self
-                .inner
-                .store
-                .set(&key, at.to_string().into_bytes(), TAG_CLOCK_TTL);
-            match self.store_op(write).await {
-                Ok(()) | Err(Error::BreakerOpen) => {}
-                Err(err) => {
-                    first_error.get_or_insert(err);
-                }
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
 }
-
-/// How long a tag's invalidation time is remembered in the store (longer than any sane TTL).
-const TAG_CLOCK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
