@@ -159,6 +159,11 @@ impl Bus {
         self.client.is_some()
     }
 
+    /// Whether the subscriber task is running (it may still be connecting).
+    pub(crate) fn is_started(&self) -> bool {
+        self.shared.started.load(Ordering::Acquire)
+    }
+
     pub(crate) fn is_up(&self) -> bool {
         self.shared.up.load(Ordering::Acquire)
     }

@@ -92,7 +92,12 @@ impl Cache {
     /// TTL) read the version with one `GET`. The first call also starts the bus.
     pub(crate) async fn entry_key(&self, key: &str) -> EntryKey {
         let ticket = self.inner.bus.tickets.ticket(key);
-        let version = self.namespace_version().await;
+        // Steady state: no await at all. The refresh is boxed so this future (nested in every
+        // lookup) stays small — deep recursion through cached fns runs on the caller's stack.
+        let version = match self.trusted_version() {
+            Some(version) => version,
+            None => Box::pin(self.namespace_version()).await,
+        };
         EntryKey {
             redis: self.inner.keys.entry(key, version),
             user: key.to_owned(),
@@ -113,9 +118,11 @@ impl Cache {
     ///
     /// `now` is the caller's notion of the current time (its freshness checks use the same value).
     pub(crate) async fn current_timing(&self, envelope: &Envelope<'_>, now: u64) -> Option<Timing> {
-        let validity = self
-            .entry_validity(envelope.tags(), envelope.timing.created_ms)
-            .await;
+        let created_ms = envelope.timing.created_ms;
+        let validity = match self.local_validity(envelope.tags(), created_ms) {
+            Some(validity) => validity,
+            None => Box::pin(self.entry_validity(envelope.tags(), created_ms)).await,
+        };
         served_timing(envelope.timing, validity, now)
     }
 
@@ -207,6 +214,15 @@ impl Cache {
             inner.tag_book.merge(tag, *times, trust);
         }
         Ok(times)
+    }
+
+    /// The namespace version if it needs no refresh (and the bus is running).
+    fn trusted_version(&self) -> Option<u64> {
+        let inner = &self.inner;
+        let record = inner.namespace.get();
+        let trusted = !inner.bus.is_remote()
+            || (inner.bus.is_started() && record.trust.is_some_and(|t| inner.bus.is_trusted(t)));
+        trusted.then_some(record.version)
     }
 
     /// The namespace version, refreshed from the store when the cached one is not trusted.
