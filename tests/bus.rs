@@ -291,3 +291,54 @@ fn the_bus_starts_lazily_and_survives_its_runtime() {
         );
     }
 }
+
+/// When the breaker closes again, Redis was skipped for a while (invalidations may have been
+/// missed even though the bus connection survived): the L1 tier starts over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l1_is_cleared_when_the_breaker_closes() {
+    let server = std::sync::Arc::new(RedisServer::start());
+    let cache = Cache::builder()
+        .redis(server.url())
+        .namespace("breaker")
+        .local(100)
+        .op_timeout(Duration::from_millis(100))
+        .breaker(cache_layer::BreakerConfig {
+            failure_threshold: 1,
+            cooldown: Duration::from_millis(50),
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    warm(&cache, "k", &tagged(&[]), 1).await;
+    // A hung Redis opens the breaker (the pub/sub connection itself stays up).
+    let handle = server.clone();
+    tokio::task::spawn_blocking(move || handle.pause())
+        .await
+        .unwrap();
+    assert!(cache.get::<u32>("other").await.is_err());
+    assert_eq!(cache.stats().breaker, cache_layer::BreakerState::Open);
+    let handle = server.clone();
+    tokio::task::spawn_blocking(move || handle.resume())
+        .await
+        .unwrap();
+    // The first operation after the cooldown probes Redis and closes the breaker.
+    let started = Instant::now();
+    while cache.stats().breaker != cache_layer::BreakerState::Closed {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "breaker never closed"
+        );
+        let _ = cache.get::<u32>("probe").await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let handle = server.clone();
+    tokio::task::spawn_blocking(move || handle.reset_stats())
+        .await
+        .unwrap();
+    assert_eq!(cache.get::<u32>("k").await.unwrap(), Some(1));
+    assert_eq!(
+        server.command_calls("get"),
+        1,
+        "the L1 copy was dropped: the read went to Redis"
+    );
+}
