@@ -91,13 +91,13 @@ async fn product_api_before_and_after_with_puts() {
         );
         assert!(!row.load.get_latencies.is_empty(), "{label}: GETs measured");
     }
-    let [uncached, cached, cached_l1] = &rows[..] else {
+    let [uncached, cached, cached_l1, http] = &rows[..] else {
         panic!("one row per setup: {rows:?}");
     };
     // Uncached: two statements per GET (details + category top), one per PUT.
     assert!(uncached.queries_per_request() > 1.9, "{uncached:?}");
     assert_eq!(uncached.hit_ratio, None);
-    for row in [cached, cached_l1] {
+    for row in [cached, cached_l1, http] {
         assert!(
             row.queries_per_request() < uncached.queries_per_request() / 2.0,
             "{}: the cache answers most requests: {row:?}",
@@ -107,6 +107,11 @@ async fn product_api_before_and_after_with_puts() {
     }
     assert_eq!(cached.l1_ratio, Some(0.0), "no L1 configured");
     assert!(cached_l1.l1_ratio.unwrap_or(0.0) > 0.3, "{cached_l1:?}");
+    assert_eq!(cached_l1.http_hit_ratio(), None);
+    assert!(
+        http.http_hit_ratio().unwrap_or(0.0) > 0.3,
+        "CacheLayer answers GETs: {http:?}"
+    );
 }
 
 async fn run(db: Arc<Db>, scale: Scale) -> Result<Vec<Row>, Box<dyn std::error::Error>> {
@@ -114,9 +119,9 @@ async fn run(db: Arc<Db>, scale: Scale) -> Result<Vec<Row>, Box<dyn std::error::
     let config = LoadConfig {
         clients: 16,
         // Bounded by requests (enough to warm the 100 popular products), capped in time.
-        warmup: Duration::from_secs(3),
-        warmup_requests: 600,
-        duration: Duration::from_millis(1500),
+        warmup: Duration::from_secs(2),
+        warmup_requests: 500,
+        duration: Duration::from_millis(1000),
         max_requests: 20_000,
         put_ratio: 0.05,
         products: scale.products,

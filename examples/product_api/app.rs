@@ -9,6 +9,7 @@ use axum::{
     routing::get,
     Json, Router,
 };
+use cache_layer::CacheLayer;
 use serde::{Deserialize, Serialize};
 
 use super::catalog::{Catalog, ProductDetails, ProductUpdate, TopProduct};
@@ -20,10 +21,17 @@ pub struct ProductPage {
     pub top_in_category: Vec<TopProduct>,
 }
 
-/// The service over a catalog (cached or not).
-pub fn router(catalog: Arc<Catalog>) -> Router {
+/// The service over a catalog (cached or not), optionally with whole responses of the read route
+/// cached by `CacheLayer` (tagged like the data, so a PUT's invalidation drops both).
+pub fn router(catalog: Arc<Catalog>, http_cache: Option<CacheLayer>) -> Router {
+    let read = get(get_product);
+    // `MethodRouter::layer` wraps the routes added so far: the GET, not the PUT.
+    let read = match http_cache {
+        Some(layer) => read.layer(layer),
+        None => read,
+    };
     Router::new()
-        .route("/products/{id}", get(get_product).put(put_product))
+        .route("/products/{id}", read.put(put_product))
         .with_state(catalog)
 }
 

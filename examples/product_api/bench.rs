@@ -3,7 +3,7 @@
 
 use std::{error::Error, fmt::Write as _, future::IntoFuture, sync::Arc, time::Duration};
 
-use cache_layer::Cache;
+use cache_layer::{Cache, CacheLayer};
 
 use super::{
     app,
@@ -21,11 +21,18 @@ pub enum Setup {
     Cached,
     /// `#[cached]` on Redis with the in-process L1 tier.
     CachedL1,
+    /// `CacheLayer` on the read route in front of the `#[cached]` fns, one cache with L1.
+    HttpCachedL1,
 }
 
 impl Setup {
     /// Every setup, in table order.
-    pub const ALL: [Setup; 3] = [Setup::Uncached, Setup::Cached, Setup::CachedL1];
+    pub const ALL: [Setup; 4] = [
+        Setup::Uncached,
+        Setup::Cached,
+        Setup::CachedL1,
+        Setup::HttpCachedL1,
+    ];
 
     /// The row label.
     pub fn label(self) -> &'static str {
@@ -33,6 +40,7 @@ impl Setup {
             Setup::Uncached => "PostgreSQL only",
             Setup::Cached => "#[cached], Redis",
             Setup::CachedL1 => "#[cached], Redis + L1",
+            Setup::HttpCachedL1 => "CacheLayer + #[cached], L1",
         }
     }
 
@@ -41,6 +49,7 @@ impl Setup {
             Setup::Uncached => "uncached",
             Setup::Cached => "cached",
             Setup::CachedL1 => "cached-l1",
+            Setup::HttpCachedL1 => "http-cached-l1",
         }
     }
 }
@@ -58,6 +67,14 @@ pub struct Row {
     pub hit_ratio: Option<f64>,
     /// The share of lookups answered by the L1 tier.
     pub l1_ratio: Option<f64>,
+}
+
+impl Row {
+    /// The share of GETs answered by `CacheLayer` from a stored response (`None` without it).
+    pub fn http_hit_ratio(&self) -> Option<f64> {
+        (self.setup == Setup::HttpCachedL1)
+            .then(|| self.load.http_hits as f64 / self.load.get_latencies.len().max(1) as f64)
+    }
 }
 
 impl Row {
@@ -89,22 +106,24 @@ pub async fn run_setup(
     let namespace = format!("{namespace_prefix}:{}", setup.slug());
     let catalog = Arc::new(match setup {
         Setup::Uncached => Catalog::uncached(db.clone()),
-        Setup::Cached | Setup::CachedL1 => {
+        Setup::Cached | Setup::CachedL1 | Setup::HttpCachedL1 => {
             let mut builder = Cache::builder()
                 .name("product_api")
                 .redis(redis_url)
                 .namespace(namespace.clone());
-            if setup == Setup::CachedL1 {
+            if setup != Setup::Cached {
                 builder = builder.local(50_000);
             }
             Catalog::cached(db.clone(), builder.build()?)
         }
     });
+    let http_cache = (setup == Setup::HttpCachedL1)
+        .then(|| CacheLayer::new(catalog.cache().clone()).ttl(Duration::from_secs(600)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
-        axum::serve(listener, app::router(catalog.clone()))
+        axum::serve(listener, app::router(catalog.clone(), http_cache))
             .with_graceful_shutdown(async {
                 let _ = stopped.await;
             })
@@ -175,12 +194,9 @@ pub async fn delete_namespace(redis_url: &str, namespace: &str) -> Result<(), Bo
     }
 }
 
-/// The seed article's table, for this machine.
+/// The seed article's table, for this machine (Markdown).
 pub fn table(rows: &[Row]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "| {:<26} | {:>9} | {:>9} | {:>8} | {:>8} | {:>9} | {:>9} | {:>7} | {:>5} | {:>5} |",
+    let header = [
         "setup",
         "p50",
         "p99",
@@ -189,29 +205,68 @@ pub fn table(rows: &[Row]) -> String {
         "q/request",
         "hit ratio",
         "from L1",
+        "HTTP hits",
         "PUTs",
-        "stale"
-    );
-    let _ = writeln!(
-        out,
-        "|{:-<28}|{:->11}|{:->11}|{:->10}|{:->10}|{:->11}|{:->11}|{:->9}|{:->7}|{:->7}|",
-        ":", ":", ":", ":", ":", ":", ":", ":", ":", ":"
-    );
-    for row in rows {
-        let _ = writeln!(
-            out,
-            "| {:<26} | {:>9} | {:>9} | {:>8.0} | {:>8.0} | {:>9.2} | {:>9} | {:>7} | {:>5} | {:>5} |",
-            row.setup.label(),
-            millis(row.load.percentile(0.50)),
-            millis(row.load.percentile(0.99)),
-            row.gets_per_sec(),
-            row.queries_per_sec(),
-            row.queries_per_request(),
-            percent(row.hit_ratio),
-            percent(row.l1_ratio),
-            row.load.puts,
-            row.load.stale,
-        );
+        "stale",
+    ];
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            vec![
+                row.setup.label().to_string(),
+                millis(row.load.percentile(0.50)),
+                millis(row.load.percentile(0.99)),
+                format!("{:.0}", row.gets_per_sec()),
+                format!("{:.0}", row.queries_per_sec()),
+                format!("{:.2}", row.queries_per_request()),
+                percent(row.hit_ratio),
+                percent(row.l1_ratio),
+                percent(row.http_hit_ratio()),
+                row.load.puts.to_string(),
+                row.load.stale.to_string(),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = header
+        .iter()
+        .enumerate()
+        .map(|(i, title)| {
+            cells
+                .iter()
+                .map(|row| row[i].len())
+                .chain([title.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |values: &[String]| {
+        let mut text = String::from("|");
+        for (i, (value, width)) in values.iter().zip(&widths).enumerate() {
+            if i == 0 {
+                let _ = write!(text, " {value:<width$} |");
+            } else {
+                let _ = write!(text, " {value:>width$} |");
+            }
+        }
+        text
+    };
+    let mut out = String::new();
+    let titles: Vec<String> = header.iter().map(|t| t.to_string()).collect();
+    let _ = writeln!(out, "{}", line(&titles));
+    let rule: Vec<String> = widths
+        .iter()
+        .enumerate()
+        .map(|(i, width)| {
+            if i == 0 {
+                format!(":{}", "-".repeat(width - 1))
+            } else {
+                format!("{}:", "-".repeat(width - 1))
+            }
+        })
+        .collect();
+    let _ = writeln!(out, "{}", line(&rule));
+    for row in &cells {
+        let _ = writeln!(out, "{}", line(row));
     }
     out
 }

@@ -4,7 +4,8 @@
 //! product joined with its brand and category, its review count, average rating, rating histogram
 //! and newest reviews, plus the best-rated products of its category); `PUT /products/{id}` updates
 //! the product and invalidates every cached value showing it, by tag. The data-access fns are
-//! `#[cached]` (Redis, optionally with the L1 tier).
+//! `#[cached]` (Redis, optionally with the L1 tier) and `CacheLayer` caches whole responses of the
+//! read route; both use one `Cache` and the same tags (`product:{id}`, `category:{id}`).
 //!
 //! On first run the schema `cache_layer_demo` is created and filled with the article's catalog:
 //! 100k products, 500k reviews (skewed: popular products have hundreds), 1000 categories, 400
@@ -33,7 +34,7 @@ pub mod load;
 
 use std::{error::Error, sync::Arc, time::Duration};
 
-use cache_layer::Cache;
+use cache_layer::{Cache, CacheLayer};
 
 use self::{
     bench::Setup,
@@ -130,6 +131,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             .namespace("product-api")
             .local(50_000)
             .build()?;
+        let http_cache = CacheLayer::new(cache.clone()).ttl(Duration::from_secs(600));
         let catalog = Arc::new(Catalog::cached(db, cache));
         let listener = tokio::net::TcpListener::bind(&options.addr).await?;
         println!(
@@ -137,7 +139,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             listener.local_addr()?,
             scale.products
         );
-        axum::serve(listener, app::router(catalog)).await?;
+        axum::serve(listener, app::router(catalog, Some(http_cache))).await?;
         return Ok(());
     }
 
