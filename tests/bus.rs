@@ -342,3 +342,53 @@ async fn l1_is_cleared_when_the_breaker_closes() {
         "the L1 copy was dropped: the read went to Redis"
     );
 }
+
+/// An invalidation Redis could not take (hung here) is honoured locally at once and replayed when
+/// the breaker closes, so the other instances follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_redis_missed_are_replayed_when_it_is_back() {
+    let server = std::sync::Arc::new(RedisServer::start());
+    let a = Cache::builder()
+        .redis(server.url())
+        .namespace("replay")
+        .op_timeout(Duration::from_millis(100))
+        .breaker(cache_layer::BreakerConfig {
+            failure_threshold: 1,
+            cooldown: Duration::from_millis(50),
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let b = instance(&server, "replay");
+    let policy = tagged(&["t"]);
+    warm(&b, "k", &policy, 1).await;
+    let _ = a.get::<u32>("k").await.unwrap();
+
+    let handle = server.clone();
+    tokio::task::spawn_blocking(move || handle.pause())
+        .await
+        .unwrap();
+    let result = a.invalidate_tag("t").await;
+    assert!(result.is_err(), "the caller learns Redis did not take it");
+    let handle = server.clone();
+    tokio::task::spawn_blocking(move || handle.resume())
+        .await
+        .unwrap();
+    assert_eq!(
+        a.get::<u32>("k").await.unwrap_or(None),
+        None,
+        "A honours it at once"
+    );
+
+    // The breaker closes with the next operation after its cooldown; the replay follows.
+    let started = Instant::now();
+    while a.stats().breaker != cache_layer::BreakerState::Closed {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "breaker never closed"
+        );
+        let _ = a.get::<u32>("probe").await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    until_get(&b, "k", Duration::from_secs(5), |v| v.is_none()).await;
+}

@@ -218,15 +218,18 @@ impl Bus {
         }
     }
 
-    /// Starts the subscriber if it is not running, and on the very first call waits (bounded) for
-    /// its first subscription attempt, so the first facts fetched are already covered by the bus.
-    pub(crate) async fn ensure_started(&self, cache: &Cache) {
-        let Some(client) = &self.client else { return };
+    /// Starts the subscriber if it is not running, and then waits (bounded) for its first
+    /// subscription attempt, so the first facts fetched are already covered by the bus. Returns
+    /// `true` when this call started it and that attempt failed (Redis is probably unreachable).
+    pub(crate) async fn ensure_started(&self, cache: &Cache) -> bool {
+        let Some(client) = &self.client else {
+            return false;
+        };
         if self.shared.started.load(Ordering::Acquire) {
-            return;
+            return false;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
+            return false;
         };
         if self
             .shared
@@ -234,7 +237,7 @@ impl Bus {
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
-            return;
+            return false;
         }
         let mut attempts = self.shared.attempts.subscribe();
         let seen = *attempts.borrow_and_update();
@@ -249,6 +252,7 @@ impl Bus {
         runtime.spawn(task.run());
         let first_attempt = attempts.wait_for(|&n| n > seen);
         let _ = tokio::time::timeout(self.first_wait, first_attempt).await;
+        !self.is_up()
     }
 }
 

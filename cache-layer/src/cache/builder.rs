@@ -278,6 +278,7 @@ impl CacheBuilder {
                 clock: RedisClock::new(!local, self.clock_skew),
                 bus,
                 tag_ttl: self.tag_ttl,
+                pending: Default::default(),
                 landed,
                 refresh_failures,
                 hot_keys: self.hot_keys.map(HotKeys::new),

@@ -59,6 +59,39 @@ enum TagField {
     Soft,
 }
 
+/// Invalidations Redis did not take (breaker open, timeout, lost `PUBLISH`): this process honours
+/// them at once; they are replayed when the breaker closes or the bus resubscribes, so the other
+/// instances (and this one, once its local record is gone) follow. Bounded: past
+/// [`MAX_PENDING`] entries the replay becomes one namespace bump, which covers everything.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    hard: std::collections::BTreeSet<String>,
+    soft: std::collections::BTreeSet<String>,
+    keys: std::collections::BTreeSet<String>,
+    namespace: bool,
+}
+
+const MAX_PENDING: usize = 10_000;
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        !self.namespace && self.hard.is_empty() && self.soft.is_empty() && self.keys.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.hard.len() + self.soft.len() + self.keys.len()
+    }
+
+    fn overflowed(&mut self) {
+        if self.len() > MAX_PENDING {
+            *self = Pending {
+                namespace: true,
+                ..Pending::default()
+            };
+        }
+    }
+}
+
 /// The Redis key of an entry, resolved with the current namespace version, plus what an L1 fill
 /// after reading it needs (derefs to the Redis key).
 #[derive(Debug, Clone)]
@@ -231,9 +264,22 @@ impl Cache {
         if !inner.bus.is_remote() {
             return inner.namespace.get().version;
         }
-        inner.bus.ensure_started(self).await;
+        let unreachable = inner.bus.ensure_started(self).await;
         let record = inner.namespace.get();
         if record.trust.is_some_and(|t| inner.bus.is_trusted(t)) {
+            return record.version;
+        }
+        if unreachable {
+            // The bus just failed to connect: do not spend a second attempt of this operation on
+            // the version; keep the known one for the fallback TTL (trusted by time only).
+            inner.namespace.merge(
+                record.version,
+                0,
+                Trust {
+                    generation: 0,
+                    at: Instant::now(),
+                },
+            );
             return record.version;
         }
         // One refresh at a time; the others wait for it and use its result.
@@ -253,8 +299,17 @@ impl Cache {
                 self.learn_namespace(version, None, trust);
             }
             Err(err) => {
+                // Keep the last known version for the fallback TTL instead of asking again on
+                // every operation: while Redis fails, each operation costs one attempt, not two.
                 tracing::debug!(cache = %inner.name, error = %err,
                     "could not read the namespace version; using the last known one");
+                // Trusted by time only (generation 0), even if the bus is up: we never read it.
+                let known = inner.namespace.get().version;
+                let retry_later = Trust {
+                    generation: 0,
+                    at: Instant::now(),
+                };
+                inner.namespace.merge(known, 0, retry_later);
             }
         }
         inner.namespace.get().version
@@ -302,14 +357,18 @@ impl Cache {
             "measured the offset to the redis clock");
     }
 
-    /// The bus (re)subscribed: anything learned before may have missed messages.
+    /// The bus (re)subscribed: anything learned before may have missed messages. Invalidations
+    /// Redis missed meanwhile are replayed.
     pub(crate) fn on_bus_subscribed(&self) {
         self.forget_local();
+        self.replay_pending();
     }
 
-    /// The breaker closed again: Redis was skipped for a while, so L1 starts over.
+    /// The breaker closed again: Redis was skipped for a while, so L1 starts over, and the
+    /// invalidations Redis missed meanwhile are replayed.
     pub(crate) fn breaker_closed(&self) {
         self.forget_local();
+        self.replay_pending();
     }
 
     fn forget_local(&self) {
@@ -608,17 +667,28 @@ impl Cache {
             local.remove(key);
         }
         let full_key = self.entry_key(key).await;
-        let removed = match self.store_op(inner.store.delete(&full_key)).await {
-            Ok(removed) => removed,
-            Err(Error::BreakerOpen) => return Ok(false),
-            Err(err) => return Err(err),
+        let removed = self.store_op(inner.store.delete(&full_key)).await;
+        let published = match &removed {
+            Ok(_) => {
+                self.publish(Message {
+                    keys: vec![key.to_owned()],
+                    ..Message::default()
+                })
+                .await
+            }
+            Err(_) => Ok(()),
         };
-        self.publish(Message {
-            keys: vec![key.to_owned()],
-            ..Message::default()
-        })
-        .await?;
-        Ok(removed)
+        if removed.is_err() || published.is_err() {
+            self.remember_pending(|pending| {
+                pending.keys.insert(key.to_owned());
+            });
+        }
+        match (removed, published) {
+            (Err(Error::BreakerOpen), _) => Ok(false),
+            (Err(err), _) | (Ok(_), Err(err)) if !matches!(err, Error::BreakerOpen) => Err(err),
+            (Ok(removed), _) => Ok(removed),
+            (Err(_), _) => Ok(false),
+        }
     }
 
     /// Invalidates every entry tagged `tag`. When this returns, no caller in this process gets a
@@ -726,8 +796,14 @@ impl Cache {
                     times
                 }
                 Err(err) => {
-                    // Redis did not take it: this process still honours it, with an upper bound
-                    // of the Redis clock as its time.
+                    // Redis did not take it: this process honours it now, with an upper bound of
+                    // the Redis clock as its time, and replays it when Redis is back.
+                    self.remember_pending(|pending| {
+                        match field {
+                            TagField::Hard => pending.hard.insert(tag.clone()),
+                            TagField::Soft => pending.soft.insert(tag.clone()),
+                        };
+                    });
                     let at = inner.clock.upper_ms();
                     if !matches!(err, Error::BreakerOpen) {
                         first_error.get_or_insert(err);
@@ -750,6 +826,7 @@ impl Cache {
             }
         }
         if !published.is_empty() {
+            let names: Vec<String> = published.iter().map(|(tag, ..)| tag.clone()).collect();
             let sent = self
                 .publish(Message {
                     tags: published,
@@ -757,7 +834,17 @@ impl Cache {
                 })
                 .await;
             if let Err(err) = sent {
-                first_error.get_or_insert(err);
+                // Stored but not announced: instances whose bus is up would never look again.
+                self.remember_pending(|pending| {
+                    let set = match field {
+                        TagField::Hard => &mut pending.hard,
+                        TagField::Soft => &mut pending.soft,
+                    };
+                    set.extend(names);
+                });
+                if !matches!(err, Error::BreakerOpen) {
+                    first_error.get_or_insert(err);
+                }
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -832,7 +919,9 @@ impl Cache {
                 match self.store_op(store.invoke(&invocation, false)).await {
                     Ok(bumped) => bumped,
                     Err(err) => {
-                        // Not bumped anywhere: at least stop serving L1 copies here.
+                        // Not bumped anywhere: stop serving L1 copies here, and bump it as soon
+                        // as Redis is back.
+                        self.remember_pending(|pending| pending.namespace = true);
                         inner.flights.detach_all();
                         self.forget_local();
                         return match err {
@@ -845,11 +934,63 @@ impl Cache {
             _ => (inner.namespace.get().version + 1, now_ms()),
         };
         self.learn_namespace(version, Some(bumped_ms), trust);
-        self.publish(Message {
-            namespace: Some((version, bumped_ms)),
-            ..Message::default()
-        })
-        .await
+        let published = self
+            .publish(Message {
+                namespace: Some((version, bumped_ms)),
+                ..Message::default()
+            })
+            .await;
+        if published.is_err() {
+            self.remember_pending(|pending| pending.namespace = true);
+        }
+        match published {
+            Err(Error::BreakerOpen) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn remember_pending(&self, add: impl FnOnce(&mut Pending)) {
+        if !self.inner.bus.is_remote() {
+            return;
+        }
+        let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+        add(&mut pending);
+        pending.overflowed();
+    }
+
+    /// Replays the invalidations Redis did not take, in the background (Redis just came back).
+    fn replay_pending(&self) {
+        let pending = {
+            let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *pending)
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            *self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()) = pending;
+            return;
+        };
+        let cache = self.clone();
+        runtime.spawn(async move {
+            tracing::info!(cache = %cache.inner.name, tags = pending.hard.len() + pending.soft.len(),
+                keys = pending.keys.len(), namespace = pending.namespace,
+                "replaying invalidations redis missed");
+            // Failures land in `pending` again (same code paths) for the next recovery.
+            if pending.namespace {
+                let _ = cache.invalidate_namespace().await;
+                return;
+            }
+            if !pending.hard.is_empty() {
+                let _ = cache.bump_tags(pending.hard, TagField::Hard).await;
+            }
+            if !pending.soft.is_empty() {
+                let _ = cache.bump_tags(pending.soft, TagField::Soft).await;
+            }
+            for key in pending.keys {
+                let _ = cache.delete(&key).await;
+            }
+        });
     }
 
     /// Whether the invalidation bus is subscribed right now (always `false` with the in-memory

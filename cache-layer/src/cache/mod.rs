@@ -75,6 +75,8 @@ pub(crate) struct Inner {
     pub(crate) bus: Bus,
     /// How long tag keys live in Redis (and the longest a tagged entry lives there).
     pub(crate) tag_ttl: Duration,
+    /// Invalidations Redis did not take, replayed when it is back.
+    pub(crate) pending: std::sync::Mutex<invalidate::Pending>,
     /// "Value landed" signals for `Stampede::Lock` waiters.
     pub(crate) landed: LandedSignals,
     /// Keys whose last load failed recently: background refreshes of them are held off.
