@@ -138,13 +138,16 @@ pub async fn run_setup(
             max_requests: config.warmup_requests,
             ..config.clone()
         };
-        load::run(addr, &warmup_config).await
+        let (mut warmup, writes) = load::run(addr, &warmup_config).await;
+        load::verify_writes(addr, &writes, &mut warmup).await;
+        warmup
     };
     let queries_before = db.queries();
     let stats_before = catalog.cache().stats();
-    let load = load::run(addr, config).await;
+    let (mut load, writes) = load::run(addr, config).await;
     let db_queries = db.queries() - queries_before;
     let stats = catalog.cache().stats();
+    load::verify_writes(addr, &writes, &mut load).await;
     let hits = (stats.hits + stats.stale_hits) - (stats_before.hits + stats_before.stale_hits);
     let lookups = hits + stats.misses - stats_before.misses;
     let local_hits = stats.local_hits - stats_before.local_hits;

@@ -189,8 +189,11 @@ impl Client {
     }
 }
 
-/// Runs the load against `addr` and then re-reads every written product.
-pub async fn run(addr: SocketAddr, config: &LoadConfig) -> LoadResult {
+/// The PUTs a load run made, for [`verify_writes`].
+pub struct Writes(Arc<Acks>);
+
+/// Runs the load against `addr`.
+pub async fn run(addr: SocketAddr, config: &LoadConfig) -> (LoadResult, Writes) {
     let acks = Arc::new(Acks::default());
     let issued = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -221,8 +224,7 @@ pub async fn run(addr: SocketAddr, config: &LoadConfig) -> LoadResult {
         }
     }
     result.elapsed = started.elapsed();
-    verify_after(addr, &acks, &mut result).await;
-    result
+    (result, Writes(acks))
 }
 
 /// Picks a product: 80% of views go to the first 5% of the catalog.
@@ -355,7 +357,8 @@ async fn get(
 }
 
 /// After the load: every written product must show exactly its last acknowledged write.
-async fn verify_after(addr: SocketAddr, acks: &Acks, out: &mut LoadResult) {
+pub async fn verify_writes(addr: SocketAddr, writes: &Writes, out: &mut LoadResult) {
+    let acks = &writes.0;
     let mut client = match Client::connect(addr).await {
         Ok(client) => client,
         Err(error) => {

@@ -176,7 +176,7 @@ pub fn report(rows: &[bench::Row]) {
     let Some(before) = rows.first() else { return };
     for after in &rows[1..] {
         println!(
-            "{}: p50 {:.0}x lower, {:.1}x the GETs/s, {:.0}x fewer database queries per request",
+            "{}: p50 {:.1}x lower, {:.1}x the GETs/s, {:.1}x fewer database queries per request",
             after.setup.label(),
             before.load.percentile(0.5).as_secs_f64()
                 / after.load.percentile(0.5).as_secs_f64().max(1e-9),
