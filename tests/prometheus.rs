@@ -102,7 +102,10 @@ async fn metrics_endpoint_reports_cache_activity() {
     assert_eq!((hits, misses, loads), (4.0, 2.0, 2.0), "{metrics}");
     // + 2 bookkeeping reads, each once per process and then kept current by the invalidation
     // bus: the namespace version (first use) and the time of tag `product:7` (its first hit).
-    assert_eq!(redis_ok, 10.0, "6 GETs + 2 SETs + 2 bookkeeping GETs: {metrics}");
+    assert_eq!(
+        redis_ok, 10.0,
+        "6 GETs + 2 SETs + 2 bookkeeping GETs: {metrics}"
+    );
     assert!(
         metrics.contains("cache_load_seconds"),
         "load latency histogram: {metrics}"
