@@ -26,6 +26,18 @@ pub enum Error {
     /// The builder was given an invalid setting.
     #[error("invalid cache configuration: {0}")]
     Config(String),
+    /// A write-behind counter increment was rejected: the in-memory buffer that holds increments
+    /// while Redis is unavailable (or slow) is full. Nothing was added.
+    #[error("write-behind counters {counters:?}: buffer full ({capacity} ids waiting for redis), increment rejected")]
+    CounterOverflow {
+        /// The counter set's name.
+        counters: String,
+        /// The buffer's capacity in distinct ids.
+        capacity: usize,
+    },
+    /// A write-behind flush sink returned an error; the batch is kept and delivered again later.
+    #[error("write-behind flush sink failed: {0}")]
+    Sink(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A plain-language summary of a Redis error, followed by the error itself.

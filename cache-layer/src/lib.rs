@@ -44,6 +44,7 @@ mod policy;
 mod stampede;
 pub mod store;
 mod tags;
+mod write_behind;
 
 #[doc(hidden)]
 #[path = "private.rs"]
@@ -57,5 +58,6 @@ pub use envelope::Codec;
 pub use error::Error;
 pub use metrics::{function_stats, FunctionStats, FunctionStatsSnapshot, Stats};
 pub use policy::{Policy, Stampede};
+pub use write_behind::{Batch, CounterStats, Counters, CountersConfig, FlushReport, Flusher};
 
 pub use cache_macros::{cached, invalidate};

@@ -83,6 +83,8 @@ pub(crate) struct Inner {
     pub(crate) refresh_failures: moka::sync::Cache<String, ()>,
     /// Top-N keys by hits, when enabled.
     pub(crate) hot_keys: Option<HotKeys>,
+    /// Write-behind counter sets by name.
+    pub(crate) write_behind: crate::write_behind::Registry,
 }
 
 impl std::fmt::Debug for Cache {
@@ -135,6 +137,7 @@ fn is_health_failure(err: &Error) -> bool {
         Error::Redis(e) => !matches!(e.code(), Some("WRONGTYPE" | "OOM" | "READONLY" | "NOPERM")),
         Error::Timeout(_) => true,
         Error::BreakerOpen | Error::Encode(_) | Error::Config(_) => false,
+        Error::CounterOverflow { .. } | Error::Sink(_) => false,
     }
 }
 

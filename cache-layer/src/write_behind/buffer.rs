@@ -1,0 +1,465 @@
+//! The in-process side of a counter set: increments coalesce in a map, a pusher task sends them to
+//! Redis in idempotent pushes (group commit), and while Redis is unavailable the map is the bounded
+//! buffer that keeps them.
+//!
+//! Life of an increment: `incr` adds it to `Pending::map` (generation `gen`) and waits. The pusher
+//! freezes the map into chunks (each with the next sequence number of this writer), sends them one
+//! after the other with the `PUSH` script, and publishes `pushed = gen` when all landed; every
+//! waiter of that generation returns. A chunk that failed stays frozen, unchanged, and is sent
+//! again with the same sequence number until Redis acknowledges it: the script applies a sequence
+//! number at most once, so a push whose reply was lost (Redis killed after applying it) is not
+//! counted twice, and one that never landed is not lost.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, Weak,
+    },
+    time::Duration,
+};
+
+use tokio::sync::{watch, Notify};
+
+use super::{
+    storage::{self, lock, KeyNames, MemoryCounters},
+    CountersConfig,
+};
+use crate::{cache::Inner, Cache, Error};
+
+/// One frozen push: a sequence number and the deltas it carries.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    seq: u64,
+    entries: Vec<(String, i64)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Pending {
+    /// Increments not yet frozen, coalesced per id (this is the bounded buffer).
+    map: HashMap<String, i64>,
+    /// Generation of the increments in `map`.
+    gen: u64,
+    /// Chunks being pushed, oldest first, all of generation `frozen_gen`.
+    frozen: VecDeque<Arc<Chunk>>,
+    frozen_gen: u64,
+    /// Ids in `frozen` (they count against the buffer's bound until Redis has them).
+    frozen_ids: usize,
+    /// The ids in `frozen`, built only when the buffer is full (an id being pushed still fits).
+    frozen_set: Option<std::collections::HashSet<String>>,
+    next_seq: u64,
+    /// Redis is unavailable: `incr` returns once buffered instead of waiting for a push.
+    degraded: bool,
+    /// Identity of the running pusher task (0: none).
+    pusher: u64,
+    pushers_started: u64,
+}
+
+impl Pending {
+    fn frozen_contains(&mut self, id: &str) -> bool {
+        let frozen = &self.frozen;
+        self.frozen_set
+            .get_or_insert_with(|| {
+                frozen
+                    .iter()
+                    .flat_map(|c| c.entries.iter().map(|(id, _)| id.clone()))
+                    .collect()
+            })
+            .contains(id)
+    }
+}
+
+/// What waiters watch. Updated only while `Pending` is locked, so updates are ordered.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Progress {
+    /// Every increment of a generation `<= pushed` is in Redis.
+    pushed: u64,
+    /// Waiters of a generation `<= released` stop waiting (Redis unavailable: kept in memory).
+    released: u64,
+    /// A pusher task is running.
+    pusher: bool,
+}
+
+#[derive(Debug)]
+struct SetMetrics {
+    overflow: metrics::Counter,
+    push_failures: metrics::Counter,
+    pushes: metrics::Counter,
+    rejected_fields: metrics::Counter,
+    buffered: metrics::Gauge,
+    pub(crate) batches: metrics::Counter,
+    pub(crate) sink_failures: metrics::Counter,
+}
+
+/// Live statistics of a counter set.
+#[derive(Debug, Default)]
+pub(crate) struct SetStats {
+    pub(crate) overflows: AtomicU64,
+    pub(crate) pushes: AtomicU64,
+    pub(crate) push_failures: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) entries: AtomicU64,
+    pub(crate) sink_failures: AtomicU64,
+    pub(crate) unconfirmed: AtomicU64,
+    pub(crate) replayed: AtomicU64,
+}
+
+/// One named counter set of one cache (shared by every `Counters` handle of that name).
+#[derive(Debug)]
+pub(crate) struct CounterSet {
+    pub(crate) name: String,
+    pub(crate) keys: KeyNames,
+    pub(crate) config: CountersConfig,
+    /// This process's identity: writer id for pushes and owner token for batch leases.
+    pub(crate) token: String,
+    cache: Weak<Inner>,
+    remote: bool,
+    state: Mutex<Pending>,
+    progress: watch::Sender<Progress>,
+    wake: Notify,
+    closed: AtomicBool,
+    /// One push at a time (sequence numbers are sent in order).
+    push_lock: tokio::sync::Mutex<()>,
+    /// One flush cycle at a time in this process (leases are per process).
+    pub(crate) flush_lock: tokio::sync::Mutex<()>,
+    pub(crate) memory: Mutex<MemoryCounters>,
+    metrics: SetMetrics,
+    pub(crate) stats: SetStats,
+}
+
+/// Clears the running flag when the pusher task ends or is dropped (runtime shut down).
+struct PusherGuard {
+    set: Arc<CounterSet>,
+    id: u64,
+}
+
+impl Drop for PusherGuard {
+    fn drop(&mut self) {
+        let mut st = lock(&self.set.state);
+        if st.pusher == self.id {
+            st.pusher = 0;
+            self.set.progress.send_modify(|p| p.pusher = false);
+        }
+    }
+}
+
+impl CounterSet {
+    pub(crate) fn new(cache: &Cache, name: &str, config: CountersConfig) -> Self {
+        let inner = &cache.inner;
+        let labels = |metric: &'static str| metrics::counter!(metric, "cache" => inner.name.clone(), "counters" => name.to_owned());
+        CounterSet {
+            name: name.to_owned(),
+            keys: KeyNames::new(&inner.keys, name),
+            config,
+            token: format!("{:032x}", rand::random::<u128>()),
+            cache: Arc::downgrade(inner),
+            remote: inner.store.is_remote(),
+            state: Mutex::new(Pending {
+                map: HashMap::new(),
+                gen: 1,
+                frozen: VecDeque::new(),
+                frozen_gen: 0,
+                frozen_ids: 0,
+                frozen_set: None,
+                next_seq: 1,
+                degraded: false,
+                pusher: 0,
+                pushers_started: 0,
+            }),
+            progress: watch::Sender::new(Progress::default()),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+            push_lock: tokio::sync::Mutex::new(()),
+            flush_lock: tokio::sync::Mutex::new(()),
+            memory: Mutex::new(MemoryCounters::default()),
+            metrics: SetMetrics {
+                overflow: labels("cache_counter_overflow_total"),
+                push_failures: labels("cache_counter_push_failures_total"),
+                pushes: labels("cache_counter_pushes_total"),
+                rejected_fields: labels("cache_counter_rejected_total"),
+                buffered: metrics::gauge!("cache_counter_buffered_ids",
+                    "cache" => inner.name.clone(), "counters" => name.to_owned()),
+                batches: labels("cache_counter_batches_total"),
+                sink_failures: labels("cache_counter_sink_failures_total"),
+            },
+            stats: SetStats::default(),
+        }
+    }
+
+    /// Called when the cache is dropped: the pusher ends.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn note_batch(&self, entries: u64) {
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.entries.fetch_add(entries, Ordering::Relaxed);
+        self.metrics.batches.increment(1);
+    }
+
+    pub(crate) fn note_sink_failure(&self) {
+        self.stats.sink_failures.fetch_add(1, Ordering::Relaxed);
+        self.metrics.sink_failures.increment(1);
+    }
+
+    /// Ids (distinct) held in this process: waiting to be pushed or being pushed.
+    pub(crate) fn buffered(&self) -> usize {
+        let st = lock(&self.state);
+        st.map.len() + st.frozen_ids
+    }
+
+    /// Adds `by` to `id` in the buffer. `Ok(Some(gen))`: wait for that generation's push;
+    /// `Ok(None)`: done (applied in memory, or buffered while Redis is unavailable).
+    pub(crate) fn add(self: &Arc<Self>, id: &str, by: i64) -> Result<Option<u64>, Error> {
+        if !self.remote {
+            lock(&self.memory).incr(id, by)?;
+            return Ok(None);
+        }
+        let ticket = {
+            let mut st = lock(&self.state);
+            match st.map.get_mut(id) {
+                Some(slot) => *slot = slot.checked_add(by).ok_or_else(storage::overflow)?,
+                None => {
+                    if st.map.len() + st.frozen_ids >= self.config.max_buffered
+                        && !st.frozen_contains(id)
+                    {
+                        drop(st);
+                        return Err(self.overflowed());
+                    }
+                    st.map.insert(id.to_owned(), by);
+                    self.metrics.buffered.increment(1.0);
+                }
+            }
+            self.ensure_pusher(&mut st);
+            (!st.degraded).then_some(st.gen)
+        };
+        self.wake.notify_one();
+        Ok(ticket)
+    }
+
+    fn overflowed(&self) -> Error {
+        self.stats.overflows.fetch_add(1, Ordering::Relaxed);
+        self.metrics.overflow.increment(1);
+        tracing::warn!(counters = %self.name, capacity = self.config.max_buffered,
+            "write-behind buffer full: increment of a new id rejected");
+        Error::CounterOverflow {
+            counters: self.name.clone(),
+            capacity: self.config.max_buffered,
+        }
+    }
+
+    /// Waits until the increments of generation `ticket` are in Redis, or Redis turned out to be
+    /// unavailable (they stay buffered), or no pusher is running.
+    pub(crate) async fn wait(&self, ticket: u64) {
+        let mut rx = self.progress.subscribe();
+        let _ = rx
+            .wait_for(|p| p.pushed >= ticket || p.released >= ticket || !p.pusher)
+            .await;
+    }
+
+    /// Starts the pusher task if none runs (lazily: `incr` runs inside the runtime, building the
+    /// cache need not). Without a Tokio runtime nothing is spawned; `sync` pushes instead.
+    fn ensure_pusher(self: &Arc<Self>, st: &mut Pending) {
+        if st.pusher != 0 {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        st.pushers_started += 1;
+        let id = st.pushers_started;
+        st.pusher = id;
+        self.progress.send_modify(|p| p.pusher = true);
+        let guard = PusherGuard {
+            set: self.clone(),
+            id,
+        };
+        runtime.spawn(run_pusher(guard));
+    }
+
+    fn has_work(&self) -> bool {
+        let st = lock(&self.state);
+        !st.map.is_empty() || !st.frozen.is_empty()
+    }
+
+    fn degraded(&self) -> bool {
+        lock(&self.state).degraded
+    }
+
+    fn cache(&self) -> Option<Cache> {
+        self.cache.upgrade().map(|inner| Cache { inner })
+    }
+
+    /// Pushes everything buffered when called; `Err` when Redis is unavailable (the increments
+    /// stay buffered and the pusher keeps retrying).
+    pub(crate) async fn sync(self: &Arc<Self>, cache: &Cache) -> Result<(), Error> {
+        if !self.remote {
+            return Ok(());
+        }
+        let ticket = {
+            let st = lock(&self.state);
+            if !st.map.is_empty() {
+                st.gen
+            } else if !st.frozen.is_empty() {
+                st.frozen_gen
+            } else {
+                return Ok(());
+            }
+        };
+        while self.progress.borrow().pushed < ticket {
+            self.push_round(cache).await?;
+        }
+        Ok(())
+    }
+
+    /// Freezes the buffer if nothing is frozen, then pushes every frozen chunk in order.
+    async fn push_round(&self, cache: &Cache) -> Result<(), Error> {
+        let _one_at_a_time = self.push_lock.lock().await;
+        {
+            let mut st = lock(&self.state);
+            if st.frozen.is_empty() {
+                if st.map.is_empty() {
+                    return Ok(());
+                }
+                let entries: Vec<(String, i64)> = std::mem::take(&mut st.map).into_iter().collect();
+                let max = self.config.max_push.max(1);
+                let mut rest = entries.into_iter().peekable();
+                while rest.peek().is_some() {
+                    let chunk: Vec<(String, i64)> = rest.by_ref().take(max).collect();
+                    let seq = st.next_seq;
+                    st.next_seq += 1;
+                    st.frozen.push_back(Arc::new(Chunk {
+                        seq,
+                        entries: chunk,
+                    }));
+                }
+                st.frozen_ids = st.frozen.iter().map(|c| c.entries.len()).sum();
+                st.frozen_set = None;
+                st.frozen_gen = st.gen;
+                st.gen += 1;
+            }
+        }
+        loop {
+            let Some(chunk) = lock(&self.state).frozen.front().cloned() else {
+                break;
+            };
+            if let Err(err) = self.push_chunk(cache, &chunk).await {
+                self.enter_degraded(&err);
+                return Err(err);
+            }
+            let mut st = lock(&self.state);
+            if st.frozen.front().is_some_and(|c| c.seq == chunk.seq) {
+                st.frozen.pop_front();
+                st.frozen_ids -= chunk.entries.len();
+                st.frozen_set = None;
+                self.metrics.buffered.decrement(chunk.entries.len() as f64);
+            }
+        }
+        let mut st = lock(&self.state);
+        if st.degraded {
+            st.degraded = false;
+            tracing::info!(counters = %self.name, "write-behind counters: redis is back, buffer pushed");
+        }
+        let gen = st.frozen_gen;
+        self.progress.send_if_modified(|p| {
+            let advance = p.pushed < gen;
+            p.pushed = p.pushed.max(gen);
+            advance
+        });
+        Ok(())
+    }
+
+    /// Redis is unavailable: release every waiter (their increments stay buffered).
+    fn enter_degraded(&self, err: &Error) {
+        self.stats.push_failures.fetch_add(1, Ordering::Relaxed);
+        self.metrics.push_failures.increment(1);
+        let mut st = lock(&self.state);
+        if !st.degraded {
+            st.degraded = true;
+            tracing::warn!(counters = %self.name, error = %err,
+                "write-behind counters: redis unavailable, buffering increments in memory");
+        }
+        let gen = st.gen;
+        self.progress
+            .send_modify(|p| p.released = p.released.max(gen));
+    }
+
+    /// One `PUSH` script call.
+    async fn push_chunk(&self, cache: &Cache, chunk: &Chunk) -> Result<(), Error> {
+        let writer_key = self.keys.writer(&self.token);
+        let ttl = storage::ms(self.config.writer_ttl);
+        let op = async {
+            let mut invocation = storage::push_script().prepare_invoke();
+            invocation
+                .key(&self.keys.live)
+                .key(&writer_key)
+                .arg(chunk.seq)
+                .arg(ttl);
+            for (id, delta) in &chunk.entries {
+                invocation.arg(id).arg(*delta);
+            }
+            // Resending is safe: the sequence number makes the push idempotent.
+            cache
+                .inner
+                .store
+                .invoke::<(i64, Vec<String>)>(&invocation, true)
+                .await
+        };
+        let (applied, failed) = cache.store_op(op).await?;
+        self.stats.pushes.fetch_add(1, Ordering::Relaxed);
+        self.metrics.pushes.increment(1);
+        if applied == 0 {
+            self.stats.replayed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(counters = %self.name, seq = chunk.seq,
+                "write-behind push had already landed (reply lost); not applied twice");
+        }
+        if !failed.is_empty() {
+            self.metrics.rejected_fields.increment(failed.len() as u64);
+            tracing::error!(counters = %self.name, fields = ?failed,
+                "write-behind counters: HINCRBY rejected (the stored value would overflow i64)");
+        }
+        Ok(())
+    }
+}
+
+/// The pusher task: waits for increments, lets them coalesce for `linger`, pushes; retries with
+/// backoff while Redis is unavailable. Ends when the cache is dropped.
+async fn run_pusher(guard: PusherGuard) {
+    let set = guard.set.clone();
+    let config = &set.config;
+    let mut backoff = config.retry_min;
+    loop {
+        loop {
+            let notified = set.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if set.closed.load(Ordering::Acquire) {
+                return;
+            }
+            if set.has_work() {
+                break;
+            }
+            notified.await;
+        }
+        if !config.linger.is_zero() && !set.degraded() {
+            tokio::time::sleep(config.linger).await;
+        }
+        let Some(cache) = set.cache() else {
+            return;
+        };
+        match set.push_round(&cache).await {
+            Ok(()) => backoff = config.retry_min,
+            Err(err) => {
+                tracing::debug!(counters = %set.name, error = %err, retry_in = ?backoff,
+                    "write-behind push failed");
+                drop(cache);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(config.retry_max.max(config.retry_min));
+            }
+        }
+    }
+}
+
+/// Default coalescing window.
+pub(crate) const DEFAULT_LINGER: Duration = Duration::from_millis(1);
