@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p bench                 # full run (~1 min)
 //! cargo run --release -p bench -- --quick      # short run (~15 s)
-//! cargo run --release -p bench -- --only hit   # one section: hit | miss | l1 | stampede
+//! cargo run --release -p bench -- --only hit   # one section: hit | miss | l1 | macro | stampede
 //! ```
 //!
 //! Redis: a private `redis-server` on a free port when it is on PATH (so nothing else perturbs the
@@ -77,6 +77,9 @@ fn main() {
         }
         if wanted("l1") {
             scenarios::local::run(&settings).await;
+        }
+        if wanted("macro") {
+            scenarios::macros::run(&settings).await;
         }
         if wanted("stampede") {
             scenarios::stampede::run(&settings).await;

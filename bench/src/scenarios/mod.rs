@@ -2,6 +2,7 @@
 
 pub mod hit;
 pub mod local;
+pub mod macros;
 pub mod miss;
 pub mod stampede;
 
