@@ -687,3 +687,17 @@ async fn redis_dying_at_call_time_falls_back_and_recovers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn the_local_tier_is_bounded_and_counts_evictions() {
+    let cache = Cache::builder().local(10).build().unwrap();
+    let policy = Policy::ttl(Duration::from_secs(60));
+    for i in 0..2_000u32 {
+        let _: u32 = cache
+            .get_or_fetch(&format!("k:{i}"), &policy, move || async move { i })
+            .await;
+    }
+    let stats = cache.stats();
+    assert!(stats.l1_evictions > 0, "{stats:?}");
+    assert!(stats.l1_evictions <= 2_000, "{stats:?}");
+}

@@ -58,11 +58,18 @@ pub(crate) struct LocalTier {
 }
 
 impl LocalTier {
-    pub(crate) fn new(max_entries: u64) -> Self {
+    /// A tier of at most `max_entries`; `on_evict` is called for each entry pushed out by the
+    /// size bound (not for expiries or explicit removals).
+    pub(crate) fn new(max_entries: u64, on_evict: impl Fn() + Send + Sync + 'static) -> Self {
         LocalTier {
             entries: MokaCache::builder()
                 .max_capacity(max_entries)
                 .expire_after(UntilExpiry)
+                .eviction_listener(move |_key, _value, cause| {
+                    if cause == moka::notification::RemovalCause::Size {
+                        on_evict();
+                    }
+                })
                 .build(),
         }
     }

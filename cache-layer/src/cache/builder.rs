@@ -267,7 +267,10 @@ impl CacheBuilder {
                 name: name.clone(),
                 keys,
                 store,
-                local: self.local_entries.map(LocalTier::new),
+                local: self.local_entries.map(|max| {
+                    let counters = counters.clone();
+                    LocalTier::new(max, move || counters.l1_eviction())
+                }),
                 breaker: Breaker::new(breaker_config, name, Some(Arc::new(on_transition))),
                 flights: Arc::new(Flights::default()),
                 counters,

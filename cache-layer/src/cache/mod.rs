@@ -16,6 +16,7 @@ use std::{
 };
 
 use serde::Serialize;
+use tracing::Instrument;
 
 pub use self::builder::CacheBuilder;
 use crate::{
@@ -275,7 +276,10 @@ impl Cache {
             admission,
             settled: false,
         };
-        let result = op.await;
+        // TRACE-level: free unless a subscriber asks for it. No key in the span (no user data).
+        let result = op
+            .instrument(tracing::trace_span!("cache.redis", cache = %inner.name))
+            .await;
         inner
             .counters
             .redis_op(started.elapsed(), redis_outcome(&result));

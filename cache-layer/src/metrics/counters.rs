@@ -105,6 +105,7 @@ struct Handles {
     lock_timeouts: metrics::Counter,
     value_bytes: metrics::Histogram,
     invalidations: metrics::Counter,
+    l1_evictions: metrics::Counter,
     breaker_state: metrics::Gauge,
 }
 
@@ -123,6 +124,7 @@ impl Handles {
             lock_timeouts: metrics::counter!("cache_lock_timeouts_total", "cache" => cache.clone()),
             value_bytes: metrics::histogram!("cache_value_bytes", "cache" => cache.clone()),
             invalidations: metrics::counter!("cache_invalidations_total", "cache" => cache.clone()),
+            l1_evictions: metrics::counter!("cache_l1_evictions_total", "cache" => cache.clone()),
             breaker_state: metrics::gauge!("cache_breaker_state", "cache" => cache),
         }
     }
@@ -145,6 +147,7 @@ pub(crate) struct Counters {
     lock_waits: AtomicU64,
     lock_timeouts: AtomicU64,
     invalidations: AtomicU64,
+    l1_evictions: AtomicU64,
 }
 
 impl std::fmt::Debug for Counters {
@@ -181,6 +184,7 @@ impl Counters {
             lock_waits: zero(),
             lock_timeouts: zero(),
             invalidations: zero(),
+            l1_evictions: zero(),
         }
     }
 
@@ -257,6 +261,11 @@ impl Counters {
         bump(&self.invalidations, &self.handles.invalidations);
     }
 
+    /// An L1 entry pushed out by the tier's size bound.
+    pub(crate) fn l1_eviction(&self) {
+        bump(&self.l1_evictions, &self.handles.l1_evictions);
+    }
+
     pub(crate) fn breaker_transition(&self, to: BreakerState) {
         self.handles.breaker_state.set(match to {
             BreakerState::Closed => 0.0,
@@ -283,6 +292,7 @@ impl Counters {
             lock_waits: get(&self.lock_waits),
             lock_timeouts: get(&self.lock_timeouts),
             invalidations: get(&self.invalidations),
+            l1_evictions: get(&self.l1_evictions),
             breaker,
             breaker_transitions,
             hot_keys: Vec::new(),

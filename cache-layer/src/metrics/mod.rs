@@ -68,6 +68,8 @@ pub struct Stats {
     pub lock_timeouts: u64,
     /// Entries removed by `delete`, and tag / namespace invalidations.
     pub invalidations: u64,
+    /// L1 entries pushed out by the tier's size bound ([`local(n)`](crate::CacheBuilder::local)).
+    pub l1_evictions: u64,
     /// Current circuit-breaker state.
     pub breaker: BreakerState,
     /// Breaker state changes since the cache was built.
