@@ -135,6 +135,14 @@ impl Connection {
     /// Runs a command, retiring the connection if it failed at the transport level.
     pub(crate) async fn query<T: FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, Error> {
         let deadline = self.deadline;
+        // The connection's own response timeout is `op_timeout`: when (nearly) all of the
+        // operation's time is left, as after a slot hit, it alone enforces the deadline and the
+        // second timer is skipped; after a slow checkout the remaining time is enforced here.
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining + Duration::from_millis(1) >= self.op_timeout {
+            let result = cmd.query_async(&mut self.inner).await;
+            return self.check(Ok(result));
+        }
         let result = tokio::time::timeout_at(deadline, cmd.query_async(&mut self.inner)).await;
         self.check(result)
     }
@@ -204,6 +212,50 @@ pub struct RedisStore {
     client: redis::Client,
     config: RedisStoreConfig,
     connect_failures: Arc<ConnectFailures>,
+    recent: Arc<RecentConnections>,
+}
+
+/// Clones of healthy pooled connections, handed out without a pool checkout.
+///
+/// A bb8 checkout (mutex, bookkeeping, return on drop) plus its deadline timer cost about a third of
+/// a loopback GET's CPU at high concurrency. Multiplexed connections are shareable, so the hot path
+/// clones one of these instead; a slot whose connection was flagged broken (or is empty) sends the
+/// caller through the pool, which retires the broken connection and refills the slot.
+struct RecentConnections {
+    slots: Vec<std::sync::RwLock<Option<(MultiplexedConnection, Arc<AtomicBool>)>>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl RecentConnections {
+    fn new(slots: usize) -> Self {
+        RecentConnections {
+            slots: (0..slots.max(1))
+                .map(|_| std::sync::RwLock::new(None))
+                .collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// The next slot index (round robin, so load spreads over the pool's connections).
+    fn pick(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()
+    }
+
+    /// A healthy connection from slot `index`, if it holds one.
+    fn get(&self, index: usize) -> Option<(MultiplexedConnection, Arc<AtomicBool>)> {
+        let slot = self.slots[index].read().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some((conn, broken)) if !broken.load(Ordering::Relaxed) => {
+                Some((conn.clone(), broken.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    fn put(&self, index: usize, conn: &MultiplexedConnection, broken: &Arc<AtomicBool>) {
+        let mut slot = self.slots[index].write().unwrap_or_else(|p| p.into_inner());
+        *slot = Some((conn.clone(), broken.clone()));
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -249,11 +301,13 @@ impl RedisStore {
             .max_lifetime(None)
             .idle_timeout(None)
             .build_unchecked(manager);
+        let recent = Arc::new(RecentConnections::new(config.pool_size.max(1) as usize));
         Ok(RedisStore {
             pool,
             client,
             config,
             connect_failures,
+            recent,
         })
     }
 
@@ -270,8 +324,21 @@ impl RedisStore {
     /// A multiplexed connection cloned out of the pool (the checkout is released immediately) for
     /// one operation, whose commands must finish by `deadline`.
     async fn connection_until(&self, deadline: Instant) -> Result<Connection, Error> {
+        let slot = self.recent.pick();
+        if let Some((inner, broken)) = self.recent.get(slot) {
+            return Ok(Connection {
+                inner,
+                broken,
+                deadline,
+                op_timeout: self.config.op_timeout,
+            });
+        }
         match tokio::time::timeout_at(deadline, self.checkout(deadline)).await {
-            Ok(result) => result,
+            Ok(Ok(conn)) => {
+                self.recent.put(slot, &conn.inner, &conn.broken);
+                Ok(conn)
+            }
+            Ok(Err(err)) => Err(err),
             Err(_elapsed) => Err(Error::Timeout(self.config.op_timeout)),
         }
     }
