@@ -215,6 +215,9 @@ pub struct RedisStore {
     recent: Arc<RecentConnections>,
 }
 
+/// A multiplexed connection and the flag that retires it.
+type SharedConnection = (MultiplexedConnection, Arc<AtomicBool>);
+
 /// Clones of healthy pooled connections, handed out without a pool checkout.
 ///
 /// A bb8 checkout (mutex, bookkeeping, return on drop) plus its deadline timer cost about a third of
@@ -222,7 +225,7 @@ pub struct RedisStore {
 /// clones one of these instead; a slot whose connection was flagged broken (or is empty) sends the
 /// caller through the pool, which retires the broken connection and refills the slot.
 struct RecentConnections {
-    slots: Vec<std::sync::RwLock<Option<(MultiplexedConnection, Arc<AtomicBool>)>>>,
+    slots: Vec<std::sync::RwLock<Option<SharedConnection>>>,
     next: std::sync::atomic::AtomicUsize,
 }
 
@@ -242,7 +245,7 @@ impl RecentConnections {
     }
 
     /// A healthy connection from slot `index`, if it holds one.
-    fn get(&self, index: usize) -> Option<(MultiplexedConnection, Arc<AtomicBool>)> {
+    fn get(&self, index: usize) -> Option<SharedConnection> {
         let slot = self.slots[index].read().unwrap_or_else(|p| p.into_inner());
         match slot.as_ref() {
             Some((conn, broken)) if !broken.load(Ordering::Relaxed) => {
