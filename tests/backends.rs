@@ -48,6 +48,7 @@ async fn single_node_suite() {
     suites::read_through(&instances).await;
     suites::lock_across_instances(&instances).await;
     suites::tags(&instances).await;
+    suites::counters(&instances).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,6 +58,7 @@ async fn cluster_suite() {
     suites::read_through(&instances).await;
     suites::lock_across_instances(&instances).await;
     suites::tags(&instances).await;
+    suites::counters(&instances).await;
 
     // Entries of one namespace spread over every master (hash tag per entry, not per namespace).
     let cache = cluster_instances(&cluster, "spread", 1).remove(0);

@@ -107,3 +107,36 @@ pub async fn tags(instances: &Instances<'_>) {
         );
     }
 }
+
+/// Write-behind counters from two instances: every increment reaches the sink exactly once.
+pub async fn counters(instances: &Instances<'_>) {
+    let caches = instances("counters", 2);
+    let calls = caches.iter().flat_map(|cache| {
+        (0..50u32).map(move |task| {
+            let views = cache.counters("views");
+            async move {
+                for i in 0..20u32 {
+                    views
+                        .incr(&format!("product:{}", (task + i) % 7), 1)
+                        .await
+                        .expect("incr");
+                }
+            }
+        })
+    });
+    futures_util::future::join_all(calls).await;
+    let totals = std::sync::Mutex::new(std::collections::BTreeMap::<String, i64>::new());
+    caches[0]
+        .counters("views")
+        .flush_now(|batch: Vec<(String, i64)>| {
+            for (id, delta) in batch {
+                *totals.lock().expect("totals").entry(id).or_default() += delta;
+            }
+            async { Ok::<(), std::io::Error>(()) }
+        })
+        .await
+        .expect("flush");
+    let totals = totals.into_inner().expect("totals");
+    assert_eq!(totals.values().sum::<i64>(), 2 * 50 * 20, "{totals:?}");
+    assert_eq!(totals.len(), 7);
+}
