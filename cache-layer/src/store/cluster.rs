@@ -19,7 +19,7 @@ use bb8_redis::redis::{
 };
 use tokio::sync::Mutex;
 
-use super::{redis::RedisStoreConfig, Store};
+use super::{commands, redis::RedisStoreConfig, Store};
 use crate::Error;
 
 /// A Redis Cluster [`Store`].
@@ -155,41 +155,29 @@ impl ClusterStore {
     }
 }
 
-fn px(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
 impl Store for ClusterStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.query(redis::cmd("GET").arg(key)).await
+        self.query(&commands::get(key)).await
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), Error> {
-        self.query(redis::cmd("SET").arg(key).arg(value).arg("PX").arg(px(ttl)))
-            .await
+        self.query(&commands::set_px(key, value, ttl)).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool, Error> {
-        let removed: u64 = self.query(redis::cmd("DEL").arg(key)).await?;
+        let removed: u64 = self.query(&commands::del(key)).await?;
         Ok(removed > 0)
     }
 
     async fn set_if_absent(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool, Error> {
-        let cmd = redis::cmd("SET")
-            .arg(key)
-            .arg(value)
-            .arg("NX")
-            .arg("PX")
-            .arg(px(ttl))
-            .clone();
-        let reply: Option<String> = self.query(&cmd).await?;
+        let reply: Option<String> = self.query(&commands::set_nx_px(key, value, ttl)).await?;
         Ok(reply.is_some())
     }
 
     async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, Error> {
-        let mut invocation = super::compare_and_delete().prepare_invoke();
-        invocation.key(key).arg(expected);
-        let removed: u64 = self.invoke(&invocation).await?;
+        let removed: u64 = self
+            .invoke(&commands::compare_and_delete(key, expected))
+            .await?;
         Ok(removed > 0)
     }
 }

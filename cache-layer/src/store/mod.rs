@@ -108,7 +108,8 @@ impl Backend {
         if let Backend::Memory(_) = self {
             return Ok(());
         }
-        let cmd = ::redis::cmd("PUBLISH").arg(channel).arg(message).clone();
+        let mut cmd = ::redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(message);
         let _receivers: i64 = self.query(&cmd).await?;
         Ok(())
     }
@@ -161,6 +162,51 @@ impl Backend {
             Backend::Redis(store) => store.invoke(invocation, retry).await,
             Backend::Cluster(store) => store.invoke(invocation).await,
         }
+    }
+}
+
+/// The commands behind [`Store`] on Redis and Redis Cluster (built once here; each store decides
+/// how to run them: retries, deadlines).
+pub(crate) mod commands {
+    use std::time::Duration;
+
+    /// A TTL in whole milliseconds for `PX` (at least 1: `PX 0` is an error).
+    fn px(ttl: Duration) -> u64 {
+        u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+    }
+
+    pub(crate) fn get(key: &str) -> ::redis::Cmd {
+        let mut cmd = ::redis::cmd("GET");
+        cmd.arg(key);
+        cmd
+    }
+
+    pub(crate) fn set_px(key: &str, value: Vec<u8>, ttl: Duration) -> ::redis::Cmd {
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(key).arg(value).arg("PX").arg(px(ttl));
+        cmd
+    }
+
+    pub(crate) fn set_nx_px(key: &str, value: Vec<u8>, ttl: Duration) -> ::redis::Cmd {
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(key).arg(value).arg("NX").arg("PX").arg(px(ttl));
+        cmd
+    }
+
+    pub(crate) fn del(key: &str) -> ::redis::Cmd {
+        let mut cmd = ::redis::cmd("DEL");
+        cmd.arg(key);
+        cmd
+    }
+
+    /// The compare-and-delete invocation for `key` holding `expected`.
+    pub(crate) fn compare_and_delete<'a>(
+        key: &str,
+        expected: &[u8],
+    ) -> ::redis::ScriptInvocation<'a> {
+        let mut invocation = super::compare_and_delete().prepare_invoke();
+        invocation.key(key).arg(expected);
+        invocation
     }
 }
 

@@ -41,7 +41,7 @@ use bb8_redis::{
 };
 use tokio::{sync::watch, time::Instant};
 
-use super::Store;
+use super::{commands, Store};
 use crate::Error;
 
 /// Connection settings of a [`RedisStore`].
@@ -460,34 +460,22 @@ fn redact_password(url: &str) -> String {
     }
 }
 
-fn px(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
 impl Store for RedisStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.query(redis::cmd("GET").arg(key)).await
+        self.query(&commands::get(key)).await
     }
 
     async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), Error> {
-        self.query(redis::cmd("SET").arg(key).arg(value).arg("PX").arg(px(ttl)))
-            .await
+        self.query(&commands::set_px(key, value, ttl)).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool, Error> {
-        let removed: u64 = self.query(redis::cmd("DEL").arg(key)).await?;
+        let removed: u64 = self.query(&commands::del(key)).await?;
         Ok(removed > 0)
     }
 
     async fn set_if_absent(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool, Error> {
-        let cmd = redis::cmd("SET")
-            .arg(key)
-            .arg(value)
-            .arg("NX")
-            .arg("PX")
-            .arg(px(ttl))
-            .clone();
-        let cmd = &cmd;
+        let cmd = &commands::set_nx_px(key, value, ttl);
         // No retry: the first attempt may have taken the key before its connection dropped.
         let reply: Option<String> = self
             .run(false, |mut conn| async move { conn.query(cmd).await })
@@ -496,14 +484,8 @@ impl Store for RedisStore {
     }
 
     async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, Error> {
-        let mut invocation = super::compare_and_delete().prepare_invoke();
-        invocation.key(key).arg(expected);
-        let invocation = &invocation;
         let removed: u64 = self
-            .run(
-                true,
-                |mut conn| async move { conn.invoke(invocation).await },
-            )
+            .invoke(&commands::compare_and_delete(key, expected), true)
             .await?;
         Ok(removed > 0)
     }
