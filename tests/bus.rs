@@ -53,16 +53,6 @@ async fn until(bound: Duration, what: &str, cond: impl Fn() -> bool) {
     }
 }
 
-fn cache_commands(server: &RedisServer) -> Vec<(String, u64)> {
-    let mut calls: Vec<_> = server
-        .all_command_calls()
-        .into_iter()
-        .filter(|(cmd, _)| cmd != "info" && cmd != "config|resetstat")
-        .collect();
-    calls.sort();
-    calls
-}
-
 /// Warms `cache`'s L1 with `key` (and the process's knowledge of the key's tags). A fill within
 /// the clock error bound (a millisecond or two) after an invalidation of one of its tags is not
 /// trusted, so this reloads until the value is served from the cache (bounded).
@@ -102,7 +92,7 @@ async fn tags_deletes_writes_and_namespace_bumps_reach_the_other_instance() {
         assert_eq!(b.get::<u32>("p").await.unwrap(), Some(1));
     }
     assert_eq!(
-        cache_commands(&server),
+        server.cache_command_calls(),
         vec![],
         "L1 hits make no Redis calls"
     );

@@ -50,17 +50,6 @@ fn tagged(tags: &[&str]) -> Policy {
     Policy::ttl(Duration::from_secs(60)).tags(tags.iter().copied())
 }
 
-/// Commands the cache sent since the last reset, without the test's own INFO / CONFIG RESETSTAT.
-fn cache_commands(server: &RedisServer) -> Vec<(String, u64)> {
-    let mut calls: Vec<_> = server
-        .all_command_calls()
-        .into_iter()
-        .filter(|(cmd, _)| cmd != "info" && cmd != "config|resetstat")
-        .collect();
-    calls.sort();
-    calls
-}
-
 #[tokio::test]
 async fn invalidate_tag_drops_exactly_the_tagged_entries() {
     for (store, cache) in caches("inv_tag") {
@@ -281,7 +270,7 @@ async fn tagged_hits_are_one_get_in_steady_state_and_fills_never_publish() {
     let v: u32 = cache.get_or_fetch("p:1", &policy, || async { 1 }).await;
     assert_eq!(v, 1);
     assert_eq!(
-        cache_commands(&server),
+        server.cache_command_calls(),
         vec![("get".to_string(), 1), ("set".to_string(), 1)],
         "a tagged miss + fill is one GET and one SET, no PUBLISH"
     );
@@ -293,7 +282,7 @@ async fn tagged_hits_are_one_get_in_steady_state_and_fills_never_publish() {
         assert_eq!(v, 1);
     }
     assert_eq!(
-        cache_commands(&server),
+        server.cache_command_calls(),
         vec![("get".to_string(), 20)],
         "a warm tagged hit is exactly one GET"
     );
@@ -302,7 +291,7 @@ async fn tagged_hits_are_one_get_in_steady_state_and_fills_never_publish() {
     // one PUBLISH; nothing enumerates entries.
     server.reset_stats();
     cache.invalidate_tag("catalog").await.unwrap();
-    let calls: HashMap<String, u64> = cache_commands(&server).into_iter().collect();
+    let calls: HashMap<String, u64> = server.cache_command_calls().into_iter().collect();
     assert_eq!(calls.get("publish"), Some(&1), "{calls:?}");
     assert!(calls.get("evalsha").is_some_and(|&n| n <= 2), "{calls:?}");
     assert!(
@@ -318,7 +307,7 @@ async fn tagged_hits_are_one_get_in_steady_state_and_fills_never_publish() {
         let v: u32 = cache.get_or_fetch("p:1", &policy, || async { 0 }).await;
         assert_eq!(v, 2);
     }
-    assert_eq!(cache_commands(&server), vec![("get".to_string(), 20)]);
+    assert_eq!(server.cache_command_calls(), vec![("get".to_string(), 20)]);
 }
 
 #[tokio::test]
@@ -342,7 +331,11 @@ async fn tagged_local_hits_make_no_redis_calls() {
         assert_eq!(v, 1);
         assert_eq!(cache.get::<u32>("q").await.unwrap(), Some(2));
     }
-    assert_eq!(cache_commands(&server), vec![], "L1 hits touch no Redis");
+    assert_eq!(
+        server.cache_command_calls(),
+        vec![],
+        "L1 hits touch no Redis"
+    );
     assert!(cache.stats().local_hits >= 50, "{:?}", cache.stats());
 }
 

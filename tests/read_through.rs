@@ -505,17 +505,6 @@ async fn corrupt_truncated_foreign_and_mistyped_entries_are_misses() {
     assert_eq!(loaded, product(3));
 }
 
-/// Commands the cache sent since the last reset, without the test's own INFO / CONFIG RESETSTAT.
-fn cache_commands(server: &RedisServer) -> Vec<(String, u64)> {
-    let mut calls: Vec<_> = server
-        .all_command_calls()
-        .into_iter()
-        .filter(|(cmd, _)| cmd != "info" && cmd != "config|resetstat")
-        .collect();
-    calls.sort();
-    calls
-}
-
 #[tokio::test]
 async fn one_hit_is_one_get_and_one_fill_is_one_set_px() {
     let server = RedisServer::start();
@@ -537,7 +526,7 @@ async fn one_hit_is_one_get_and_one_fill_is_one_set_px() {
     assert_eq!(server.command_calls("get"), 1, "a miss is one GET");
     assert_eq!(server.command_calls("set"), 1, "a fill is one SET");
     assert_eq!(
-        cache_commands(&server),
+        server.cache_command_calls(),
         vec![("get".to_string(), 1), ("set".to_string(), 1)],
         "nothing else"
     );
@@ -558,7 +547,7 @@ async fn one_hit_is_one_get_and_one_fill_is_one_set_px() {
             .await;
     }
     assert_eq!(
-        cache_commands(&server),
+        server.cache_command_calls(),
         vec![("get".to_string(), 10)],
         "a warm hit is one GET"
     );
@@ -587,7 +576,7 @@ async fn local_tier_hits_make_no_redis_calls() {
             .await;
         assert_eq!(v, product(1));
     }
-    assert_eq!(cache_commands(&server), vec![]);
+    assert_eq!(server.cache_command_calls(), vec![]);
     assert_eq!(cache.stats().local_hits, 100);
 }
 

@@ -266,6 +266,18 @@ impl RedisServer {
             .collect()
     }
 
+    /// Commands clients sent since the last reset, sorted, without the harness's own `INFO` /
+    /// `CONFIG RESETSTAT` (what a cache under test sent).
+    pub fn cache_command_calls(&self) -> Vec<(String, u64)> {
+        let mut calls: Vec<_> = self
+            .all_command_calls()
+            .into_iter()
+            .filter(|(cmd, _)| cmd != "info" && cmd != "config|resetstat")
+            .collect();
+        calls.sort();
+        calls
+    }
+
     /// `CONFIG RESETSTAT` (zeroes the command statistics).
     pub fn reset_stats(&self) {
         let _: () = self.query(redis::cmd("CONFIG").arg("RESETSTAT"));
