@@ -166,37 +166,44 @@ pub(crate) struct NamespaceRecord {
 }
 
 /// Holds the namespace version; refreshes are serialised so a cold start is one GET.
+///
+/// Read on every cache operation, so reads are lock-free and write nothing shared (`arc-swap`);
+/// writers serialise on a mutex and publish a new record.
 pub(crate) struct NamespaceBook {
-    pub(crate) record: Mutex<NamespaceRecord>,
+    current: arc_swap::ArcSwap<NamespaceRecord>,
+    writer: Mutex<()>,
     pub(crate) refresh: tokio::sync::Mutex<()>,
 }
 
 impl NamespaceBook {
     pub(crate) fn new() -> Self {
         NamespaceBook {
-            record: Mutex::new(NamespaceRecord {
+            current: arc_swap::ArcSwap::from_pointee(NamespaceRecord {
                 version: 0,
                 bumped_ms: 0,
                 trust: None,
             }),
+            writer: Mutex::new(()),
             refresh: tokio::sync::Mutex::new(()),
         }
     }
 
     pub(crate) fn get(&self) -> NamespaceRecord {
-        *self.record.lock().unwrap_or_else(|p| p.into_inner())
+        **self.current.load()
     }
 
     /// Merges a version learned from the store, a message or our own bump. Returns whether the
     /// version moved forward.
     pub(crate) fn merge(&self, version: u64, bumped_ms: u64, trust: Trust) -> bool {
-        let mut record = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        let _writing = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut record = self.get();
         let advanced = version > record.version;
         if advanced {
             record.version = version;
         }
         record.bumped_ms = record.bumped_ms.max(bumped_ms);
         record.trust = Some(trust);
+        self.current.store(Arc::new(record));
         advanced
     }
 }

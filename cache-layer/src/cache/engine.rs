@@ -107,6 +107,8 @@ enum Lookup<T> {
         value: T,
         timing: Timing,
         local: bool,
+        /// `Stampede::Early` decided (once, it is random) that this caller refreshes early.
+        refresh_early: bool,
     },
     Stale {
         value: T,
@@ -116,6 +118,21 @@ enum Lookup<T> {
     Miss {
         hint: Option<Timing>,
     },
+}
+
+impl<T> Lookup<T> {
+    /// The value of a fresh hit that needs nothing more (no early refresh due), or the lookup
+    /// for the rest of the engine.
+    fn settled(self) -> Result<T, Self> {
+        match self {
+            Lookup::Fresh {
+                value,
+                refresh_early: false,
+                ..
+            } => Ok(value),
+            other => Err(other),
+        }
+    }
 }
 
 /// How a caller that lost its flight continues.
@@ -167,15 +184,13 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
     {
+        let found = match self.lookup::<T>(key, policy).await.settled() {
+            Ok(value) => return value,
+            Err(found) => found,
+        };
         let infallible =
             move || async move { Ok::<_, Infallible>(Loaded::cacheable(loader().await)) };
-        if let Some((value, timing)) = self.local_fast_path::<T>(key, policy) {
-            if self.early_refresh_due(policy, &timing) {
-                self.refresh_in_background(key, policy, timing, infallible);
-            }
-            return value;
-        }
-        match Box::pin(self.fetch(key, policy, infallible)).await {
+        match Box::pin(self.resolve(found, key, policy, infallible)).await {
             Ok(fetched) => fetched.value,
             Err(never) => match never {},
         }
@@ -214,14 +229,12 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
+        let found = match self.lookup::<T>(key, policy).await.settled() {
+            Ok(value) => return Ok(value),
+            Err(found) => found,
+        };
         let loader = move || async move { loader().await.map(Loaded::cacheable) };
-        if let Some((value, timing)) = self.local_fast_path::<T>(key, policy) {
-            if self.early_refresh_due(policy, &timing) {
-                self.refresh_in_background(key, policy, timing, loader);
-            }
-            return Ok(value);
-        }
-        Box::pin(self.fetch(key, policy, loader))
+        Box::pin(self.resolve(found, key, policy, loader))
             .await
             .map(|fetched| fetched.value)
     }
@@ -260,12 +273,13 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
+        let found = match self.lookup::<T>(key, policy).await.settled() {
+            Ok(value) => return value,
+            Err(found) => found,
+        };
         let infallible =
             move || async move { Ok::<_, Infallible>(Loaded::cacheable(loader().await)) };
-        if let Some((value, _)) = self.local_fast_path_no_refresh::<T>(key, policy) {
-            return value;
-        }
-        match Box::pin(self.fetch_scoped(key, policy, infallible)).await {
+        match Box::pin(self.resolve_scoped(found, key, policy, infallible)).await {
             Ok(fetched) => fetched.value,
             Err(never) => match never {},
         }
@@ -283,11 +297,12 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        let found = match self.lookup::<T>(key, policy).await.settled() {
+            Ok(value) => return Ok(value),
+            Err(found) => found,
+        };
         let loader = move || async move { loader().await.map(Loaded::cacheable) };
-        if let Some((value, _)) = self.local_fast_path_no_refresh::<T>(key, policy) {
-            return Ok(value);
-        }
-        Box::pin(self.fetch_scoped(key, policy, loader))
+        Box::pin(self.resolve_scoped(found, key, policy, loader))
             .await
             .map(|fetched| fetched.value)
     }
@@ -305,13 +320,33 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
     {
-        let hint = match self.lookup::<T>(key, policy).await {
+        let found = self.lookup::<T>(key, policy).await;
+        self.resolve(found, key, policy, loader).await
+    }
+
+    /// What [`fetch`](Self::fetch) does after the lookup. The front doors await the (small)
+    /// lookup inline and box only this part, so a hit never allocates the engine's future.
+    async fn resolve<T, E, F, Fut>(
+        &self,
+        found: Lookup<T>,
+        key: &str,
+        policy: &Policy,
+        loader: F,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Value,
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
+    {
+        let hint = match found {
             Lookup::Fresh {
                 value,
                 timing,
                 local,
+                refresh_early,
             } => {
-                if self.early_refresh_due(policy, &timing) {
+                if refresh_early {
                     self.refresh_in_background(key, policy, timing, loader);
                 }
                 let origin = if local { Origin::LocalHit } else { Origin::Hit };
@@ -362,9 +397,11 @@ impl Cache {
         }
     }
 
-    /// The engine behind the borrowing front doors (loader runs in the calling task).
-    pub(crate) async fn fetch_scoped<T, E, F, Fut>(
+    /// The engine behind the borrowing front doors (loader runs in the calling task), after the
+    /// lookup (see [`resolve`](Self::resolve)).
+    async fn resolve_scoped<T, E, F, Fut>(
         &self,
+        found: Lookup<T>,
         key: &str,
         policy: &Policy,
         loader: F,
@@ -374,11 +411,12 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded<T>, E>>,
     {
-        let hint = match self.lookup::<T>(key, policy).await {
+        let hint = match found {
             Lookup::Fresh {
                 value,
                 timing,
                 local,
+                refresh_early,
             } => {
                 let origin = if local { Origin::LocalHit } else { Origin::Hit };
                 let fresh = Fetched {
@@ -386,7 +424,7 @@ impl Cache {
                     origin,
                     timing: Some(timing),
                 };
-                if !self.early_refresh_due(policy, &timing) {
+                if !refresh_early {
                     return Ok(fresh);
                 }
                 // One caller refreshes early, inline; everyone else keeps the fresh value.
@@ -456,6 +494,7 @@ impl Cache {
                 inner.counters.local_hit(policy.door);
                 self.observe_hit(policy, key);
                 return Lookup::Fresh {
+                    refresh_early: self.early_refresh_due(policy, &timing),
                     value,
                     timing,
                     local: true,
@@ -486,6 +525,7 @@ impl Cache {
                                         inner.counters.hit(policy.door);
                                         self.observe_hit(policy, key);
                                         return Lookup::Fresh {
+                                            refresh_early: self.early_refresh_due(policy, &timing),
                                             value,
                                             timing,
                                             local: false,
@@ -517,34 +557,6 @@ impl Cache {
             observer.miss();
         }
         Lookup::Miss { hint }
-    }
-
-    /// The L1 fast path of the public front doors: a fresh local value, counted as a hit, found
-    /// without building the engine's (large) future. The rest of the engine is boxed by the
-    /// callers, so an L1 hit moves a few bytes instead of kilobytes of future state.
-    fn local_fast_path<T: Value>(&self, key: &str, policy: &Policy) -> Option<(T, Timing)> {
-        self.inner.local.as_ref()?;
-        let now = now_ms();
-        let (value, timing) = self.local_lookup::<T>(key, now)?;
-        if timing.fresh_until_ms <= now {
-            return None;
-        }
-        self.inner.counters.local_hit(policy.door);
-        self.observe_hit(policy, key);
-        Some((value, timing))
-    }
-
-    /// [`local_fast_path`](Self::local_fast_path) for borrowing loaders, which refresh early
-    /// inline: when an early refresh is due, the engine proper handles the call.
-    fn local_fast_path_no_refresh<T: Value>(
-        &self,
-        key: &str,
-        policy: &Policy,
-    ) -> Option<(T, Timing)> {
-        if policy.stampede == Stampede::Early {
-            return None;
-        }
-        self.local_fast_path(key, policy)
     }
 
     /// Counts a hit for the policy's observer and the hot-key tracker.

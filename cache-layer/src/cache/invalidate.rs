@@ -97,10 +97,10 @@ impl Pending {
 #[derive(Debug, Clone)]
 pub(crate) struct EntryKey {
     redis: String,
-    user: String,
     version: u64,
-    /// Eviction ticket taken before the read (see [`crate::bus::Tickets`]).
-    ticket: u64,
+    /// What an L1 fill needs, only when there is an L1 tier (no allocation otherwise): the
+    /// caller's key and the eviction ticket taken before the read (see [`crate::bus::Tickets`]).
+    local: Option<(String, u64)>,
 }
 
 impl std::ops::Deref for EntryKey {
@@ -124,7 +124,10 @@ impl Cache {
     /// local lookup; the first call (and calls after the bus was down for longer than its fallback
     /// TTL) read the version with one `GET`. The first call also starts the bus.
     pub(crate) async fn entry_key(&self, key: &str) -> EntryKey {
-        let ticket = self.inner.bus.tickets.ticket(key);
+        let local = self.inner.local.as_ref().map(|_| {
+            let ticket = self.inner.bus.tickets.ticket(key);
+            (key.to_owned(), ticket)
+        });
         // Steady state: no await at all. The refresh is boxed so this future (nested in every
         // lookup) stays small — deep recursion through cached fns runs on the caller's stack.
         let version = match self.trusted_version() {
@@ -133,9 +136,8 @@ impl Cache {
         };
         EntryKey {
             redis: self.inner.keys.entry(key, version),
-            user: key.to_owned(),
             version,
-            ticket,
+            local,
         }
     }
 
@@ -475,8 +477,10 @@ impl Cache {
         ttl: Duration,
     ) {
         let inner = &self.inner;
-        let Some(local) = &inner.local else { return };
-        if inner.bus.tickets.ticket(&key.user) != key.ticket {
+        let (Some(local), Some((user_key, ticket))) = (&inner.local, &key.local) else {
+            return;
+        };
+        if inner.bus.tickets.ticket(user_key) != *ticket {
             return;
         }
         let now = Instant::now();
@@ -488,7 +492,7 @@ impl Cache {
             inserted: now,
             version: key.version,
         };
-        local.insert(&key.user, entry);
+        local.insert(user_key, entry);
     }
 
     // ----- writes -------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ use std::{future::Future, time::Duration};
 
 pub use self::cluster::ClusterStore;
 pub use self::memory::MemoryStore;
-pub use self::redis::{RedisStore, RedisStoreConfig};
+pub use self::redis::{default_pool_size, RedisStore, RedisStoreConfig};
 use crate::Error;
 
 /// A key-value backend with per-key TTLs.

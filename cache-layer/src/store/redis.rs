@@ -35,6 +35,7 @@ use std::{
     time::Duration,
 };
 
+use arc_swap::ArcSwapOption;
 use bb8_redis::{
     bb8::{self, ManageConnection, RunError},
     redis::{self, aio::MultiplexedConnection, AsyncConnectionConfig, FromRedisValue},
@@ -54,7 +55,8 @@ pub struct RedisStoreConfig {
     pub checkout_timeout: Duration,
     /// Longest time to establish a new connection: TCP connect plus handshake (`HELLO`, `AUTH`).
     pub connect_timeout: Duration,
-    /// Number of multiplexed connections in the pool.
+    /// Number of multiplexed connections in the pool (default: one per CPU, at most 4; see
+    /// [`default_pool_size`]).
     pub pool_size: u32,
 }
 
@@ -64,9 +66,19 @@ impl Default for RedisStoreConfig {
             op_timeout: Duration::from_millis(250),
             checkout_timeout: Duration::from_millis(250),
             connect_timeout: Duration::from_millis(250),
-            pool_size: 4,
+            pool_size: default_pool_size(),
         }
     }
+}
+
+/// One multiplexed connection per CPU, at most 4.
+///
+/// Each connection pipelines every command sent to it and is driven by one task, so more
+/// connections only help when that task is the bottleneck, which needs free cores. Extra
+/// connections cost batching: with 64 concurrent hits on a 2-core machine, 4 connections did 0.67x
+/// the hits/s of 1 or 2 (BENCHMARKS.md, "Pool size").
+pub fn default_pool_size() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4) as u32)
 }
 
 /// A pooled connection plus the flag that retires it after an I/O error or timeout.
@@ -122,24 +134,56 @@ fn is_dropped_connection(err: &Error) -> bool {
     matches!(err, Error::Redis(e) if e.is_connection_dropped())
 }
 
-/// A connection cloned out of the pool, with the handle that marks it broken and the deadline of
-/// the operation it serves.
-pub(crate) struct Connection {
+/// A connection cloned out of the pool (or a [`RecentConnections`] slot) for one operation, with
+/// the handle that marks it broken and the operation's deadline.
+pub(crate) struct Connection<'s> {
     pub(crate) inner: MultiplexedConnection,
-    broken: Arc<AtomicBool>,
+    health: Health<'s>,
     deadline: Instant,
     op_timeout: Duration,
+    /// The operation's whole time is left (first attempt, no pool wait): the connection's own
+    /// response timeout (= `op_timeout`) enforces the deadline without a clock read or a timer.
+    whole_budget: bool,
 }
 
-impl Connection {
+/// Where a [`Connection`] reports that it broke.
+enum Health<'s> {
+    /// Cloned from a slot: flagged through the slot, if the slot still holds it (a slot is only
+    /// refilled once its connection was flagged). Costs no reference count on the hot path.
+    Slot {
+        slot: &'s ArcSwapOption<SharedConnection>,
+        identity: usize,
+    },
+    /// From a pool checkout.
+    Pooled(Arc<AtomicBool>),
+}
+
+impl Health<'_> {
+    fn mark_broken(&self) {
+        match self {
+            Health::Slot { slot, identity } => {
+                if let Some(shared) = slot.load().as_ref() {
+                    if identity_of(shared) == *identity {
+                        shared.broken.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            Health::Pooled(broken) => broken.store(true, Ordering::Relaxed),
+        }
+    }
+}
+
+impl Connection<'_> {
     /// Runs a command, retiring the connection if it failed at the transport level.
     pub(crate) async fn query<T: FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, Error> {
         let deadline = self.deadline;
         // The connection's own response timeout is `op_timeout`: when (nearly) all of the
-        // operation's time is left, as after a slot hit, it alone enforces the deadline and the
-        // second timer is skipped; after a slow checkout the remaining time is enforced here.
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining + Duration::from_millis(1) >= self.op_timeout {
+        // operation's time is left, it alone enforces the deadline and the second timer is
+        // skipped; after a slow checkout or a retry the remaining time is enforced here.
+        if self.whole_budget
+            || deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(1)
+                >= self.op_timeout
+        {
             let result = cmd.query_async(&mut self.inner).await;
             return self.check(Ok(result));
         }
@@ -176,18 +220,18 @@ impl Connection {
     ) -> Result<T, Error> {
         match result {
             Err(_elapsed) => {
-                self.broken.store(true, Ordering::Relaxed);
+                self.health.mark_broken();
                 Err(Error::Timeout(self.op_timeout))
             }
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) if err.is_timeout() => {
-                self.broken.store(true, Ordering::Relaxed);
+                self.health.mark_broken();
                 Err(Error::Timeout(self.op_timeout))
             }
             Ok(Err(err)) => {
                 if err.is_io_error() || err.is_connection_dropped() || err.is_unrecoverable_error()
                 {
-                    self.broken.store(true, Ordering::Relaxed);
+                    self.health.mark_broken();
                 }
                 Err(Error::Redis(err))
             }
@@ -215,8 +259,16 @@ pub struct RedisStore {
     recent: Arc<RecentConnections>,
 }
 
-/// A multiplexed connection and the flag that retires it.
-type SharedConnection = (MultiplexedConnection, Arc<AtomicBool>);
+/// A pooled connection as shared through a [`RecentConnections`] slot.
+struct SharedConnection {
+    connection: MultiplexedConnection,
+    broken: Arc<AtomicBool>,
+}
+
+/// What identifies the connection a slot holds (its allocation).
+fn identity_of(shared: &Arc<SharedConnection>) -> usize {
+    Arc::as_ptr(shared) as usize
+}
 
 /// Clones of healthy pooled connections, handed out without a pool checkout.
 ///
@@ -224,40 +276,73 @@ type SharedConnection = (MultiplexedConnection, Arc<AtomicBool>);
 /// a loopback GET's CPU at high concurrency. Multiplexed connections are shareable, so the hot path
 /// clones one of these instead; a slot whose connection was flagged broken (or is empty) sends the
 /// caller through the pool, which retires the broken connection and refills the slot.
+///
+/// The hot path writes no shared memory beyond what cloning the connection itself costs: slots
+/// are read through `arc-swap` (no reader count), the round robin is per thread, and a connection
+/// is flagged broken through its slot instead of through a cloned flag.
 struct RecentConnections {
-    slots: Vec<std::sync::RwLock<Option<SharedConnection>>>,
-    next: std::sync::atomic::AtomicUsize,
+    slots: Box<[ArcSwapOption<SharedConnection>]>,
+}
+
+thread_local! {
+    /// Per-thread round robin over the slots.
+    static NEXT_SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl RecentConnections {
     fn new(slots: usize) -> Self {
         RecentConnections {
-            slots: (0..slots.max(1))
-                .map(|_| std::sync::RwLock::new(None))
-                .collect(),
-            next: std::sync::atomic::AtomicUsize::new(0),
+            slots: (0..slots.max(1)).map(|_| ArcSwapOption::empty()).collect(),
         }
     }
 
     /// The next slot index (round robin, so load spreads over the pool's connections).
     fn pick(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()
+        let next = NEXT_SLOT.with(|next| {
+            let value = next.get().wrapping_add(1);
+            next.set(value);
+            value
+        });
+        next % self.slots.len()
     }
 
-    /// A healthy connection from slot `index`, if it holds one.
-    fn get(&self, index: usize) -> Option<SharedConnection> {
-        let slot = self.slots[index].read().unwrap_or_else(|p| p.into_inner());
-        match slot.as_ref() {
-            Some((conn, broken)) if !broken.load(Ordering::Relaxed) => {
-                Some((conn.clone(), broken.clone()))
-            }
-            _ => None,
+    /// A healthy connection from slot `index`, with the slot's health handle; or, when the slot
+    /// is empty or its connection broken, the identity of what it holds (for [`put`](Self::put)).
+    fn get(&self, index: usize) -> Result<(MultiplexedConnection, Health<'_>), usize> {
+        let slot = &self.slots[index];
+        let current = slot.load();
+        match current.as_ref() {
+            Some(shared) if !shared.broken.load(Ordering::Relaxed) => Ok((
+                shared.connection.clone(),
+                Health::Slot {
+                    slot,
+                    identity: identity_of(shared),
+                },
+            )),
+            Some(shared) => Err(identity_of(shared)),
+            None => Err(0),
         }
     }
 
-    fn put(&self, index: usize, conn: &MultiplexedConnection, broken: &Arc<AtomicBool>) {
-        let mut slot = self.slots[index].write().unwrap_or_else(|p| p.into_inner());
-        *slot = Some((conn.clone(), broken.clone()));
+    /// Fills slot `index` with a connection, unless another caller refilled it since it was seen
+    /// holding `seen` (a healthy connection is never replaced).
+    fn put(
+        &self,
+        index: usize,
+        seen: usize,
+        connection: &MultiplexedConnection,
+        broken: &Arc<AtomicBool>,
+    ) {
+        let slot = &self.slots[index];
+        let current = slot.load();
+        if current.as_ref().map_or(0, identity_of) != seen {
+            return;
+        }
+        let fresh = Arc::new(SharedConnection {
+            connection: connection.clone(),
+            broken: broken.clone(),
+        });
+        slot.compare_and_swap(&*current, Some(fresh));
     }
 }
 
@@ -326,19 +411,30 @@ impl RedisStore {
 
     /// A multiplexed connection cloned out of the pool (the checkout is released immediately) for
     /// one operation, whose commands must finish by `deadline`.
-    async fn connection_until(&self, deadline: Instant) -> Result<Connection, Error> {
+    ///
+    /// `first`: the operation's first attempt, started just now (so its whole budget is left when
+    /// a connection is at hand without waiting).
+    async fn connection_until(
+        &self,
+        deadline: Instant,
+        first: bool,
+    ) -> Result<Connection<'_>, Error> {
         let slot = self.recent.pick();
-        if let Some((inner, broken)) = self.recent.get(slot) {
-            return Ok(Connection {
-                inner,
-                broken,
-                deadline,
-                op_timeout: self.config.op_timeout,
-            });
-        }
+        let seen = match self.recent.get(slot) {
+            Ok((inner, health)) => {
+                return Ok(Connection {
+                    inner,
+                    health,
+                    deadline,
+                    op_timeout: self.config.op_timeout,
+                    whole_budget: first,
+                })
+            }
+            Err(seen) => seen,
+        };
         match tokio::time::timeout_at(deadline, self.checkout(deadline)).await {
-            Ok(Ok(conn)) => {
-                self.recent.put(slot, &conn.inner, &conn.broken);
+            Ok(Ok((conn, broken))) => {
+                self.recent.put(slot, seen, &conn.inner, &broken);
                 Ok(conn)
             }
             Ok(Err(err)) => Err(err),
@@ -346,7 +442,11 @@ impl RedisStore {
         }
     }
 
-    async fn checkout(&self, deadline: Instant) -> Result<Connection, Error> {
+    /// A connection from a pool checkout, plus its broken flag (to share it through a slot).
+    async fn checkout(
+        &self,
+        deadline: Instant,
+    ) -> Result<(Connection<'_>, Arc<AtomicBool>), Error> {
         // Each broken connection found is dropped (bb8 asks `has_broken` and discards it), so this
         // loop ends after at most `pool_size` retirements.
         for _ in 0..=self.config.pool_size {
@@ -372,12 +472,14 @@ impl RedisStore {
             if checkout.broken.load(Ordering::Relaxed) {
                 continue;
             }
-            return Ok(Connection {
+            let connection = Connection {
                 inner: checkout.connection.clone(),
-                broken: checkout.broken.clone(),
+                health: Health::Pooled(checkout.broken.clone()),
                 deadline,
                 op_timeout: self.config.op_timeout,
-            });
+                whole_budget: false,
+            };
+            return Ok((connection, checkout.broken.clone()));
         }
         Err(Error::Timeout(self.config.op_timeout))
     }
@@ -386,15 +488,17 @@ impl RedisStore {
     /// `retry` allows, runs it again on another connection, within the same deadline: after a
     /// server restart or `CLIENT KILL` every pooled connection is dead, and each failed attempt
     /// retires one (a dead multiplexed connection fails at once), so at most `pool_size` retries.
-    async fn run<T, F, Fut>(&self, retry: bool, mut op: F) -> Result<T, Error>
+    async fn run<'s, T, F, Fut>(&'s self, retry: bool, mut op: F) -> Result<T, Error>
     where
-        F: FnMut(Connection) -> Fut,
+        F: FnMut(Connection<'s>) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
         let deadline = Instant::now() + self.config.op_timeout;
         let mut retries = if retry { self.config.pool_size } else { 0 };
+        let mut first = true;
         loop {
-            let result = op(self.connection_until(deadline).await?).await;
+            let result = op(self.connection_until(deadline, first).await?).await;
+            first = false;
             match result {
                 Err(err)
                     if retries > 0 && is_dropped_connection(&err) && Instant::now() < deadline =>
