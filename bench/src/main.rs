@@ -1,11 +1,16 @@
-//! cache-layer benchmarks: overhead against raw redis-rs, moka and the `cached` crate, and
-//! stampede behaviour, measured side by side in one run. Results go to BENCHMARKS.md.
+//! cache-layer benchmarks: overhead against raw redis-rs, moka and the `cached` crate, HTTP
+//! requests/s through `CacheLayer`, stampede behaviour and write-behind counters, measured side by
+//! side in one run. Results go to BENCHMARKS.md.
 //!
 //! ```text
-//! cargo run --release -p bench                 # full run (~1 min)
-//! cargo run --release -p bench -- --quick      # short run (~15 s)
-//! cargo run --release -p bench -- --only hit   # one section: hit | miss | l1 | macro | stampede
+//! cargo run --release -p bench                 # full run (~4 min)
+//! cargo run --release -p bench -- --quick      # short run (~1 min)
+//! cargo run --release -p bench -- --only hit   # one section (see SECTIONS)
+//! cargo run --release -p bench -- --aof --only write-behind   # Redis fsyncs every write
 //! ```
+//!
+//! `--smoke` runs every section for a few hundred milliseconds: the benchmark's own test
+//! (`bench/tests/smoke.rs`) uses it to check that every scenario still works and counts right.
 //!
 //! Redis: a private `redis-server` on a free port when it is on PATH (so nothing else perturbs the
 //! numbers or the command counts), else `REDIS_URL` / 127.0.0.1:6379.
@@ -16,33 +21,74 @@ mod scenarios;
 
 use std::time::Duration;
 
+/// The sections, in the order they run.
+const SECTIONS: [&str; 7] = [
+    "hit",
+    "miss",
+    "l1",
+    "macro",
+    "http",
+    "stampede",
+    "write-behind",
+];
+
+/// How long a run takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Full,
+    Quick,
+    Smoke,
+}
+
 /// Run-wide settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// How long each throughput measurement runs.
+    pub mode: Mode,
+    /// How long each row runs per round.
     pub duration: Duration,
+    /// Interleaved rounds per table.
+    pub rounds: usize,
     /// Redis URL under test.
     pub redis_url: String,
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
+    let mode = if args.iter().any(|a| a == "--smoke") {
+        Mode::Smoke
+    } else if args.iter().any(|a| a == "--quick") {
+        Mode::Quick
+    } else {
+        Mode::Full
+    };
     let only = args
         .windows(2)
         .find(|w| w[0] == "--only")
         .map(|w| w[1].clone());
-    let private = redis_server::PrivateRedis::start();
+    if let Some(section) = &only {
+        if !SECTIONS.contains(&section.as_str()) {
+            eprintln!(
+                "unknown section {section:?}; one of: {}",
+                SECTIONS.join(", ")
+            );
+            std::process::exit(2);
+        }
+    }
+    let aof = args.iter().any(|a| a == "--aof");
+    let private = redis_server::PrivateRedis::start(aof);
     let redis_url = match &private {
         Some(server) => server.url(),
         None => std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
     };
+    let (duration, rounds) = match mode {
+        Mode::Full => (Duration::from_secs(1), 7),
+        Mode::Quick => (Duration::from_millis(300), 3),
+        Mode::Smoke => (Duration::from_millis(100), 1),
+    };
     let settings = Settings {
-        duration: if quick {
-            Duration::from_millis(700)
-        } else {
-            Duration::from_secs(3)
-        },
+        mode,
+        duration,
+        rounds,
         redis_url,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -57,32 +103,41 @@ fn main() {
     };
     println!("# cache-layer benchmarks");
     println!(
-        "redis: {} ({}), {} per measurement, {} CPUs",
+        "redis: {} ({}{}), {mode:?} mode: {} rounds x {} per row, {} CPUs",
         settings.redis_url,
         if private.is_some() {
             "private server"
         } else {
             "shared server"
         },
+        if aof { ", appendfsync always" } else { "" },
+        settings.rounds,
         report::fmt_duration(settings.duration),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
     let wanted = |section: &str| only.as_deref().is_none_or(|o| o == section);
-    runtime.block_on(async {
-        if wanted("hit") {
-            scenarios::hit::run(&settings, private.as_ref()).await;
+    let server = private.as_ref();
+    let failures = runtime.block_on(async {
+        let mut failures = Vec::new();
+        for section in SECTIONS.into_iter().filter(|s| wanted(s)) {
+            let result = match section {
+                "hit" => scenarios::hit::run(&settings, server).await,
+                "miss" => scenarios::miss::run(&settings, server).await,
+                "l1" => scenarios::local::run(&settings).await,
+                "macro" => scenarios::macros::run(&settings).await,
+                "http" => scenarios::http::run(&settings, server).await,
+                "stampede" => scenarios::stampede::run(&settings).await,
+                _ => scenarios::write_behind::run(&settings, server).await,
+            };
+            if let Err(err) = result {
+                eprintln!("\nsection {section} FAILED: {err}");
+                failures.push(section);
+            }
         }
-        if wanted("miss") {
-            scenarios::miss::run(&settings, private.as_ref()).await;
-        }
-        if wanted("l1") {
-            scenarios::local::run(&settings).await;
-        }
-        if wanted("macro") {
-            scenarios::macros::run(&settings).await;
-        }
-        if wanted("stampede") {
-            scenarios::stampede::run(&settings).await;
-        }
+        failures
     });
+    if !failures.is_empty() {
+        eprintln!("failed sections: {}", failures.join(", "));
+        std::process::exit(1);
+    }
 }

@@ -14,8 +14,9 @@ pub struct PrivateRedis {
 }
 
 impl PrivateRedis {
-    /// Starts one if `redis-server` is on PATH and `REDIS_URL` is not set.
-    pub fn start() -> Option<Self> {
+    /// Starts one if `redis-server` is on PATH and `REDIS_URL` is not set; `aof`: with
+    /// `appendonly yes` + `appendfsync always` (every write fsynced before it is acknowledged).
+    pub fn start(aof: bool) -> Option<Self> {
         if std::env::var("REDIS_URL").is_ok() {
             return None;
         }
@@ -35,7 +36,9 @@ impl PrivateRedis {
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                if aof { "yes" } else { "no" },
+                "--appendfsync",
+                "always",
             ])
             .arg("--dir")
             .arg(&dir)

@@ -7,9 +7,12 @@ use cache_layer::{cached, Cache, Policy};
 
 use super::{page, Page, KEYS};
 use crate::{
-    report::{measure, median, print_table},
+    report::{measure, Comparison},
     Settings,
 };
+
+const DIRECT: &str = "get_or_fetch (L1 hit, key formatted by caller)";
+const MACRO: &str = "#[cached] fn (L1 hit)";
 
 /// The function under test: the macro builds the key from `id` (the cache argument is skipped).
 #[cached(ttl = 3600, cache = cache, skip = [cache], companions = false)]
@@ -17,15 +20,12 @@ async fn cached_page(cache: &Cache, id: u64) -> Page {
     page(id)
 }
 
-pub async fn run(settings: &Settings) {
-    let cache = match Cache::builder()
+pub async fn run(settings: &Settings) -> Result<(), String> {
+    let cache = Cache::builder()
         .namespace("bench-macro")
         .local(10_000)
         .build()
-    {
-        Ok(cache) => cache,
-        Err(err) => return eprintln!("macro: cannot build the cache: {err}"),
-    };
+        .map_err(|err| format!("cannot build the cache: {err}"))?;
     let policy = Policy::ttl(Duration::from_secs(3600));
     for id in 0..KEYS {
         let _: Page = cache
@@ -37,52 +37,39 @@ pub async fn run(settings: &Settings) {
             .await;
         let _ = cached_page(&cache, id).await;
     }
-    let (mut direct_rounds, mut macro_rounds) = (Vec::new(), Vec::new());
-    for _ in 0..super::hit::ROUNDS {
+    let mut table = Comparison::new("#[cached] vs get_or_fetch, 64 callers", "direct");
+    for _ in 0..settings.rounds {
         let (c, p) = (cache.clone(), policy.clone());
-        direct_rounds.push(
-            measure(
-                "get_or_fetch (L1 hit, key formatted by caller)",
-                64,
-                settings.duration,
-                move |i| {
-                    let (c, p) = (c.clone(), p.clone());
-                    async move {
-                        let id = i % KEYS;
-                        let v: Page = c
-                            .get_or_fetch(
-                                &format!("page:{id}"),
-                                &p,
-                                move || async move { page(id) },
-                            )
-                            .await;
-                        assert_eq!(v.id, id);
-                    }
-                },
-            )
-            .await,
-        );
+        let m = measure(64, settings.duration, move |i| {
+            let (c, p) = (c.clone(), p.clone());
+            async move {
+                let id = i % KEYS;
+                let v: Page = c
+                    .get_or_fetch(&format!("page:{id}"), &p, move || async move { page(id) })
+                    .await;
+                assert_eq!(v.id, id);
+            }
+        })
+        .await;
+        table.record(DIRECT, m);
         let c = cache.clone();
-        macro_rounds.push(
-            measure("#[cached] fn (L1 hit)", 64, settings.duration, move |i| {
-                let c = c.clone();
-                async move {
-                    let v = cached_page(&c, i % KEYS).await;
-                    assert_eq!(v.id, i % KEYS);
-                }
-            })
-            .await,
-        );
+        let m = measure(64, settings.duration, move |i| {
+            let c = c.clone();
+            async move {
+                let v = cached_page(&c, i % KEYS).await;
+                assert_eq!(v.id, i % KEYS);
+            }
+        })
+        .await;
+        table.record(MACRO, m);
     }
-    let rows: Vec<_> = [direct_rounds, macro_rounds]
-        .into_iter()
-        .filter_map(median)
-        .collect();
-    print_table(
-        &format!(
-            "#[cached] vs get_or_fetch, 64 callers, median of {} rounds",
-            super::hit::ROUNDS
-        ),
-        &rows,
-    );
+    table.print();
+    let loads = cache.stats().loads;
+    if loads != 2 * KEYS {
+        return Err(format!(
+            "macro: {loads} loads, expected only the {} primes",
+            2 * KEYS
+        ));
+    }
+    Ok(())
 }

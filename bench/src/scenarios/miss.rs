@@ -1,4 +1,4 @@
-//! Miss + fill: `get_or_fetch` on a cold key vs raw GET (nil) + SET PX of the same value.
+//! Miss + fill: `get_or_fetch` on a cold key vs raw GET (nil) + encode + SET PX of the same value.
 
 use std::time::Duration;
 
@@ -7,98 +7,98 @@ use cache_layer::{Cache, Policy, Stampede};
 use super::page;
 use crate::{
     redis_server::PrivateRedis,
-    report::{measure, print_table},
+    report::{measure, print_commands_per_op, Comparison},
     Settings,
 };
 
-pub async fn run(settings: &Settings, server: Option<&PrivateRedis>) {
-    let cache = match Cache::builder()
+const CALLERS: usize = 16;
+
+pub async fn run(settings: &Settings, server: Option<&PrivateRedis>) -> Result<(), String> {
+    let cache = Cache::builder()
         .redis(settings.redis_url.as_str())
         .namespace("bench-miss")
         .build()
-    {
-        Ok(cache) => cache,
-        Err(err) => return eprintln!("miss: cannot build the cache: {err}"),
-    };
-    let raw = match redis::Client::open(settings.redis_url.as_str()) {
-        Ok(client) => match client.get_multiplexed_async_connection().await {
-            Ok(conn) => conn,
-            Err(err) => return eprintln!("miss: redis unreachable: {err}"),
-        },
-        Err(err) => return eprintln!("miss: bad redis url: {err}"),
-    };
-    // Every call uses a new key, so every call is a miss followed by a fill.
+        .map_err(|err| format!("cannot build the cache: {err}"))?;
+    let raw = redis::Client::open(settings.redis_url.as_str())
+        .map_err(|err| format!("bad redis url: {err}"))?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|err| format!("redis unreachable: {err}"))?;
+    // Every call uses a new key (run id, round, row, counter), so every call is a miss + fill.
     let run_id = std::process::id();
-    let mut rows = Vec::new();
-    rows.push(
-        measure(
-            "raw GET (nil) + rmp-serde encode + SET PX",
-            16,
-            settings.duration,
-            move |i| {
-                let mut conn = raw.clone();
-                async move {
-                    let key = format!("raw-miss:{run_id}:{i}");
-                    let found: Option<Vec<u8>> = redis::cmd("GET")
-                        .arg(&key)
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap_or_default();
-                    assert!(found.is_none());
-                    let bytes = rmp_serde::to_vec_named(&page(i)).unwrap_or_default();
-                    let _: Result<(), _> = redis::cmd("SET")
-                        .arg(&key)
-                        .arg(bytes)
-                        .arg("PX")
-                        .arg(60_000)
-                        .query_async(&mut conn)
-                        .await;
-                }
-            },
-        )
-        .await,
+    let mut table = Comparison::new(
+        format!("Miss + fill, {CALLERS} concurrent callers, a new key per call"),
+        "raw",
     );
-    if let Some(server) = server {
-        server.reset_stats();
-    }
     // Stampede::None: no single-flight bookkeeping, to compare the storage path only; the second
     // row shows what single-flight adds.
-    for (name, stampede) in [
+    let rows = [
         ("cache-layer miss + fill (Stampede::None)", Stampede::None),
         ("cache-layer miss + fill (Coalesce)", Stampede::Coalesce),
-    ] {
-        let policy = Policy::ttl(Duration::from_secs(60)).stampede(stampede);
-        let c = cache.clone();
-        let tag = format!("{stampede:?}");
-        let m = measure(name, 16, settings.duration, move |i| {
-            let (c, p, tag) = (c.clone(), policy.clone(), tag.clone());
+    ];
+    for round in 0..settings.rounds {
+        let conn = raw.clone();
+        let m = measure(CALLERS, settings.duration, move |i| {
+            let mut conn = conn.clone();
             async move {
-                let v = c
-                    .get_or_fetch(
-                        &format!("miss:{run_id}:{tag}:{i}"),
-                        &p,
-                        move || async move { page(i) },
-                    )
+                let key = format!("raw-miss:{run_id}:{round}:{i}");
+                let found: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                assert!(found.is_none());
+                let bytes = rmp_serde::to_vec_named(&page(i)).unwrap_or_default();
+                let _: Result<(), _> = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(bytes)
+                    .arg("PX")
+                    .arg(60_000)
+                    .query_async(&mut conn)
                     .await;
-                assert_eq!(v.id, i);
             }
         })
         .await;
-        if let (Some(server), true) = (server, stampede == Stampede::None) {
-            let per_op: Vec<String> = server
-                .command_calls()
-                .iter()
-                .map(|(cmd, n)| format!("{cmd} {:.3}", *n as f64 / m.count.max(1) as f64))
-                .collect();
-            println!(
-                "\nRedis commands per cache-layer miss+fill: {}",
-                per_op.join(", ")
-            );
+        table.record("raw GET (nil) + rmp-serde encode + SET PX", m);
+        for (row, (name, stampede)) in rows.into_iter().enumerate() {
+            let policy = Policy::ttl(Duration::from_secs(60)).stampede(stampede);
+            let c = cache.clone();
+            let m = measure(CALLERS, settings.duration, move |i| {
+                let (c, p) = (c.clone(), policy.clone());
+                async move {
+                    let key = format!("miss:{run_id}:{round}:{row}:{i}");
+                    let v = c
+                        .get_or_fetch(&key, &p, move || async move { page(i) })
+                        .await;
+                    assert_eq!(v.id, i);
+                }
+            })
+            .await;
+            table.record(name, m);
         }
-        rows.push(m);
     }
-    print_table(
-        "Miss + fill, 16 concurrent callers, a new key per call",
-        &rows,
-    );
+    table.print();
+    if let Some(server) = server {
+        server.reset_stats();
+        let c = cache.clone();
+        let policy = Policy::ttl(Duration::from_secs(60));
+        let m = measure(CALLERS, settings.duration, move |i| {
+            let (c, p) = (c.clone(), policy.clone());
+            async move {
+                let key = format!("miss:{run_id}:count:{i}");
+                let _ = c
+                    .get_or_fetch(&key, &p, move || async move { page(i) })
+                    .await;
+            }
+        })
+        .await;
+        print_commands_per_op("cache-layer miss + fill", Some(server), m.count);
+    }
+    let stats = cache.stats();
+    if stats.hits != 0 || stats.errors != 0 || stats.loads != stats.misses {
+        return Err(format!(
+            "miss: every call must be one miss and one load: {stats:?}"
+        ));
+    }
+    Ok(())
 }

@@ -1,10 +1,12 @@
 //! Benchmark scenarios, one module per BENCHMARKS.md section.
 
 pub mod hit;
+pub mod http;
 pub mod local;
 pub mod macros;
 pub mod miss;
 pub mod stampede;
+pub mod write_behind;
 
 use serde::{Deserialize, Serialize};
 

@@ -13,7 +13,7 @@ use std::{
 use cache_layer::{Cache, Policy, Stampede};
 use tokio::sync::Semaphore;
 
-use crate::{report::fmt_duration, report::measure, Settings};
+use crate::{report::fmt_duration, report::measure, Mode, Settings};
 
 const INSTANCES: usize = 4;
 const CALLERS_PER_INSTANCE: usize = 16;
@@ -35,8 +35,13 @@ impl Source {
     }
 }
 
-pub async fn run(settings: &Settings) {
-    let duration = settings.duration.max(Duration::from_secs(2));
+pub async fn run(settings: &Settings) -> Result<(), String> {
+    // Several TTL periods per mode, whatever the row duration of the other sections.
+    let duration = match settings.mode {
+        Mode::Full => Duration::from_secs(3),
+        Mode::Quick => Duration::from_secs(2),
+        Mode::Smoke => Duration::from_millis(1200),
+    };
     println!("\n## Stampede: one hot key, TTL {}, source {} (8 connections), {INSTANCES} instances x {CALLERS_PER_INSTANCE} callers, {}\n",
         fmt_duration(TTL), fmt_duration(SOURCE_TIME), fmt_duration(duration));
     println!(
@@ -81,11 +86,11 @@ pub async fn run(settings: &Settings) {
             })
             .collect();
         if caches.len() != INSTANCES {
-            return eprintln!("stampede: cannot build caches");
+            return Err("cannot build the caches".into());
         }
         let caches = Arc::new(caches);
         let (s, p) = (source.clone(), policy.clone());
-        let m = measure(name, INSTANCES * CALLERS_PER_INSTANCE, duration, move |i| {
+        let m = measure(INSTANCES * CALLERS_PER_INSTANCE, duration, move |i| {
             let (s, p, caches) = (s.clone(), p.clone(), caches.clone());
             async move {
                 match &p {
@@ -115,5 +120,11 @@ pub async fn run(settings: &Settings) {
             fmt_duration(m.p99),
             calls as f64 / none_calls as f64
         );
+        if policy.is_some() && calls >= none_calls {
+            return Err(format!(
+                "stampede: {name} made {calls} source calls, no fewer than uncached ({none_calls})"
+            ));
+        }
     }
+    Ok(())
 }
