@@ -130,13 +130,51 @@ impl Handles {
     }
 }
 
+/// A counter bumped by every lookup from every thread, striped over cache-line-sized cells so
+/// threads do not fight over one line (reads sum the cells; they are rare).
+struct Striped {
+    cells: [PaddedCell; STRIPES],
+}
+
+const STRIPES: usize = 8;
+
+#[repr(align(128))]
+#[derive(Default)]
+struct PaddedCell(AtomicU64);
+
+impl Striped {
+    fn new() -> Self {
+        Striped {
+            cells: Default::default(),
+        }
+    }
+
+    fn increment(&self) {
+        thread_local! {
+            static STRIPE: usize = {
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                (NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES as u64) as usize
+            };
+        }
+        let stripe = STRIPE.with(|stripe| *stripe);
+        self.cells[stripe].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.cells
+            .iter()
+            .map(|cell| cell.0.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
 /// The live counters of one cache.
 pub(crate) struct Counters {
     name: String,
     handles: Handles,
-    hits: AtomicU64,
-    local_hits: AtomicU64,
-    misses: AtomicU64,
+    hits: Striped,
+    local_hits: Striped,
+    misses: Striped,
     stale_hits: AtomicU64,
     loads: AtomicU64,
     load_errors: AtomicU64,
@@ -171,9 +209,9 @@ impl Counters {
         Counters {
             name: name.to_owned(),
             handles,
-            hits: zero(),
-            local_hits: zero(),
-            misses: zero(),
+            hits: Striped::new(),
+            local_hits: Striped::new(),
+            misses: Striped::new(),
             stale_hits: zero(),
             loads: zero(),
             load_errors: zero(),
@@ -193,16 +231,19 @@ impl Counters {
     }
 
     pub(crate) fn local_hit(&self, door: Door) {
-        self.local_hits.fetch_add(1, Ordering::Relaxed);
-        bump(&self.hits, &self.door(door).l1_hits);
+        self.local_hits.increment();
+        self.hits.increment();
+        self.door(door).l1_hits.increment(1);
     }
 
     pub(crate) fn hit(&self, door: Door) {
-        bump(&self.hits, &self.door(door).l2_hits);
+        self.hits.increment();
+        self.door(door).l2_hits.increment(1);
     }
 
     pub(crate) fn miss(&self, door: Door) {
-        bump(&self.misses, &self.door(door).misses);
+        self.misses.increment();
+        self.door(door).misses.increment(1);
     }
 
     pub(crate) fn stale_hit(&self, door: Door) {
@@ -279,9 +320,9 @@ impl Counters {
     pub(crate) fn snapshot(&self, breaker: BreakerState, breaker_transitions: u64) -> Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Stats {
-            hits: get(&self.hits),
-            local_hits: get(&self.local_hits),
-            misses: get(&self.misses),
+            hits: self.hits.get(),
+            local_hits: self.local_hits.get(),
+            misses: self.misses.get(),
             stale_hits: get(&self.stale_hits),
             loads: get(&self.loads),
             load_errors: get(&self.load_errors),
