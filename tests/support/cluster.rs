@@ -137,7 +137,35 @@ impl RedisCluster {
         };
         cluster.create();
         cluster.wait_for_state_ok();
+        cluster.wait_for_roles();
         cluster
+    }
+
+    /// Waits until every node sees every replica as a replica: `--cluster create` assigns the
+    /// roles with `CLUSTER REPLICATE`, which reaches the other nodes' views by gossip, so a node
+    /// can report `cluster_state:ok` while it still lists a fresh replica as a slot-less master.
+    fn wait_for_roles(&self) {
+        let expected = self.masters * self.replicas_per_master;
+        let mut last = String::new();
+        let settled = wait_until(CLUSTER_READY_TIMEOUT, Duration::from_millis(50), || {
+            for node in self.live_nodes() {
+                let view =
+                    parse_cluster_nodes(&node.query::<String>(redis::cmd("CLUSTER").arg("NODES")));
+                let replicas = view
+                    .iter()
+                    .filter(|n| n.is_replica() && !n.is_failing())
+                    .count();
+                if replicas != expected {
+                    last = format!(
+                        "node {} sees {replicas} of {expected} replicas",
+                        node.port()
+                    );
+                    return false;
+                }
+            }
+            true
+        });
+        assert!(settled, "Redis Cluster roles did not settle: {last}");
     }
 
     fn create(&self) {

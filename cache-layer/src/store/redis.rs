@@ -187,7 +187,11 @@ impl Connection<'_> {
             let result = cmd.query_async(&mut self.inner).await;
             return self.check(Ok(result));
         }
-        let result = tokio::time::timeout_at(deadline, cmd.query_async(&mut self.inner)).await;
+        let result = Box::pin(tokio::time::timeout_at(
+            deadline,
+            cmd.query_async(&mut self.inner),
+        ))
+        .await;
         self.check(result)
     }
 
@@ -432,7 +436,8 @@ impl RedisStore {
             }
             Err(seen) => seen,
         };
-        match tokio::time::timeout_at(deadline, self.checkout(deadline)).await {
+        // Rare (start-up, after a failure): boxed, so the common path's future stays small.
+        match Box::pin(tokio::time::timeout_at(deadline, self.checkout(deadline))).await {
             Ok(Ok((conn, broken))) => {
                 self.recent.put(slot, seen, &conn.inner, &broken);
                 Ok(conn)
