@@ -429,6 +429,11 @@ async fn run_pusher(guard: PusherGuard) {
     let set = guard.set.clone();
     let config = &set.config;
     let mut backoff = config.retry_min;
+    // Linger only for the first increment after a quiet spell: increments that arrived while a
+    // push was in flight already coalesced for its whole round trip (group commit), so they go
+    // out at once. Lingering again after every push capped awaited `incr` below one `HINCRBY`
+    // per call (BENCHMARKS.md, "Write-behind").
+    let mut linger = true;
     loop {
         loop {
             let notified = set.wake.notified();
@@ -442,15 +447,19 @@ async fn run_pusher(guard: PusherGuard) {
             }
             notified.await;
         }
-        if !config.linger.is_zero() && !set.degraded() {
+        if linger && !config.linger.is_zero() && !set.degraded() {
             tokio::time::sleep(config.linger).await;
         }
         let Some(cache) = set.cache() else {
             return;
         };
         match set.push_round(&cache).await {
-            Ok(()) => backoff = config.retry_min,
+            Ok(()) => {
+                backoff = config.retry_min;
+                linger = !set.has_work();
+            }
             Err(err) => {
+                linger = true;
                 tracing::debug!(counters = %set.name, error = %err, retry_in = ?backoff,
                     "write-behind push failed");
                 drop(cache);
