@@ -324,8 +324,9 @@ impl Cache {
         self.resolve(found, key, policy, loader).await
     }
 
-    /// What [`fetch`](Self::fetch) does after the lookup. The front doors await the (small)
-    /// lookup inline and box only this part, so a hit never allocates the engine's future.
+    /// What [`fetch`](Self::fetch) does after the lookup. The front doors await the lookup
+    /// inline and box only this part (miss, refresh, lock: several KiB of future), so a hit never
+    /// allocates it.
     async fn resolve<T, E, F, Fut>(
         &self,
         found: Lookup<T>,
