@@ -93,9 +93,8 @@ impl ClusterStore {
         if let Some(conn) = slot.as_ref() {
             return Ok(conn.clone());
         }
-        let conn = self
-            .client
-            .get_async_connection()
+        // Rare (first use, after a failure): boxed, so every operation's future stays small.
+        let conn = Box::pin(self.client.get_async_connection())
             .await
             .map_err(Error::Redis)?;
         *slot = Some(conn.clone());

@@ -73,6 +73,11 @@ impl Default for RedisStoreConfig {
 
 /// One multiplexed connection per CPU, at most 4.
 ///
+/// ```
+/// let connections = cache_layer::store::default_pool_size();
+/// assert!((1..=4).contains(&connections));
+/// ```
+///
 /// Each connection pipelines every command sent to it and is driven by one task, so more
 /// connections only help when that task is the bottleneck, which needs free cores. Extra
 /// connections cost batching: with 64 concurrent hits on a 2-core machine, 4 connections did 0.67x
@@ -152,7 +157,7 @@ enum Health<'s> {
     /// refilled once its connection was flagged). Costs no reference count on the hot path.
     Slot {
         slot: &'s ArcSwapOption<SharedConnection>,
-        identity: usize,
+        identity: u64,
     },
     /// From a pool checkout.
     Pooled(Arc<AtomicBool>),
@@ -267,11 +272,13 @@ pub struct RedisStore {
 struct SharedConnection {
     connection: MultiplexedConnection,
     broken: Arc<AtomicBool>,
+    /// Unique per slot fill (never 0, which stands for an empty slot): unlike an address, never
+    /// reused, so a late failure report cannot flag the connection that replaced this one.
+    identity: u64,
 }
 
-/// What identifies the connection a slot holds (its allocation).
-fn identity_of(shared: &Arc<SharedConnection>) -> usize {
-    Arc::as_ptr(shared) as usize
+fn identity_of(shared: &Arc<SharedConnection>) -> u64 {
+    shared.identity
 }
 
 /// Clones of healthy pooled connections, handed out without a pool checkout.
@@ -286,6 +293,7 @@ fn identity_of(shared: &Arc<SharedConnection>) -> usize {
 /// is flagged broken through its slot instead of through a cloned flag.
 struct RecentConnections {
     slots: Box<[ArcSwapOption<SharedConnection>]>,
+    fills: std::sync::atomic::AtomicU64,
 }
 
 thread_local! {
@@ -297,6 +305,7 @@ impl RecentConnections {
     fn new(slots: usize) -> Self {
         RecentConnections {
             slots: (0..slots.max(1)).map(|_| ArcSwapOption::empty()).collect(),
+            fills: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -312,7 +321,7 @@ impl RecentConnections {
 
     /// A healthy connection from slot `index`, with the slot's health handle; or, when the slot
     /// is empty or its connection broken, the identity of what it holds (for [`put`](Self::put)).
-    fn get(&self, index: usize) -> Result<(MultiplexedConnection, Health<'_>), usize> {
+    fn get(&self, index: usize) -> Result<(MultiplexedConnection, Health<'_>), u64> {
         let slot = &self.slots[index];
         let current = slot.load();
         match current.as_ref() {
@@ -333,7 +342,7 @@ impl RecentConnections {
     fn put(
         &self,
         index: usize,
-        seen: usize,
+        seen: u64,
         connection: &MultiplexedConnection,
         broken: &Arc<AtomicBool>,
     ) {
@@ -345,6 +354,7 @@ impl RecentConnections {
         let fresh = Arc::new(SharedConnection {
             connection: connection.clone(),
             broken: broken.clone(),
+            identity: self.fills.fetch_add(1, Ordering::Relaxed) + 1,
         });
         slot.compare_and_swap(&*current, Some(fresh));
     }
