@@ -3,8 +3,8 @@
 //! side in one run. Results go to BENCHMARKS.md.
 //!
 //! ```text
-//! cargo run --release -p bench                 # full run (~4 min)
-//! cargo run --release -p bench -- --quick      # short run (~1 min)
+//! cargo run --release -p bench                 # full run (~3 min)
+//! cargo run --release -p bench -- --quick      # short run (~35 s)
 //! cargo run --release -p bench -- --only hit   # one section (see SECTIONS)
 //! cargo run --release -p bench -- --aof --only write-behind   # Redis fsyncs every write
 //! ```
