@@ -628,6 +628,56 @@ mod tests {
         RedisStore::new(&format!("redis://{addr}"), config).expect("valid url")
     }
 
+    /// The health handle of slot 0's connection, which must be healthy.
+    fn healthy(recent: &RecentConnections) -> Health<'_> {
+        match recent.get(0) {
+            Ok((_, health)) => health,
+            Err(identity) => panic!("slot 0 holds no healthy connection (identity {identity})"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_late_failure_report_never_retires_the_connection_that_replaced_a_broken_one() {
+        // Any multiplexed connection will do (the slots never send on it here): the shared Redis.
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let connection = redis::Client::open(url.as_str())
+            .expect("valid url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("the shared Redis (scripts/test.sh starts one)");
+        let recent = RecentConnections::new(1);
+        let first = Arc::new(AtomicBool::new(false));
+        recent.put(0, 0, &connection, &first);
+
+        // Two operations take the slot's connection; the second one fails and flags it.
+        let late = healthy(&recent);
+        let failing = healthy(&recent);
+        failing.mark_broken();
+        assert!(first.load(Ordering::Relaxed), "flagged through the slot");
+        let seen = recent.get(0).err().expect("broken: callers go to the pool");
+
+        // The pool's replacement fills the slot.
+        let second = Arc::new(AtomicBool::new(false));
+        recent.put(0, seen, &connection, &second);
+        assert!(recent.get(0).is_ok());
+
+        // The first operation fails too, late: its report must not retire the replacement.
+        late.mark_broken();
+        assert!(!second.load(Ordering::Relaxed));
+        assert!(recent.get(0).is_ok());
+
+        // A caller that saw the broken state long ago cannot overwrite the healthy replacement.
+        let stale_fill = Arc::new(AtomicBool::new(false));
+        recent.put(0, seen, &connection, &stale_fill);
+        let current = healthy(&recent);
+        current.mark_broken();
+        assert!(
+            second.load(Ordering::Relaxed),
+            "the slot still held the replacement"
+        );
+        assert!(!stale_fill.load(Ordering::Relaxed));
+    }
+
     #[tokio::test]
     async fn a_server_that_never_answers_costs_at_most_one_op_timeout() {
         // The kernel completes TCP handshakes into the backlog, but nobody ever answers: the
