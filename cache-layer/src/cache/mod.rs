@@ -276,14 +276,10 @@ impl Cache {
             admission,
             settled: false,
         };
-        // TRACE-level: only entered when a subscriber asks for it. No key in the span (no user
-        // data).
-        let span = tracing::trace_span!("cache.redis", cache = %inner.name);
-        let result = if span.is_disabled() {
-            op.await
-        } else {
-            op.instrument(span).await
-        };
+        // TRACE-level: free unless a subscriber asks for it. No key in the span (no user data).
+        let result = op
+            .instrument(tracing::trace_span!("cache.redis", cache = %inner.name))
+            .await;
         inner
             .counters
             .redis_op(started.elapsed(), redis_outcome(&result));
