@@ -29,9 +29,13 @@ const FLAG_CODEC_MASK: u8 = 0b0000_0011;
 const FLAG_LZ4: u8 = 0b0000_0100;
 /// Payloads larger than this are lz4-compressed.
 pub(crate) const COMPRESS_THRESHOLD: usize = 1024;
-/// Largest decompressed payload accepted (Redis' own value limit), so a corrupt size prefix cannot
-/// make us allocate gigabytes.
+/// Largest decompressed payload accepted (Redis' own value limit).
 const MAX_PAYLOAD: usize = 512 * 1024 * 1024;
+/// The most an lz4 block can expand: one literal-length/match token of the format covers at most
+/// 255 bytes per input byte (the format's limit is just under 255:1). A size prefix claiming more
+/// than this times the compressed length is corrupt (or a decompression bomb) and rejected before
+/// anything is allocated.
+const LZ4_MAX_RATIO: usize = 255;
 
 /// Payload serialization format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -242,12 +246,15 @@ impl<'a> Envelope<'a> {
             size_prefix[2],
             size_prefix[3],
         ]) as usize;
-        if size > MAX_PAYLOAD {
+        let block = &self.payload[4..];
+        if size > MAX_PAYLOAD || size > block.len().saturating_mul(LZ4_MAX_RATIO) {
             return Err(DecodeError::Corrupt);
         }
-        lz4_flex::decompress(&self.payload[4..], size)
-            .map(Cow::Owned)
-            .map_err(|_| DecodeError::Corrupt)
+        match lz4_flex::decompress(block, size) {
+            // The prefix is the exact size: anything else is a corrupt entry.
+            Ok(payload) if payload.len() == size => Ok(Cow::Owned(payload)),
+            _ => Err(DecodeError::Corrupt),
+        }
     }
 
     /// Decodes the payload as `T`.
@@ -384,6 +391,19 @@ mod tests {
             Envelope::parse(&bytes).unwrap().payload().unwrap_err(),
             DecodeError::Corrupt
         );
+        // A size prefix larger than the block can expand to (a decompression bomb) is rejected
+        // before allocating; one that is merely wrong is rejected after decompressing.
+        let original = encode(&"q".repeat(4096), Codec::MessagePack, timing(), &[]).unwrap();
+        let block_len = original.len() - FIXED_HEADER_LEN - 4;
+        for claimed in [(block_len * LZ4_MAX_RATIO + 1) as u32, 4100, 4098] {
+            let mut bytes = original.clone();
+            bytes[FIXED_HEADER_LEN..FIXED_HEADER_LEN + 4].copy_from_slice(&claimed.to_le_bytes());
+            assert_eq!(
+                Envelope::parse(&bytes).unwrap().payload().unwrap_err(),
+                DecodeError::Corrupt,
+                "claimed {claimed}"
+            );
+        }
         let mut bytes = encode(&product(), Codec::MessagePack, timing(), &[]).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
