@@ -108,14 +108,21 @@ impl Validity {
         }
     }
 
-    /// The verdict of one tag's times for an entry created at `created_ms`.
-    pub(crate) fn of(times: TagTimes, created_ms: u64) -> Validity {
-        if created_ms <= times.hard_ms {
-            Validity::Invalid
-        } else if created_ms <= times.soft_ms {
-            Validity::Expired
-        } else {
-            Validity::Valid
+    /// The verdict for an entry whose load started when the tag's record was `recorded`, now that
+    /// the record is `current`. `None` when `current` is older than what the entry saw: this
+    /// process's knowledge is behind (read the record again); if the record read from the store is
+    /// still older, it went back (lost and repaired, a failover): the entry is invalid.
+    pub(crate) fn of(current: TagTimes, recorded: TagTimes) -> Option<Validity> {
+        use std::cmp::Ordering::*;
+        match (
+            current.hard_ms.cmp(&recorded.hard_ms),
+            current.soft_ms.cmp(&recorded.soft_ms),
+        ) {
+            (Greater, _) => Some(Validity::Invalid),
+            (Less, _) => None,
+            (Equal, Greater) => Some(Validity::Expired),
+            (Equal, Less) => None,
+            (Equal, Equal) => Some(Validity::Valid),
         }
     }
 }
@@ -312,17 +319,16 @@ mod tests {
     }
 
     #[test]
-    fn entries_created_at_or_before_a_tag_time_are_invalid_or_expired() {
-        let times = TagTimes {
-            hard_ms: 1_000,
-            soft_ms: 2_000,
-        };
-        assert_eq!(Validity::of(times, 999), Validity::Invalid);
-        assert_eq!(Validity::of(times, 1_000), Validity::Invalid);
-        assert_eq!(Validity::of(times, 1_001), Validity::Expired);
-        assert_eq!(Validity::of(times, 2_000), Validity::Expired);
-        assert_eq!(Validity::of(times, 2_001), Validity::Valid);
-        assert_eq!(Validity::of(TagTimes::default(), 1), Validity::Valid);
+    fn entries_are_valid_only_under_the_versions_their_load_saw() {
+        let v = |hard_ms, soft_ms| TagTimes { hard_ms, soft_ms };
+        let recorded = v(1_000, 2_000);
+        assert_eq!(Validity::of(v(1_000, 2_000), recorded), Some(Validity::Valid));
+        assert_eq!(Validity::of(v(1_001, 2_000), recorded), Some(Validity::Invalid));
+        assert_eq!(Validity::of(v(1_001, 1), recorded), Some(Validity::Invalid));
+        assert_eq!(Validity::of(v(1_000, 2_001), recorded), Some(Validity::Expired));
+        // What this process knows is older than what the entry saw: unknown.
+        assert_eq!(Validity::of(v(999, 2_000), recorded), None);
+        assert_eq!(Validity::of(v(1_000, 1_999), recorded), None);
         assert_eq!(
             Validity::Valid.and(Validity::Expired).and(Validity::Valid),
             Validity::Expired

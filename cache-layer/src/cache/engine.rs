@@ -29,8 +29,9 @@ use serde::{de::DeserializeOwned, Serialize};
 use tracing::Instrument;
 
 use super::{now_ms, Cache};
+use super::invalidate::LoadStart;
 use crate::{
-    envelope::{Envelope, Timing},
+    envelope::{DecodeError, Envelope, Seen, Timing},
     stampede::{
         early,
         flight::{Join, LeaderGuard, Outcome},
@@ -109,15 +110,27 @@ enum Lookup<T> {
         local: bool,
         /// `Stampede::Early` decided (once, it is random) that this caller refreshes early.
         refresh_early: bool,
+        /// What the key held in Redis (`None`: answered from L1, not read).
+        seen: Option<Seen>,
     },
     Stale {
         value: T,
         timing: Timing,
+        seen: Option<Seen>,
     },
     /// Nothing usable; the timing of an expired entry, if one was seen (load-time hint).
     Miss {
         hint: Option<Timing>,
+        seen: Option<Seen>,
     },
+}
+
+/// What a load knows from the lookup before it: the last entry's timing (its load time sizes
+/// the lock) and what the key held (the conditional fill replaces only that).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Prior {
+    hint: Option<Timing>,
+    seen: Option<Seen>,
 }
 
 impl<T> Lookup<T> {
@@ -142,6 +155,9 @@ enum Next<T> {
     LoadAlone,
     /// The leader vanished (cancelled or panicked): try to lead or follow again.
     Rejoin,
+    /// The leader took longer than the policy's lock wait: run our own load, without storing
+    /// (the leader's result will be stored).
+    LoadUnstored,
 }
 
 /// How long a failed refresh of a key keeps further refreshes of it from being attempted.
@@ -340,15 +356,16 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
     {
-        let hint = match found {
+        let prior = match found {
             Lookup::Fresh {
                 value,
                 timing,
                 local,
                 refresh_early,
+                seen,
             } => {
                 if refresh_early {
-                    self.refresh_in_background(key, policy, timing, loader);
+                    self.refresh_in_background(key, policy, timing, seen, loader);
                 }
                 let origin = if local { Origin::LocalHit } else { Origin::Hit };
                 return Ok(Fetched {
@@ -357,34 +374,41 @@ impl Cache {
                     timing: Some(timing),
                 });
             }
-            Lookup::Stale { value, timing } => {
+            Lookup::Stale {
+                value,
+                timing,
+                seen,
+            } => {
                 let stale = Fetched {
                     value,
                     origin: Origin::Stale,
                     timing: Some(timing),
                 };
                 let Some(soft) = policy.load_timeout else {
-                    self.refresh_in_background(key, policy, timing, loader);
+                    self.refresh_in_background(key, policy, timing, seen, loader);
                     return Ok(stale);
                 };
                 // Give the refresh up to `soft`; it keeps running after we answer stale.
-                let refreshed =
-                    tokio::time::timeout(soft, self.refresh_and_wait(key, policy, timing, loader));
+                let refresh = self.refresh_and_wait(key, policy, timing, seen, loader);
+                let refreshed = tokio::time::timeout(soft, refresh);
                 return Ok(match refreshed.await {
                     Ok(Some(fresh)) => fresh,
                     _ => stale,
                 });
             }
-            Lookup::Miss { hint } => hint,
+            Lookup::Miss { hint, seen } => Prior { hint, seen },
         };
         loop {
             let guard = match self.join(key, policy) {
-                None => return self.load(None, key, policy, loader, hint).await,
+                None => return self.load(None, key, policy, loader, prior).await,
                 Some(Join::Leader(guard)) => guard,
                 Some(Join::Follower(follower)) => {
-                    match self.follow::<T>(key, policy, follower.wait().await).await {
+                    match self.follow_within::<T>(key, policy, follower).await {
                         Next::Done(fetched) => return Ok(fetched),
-                        Next::LoadAlone => return self.load(None, key, policy, loader, hint).await,
+                        Next::LoadAlone => return self.load(None, key, policy, loader, prior).await,
+                        Next::LoadUnstored => {
+                            return self.load_and_fill(None, key, policy, loader, None).await
+                        }
                         Next::Rejoin => continue,
                     }
                 }
@@ -392,7 +416,7 @@ impl Cache {
             let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
             let task =
                 tokio::spawn(
-                    async move { cache.load(Some(guard), &key, &policy, loader, hint).await },
+                    async move { cache.load(Some(guard), &key, &policy, loader, prior).await },
                 );
             return join_task(task).await;
         }
@@ -412,12 +436,13 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded<T>, E>>,
     {
-        let hint = match found {
+        let prior = match found {
             Lookup::Fresh {
                 value,
                 timing,
                 local,
                 refresh_early,
+                seen,
             } => {
                 let origin = if local { Origin::LocalHit } else { Origin::Hit };
                 let fresh = Fetched {
@@ -432,14 +457,22 @@ impl Cache {
                 return Ok(match self.inner.flights.join(key, &policy.tags) {
                     Join::Leader(guard) => {
                         self.inner.counters.refresh();
-                        self.load(Some(guard), key, policy, loader, Some(timing))
+                        let prior = Prior {
+                            hint: Some(timing),
+                            seen,
+                        };
+                        self.load(Some(guard), key, policy, loader, prior)
                             .await
                             .unwrap_or(fresh)
                     }
                     Join::Follower(_) => fresh,
                 });
             }
-            Lookup::Stale { value, timing } => {
+            Lookup::Stale {
+                value,
+                timing,
+                seen,
+            } => {
                 let stale = Fetched {
                     value,
                     origin: Origin::Stale,
@@ -451,7 +484,11 @@ impl Cache {
                 return Ok(match self.inner.flights.join(key, &policy.tags) {
                     Join::Leader(guard) => {
                         self.inner.counters.refresh();
-                        let refresh = self.load(Some(guard), key, policy, loader, Some(timing));
+                        let prior = Prior {
+                            hint: Some(timing),
+                            seen,
+                        };
+                        let refresh = self.load(Some(guard), key, policy, loader, prior);
                         match policy.load_timeout {
                             // A borrowing load cannot outlive its caller: past the soft timeout
                             // it is dropped and the stale value answered.
@@ -465,18 +502,21 @@ impl Cache {
                     Join::Follower(_) => stale,
                 });
             }
-            Lookup::Miss { hint } => hint,
+            Lookup::Miss { hint, seen } => Prior { hint, seen },
         };
         loop {
             match self.join(key, policy) {
-                None => return self.load(None, key, policy, loader, hint).await,
+                None => return self.load(None, key, policy, loader, prior).await,
                 Some(Join::Leader(guard)) => {
-                    return self.load(Some(guard), key, policy, loader, hint).await
+                    return self.load(Some(guard), key, policy, loader, prior).await
                 }
                 Some(Join::Follower(follower)) => {
-                    match self.follow::<T>(key, policy, follower.wait().await).await {
+                    match self.follow_within::<T>(key, policy, follower).await {
                         Next::Done(fetched) => return Ok(fetched),
-                        Next::LoadAlone => return self.load(None, key, policy, loader, hint).await,
+                        Next::LoadAlone => return self.load(None, key, policy, loader, prior).await,
+                        Next::LoadUnstored => {
+                            return self.load_and_fill(None, key, policy, loader, None).await
+                        }
                         Next::Rejoin => continue,
                     }
                 }
@@ -499,13 +539,37 @@ impl Cache {
                     value,
                     timing,
                     local: true,
+                    seen: None,
                 };
             }
             local_stale = Some((value, timing));
         }
         let full_key = self.entry_key(key).await;
         let mut hint = None;
-        match self.store_op(inner.store.get(&full_key)).await {
+        // The policy's tags whose versions this process does not know ride along with the GET
+        // (one pipelined round trip): a hit needs them to be checked, a miss to start its load.
+        let untrusted = self.untrusted_tags(&policy.tags);
+        let read = if untrusted.is_empty() {
+            self.store_op(inner.store.get(&full_key)).await
+        } else {
+            let trust = inner.bus.trust_now();
+            let tag_keys: Vec<String> = untrusted.iter().map(|t| inner.keys.tag(t)).collect();
+            match self
+                .store_op(inner.store.read_with_tags(&full_key, &tag_keys))
+                .await
+            {
+                Ok((bytes, records)) => {
+                    if let Err(err) = self.learn_tag_records(&untrusted, records, trust).await {
+                        tracing::debug!(cache = %inner.name, error = %err, "could not repair tag records");
+                    }
+                    Ok(bytes)
+                }
+                Err(err) => Err(err),
+            }
+        };
+        let seen = read.as_ref().ok().map(|bytes| Seen::of(bytes.as_deref()));
+        match read {
+            Ok(Some(_)) if self.pending_covers(key) => {}
             Ok(Some(bytes)) => match Envelope::parse(&bytes) {
                 Ok(envelope) => {
                     // `None`: an invalidation covers the entry (tags; the namespace is in the key).
@@ -519,7 +583,7 @@ impl Cache {
                                         &full_key,
                                         &value,
                                         timing,
-                                        envelope.tags(),
+                                        envelope.tag_versions(),
                                         ttl,
                                     );
                                     if timing.fresh_until_ms > now {
@@ -530,17 +594,23 @@ impl Cache {
                                             value,
                                             timing,
                                             local: false,
+                                            seen,
                                         };
                                     }
                                     inner.counters.stale_hit(policy.door);
                                     self.observe_hit(policy, key);
-                                    return Lookup::Stale { value, timing };
+                                    return Lookup::Stale {
+                                        value,
+                                        timing,
+                                        seen,
+                                    };
                                 }
                                 Err(why) => self.note_corrupt(key, why),
                             }
                         }
                     }
                 }
+                Err(DecodeError::Deleted) => {}
                 Err(why) => self.note_corrupt(key, why),
             },
             Ok(None) => {}
@@ -549,7 +619,11 @@ impl Cache {
                 if let Some((value, timing)) = local_stale {
                     inner.counters.stale_hit(policy.door);
                     self.observe_hit(policy, key);
-                    return Lookup::Stale { value, timing };
+                    return Lookup::Stale {
+                        value,
+                        timing,
+                        seen: None,
+                    };
                 }
             }
         }
@@ -557,7 +631,7 @@ impl Cache {
         if let Some(observer) = policy.observer {
             observer.miss();
         }
-        Lookup::Miss { hint }
+        Lookup::Miss { hint, seen }
     }
 
     /// Counts a hit for the policy's observer and the hot-key tracker.
@@ -584,6 +658,7 @@ impl Cache {
         key: &str,
         policy: &Policy,
         timing: Timing,
+        seen: Option<Seen>,
         loader: F,
     ) where
         T: Value,
@@ -597,10 +672,12 @@ impl Cache {
         if let Join::Leader(guard) = self.inner.flights.join(key, &policy.tags) {
             self.inner.counters.refresh();
             let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
+            let prior = Prior {
+                hint: Some(timing),
+                seen,
+            };
             tokio::spawn(async move {
-                let _ = cache
-                    .load(Some(guard), &key, &policy, loader, Some(timing))
-                    .await;
+                let _ = cache.load(Some(guard), &key, &policy, loader, prior).await;
             });
         }
     }
@@ -612,6 +689,7 @@ impl Cache {
         key: &str,
         policy: &Policy,
         timing: Timing,
+        seen: Option<Seen>,
         loader: F,
     ) -> Option<Fetched<T>>
     where
@@ -627,22 +705,21 @@ impl Cache {
             Join::Leader(guard) => {
                 self.inner.counters.refresh();
                 let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
-                let task = tokio::spawn(async move {
-                    cache
-                        .load(Some(guard), &key, &policy, loader, Some(timing))
-                        .await
-                });
+                let prior = Prior {
+                    hint: Some(timing),
+                    seen,
+                };
+                let task =
+                    tokio::spawn(async move { cache.load(Some(guard), &key, &policy, loader, prior).await });
                 match task.await {
                     Ok(Ok(fetched)) => Some(fetched),
                     _ => None,
                 }
             }
-            Join::Follower(follower) => {
-                match self.follow::<T>(key, policy, follower.wait().await).await {
-                    Next::Done(fetched) => Some(fetched),
-                    Next::LoadAlone | Next::Rejoin => None,
-                }
-            }
+            Join::Follower(follower) => match self.follow_within::<T>(key, policy, follower).await {
+                Next::Done(fetched) => Some(fetched),
+                Next::LoadAlone | Next::LoadUnstored | Next::Rejoin => None,
+            },
         }
     }
 
@@ -651,6 +728,25 @@ impl Cache {
         match policy.stampede {
             Stampede::None => None,
             _ => Some(self.inner.flights.join(key, &policy.tags)),
+        }
+    }
+
+    /// Waits for the flight's leader at most the policy's lock wait (a hung loader holds its
+    /// followers no longer than a lock holder in another process would), then turns the outcome
+    /// into the follower's next step.
+    async fn follow_within<T: Value>(
+        &self,
+        key: &str,
+        policy: &Policy,
+        follower: crate::stampede::flight::Follower,
+    ) -> Next<T> {
+        match tokio::time::timeout(policy.lock_wait, follower.wait()).await {
+            Ok(outcome) => self.follow::<T>(key, policy, outcome).await,
+            Err(_) => {
+                self.inner.counters.lock_timeout();
+                tracing::debug!(cache = %self.inner.name, "the load this caller waited for is taking longer than the lock wait; loading without storing");
+                Next::LoadUnstored
+            }
         }
     }
 
@@ -690,7 +786,7 @@ impl Cache {
         key: &str,
         policy: &Policy,
         loader: F,
-        hint: Option<Timing>,
+        prior: Prior,
     ) -> Result<Fetched<T>, E>
     where
         T: Value,
@@ -698,11 +794,23 @@ impl Cache {
         Fut: Future<Output = Result<Loaded<T>, E>>,
     {
         if policy.stampede != Stampede::Lock || !self.inner.store.is_remote() {
-            return self.load_and_fill(guard, key, policy, loader, true).await;
+            return self
+                .load_and_fill(guard, key, policy, loader, Some(prior.seen))
+                .await;
         }
-        match self.acquire_or_wait::<T>(key, policy, hint.as_ref()).await {
-            LockWait::Acquired(held) => {
-                let result = self.load_and_fill(guard, key, policy, loader, true).await;
+        match self
+            .acquire_or_wait::<T>(key, policy, prior.hint.as_ref())
+            .await
+        {
+            LockWait::Acquired(held, ttl) => {
+                // The lock is renewed while the load runs, so nobody takes it from a slow load.
+                let load = self.load_and_fill(guard, key, policy, loader, Some(prior.seen));
+                let mut load = std::pin::pin!(load);
+                let result = tokio::select! {
+                    biased;
+                    result = &mut load => result,
+                    () = self.keep_lock(&held, ttl) => load.await,
+                };
                 self.release_lock(&held).await;
                 result
             }
@@ -723,27 +831,70 @@ impl Cache {
             LockWait::TimedOut => {
                 self.inner.counters.lock_timeout();
                 tracing::debug!(cache = %self.inner.name, "lock wait timed out; loading without storing");
-                self.load_and_fill(guard, key, policy, loader, false).await
+                self.load_and_fill(guard, key, policy, loader, None).await
             }
-            LockWait::Unavailable => self.load_and_fill(guard, key, policy, loader, true).await,
+            LockWait::Unavailable => {
+                self.load_and_fill(guard, key, policy, loader, Some(prior.seen))
+                    .await
+            }
         }
     }
 
-    /// Runs the loader, stores a cacheable value (when `store`), and finishes the flight.
+    /// Renews `held` every third of its TTL for as long as its holder still holds it (checked
+    /// by token); returns when a renewal fails (lost, or Redis failing), never otherwise.
+    async fn keep_lock(&self, held: &HeldLock, ttl: Duration) {
+        loop {
+            tokio::time::sleep(ttl / 3).await;
+            let renew = self
+                .inner
+                .store
+                .expire_if_equals(&held.lock_key, &held.token, ttl);
+            match self.store_op(renew).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!(cache = %self.inner.name, "lock lost while loading (expired and taken)");
+                    return;
+                }
+                Err(err) => {
+                    tracing::debug!(cache = %self.inner.name, error = %err, "lock renewal failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs the loader, stores a cacheable value (when `fill` is `Some`: what the lookup saw
+    /// under the key, if it read it), and finishes the flight.
     async fn load_and_fill<T, E, F, Fut>(
         &self,
         guard: Option<LeaderGuard>,
         key: &str,
         policy: &Policy,
         loader: F,
-        store: bool,
+        fill: Option<Option<Seen>>,
     ) -> Result<Fetched<T>, E>
     where
         T: Value,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded<T>, E>>,
     {
-        let (started_ms, started) = (self.load_stamp_ms(), Instant::now());
+        // What the fill will be conditional on, taken before the loader runs. Without it (Redis
+        // failing) the value is served but not stored.
+        let start: Option<LoadStart> = match fill {
+            Some(seen) => match self.load_start(key, &policy.tags, seen).await {
+                Ok(start) => Some(start),
+                Err(err) => {
+                    tracing::debug!(cache = %self.inner.name, error = %err,
+                        "could not read what the load starts from; its value will not be stored");
+                    None
+                }
+            },
+            None => None,
+        };
+        let (started_ms, started) = (
+            start.as_ref().map_or_else(|| self.load_stamp_ms(), |s| s.stamp_ms),
+            Instant::now(),
+        );
         let span = tracing::debug_span!("cache.load", cache = %self.inner.name, key = %super::key_hint(key));
         let result = loader().instrument(span).await;
         let took = started.elapsed();
@@ -772,41 +923,35 @@ impl Cache {
             });
         }
         let detached = guard.as_ref().is_some_and(LeaderGuard::is_detached);
+        let late_tags = loaded.tags.clone();
         let policy = effective_policy(policy, &loaded);
         let mut origin = Origin::LoadedUnstored;
-        let timing = match self.encode_entry(&loaded.value, &policy, started_ms, took) {
-            Ok((bytes, timing)) => {
-                if store && !detached {
-                    match self
-                        .write_entry(key, &loaded.value, bytes, timing, &policy.tags)
-                        .await
-                    {
-                        Ok(()) => origin = Origin::Loaded,
-                        Err(err) => tracing::debug!(cache = %self.inner.name, error = %err,
-                            "could not store loaded value"),
-                    }
-                    if policy.stampede == Stampede::Lock {
-                        self.announce_landed(key).await;
-                    }
-                }
-                Some(timing)
+        let timing = self.entry_timing(&policy, started_ms, took);
+        if let (Some(start), false) = (&start, detached) {
+            match self
+                .fill_entry(start, &loaded.value, &policy, timing, &late_tags)
+                .await
+            {
+                Ok(true) => origin = Origin::Loaded,
+                Ok(false) => {}
+                Err(err) => tracing::debug!(cache = %self.inner.name, error = %err,
+                    "could not store loaded value"),
             }
-            Err(err) => {
-                tracing::warn!(cache = %self.inner.name, error = %err, "loaded value could not be encoded; not cached");
-                None
+            if policy.stampede == Stampede::Lock {
+                self.announce_landed(&start.key).await;
             }
-        };
+        }
         if let Some(guard) = guard {
             let shared = Shared {
                 value: loaded.value.clone(),
-                timing,
+                timing: Some(timing),
             };
             guard.finish(Outcome::Value(Arc::new(shared)));
         }
         Ok(Fetched {
             value: loaded.value,
             origin,
-            timing,
+            timing: Some(timing),
         })
     }
 
@@ -831,7 +976,7 @@ impl Cache {
                 .store
                 .set_if_absent(&held.lock_key, held.token.clone(), lock_ttl);
             match self.store_op(take).await {
-                Ok(true) => return LockWait::Acquired(held),
+                Ok(true) => return LockWait::Acquired(held, lock_ttl),
                 Ok(false) => {}
                 Err(_) => return LockWait::Unavailable,
             }
@@ -860,12 +1005,11 @@ impl Cache {
         }
     }
 
-    async fn announce_landed(&self, key: &str) {
-        let full_key = self.entry_key(key).await;
+    async fn announce_landed(&self, full_key: &str) {
         let publish = self
             .inner
             .store
-            .publish(self.inner.landed.channel(), &full_key);
+            .publish(self.inner.landed.channel(), full_key);
         if let Err(err) = self.store_op(publish).await {
             tracing::debug!(cache = %self.inner.name, error = %err, "could not announce landed value");
         }
@@ -874,7 +1018,8 @@ impl Cache {
 
 /// Result of trying to take an entry's distributed lock.
 enum LockWait<T> {
-    Acquired(HeldLock),
+    /// Taken, with this TTL.
+    Acquired(HeldLock, Duration),
     /// Another process stored the value while we waited.
     Landed(T, Timing),
     /// `lock_wait` passed: load without storing.

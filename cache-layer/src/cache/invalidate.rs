@@ -15,7 +15,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::{millis, now_ms, Cache};
 use crate::{
     bus::Message,
-    envelope::{Envelope, Timing},
+    cache::engine::Value,
+    envelope::{self, DecodeError, Envelope, Seen, Timing},
     local::LocalEntry,
     store::Backend,
     tags::{TagTimes, Trust, Validity},
@@ -38,13 +39,6 @@ redis.call('SET', KEYS[1], string.format('%.0f:%.0f', hard, soft), 'PX', ARGV[2]
 return {hard, soft}
 "#;
 
-/// One-key script: `INCR` the namespace version and return it with the Redis time in ms.
-const BUMP_NAMESPACE: &str = r#"
-local v = redis.call('INCR', KEYS[1])
-local t = redis.call('TIME')
-return {v, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
-"#;
-
 fn script(
     cell: &'static std::sync::OnceLock<redis::Script>,
     source: &str,
@@ -59,10 +53,11 @@ enum TagField {
     Soft,
 }
 
-/// Invalidations Redis did not take (breaker open, timeout, lost `PUBLISH`): this process honours
-/// them at once; they are replayed when the breaker closes or the bus resubscribes, so the other
-/// instances (and this one, once its local record is gone) follow. Bounded: past
-/// [`MAX_PENDING`] entries the replay becomes one namespace bump, which covers everything.
+/// Invalidations and writes Redis did not take (breaker open, timeout, lost `PUBLISH`): this
+/// process honours them at once (entries they cover are not served from L1 or Redis here, and
+/// loads covered by them are not stored), and a background task replays them with backoff until
+/// Redis takes them, whether or not the breaker opened, so the other instances follow. Bounded:
+/// past [`MAX_PENDING`] entries the replay becomes one namespace bump, which covers everything.
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
     hard: std::collections::BTreeSet<String>,
@@ -73,13 +68,16 @@ pub(crate) struct Pending {
 
 const MAX_PENDING: usize = 10_000;
 
+/// How long a tombstone left by `delete` stays; a load that runs longer is not stored.
+pub(crate) const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+
 impl Pending {
     fn is_empty(&self) -> bool {
         !self.namespace && self.hard.is_empty() && self.soft.is_empty() && self.keys.is_empty()
     }
 
     fn len(&self) -> usize {
-        self.hard.len() + self.soft.len() + self.keys.len()
+        self.hard.len() + self.soft.len() + self.keys.len() + usize::from(self.namespace)
     }
 
     fn overflowed(&mut self) {
@@ -90,6 +88,51 @@ impl Pending {
             };
         }
     }
+}
+
+/// The pending set with a lock-free "anything pending?" for the read path.
+#[derive(Debug, Default)]
+pub(crate) struct PendingBook {
+    set: std::sync::Mutex<Pending>,
+    len: std::sync::atomic::AtomicUsize,
+    replaying: std::sync::atomic::AtomicBool,
+}
+
+impl PendingBook {
+    /// How many invalidations and writes wait for Redis.
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Pending) -> R) -> R {
+        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        let out = f(&mut set);
+        self.len
+            .store(set.len(), std::sync::atomic::Ordering::Release);
+        out
+    }
+}
+
+/// What a load knew when it started (see [`Cache::load_start`]).
+#[derive(Debug, Clone)]
+pub(crate) struct LoadStart {
+    /// The entry key under the namespace epoch at load start.
+    pub(crate) key: EntryKey,
+    /// What the key held.
+    pub(crate) seen: Seen,
+    /// The policy's tags with their versions.
+    pub(crate) versions: Vec<(String, TagTimes)>,
+    /// A lower bound of the Redis clock at load start (the entry's `created_ms`).
+    pub(crate) stamp_ms: u64,
+    pub(crate) started: Instant,
+}
+
+/// A tag record as read for a validity check or a load start.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FetchedTag {
+    pub(crate) times: TagTimes,
+    /// It was missing (or went back) and was recreated just now.
+    pub(crate) repaired: bool,
 }
 
 /// The Redis key of an entry, resolved with the current namespace version, plus what an L1 fill
@@ -153,67 +196,169 @@ impl Cache {
     ///
     /// `now` is the caller's notion of the current time (its freshness checks use the same value).
     pub(crate) async fn current_timing(&self, envelope: &Envelope<'_>, now: u64) -> Option<Timing> {
-        let created_ms = envelope.timing.created_ms;
-        let validity = match self.local_validity(envelope.tags(), created_ms) {
+        let validity = match self.local_validity(envelope.tag_versions()) {
             Some(validity) => validity,
-            None => Box::pin(self.entry_validity(envelope.tags(), created_ms)).await,
+            None => Box::pin(self.entry_validity(envelope.tag_versions())).await,
         };
+        let validity = validity.and(self.pending_validity(envelope.tags()));
         served_timing(envelope.timing, validity, now)
     }
 
-    /// Whether the tags of an entry created at `created_ms` were invalidated or expired since.
-    /// Tag times not known locally (or no longer trusted) are fetched in one round trip; if that
-    /// fails the entry is treated as invalid.
+    /// Whether the tags of an entry, with the versions its load saw, were invalidated or expired
+    /// since. Records not known locally (or no longer trusted, or older than the entry's) are read
+    /// in one round trip (lost ones repaired); if that fails the entry is treated as invalid.
     pub(crate) async fn entry_validity<'a>(
         &self,
-        tags: impl IntoIterator<Item = &'a str>,
-        created_ms: u64,
+        tags: impl IntoIterator<Item = (&'a str, TagTimes)>,
     ) -> Validity {
         let mut verdict = Validity::Valid;
-        let mut missing: Vec<&str> = Vec::new();
-        for tag in tags {
-            match self.inner.tag_book.get(tag) {
-                Some(record) if self.inner.bus.is_trusted(record.trust) => {
-                    verdict = verdict.and(Validity::of(record.times, created_ms));
-                }
-                _ => missing.push(tag),
+        let mut missing: Vec<(&str, TagTimes)> = Vec::new();
+        for (tag, recorded) in tags {
+            let known = self
+                .inner
+                .tag_book
+                .get(tag)
+                .filter(|record| self.inner.bus.is_trusted(record.trust))
+                .and_then(|record| Validity::of(record.times, recorded));
+            match known {
+                Some(v) => verdict = verdict.and(v),
+                None => missing.push((tag, recorded)),
             }
         }
         if missing.is_empty() || verdict == Validity::Invalid {
             return verdict;
         }
-        match self.fetch_tags(&missing).await {
-            Ok(times) => times
-                .into_iter()
-                .fold(verdict, |v, t| v.and(Validity::of(t, created_ms))),
+        let names: Vec<&str> = missing.iter().map(|(tag, _)| *tag).collect();
+        match self.fetch_tags(&names).await {
+            Ok(current) => current.into_iter().zip(&missing).fold(verdict, |v, (cur, (_, rec))| {
+                // Still older than what the entry saw: the record went back. Not valid.
+                v.and(Validity::of(cur.times, *rec).unwrap_or(Validity::Invalid))
+            }),
             Err(err) => {
                 tracing::debug!(cache = %self.inner.name, error = %err,
-                    "could not read tag times; treating the entry as invalidated");
+                    "could not read tag versions; treating the entry as invalidated");
                 Validity::Invalid
             }
         }
     }
 
-    /// The validity of an entry from local knowledge only; `None` if a tag's times are unknown or
-    /// no longer trusted.
+    /// The validity of an entry from local knowledge only; `None` if a tag's record is unknown,
+    /// no longer trusted, or older than the entry's.
     fn local_validity<'a>(
         &self,
-        tags: impl IntoIterator<Item = &'a str>,
-        created_ms: u64,
+        tags: impl IntoIterator<Item = (&'a str, TagTimes)>,
     ) -> Option<Validity> {
         let mut verdict = Validity::Valid;
-        for tag in tags {
+        for (tag, recorded) in tags {
             let record = self.inner.tag_book.get(tag)?;
             if !self.inner.bus.is_trusted(record.trust) {
                 return None;
             }
-            verdict = verdict.and(Validity::of(record.times, created_ms));
+            verdict = verdict.and(Validity::of(record.times, recorded)?);
         }
         Some(verdict)
     }
 
-    /// Reads the times of `tags` (one pipelined round trip on Redis) and remembers them.
-    async fn fetch_tags(&self, tags: &[&str]) -> Result<Vec<TagTimes>, Error> {
+    /// The current versions of `tags` for a load starting now: from what this process knows when
+    /// it is trusted, else read (one round trip; lost records repaired).
+    pub(crate) async fn load_versions(
+        &self,
+        tags: &[String],
+    ) -> Result<Vec<(String, TagTimes)>, Error> {
+        let mut out = Vec::with_capacity(tags.len());
+        let mut missing = Vec::new();
+        for tag in tags {
+            match self.inner.tag_book.get(tag) {
+                Some(record) if self.inner.bus.is_trusted(record.trust) => {
+                    out.push((tag.clone(), record.times));
+                }
+                _ => {
+                    missing.push(tag.as_str());
+                    out.push((tag.clone(), TagTimes::default()));
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let fetched = self.fetch_tags(&missing).await?;
+        let mut fetched = missing.iter().zip(fetched);
+        for (tag, times) in out.iter_mut() {
+            if times == &TagTimes::default() {
+                if let Some((_, got)) = fetched.find(|(name, _)| **name == tag.as_str()) {
+                    *times = got.times;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The tags of `tags` whose records this process does not know (or no longer trusts): what a
+    /// lookup reads along with the entry.
+    pub(crate) fn untrusted_tags<'t>(&self, tags: &'t [String]) -> Vec<&'t str> {
+        tags.iter()
+            .filter(|tag| {
+                !self
+                    .inner
+                    .tag_book
+                    .get(tag)
+                    .is_some_and(|record| self.inner.bus.is_trusted(record.trust))
+            })
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// Takes in the raw records of `tags` read along with an entry (stamped `trust`, taken before
+    /// the read); missing, unreadable or regressed ones are repaired (a second round trip, only
+    /// then).
+    pub(crate) async fn learn_tag_records(
+        &self,
+        tags: &[&str],
+        records: Vec<Option<Vec<u8>>>,
+        trust: Trust,
+    ) -> Result<(), Error> {
+        let mut broken = Vec::new();
+        for (tag, raw) in tags.iter().zip(records) {
+            let known = self.inner.tag_book.get(tag).map(|r| r.times);
+            match raw.as_deref().and_then(TagTimes::parse) {
+                Some(times) if known.is_none_or(|k| times.hard_ms >= k.hard_ms) => {
+                    self.inner.tag_book.merge(tag, times, trust);
+                }
+                _ => broken.push(*tag),
+            }
+        }
+        if !broken.is_empty() {
+            self.repair(&broken, trust).await?;
+        }
+        Ok(())
+    }
+
+    /// Repairs the records of `tags` (missing, unreadable or regressed) and remembers them.
+    async fn repair(&self, tags: &[&str], trust: Trust) -> Result<Vec<FetchedTag>, Error> {
+        let inner = &self.inner;
+        let keys: Vec<String> = tags.iter().map(|tag| inner.keys.tag(tag)).collect();
+        let known: Vec<u64> = tags
+            .iter()
+            .map(|tag| inner.tag_book.get(tag).map_or(0, |r| r.times.hard_ms))
+            .collect();
+        let repaired = self
+            .store_op(inner.store.repair_tags(&keys, &known, inner.tag_ttl))
+            .await?;
+        for (tag, times) in tags.iter().zip(&repaired) {
+            inner.tag_book.merge(tag, *times, trust);
+        }
+        Ok(repaired
+            .into_iter()
+            .map(|times| FetchedTag {
+                times,
+                repaired: true,
+            })
+            .collect())
+    }
+
+    /// Reads the records of `tags` (one pipelined round trip on Redis; lost ones repaired, a
+    /// second round trip only then) and remembers them.
+    pub(crate) async fn fetch_tags(&self, tags: &[&str]) -> Result<Vec<FetchedTag>, Error> {
         let inner = &self.inner;
         let trust = inner.bus.trust_now();
         let keys: Vec<String> = tags.iter().map(|tag| inner.keys.tag(tag)).collect();
@@ -236,19 +381,34 @@ impl Cache {
                     .collect::<Result<_, _>>()?
             }
         };
-        let times: Vec<TagTimes> = values
-            .iter()
-            .map(|value| {
-                value
-                    .as_deref()
-                    .and_then(TagTimes::parse)
-                    .unwrap_or_default()
-            })
-            .collect();
-        for (tag, times) in tags.iter().zip(&times) {
-            inner.tag_book.merge(tag, *times, trust);
+        let mut out: Vec<Option<FetchedTag>> = Vec::with_capacity(tags.len());
+        let mut broken = Vec::new();
+        for (tag, value) in tags.iter().zip(&values) {
+            let known = inner.tag_book.get(tag).map(|r| r.times);
+            match value.as_deref().and_then(TagTimes::parse) {
+                Some(times) if known.is_none_or(|k| times.hard_ms >= k.hard_ms) => {
+                    inner.tag_book.merge(tag, times, trust);
+                    out.push(Some(FetchedTag {
+                        times,
+                        repaired: false,
+                    }));
+                }
+                _ => {
+                    broken.push(*tag);
+                    out.push(None);
+                }
+            }
         }
-        Ok(times)
+        if !broken.is_empty() {
+            let mut repaired = self.repair(&broken, trust).await?.into_iter();
+            for slot in out.iter_mut().filter(|slot| slot.is_none()) {
+                *slot = repaired.next();
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|slot| slot.unwrap_or_default())
+            .collect())
     }
 
     /// The namespace version if it needs no refresh (and the bus is running).
@@ -290,15 +450,46 @@ impl Cache {
         if record.trust.is_some_and(|t| inner.bus.is_trusted(t)) {
             return record.version;
         }
+        if inner.clock.error_ms().is_none() {
+            // First use: entry stamps use the Redis clock, with or without a bus.
+            self.measure_clock().await;
+        }
         let trust = inner.bus.trust_now();
-        match self.store_op(inner.store.get(&inner.keys.version())).await {
-            Ok(bytes) => {
-                let version = bytes
-                    .as_deref()
-                    .and_then(|b| std::str::from_utf8(b).ok())
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .unwrap_or(0);
+        let known = record.version;
+        let key = inner.keys.version();
+        let read = async {
+            let bytes = inner.store.get(&key).await?;
+            let stored = bytes
+                .as_deref()
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|s| s.parse::<u64>().ok());
+            match stored {
+                Some(epoch) if epoch >= known => Ok((epoch, false)),
+                // Missing (lost: evicted, a restart without persistence, a failover) or behind
+                // what this process knows: repaired to a fresh epoch, never read as 0.
+                _ => {
+                    tracing::info!(cache = %inner.name, known, ?stored,
+                        "namespace epoch missing or regressed in redis; repairing it");
+                    inner
+                        .store
+                        .namespace_epoch(&key, known, false)
+                        .await
+                        .map(|(epoch, _)| (epoch, true))
+                }
+            }
+        };
+        match self.store_op(read).await {
+            Ok((version, repaired)) => {
                 self.learn_namespace(version, None, trust);
+                if repaired {
+                    // Tell the others (best effort: they also re-read within the fallback TTL).
+                    let _ = self
+                        .publish(Message {
+                            namespace: Some((version, inner.clock.upper_ms())),
+                            ..Message::default()
+                        })
+                        .await;
+                }
             }
             Err(err) => {
                 // Keep the last known version for the fallback TTL instead of asking again on
@@ -457,10 +648,12 @@ impl Cache {
         if entry.version != namespace.version || !namespace_trusted {
             return None;
         }
-        let validity = self.local_validity(
-            entry.tags.iter().map(String::as_str),
-            entry.timing.created_ms,
-        )?;
+        if self.pending_covers(key) {
+            return None;
+        }
+        let validity = self
+            .local_validity(entry.tags.iter().map(|(tag, v)| (tag.as_str(), *v)))?
+            .and(self.pending_validity(entry.tags.iter().map(|(tag, _)| tag.as_str())));
         let timing = served_timing(entry.timing, validity, now)?;
         let value = entry.value.downcast_ref::<T>()?.clone();
         Some((value, timing))
@@ -468,12 +661,15 @@ impl Cache {
 
     /// Mirrors a value read from (or written to) `key` into L1, unless an eviction of that key
     /// happened since the key was resolved (the value may be the one the eviction was about).
-    pub(crate) fn local_insert<T: Clone + Send + Sync + 'static>(
+    ///
+    /// The ticket is checked again after the insert: an eviction that slipped in between the
+    /// first check and the insert would otherwise be undone by it, so the copy is taken out again.
+    pub(crate) fn local_insert<'a, T: Clone + Send + Sync + 'static>(
         &self,
         key: &EntryKey,
         value: &T,
         timing: Timing,
-        tags: impl IntoIterator<Item = impl AsRef<str>>,
+        tags: impl IntoIterator<Item = (&'a str, TagTimes)>,
         ttl: Duration,
     ) {
         let inner = &self.inner;
@@ -487,43 +683,120 @@ impl Cache {
         let entry = LocalEntry {
             value: Arc::new(value.clone()),
             timing,
-            tags: tags.into_iter().map(|t| t.as_ref().to_owned()).collect(),
+            tags: tags.into_iter().map(|(t, v)| (t.to_owned(), v)).collect(),
             expires_at: now + inner.bus.l1_ttl(ttl),
             inserted: now,
             version: key.version,
         };
         local.insert(user_key, entry);
+        if inner.bus.tickets.ticket(user_key) != *ticket {
+            local.remove_if_inserted_at(user_key, now);
+        }
     }
 
     // ----- writes -------------------------------------------------------------------------------
 
-    /// Writes an encoded entry to the store (TTL = its hard expiry, capped by the tag TTL for
-    /// tagged entries) and mirrors it into L1. A value whose load started before a namespace bump
-    /// or an invalidation of one of its tags (as far as this process knows) is not stored.
-    pub(crate) async fn write_entry<T: Clone + Send + Sync + 'static>(
+    /// What a load knew when it started: the entry key (namespace epoch), what the key held, and
+    /// the versions of the policy's tags. A fill is stored only under that key, only if the key
+    /// still holds what it held, and with those versions (so an invalidation during the load makes
+    /// the entry invalid, and a delete or set during the load refuses the fill).
+    pub(crate) async fn load_start(
         &self,
         key: &str,
-        value: &T,
-        bytes: Vec<u8>,
-        timing: Timing,
         tags: &[String],
-    ) -> Result<(), Error> {
-        let inner = &self.inner;
+        seen: Option<Seen>,
+    ) -> Result<LoadStart, Error> {
         let full_key = self.entry_key(key).await;
-        if timing.created_ms <= inner.namespace.get().bumped_ms
-            || self.local_validity(tags.iter().map(String::as_str), timing.created_ms)
-                == Some(Validity::Invalid)
-        {
+        let seen = match seen {
+            Some(seen) => seen,
+            None => Seen::of(
+                self.store_op(self.inner.store.get(&full_key))
+                    .await?
+                    .as_deref(),
+            ),
+        };
+        let versions = self.load_versions(tags).await?;
+        Ok(LoadStart {
+            key: full_key,
+            seen,
+            versions,
+            stamp_ms: self.load_stamp_ms(),
+            started: Instant::now(),
+        })
+    }
+
+    /// Fills an entry after a load (conditional, see [`load_start`](Self::load_start)) and
+    /// mirrors it into L1. `late_tags` are tags only known after the load (an HTTP response's
+    /// `Cache-Tag`): their versions are read now, and the fill is dropped if one of them was
+    /// invalidated after the load started. Returns whether it was stored.
+    pub(crate) async fn fill_entry<T: Value>(
+        &self,
+        start: &LoadStart,
+        value: &T,
+        policy: &Policy,
+        timing: Timing,
+        late_tags: &[String],
+    ) -> Result<bool, Error> {
+        let inner = &self.inner;
+        if start.started.elapsed() >= TOMBSTONE_TTL {
+            // A delete during this load may have left a tombstone that has expired by now.
+            return Ok(false);
+        }
+        let mut versions = start.versions.clone();
+        if !late_tags.is_empty() {
+            let names: Vec<&str> = late_tags.iter().map(String::as_str).collect();
+            let fetched = self.fetch_tags(&names).await?;
+            for (tag, fetched) in late_tags.iter().zip(fetched) {
+                if !fetched.repaired && fetched.times.hard_ms >= start.stamp_ms {
+                    tracing::debug!(cache = %inner.name, "a tag of this response was invalidated during its load; not storing it");
+                    return Ok(false);
+                }
+                versions.push((tag.clone(), fetched.times));
+            }
+        }
+        if self.superseded(&start.key, &versions) {
             tracing::debug!(cache = %inner.name, "an invalidation raced this load; not storing it");
-            return Ok(());
+            return Ok(false);
         }
+        let bytes = self.encode_entry(value, policy, timing, &versions)?;
+        let ttl = self.entry_ttl(&timing, !versions.is_empty());
+        let stored = self
+            .store_op(inner.store.fill_if(&start.key, bytes, ttl, &start.seen))
+            .await?;
+        if stored {
+            let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
+            self.local_insert(&start.key, value, timing, tags, ttl);
+        } else {
+            tracing::debug!(cache = %inner.name, "a write or delete raced this load; not storing it");
+        }
+        Ok(stored)
+    }
+
+    /// Whether something this process knows already makes an entry with `versions` under `key`
+    /// invalid (a newer namespace epoch, a newer tag version, an invalidation not yet in Redis).
+    fn superseded(&self, key: &EntryKey, versions: &[(String, TagTimes)]) -> bool {
+        let inner = &self.inner;
+        if key.version != inner.namespace.get().version {
+            return true;
+        }
+        if self.has_pending_tags(versions.iter().map(|(tag, _)| tag.as_str())) {
+            return true;
+        }
+        versions.iter().any(|(tag, recorded)| {
+            inner
+                .tag_book
+                .get(tag)
+                .is_some_and(|record| record.times.hard_ms > recorded.hard_ms)
+        })
+    }
+
+    /// An entry's Redis TTL: its hard expiry, capped by the tag TTL for tagged entries.
+    fn entry_ttl(&self, timing: &Timing, tagged: bool) -> Duration {
         let mut ttl = Duration::from_millis(timing.stale_until_ms.saturating_sub(now_ms()).max(1));
-        if !tags.is_empty() {
-            // A tag key must outlive every entry that carries the tag (see `tags`).
-            ttl = ttl.min(inner.tag_ttl);
+        if tagged {
+            ttl = ttl.min(self.inner.tag_ttl);
         }
-        self.local_insert(&full_key, value, timing, tags, ttl);
-        self.store_op(inner.store.set(&full_key, bytes, ttl)).await
+        ttl
     }
 
     /// Reads a fresh value without loading. A missing, expired, invalidated, corrupt or
@@ -558,8 +831,12 @@ impl Cache {
             Ok(None) | Err(Error::BreakerOpen) => return Ok(None),
             Err(err) => return Err(err),
         };
+        if self.pending_covers(key) {
+            return Ok(None);
+        }
         let envelope = match Envelope::parse(&bytes) {
             Ok(envelope) => envelope,
+            Err(DecodeError::Deleted) => return Ok(None),
             Err(why) => {
                 self.note_corrupt(key, why);
                 return Ok(None);
@@ -575,7 +852,7 @@ impl Cache {
         match envelope.decode::<T>() {
             Ok(value) => {
                 let ttl = Duration::from_millis(timing.stale_until_ms.saturating_sub(now).max(1));
-                self.local_insert(&full_key, &value, timing, envelope.tags(), ttl);
+                self.local_insert(&full_key, &value, timing, envelope.tag_versions(), ttl);
                 Ok(Some(value))
             }
             Err(why) => {
@@ -586,11 +863,14 @@ impl Cache {
     }
 
     /// Stores `value` under `key` with `policy` (write-through after a database write), and tells
-    /// the other instances to drop their L1 copies. Loads of `key` in flight are detached.
+    /// the other instances to drop their L1 copies. Loads of `key` in flight are detached, and a
+    /// load that started before this call cannot overwrite the value afterwards.
     ///
-    /// When the write fails the key is deleted (best effort) and the error returned, so readers
-    /// fall back to the source instead of a value that may be out of date. While the breaker is
-    /// open this is a no-op (only this process's L1 is updated).
+    /// A write Redis did not take is never silently dropped: the key is removed from L1, this
+    /// process stops trusting what Redis holds for it, and its deletion is recorded and replayed
+    /// in the background until Redis takes it (readers fall back to the source instead of the
+    /// value from before the write; [`Stats::pending_invalidations`](crate::Stats) counts it).
+    /// While the breaker is open that is all (`Ok`); any other failure is also returned.
     ///
     /// ```
     /// use std::time::Duration;
@@ -609,46 +889,57 @@ impl Cache {
     where
         T: Serialize + Clone + Send + Sync + 'static,
     {
-        self.inner.flights.detach_key(key);
-        let (bytes, timing) =
-            self.encode_entry(value, policy, self.load_stamp_ms(), Duration::ZERO)?;
-        let written = self
-            .write_entry(key, value, bytes, timing, &policy.tags)
-            .await;
-        match written {
+        let inner = &self.inner;
+        inner.flights.detach_key(key);
+        inner.bus.tickets.bump(key);
+        let written = async {
+            let full_key = self.entry_key(key).await;
+            let versions = self.load_versions(&policy.tags).await?;
+            let timing = self.entry_timing(policy, self.load_stamp_ms(), Duration::ZERO);
+            let bytes = self.encode_entry(value, policy, timing, &versions)?;
+            let ttl = self.entry_ttl(&timing, !versions.is_empty());
+            self.store_op(inner.store.set(&full_key, bytes, ttl)).await?;
+            let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
+            self.local_insert(&full_key, value, timing, tags, ttl);
+            Ok::<_, Error>(())
+        };
+        let result = match written.await {
             Ok(()) => {
+                self.forget_pending_key(key);
                 self.publish(Message {
                     keys: vec![key.to_owned()],
                     ..Message::default()
                 })
                 .await
             }
-            Err(Error::BreakerOpen) => Ok(()),
             Err(err) => {
-                self.inner.bus.tickets.bump(key);
-                if let Some(local) = &self.inner.local {
+                // Not written: whatever Redis holds for the key is from before this write.
+                if let Some(local) = &inner.local {
                     local.remove(key);
                 }
-                let full_key = self.entry_key(key).await;
-                let _ = self.store_op(self.inner.store.delete(&full_key)).await;
-                let _ = self
-                    .publish(Message {
-                        keys: vec![key.to_owned()],
-                        ..Message::default()
-                    })
-                    .await;
                 Err(err)
             }
+        };
+        if result.is_err() {
+            self.remember_pending(|pending| {
+                pending.keys.insert(key.to_owned());
+            });
+        }
+        match result {
+            Err(Error::BreakerOpen) => Ok(()),
+            other => other,
         }
     }
 
     /// Removes `key`; `Ok(true)` when an entry was removed. Loads of `key` already in flight are
     /// detached (their results are not stored and later callers start a new load), here and, via
-    /// the bus, in the other instances, which also drop their L1 copies.
+    /// the bus, in the other instances, which also drop their L1 copies. A load anywhere that
+    /// started before this call cannot put the old value back: the key holds a tombstone for
+    /// 60 s and fills are conditional on what their load saw (loads that run longer than that are
+    /// not stored).
     ///
-    /// A load in *another* process that finishes before the bus message reaches it can still
-    /// store its (older) value; tags close that window (see
-    /// [`invalidate_tag`](Cache::invalidate_tag)).
+    /// A delete Redis did not take is recorded and replayed in the background (and honoured by
+    /// this process meanwhile); errors other than an open breaker are also returned.
     ///
     /// ```
     /// use std::time::Duration;
@@ -666,14 +957,22 @@ impl Cache {
         let inner = &self.inner;
         inner.counters.invalidation();
         inner.flights.detach_key(key);
-        inner.bus.tickets.bump(key);
-        if let Some(local) = &inner.local {
-            local.remove(key);
-        }
+        self.evict_local(key);
         let full_key = self.entry_key(key).await;
-        let removed = self.store_op(inner.store.delete(&full_key)).await;
+        let tombstone = envelope::tombstone();
+        let removed = self
+            .store_op(
+                inner
+                    .store
+                    .delete_to_tombstone(&full_key, tombstone, TOMBSTONE_TTL),
+            )
+            .await;
+        // A reader that read the old value before the tombstone landed may be inserting it into
+        // L1 right now: its ticket is stale after this, and the copy goes.
+        self.evict_local(key);
         let published = match &removed {
             Ok(_) => {
+                self.forget_pending_key(key);
                 self.publish(Message {
                     keys: vec![key.to_owned()],
                     ..Message::default()
@@ -692,6 +991,13 @@ impl Cache {
             (Err(err), _) | (Ok(_), Err(err)) if !matches!(err, Error::BreakerOpen) => Err(err),
             (Ok(removed), _) => Ok(removed),
             (Err(_), _) => Ok(false),
+        }
+    }
+
+    fn evict_local(&self, key: &str) {
+        self.inner.bus.tickets.bump(key);
+        if let Some(local) = &self.inner.local {
+            local.remove(key);
         }
     }
 
@@ -797,34 +1103,27 @@ impl Cache {
             let times = match result {
                 Ok(times) => {
                     published.push((tag.clone(), times.hard_ms, times.soft_ms));
-                    times
+                    Some(times)
                 }
                 Err(err) => {
-                    // Redis did not take it: this process honours it now, with an upper bound of
-                    // the Redis clock as its time, and replays it when Redis is back.
+                    // Redis did not take it: this process honours it now (pending tags make
+                    // entries invalid or expired here) and replays it until Redis takes it.
                     self.remember_pending(|pending| {
                         match field {
                             TagField::Hard => pending.hard.insert(tag.clone()),
                             TagField::Soft => pending.soft.insert(tag.clone()),
                         };
                     });
-                    let at = inner.clock.upper_ms();
                     if !matches!(err, Error::BreakerOpen) {
                         first_error.get_or_insert(err);
                     }
-                    match field {
-                        TagField::Hard => TagTimes {
-                            hard_ms: at,
-                            soft_ms: 0,
-                        },
-                        TagField::Soft => TagTimes {
-                            hard_ms: 0,
-                            soft_ms: at,
-                        },
-                    }
+                    None
                 }
             };
-            inner.tag_book.merge(tag, times, trust);
+            if let Some(times) = times {
+                inner.tag_book.merge(tag, times, trust);
+                self.forget_pending_tag(tag, field);
+            }
             if field == TagField::Hard {
                 inner.flights.detach_tag(tag);
             }
@@ -913,88 +1212,230 @@ impl Cache {
     pub async fn invalidate_namespace(&self) -> Result<(), Error> {
         let inner = &self.inner;
         inner.bus.ensure_started(self).await;
-        let trust = inner.bus.trust_now();
         inner.counters.invalidation();
-        let (version, bumped_ms) = match &inner.store {
-            store if store.is_remote() => {
-                static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-                let mut invocation = script(&SCRIPT, BUMP_NAMESPACE).prepare_invoke();
-                invocation.key(inner.keys.version());
-                match self.store_op(store.invoke(&invocation, false)).await {
-                    Ok(bumped) => bumped,
-                    Err(err) => {
-                        // Not bumped anywhere: stop serving L1 copies here, and bump it as soon
-                        // as Redis is back.
-                        self.remember_pending(|pending| pending.namespace = true);
-                        inner.flights.detach_all();
-                        self.forget_local();
-                        return match err {
-                            Error::BreakerOpen => Ok(()),
-                            err => Err(err),
-                        };
-                    }
+        match self.bump_namespace_now().await {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                // Not bumped (or not announced): nothing Redis holds is served here until the
+                // replay got it in.
+                self.remember_pending(|pending| pending.namespace = true);
+                inner.flights.detach_all();
+                self.forget_local();
+                match err {
+                    Error::BreakerOpen => Ok(()),
+                    err => Err(err),
                 }
             }
-            _ => (inner.namespace.get().version + 1, now_ms()),
+        }
+    }
+
+    /// Bumps the namespace epoch in the store (repairing a lost or regressed one) and announces
+    /// it.
+    async fn bump_namespace_now(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        let trust = inner.bus.trust_now();
+        let known = inner.namespace.get().version;
+        let (version, bumped_ms) = match &inner.store {
+            store if store.is_remote() => {
+                let key = inner.keys.version();
+                self.store_op(store.namespace_epoch(&key, known, true))
+                    .await?
+            }
+            _ => (known + 1, now_ms()),
         };
         self.learn_namespace(version, Some(bumped_ms), trust);
-        let published = self
-            .publish(Message {
-                namespace: Some((version, bumped_ms)),
-                ..Message::default()
-            })
-            .await;
-        if published.is_err() {
-            self.remember_pending(|pending| pending.namespace = true);
-        }
-        match published {
-            Err(Error::BreakerOpen) => Ok(()),
-            other => other,
-        }
+        self.publish(Message {
+            namespace: Some((version, bumped_ms)),
+            ..Message::default()
+        })
+        .await
     }
 
     fn remember_pending(&self, add: impl FnOnce(&mut Pending)) {
         if !self.inner.bus.is_remote() {
             return;
         }
-        let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
-        add(&mut pending);
-        pending.overflowed();
+        self.inner.pending.with(|pending| {
+            add(pending);
+            pending.overflowed();
+        });
+        self.inner.counters.pending(self.inner.pending.len());
+        self.replay_pending();
     }
 
-    /// Replays the invalidations Redis did not take, in the background (Redis just came back).
-    fn replay_pending(&self) {
-        let pending = {
-            let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
-            if pending.is_empty() {
-                return;
+    fn forget_pending_key(&self, key: &str) {
+        if self.inner.pending.len() > 0 {
+            self.inner.pending.with(|pending| pending.keys.remove(key));
+            self.inner.counters.pending(self.inner.pending.len());
+        }
+    }
+
+    fn forget_pending_tag(&self, tag: &str, field: TagField) {
+        if self.inner.pending.len() > 0 {
+            self.inner.pending.with(|pending| match field {
+                TagField::Hard => pending.hard.remove(tag),
+                TagField::Soft => pending.soft.remove(tag),
+            });
+            self.inner.counters.pending(self.inner.pending.len());
+        }
+    }
+
+    /// Whether an invalidation this process has not got into Redis yet covers `key` itself or
+    /// the whole namespace: then nothing Redis holds for it is served here.
+    pub(crate) fn pending_covers(&self, key: &str) -> bool {
+        self.inner.pending.len() > 0
+            && self
+                .inner
+                .pending
+                .with(|pending| pending.namespace || pending.keys.contains(key))
+    }
+
+    /// Whether a hard invalidation of one of `tags` waits for Redis.
+    fn has_pending_tags<'a>(&self, tags: impl IntoIterator<Item = &'a str>) -> bool {
+        if self.inner.pending.len() == 0 {
+            return false;
+        }
+        let tags: Vec<&str> = tags.into_iter().collect();
+        self.inner.pending.with(|pending| {
+            pending.namespace || tags.iter().any(|tag| pending.hard.contains(*tag))
+        })
+    }
+
+    /// The validity pending invalidations impose on an entry with `tags` (`Valid` when none).
+    fn pending_validity<'a>(&self, tags: impl IntoIterator<Item = &'a str>) -> Validity {
+        if self.inner.pending.len() == 0 {
+            return Validity::Valid;
+        }
+        let tags: Vec<&str> = tags.into_iter().collect();
+        self.inner.pending.with(|pending| {
+            if pending.namespace || tags.iter().any(|tag| pending.hard.contains(*tag)) {
+                Validity::Invalid
+            } else if tags.iter().any(|tag| pending.soft.contains(*tag)) {
+                Validity::Expired
+            } else {
+                Validity::Valid
             }
-            std::mem::take(&mut *pending)
-        };
+        })
+    }
+
+    /// Replays, in the background and with backoff, the invalidations and writes Redis did not
+    /// take, until none is left (one replayer per cache).
+    fn replay_pending(&self) {
+        use std::sync::atomic::Ordering;
+        let inner = &self.inner;
+        if inner.pending.len() == 0 {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            *self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()) = pending;
             return;
         };
-        let cache = self.clone();
+        if inner
+            .pending
+            .replaying
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        // The task holds only a weak handle: a dropped cache stops replaying.
+        let weak = Arc::downgrade(&self.inner);
         runtime.spawn(async move {
-            tracing::info!(cache = %cache.inner.name, tags = pending.hard.len() + pending.soft.len(),
-                keys = pending.keys.len(), namespace = pending.namespace,
-                "replaying invalidations redis missed");
-            // Failures land in `pending` again (same code paths) for the next recovery.
-            if pending.namespace {
-                let _ = cache.invalidate_namespace().await;
-                return;
-            }
-            if !pending.hard.is_empty() {
-                let _ = cache.bump_tags(pending.hard, TagField::Hard).await;
-            }
-            if !pending.soft.is_empty() {
-                let _ = cache.bump_tags(pending.soft, TagField::Soft).await;
-            }
-            for key in pending.keys {
-                let _ = cache.delete(&key).await;
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let cache = Cache { inner };
+                let done = cache.replay_once().await;
+                if done {
+                    cache.inner.pending.replaying.store(false, Ordering::Release);
+                    // Something may have been added between the last check and the store.
+                    if cache.inner.pending.len() > 0 {
+                        cache.replay_pending();
+                    }
+                    return;
+                }
+                drop(cache);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         });
+    }
+
+    /// One replay attempt of everything pending; `true` when nothing is left.
+    async fn replay_once(&self) -> bool {
+        let inner = &self.inner;
+        // Taken out while replayed; failures are recorded again by the same code paths (which do
+        // not start a second replayer: this one is running).
+        let pending = inner.pending.with(|pending| {
+            let snapshot = Pending {
+                hard: pending.hard.clone(),
+                soft: pending.soft.clone(),
+                keys: pending.keys.clone(),
+                namespace: pending.namespace,
+            };
+            snapshot
+        });
+        if pending.is_empty() {
+            return true;
+        }
+        tracing::debug!(cache = %inner.name, tags = pending.hard.len() + pending.soft.len(),
+            keys = pending.keys.len(), namespace = pending.namespace,
+            "replaying invalidations redis missed");
+        if pending.namespace {
+            if self.bump_namespace_now().await.is_ok() {
+                inner.pending.with(|p| {
+                    p.namespace = false;
+                    // A namespace bump covers every key and tag.
+                    p.keys.clear();
+                    p.hard.clear();
+                    p.soft.clear();
+                });
+            }
+        } else {
+            if !pending.hard.is_empty() {
+                let _ = self.bump_tags(pending.hard, TagField::Hard).await;
+            }
+            if !pending.soft.is_empty() {
+                let _ = self.bump_tags(pending.soft, TagField::Soft).await;
+            }
+            for key in pending.keys {
+                let _ = self.delete(&key).await;
+            }
+        }
+        inner.counters.pending(inner.pending.len());
+        inner.pending.len() == 0
+    }
+
+    /// Drains pending work before the process exits: replays every invalidation and write Redis
+    /// has not taken yet, retrying for up to `within`. `Ok` when nothing is left; otherwise
+    /// [`Error::Timeout`] (the count is in [`Stats::pending_invalidations`](crate::Stats)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_layer::Error> {
+    /// let cache = cache_layer::Cache::in_memory();
+    /// cache.invalidate_tag("catalog").await?;
+    /// cache.shutdown(Duration::from_secs(5)).await?;
+    /// assert_eq!(cache.stats().pending_invalidations, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn shutdown(&self, within: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + within;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            if self.inner.pending.len() == 0 {
+                return Ok(());
+            }
+            if self.replay_once().await {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout(within));
+            }
+            tokio::time::sleep(backoff.min(left)).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
     }
 
     /// Whether the invalidation bus is subscribed right now (always `false` with the in-memory

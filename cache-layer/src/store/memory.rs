@@ -83,6 +83,45 @@ impl MemoryStore {
     }
 }
 
+/// What [`MemoryStore::update`] does with a key.
+pub(crate) enum Update {
+    /// Leave it as it is.
+    Keep,
+    /// Store these bytes for this long.
+    Put(Vec<u8>, Duration),
+}
+
+impl MemoryStore {
+    /// Reads the live value of `key` and replaces it per `decide`, atomically (no other operation
+    /// on `key` interleaves). Returns what `decide` returned alongside.
+    pub(crate) fn update<R>(
+        &self,
+        key: &str,
+        decide: impl FnOnce(Option<&[u8]>) -> (Update, R),
+    ) -> R {
+        let mut out = None;
+        self.entries
+            .entry(Arc::from(key))
+            .and_compute_with(|current| {
+                let now = Instant::now();
+                let live = current
+                    .as_ref()
+                    .map(|entry| entry.value())
+                    .filter(|stored| stored.expires_at > now);
+                let (update, result) = decide(live.map(|stored| &*stored.bytes));
+                out = Some(result);
+                match update {
+                    Update::Keep => Op::Nop,
+                    Update::Put(bytes, ttl) => Op::Put(Stored {
+                        bytes: bytes.into(),
+                        expires_at: now + ttl,
+                    }),
+                }
+            });
+        out.unwrap_or_else(|| unreachable!("and_compute_with calls its closure once"))
+    }
+}
+
 impl Default for MemoryStore {
     /// 256 MiB.
     fn default() -> Self {

@@ -10,6 +10,7 @@
 mod cluster;
 mod memory;
 mod redis;
+mod versions;
 
 use std::{future::Future, time::Duration};
 
@@ -86,10 +87,6 @@ impl Backend {
         delegate!(self, s => s.set(key, value, ttl))
     }
 
-    pub(crate) async fn delete(&self, key: &str) -> Result<bool, Error> {
-        delegate!(self, s => s.delete(key))
-    }
-
     pub(crate) async fn set_if_absent(
         &self,
         key: &str,
@@ -101,6 +98,33 @@ impl Backend {
 
     pub(crate) async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, Error> {
         delegate!(self, s => s.delete_if_equals(key, expected))
+    }
+
+    /// Extends `key` to `ttl` from now if it holds `expected` (a lock renewal by its holder);
+    /// `true` when extended.
+    pub(crate) async fn expire_if_equals(
+        &self,
+        key: &str,
+        expected: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, Error> {
+        if let Backend::Memory(store) = self {
+            return Ok(store.update(key, |current| match current {
+                Some(bytes) if bytes == expected => {
+                    (memory::Update::Put(bytes.to_vec(), ttl), true)
+                }
+                _ => (memory::Update::Keep, false),
+            }));
+        }
+        static SCRIPT: std::sync::OnceLock<::redis::Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| ::redis::Script::new(COMPARE_AND_EXPIRE));
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(key)
+            .arg(expected)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        let extended: i64 = self.invoke(&invocation, true).await?;
+        Ok(extended == 1)
     }
 
     /// `PUBLISH channel message`; a no-op for the in-memory store (one process, nobody to tell).
@@ -218,6 +242,14 @@ fn no_raw_commands() -> Error {
 const COMPARE_AND_DELETE: &str = r#"
 if redis.call("GET", KEYS[1]) == ARGV[1] then
     return redis.call("DEL", KEYS[1])
+end
+return 0
+"#;
+
+/// `PEXPIRE KEYS[1] ARGV[2]` if it holds `ARGV[1]`: renews a lock only for its owner.
+const COMPARE_AND_EXPIRE: &str = r#"
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+    return redis.call("PEXPIRE", KEYS[1], ARGV[2])
 end
 return 0
 "#;
