@@ -486,7 +486,7 @@ async fn the_first_reload_after_an_invalidation_is_stored() {
     let server = RedisServer::start();
     let a = instance(&server, "reload");
     assert_eq!(reloads_per_invalidation(&a, &a, 9).await, 1 + 9);
-    let b = instance(&server, "reload");
+    let (a, b) = (instance(&server, "reload-2"), instance(&server, "reload-2"));
     assert_eq!(reloads_per_invalidation(&a, &b, 9).await, 1 + 9);
 }
 

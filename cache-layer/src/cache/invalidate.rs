@@ -68,6 +68,10 @@ pub(crate) struct Pending {
 
 const MAX_PENDING: usize = 10_000;
 
+/// The epoch an entry key carries while the namespace epoch could not be read yet: no entry
+/// lives under it and nothing is stored under it.
+pub(crate) const UNKNOWN_EPOCH: u64 = u64::MAX;
+
 /// How long a tombstone left by `delete` stays; a load that runs longer is not stored.
 pub(crate) const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
 
@@ -431,9 +435,10 @@ impl Cache {
         if record.trust.is_some_and(|t| inner.bus.is_trusted(t)) {
             return record.version;
         }
-        if unreachable {
+        if unreachable && record.trust.is_some() {
             // The bus just failed to connect: do not spend a second attempt of this operation on
-            // the version; keep the known one for the fallback TTL (trusted by time only).
+            // the version; keep the known one for the fallback TTL (trusted by time only). A
+            // version never read is not known at all: read it.
             inner.namespace.merge(
                 record.version,
                 0,
@@ -449,10 +454,6 @@ impl Cache {
         let record = inner.namespace.get();
         if record.trust.is_some_and(|t| inner.bus.is_trusted(t)) {
             return record.version;
-        }
-        if inner.clock.error_ms().is_none() {
-            // First use: entry stamps use the Redis clock, with or without a bus.
-            self.measure_clock().await;
         }
         let trust = inner.bus.trust_now();
         let known = record.version;
@@ -480,6 +481,11 @@ impl Cache {
         };
         match self.store_op(read).await {
             Ok((version, repaired)) => {
+                if inner.clock.error_ms().is_none() {
+                    // First use, Redis answers: entry stamps use its clock, with or without a
+                    // bus (which re-measures it every minute while subscribed).
+                    self.measure_clock().await;
+                }
                 self.learn_namespace(version, None, trust);
                 if repaired {
                     // Tell the others (best effort: they also re-read within the fallback TTL).
@@ -490,6 +496,13 @@ impl Cache {
                         })
                         .await;
                 }
+            }
+            Err(err) if inner.namespace.get().trust.is_none() => {
+                // Never read: no epoch is known, and 0 is not a safe guess (entries from before
+                // a bump may live under it). Nothing is read from or stored to Redis meanwhile.
+                tracing::debug!(cache = %inner.name, error = %err,
+                    "could not read the namespace epoch; Redis is skipped until it can be read");
+                return UNKNOWN_EPOCH;
             }
             Err(err) => {
                 // Keep the last known version for the fallback TTL instead of asking again on
@@ -776,7 +789,7 @@ impl Cache {
     /// invalid (a newer namespace epoch, a newer tag version, an invalidation not yet in Redis).
     fn superseded(&self, key: &EntryKey, versions: &[(String, TagTimes)]) -> bool {
         let inner = &self.inner;
-        if key.version != inner.namespace.get().version {
+        if key.version == UNKNOWN_EPOCH || key.version != inner.namespace.get().version {
             return true;
         }
         if self.has_pending_tags(versions.iter().map(|(tag, _)| tag.as_str())) {
@@ -894,6 +907,9 @@ impl Cache {
         inner.bus.tickets.bump(key);
         let written = async {
             let full_key = self.entry_key(key).await;
+            if full_key.version == UNKNOWN_EPOCH {
+                return Err(Error::BreakerOpen);
+            }
             let versions = self.load_versions(&policy.tags).await?;
             let timing = self.entry_timing(policy, self.load_stamp_ms(), Duration::ZERO);
             let bytes = self.encode_entry(value, policy, timing, &versions)?;
@@ -960,13 +976,16 @@ impl Cache {
         self.evict_local(key);
         let full_key = self.entry_key(key).await;
         let tombstone = envelope::tombstone();
-        let removed = self
-            .store_op(
+        let removed = if full_key.version == UNKNOWN_EPOCH {
+            Err(Error::BreakerOpen)
+        } else {
+            self.store_op(
                 inner
                     .store
                     .delete_to_tombstone(&full_key, tombstone, TOMBSTONE_TTL),
             )
-            .await;
+            .await
+        };
         // A reader that read the old value before the tombstone landed may be inserting it into
         // L1 right now: its ticket is stale after this, and the copy goes.
         self.evict_local(key);
