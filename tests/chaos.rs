@@ -79,6 +79,7 @@ struct Ack {
     at: Instant,
     instance: usize,
     version: u64,
+    kind: &'static str,
 }
 
 #[derive(Default)]
@@ -98,6 +99,8 @@ struct World {
     counts: Counts,
     violations: Mutex<Vec<String>>,
     faults: Mutex<BTreeMap<&'static str, u64>>,
+    /// When each fault ended, for the violation reports.
+    fault_log: Mutex<Vec<(Instant, &'static str)>>,
     stop: AtomicBool,
 }
 
@@ -110,27 +113,48 @@ impl World {
             counts: Counts::default(),
             violations: Mutex::new(Vec::new()),
             faults: Mutex::new(BTreeMap::new()),
+            fault_log: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
         }
     }
 
     /// The least version a read of `k` by `instance` that began at `started` may return.
-    fn floor(&self, k: u64, instance: usize, started: Instant) -> (u64, u64) {
+    fn floor(&self, k: u64, instance: usize, started: Instant) -> (u64, u64, Option<Ack>) {
         let acks = self.acks[k as usize].lock().unwrap();
-        let (mut strict, mut lenient) = (0, 0);
+        let (mut strict, mut lenient, mut binding) = (0, 0, None);
         for ack in acks.iter() {
             if ack.at <= started {
                 strict = strict.max(ack.version);
-                if ack.instance == instance || ack.at + OTHER_INSTANCE_GRACE <= started {
-                    lenient = lenient.max(ack.version);
+                if (ack.instance == instance || ack.at + OTHER_INSTANCE_GRACE <= started)
+                    && ack.version > lenient
+                {
+                    lenient = ack.version;
+                    binding = Some(*ack);
                 }
             }
         }
-        (lenient, strict)
+        (lenient, strict, binding)
     }
 
     fn fault(&self, name: &'static str) {
         *self.faults.lock().unwrap().entry(name).or_default() += 1;
+        self.fault_log.lock().unwrap().push((Instant::now(), name));
+    }
+
+    /// The faults that ended within `window` before `at`, newest first.
+    fn faults_before(&self, at: Instant, window: Duration) -> String {
+        let log = self.fault_log.lock().unwrap();
+        let recent: Vec<String> = log
+            .iter()
+            .rev()
+            .filter(|(when, _)| *when <= at && at.duration_since(*when) <= window)
+            .map(|(when, name)| format!("{name} {} ms before", at.duration_since(*when).as_millis()))
+            .collect();
+        if recent.is_empty() {
+            "none".into()
+        } else {
+            recent.join(", ")
+        }
     }
 }
 
@@ -169,12 +193,18 @@ async fn reader(world: Arc<World>, cache: Cache, instance: usize) {
                 continue;
             }
         };
-        let (lenient, strict) = world.floor(k, instance, started);
+        let (lenient, strict, binding) = world.floor(k, instance, started);
         if version < lenient {
+            let ack = binding.expect("a binding acknowledgement");
             world.violations.lock().unwrap().push(format!(
-                "instance {instance} read {} = v{version} after v{lenient}'s invalidation was \
-                 acknowledged",
-                key(k)
+                "instance {instance} read {} = v{version} after v{lenient}'s {} by instance {} \
+                 was acknowledged {} ms before the read began (faults within 3 s before the \
+                 acknowledgement: {})",
+                key(k),
+                ack.kind,
+                ack.instance,
+                started.duration_since(ack.at).as_millis(),
+                world.faults_before(ack.at, Duration::from_secs(3)),
             ));
         } else if version < strict {
             world
@@ -196,12 +226,15 @@ async fn writer(world: Arc<World>, caches: Arc<Vec<Cache>>) {
         let _row = world.write_locks[k as usize].lock().await;
         let version = world.db[k as usize].fetch_add(1, Ordering::SeqCst) + 1;
         world.counts.writes.fetch_add(1, Ordering::Relaxed);
-        let result = match rng.below(20) {
-            0..=5 => cache.invalidate_tag(&format!("item:{k}")).await,
-            6..=8 => cache.invalidate_tag(&format!("group:{}", k % GROUPS)).await,
-            9..=12 => cache.delete(&key(k)).await.map(|_| ()),
-            13..=18 => cache.set(&key(k), &version, &policy(k)).await,
-            _ => cache.invalidate_namespace().await,
+        let (kind, result) = match rng.below(20) {
+            0..=5 => ("invalidate_tag(item)", cache.invalidate_tag(&format!("item:{k}")).await),
+            6..=8 => (
+                "invalidate_tag(group)",
+                cache.invalidate_tag(&format!("group:{}", k % GROUPS)).await,
+            ),
+            9..=12 => ("delete", cache.delete(&key(k)).await.map(|_| ())),
+            13..=18 => ("set", cache.set(&key(k), &version, &policy(k)).await),
+            _ => ("invalidate_namespace", cache.invalidate_namespace().await),
         };
         match result {
             Ok(()) => {
@@ -213,6 +246,7 @@ async fn writer(world: Arc<World>, caches: Arc<Vec<Cache>>) {
                     at: Instant::now(),
                     instance,
                     version,
+                    kind,
                 });
             }
             Err(_) => {
@@ -366,7 +400,9 @@ fn chaos_never_serves_data_older_than_an_acknowledged_invalidation() {
             faults.values().sum::<u64>()
         );
         println!("violations: {}", violations.len());
-        for violation in violations.iter().take(20) {
+        let mut distinct: Vec<&String> = violations.iter().collect();
+        distinct.dedup_by(|a, b| a.split(" was acknowledged").next() == b.split(" was acknowledged").next());
+        for violation in distinct.iter().take(25) {
             println!("  {violation}");
         }
         assert!(

@@ -199,6 +199,19 @@ impl NamespaceBook {
         **self.current.load()
     }
 
+    /// Stops trusting the known version (it is read again by the next operation).
+    pub(crate) fn distrust(&self) {
+        let _writing = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut record = self.get();
+        if let Some(trust) = record.trust.as_mut() {
+            trust.generation = 0;
+            trust.at = Instant::now()
+                .checked_sub(Duration::from_secs(24 * 3600))
+                .unwrap_or(trust.at);
+        }
+        self.current.store(Arc::new(record));
+    }
+
     /// Merges a version learned from the store, a message or our own bump. Returns whether the
     /// version moved forward.
     pub(crate) fn merge(&self, version: u64, bumped_ms: u64, trust: Trust) -> bool {

@@ -72,6 +72,9 @@ const MAX_PENDING: usize = 10_000;
 /// lives under it and nothing is stored under it.
 pub(crate) const UNKNOWN_EPOCH: u64 = u64::MAX;
 
+/// How often a write is redone when the namespace epoch moved under it.
+const EPOCH_ATTEMPTS: usize = 3;
+
 /// How long a tombstone left by `delete` stays; a load that runs longer is not stored.
 pub(crate) const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
 
@@ -906,18 +909,23 @@ impl Cache {
         inner.flights.detach_key(key);
         inner.bus.tickets.bump(key);
         let written = async {
-            let full_key = self.entry_key(key).await;
-            if full_key.version == UNKNOWN_EPOCH {
-                return Err(Error::BreakerOpen);
+            for _ in 0..EPOCH_ATTEMPTS {
+                let full_key = self.entry_key(key).await;
+                if full_key.version == UNKNOWN_EPOCH {
+                    return Err(Error::BreakerOpen);
+                }
+                let versions = self.load_versions(&policy.tags).await?;
+                let timing = self.entry_timing(policy, self.load_stamp_ms(), Duration::ZERO);
+                let bytes = self.encode_entry(value, policy, timing, &versions)?;
+                let ttl = self.entry_ttl(&timing, !versions.is_empty());
+                self.store_op(inner.store.set(&full_key, bytes, ttl)).await?;
+                if self.epoch_still(full_key.version).await? {
+                    let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
+                    self.local_insert(&full_key, value, timing, tags, ttl);
+                    return Ok::<_, Error>(());
+                }
             }
-            let versions = self.load_versions(&policy.tags).await?;
-            let timing = self.entry_timing(policy, self.load_stamp_ms(), Duration::ZERO);
-            let bytes = self.encode_entry(value, policy, timing, &versions)?;
-            let ttl = self.entry_ttl(&timing, !versions.is_empty());
-            self.store_op(inner.store.set(&full_key, bytes, ttl)).await?;
-            let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
-            self.local_insert(&full_key, value, timing, tags, ttl);
-            Ok::<_, Error>(())
+            Err(Error::BreakerOpen)
         };
         let result = match written.await {
             Ok(()) => {
@@ -974,18 +982,24 @@ impl Cache {
         inner.counters.invalidation();
         inner.flights.detach_key(key);
         self.evict_local(key);
-        let full_key = self.entry_key(key).await;
-        let tombstone = envelope::tombstone();
-        let removed = if full_key.version == UNKNOWN_EPOCH {
-            Err(Error::BreakerOpen)
-        } else {
-            self.store_op(
-                inner
+        let removed = async {
+            for _ in 0..EPOCH_ATTEMPTS {
+                let full_key = self.entry_key(key).await;
+                if full_key.version == UNKNOWN_EPOCH {
+                    return Err(Error::BreakerOpen);
+                }
+                let tombstone = envelope::tombstone();
+                let delete = inner
                     .store
-                    .delete_to_tombstone(&full_key, tombstone, TOMBSTONE_TTL),
-            )
-            .await
-        };
+                    .delete_to_tombstone(&full_key, tombstone, TOMBSTONE_TTL);
+                let removed = self.store_op(delete).await?;
+                if self.epoch_still(full_key.version).await? {
+                    return Ok(removed);
+                }
+            }
+            Err(Error::BreakerOpen)
+        }
+        .await;
         // A reader that read the old value before the tombstone landed may be inserting it into
         // L1 right now: its ticket is stale after this, and the copy goes.
         self.evict_local(key);
@@ -1011,6 +1025,27 @@ impl Cache {
             (Ok(removed), _) => Ok(removed),
             (Err(_), _) => Ok(false),
         }
+    }
+
+    /// After a write under namespace epoch `epoch`: whether that is still the epoch in Redis.
+    /// If it is not (bumped, or lost and repaired, while this process still used the old one),
+    /// the write went where nobody reads: the epoch is read again and the caller writes again.
+    async fn epoch_still(&self, epoch: u64) -> Result<bool, Error> {
+        let inner = &self.inner;
+        if !inner.store.is_remote() {
+            return Ok(true);
+        }
+        let bytes = self.store_op(inner.store.get(&inner.keys.version())).await?;
+        let stored = bytes
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|s| s.parse::<u64>().ok());
+        if stored == Some(epoch) {
+            return Ok(true);
+        }
+        inner.namespace.distrust();
+        let _ = self.namespace_version().await;
+        Ok(false)
     }
 
     fn evict_local(&self, key: &str) {
