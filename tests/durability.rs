@@ -282,6 +282,35 @@ async fn an_invalidation_that_timed_out_with_the_breaker_closed_is_replayed() {
     .await;
 }
 
+/// What Redis did not take is counted (`stats().pending_invalidations`) and drained by
+/// `shutdown`, so a process exiting right after an outage does not take it along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_invalidations_are_counted_and_drained_by_shutdown() {
+    let server = Arc::new(RedisServer::start());
+    let namespace = "drain";
+    let a = fragile_cache(&server, namespace);
+    let b = instance(&server, namespace);
+    let policy = tagged(&["t"]);
+    let _: u32 = b.get_or_fetch("k", &policy, || async { 1 }).await;
+    let _: u32 = a.get_or_fetch("k", &policy, || async { 1 }).await;
+
+    let handle = server.clone();
+    blocking(move || handle.pause()).await;
+    let _ = a.invalidate_tag("t").await;
+    let _ = a.delete("other").await;
+    assert_eq!(a.stats().pending_invalidations, 2, "{:?}", a.stats());
+    let still_down = a.shutdown(Duration::from_millis(300)).await;
+    assert!(still_down.is_err(), "nothing can be drained while Redis is hung");
+    let handle = server.clone();
+    blocking(move || handle.resume()).await;
+    a.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(a.stats().pending_invalidations, 0);
+    eventually(Duration::from_secs(5), "b follows the drained invalidation", || async {
+        b.get::<u32>("k").await.unwrap_or(None).is_none()
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fills racing writes
 // ---------------------------------------------------------------------------------------------

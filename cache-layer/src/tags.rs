@@ -1,39 +1,49 @@
 //! Tag and namespace invalidation state, and the clock entries are stamped with.
 //!
-//! # How an invalidation reaches readers
+//! # How an invalidation reaches readers: versions
 //!
-//! `invalidate_tag(t)` runs a one-key Lua script on `<namespace>:__tag:<t>` that sets the tag's
-//! *hard* time to `max(previous + 1, Redis TIME in ms)` and returns it (`expire_tag` does the same
-//! for the *soft* time). An entry carries its tags and `created_ms`, a timestamp taken **before its
-//! loader started**. A reader treats the entry as
+//! Each tag has a record `<namespace>:__tag:<t>` holding two versions, `"<hard>:<soft>"`.
+//! `invalidate_tag(t)` raises the hard one (`expire_tag` the soft one) to
+//! `max(previous + 1, Redis TIME in ms)` in a one-key Lua script. A load records the versions of
+//! its tags **when it starts** (read with the lookup's `GET`, in the same round trip, or taken
+//! from what this process knows), and the entry carries them. A reader treats the entry as
 //!
-//! - invalid when `created_ms <= hard(t)` for one of its tags (never served), else
-//! - expired when `created_ms <= soft(t)` (stale: servable only under the policy's `stale` grace),
-//! - valid otherwise.
+//! - invalid when a tag's hard version is now higher than the entry's (never served), else
+//! - expired when a soft version is higher (stale: servable only under the policy's `stale`
+//!   grace),
+//! - valid when both equal the entry's;
+//! - unknown when the record it knows is *older* than the entry's (this process is behind): the
+//!   record is read again, and if it is still older it went back (a failover), so invalid.
 //!
-//! So a load that started before an invalidation and finished after it cannot resurrect old data:
-//! its `created_ms` is older than the tag time, whenever it is written.
+//! So a load that started before an invalidation cannot resurrect old data, whenever it is
+//! written; and no clock is compared: the first reload after an invalidation is stored, and host
+//! clock skew does not matter. (Versions are Redis times only so that a recreated record is
+//! above every version an older entry can carry.)
 //!
-//! # Clock skew (the choice made here)
+//! # Lost bookkeeping is unknown, never "never invalidated"
 //!
-//! Tag times come from the Redis server clock (`TIME` inside the script), never from an
-//! application host. Each process measures its offset to that clock on the bus connection (best of
-//! a few `TIME` round trips, refreshed every minute) and stamps `created_ms` with a **lower bound**
-//! of the Redis time at load start: `local monotonic clock + offset − (rtt/2 + 1 ms + drift)`.
-//! Comparing a lower bound of the load start with the exact invalidation time errs only one way:
-//! an entry loaded within a few milliseconds *after* an invalidation may be dropped once more
-//! (one extra load), but an entry loaded before it is never kept — whatever the hosts' wall clocks
-//! say. Before the offset was measured (Redis never reached yet), stamps subtract the configured
-//! worst-case skew instead (`CacheBuilder::clock_skew`, default 1 s). The embedded in-memory store
-//! has a single process and uses the local clock. On Redis Cluster the tag keys live on several
-//! masters; their clocks are assumed NTP-synchronised to well under the skew bound.
+//! A missing tag record (evicted, expired, a restart without persistence, a failover to a replica
+//! that missed the write) is repaired by whoever reads it: recreated as if invalidated just now
+//! (both versions = Redis TIME), so every entry written before the loss is invalid. The namespace
+//! epoch (`<namespace>:__ver`, folded into every entry key) is monotonic: a bump raises it by one;
+//! a missing or regressed epoch is repaired to `max(known + 1, Redis TIME in ms)` by any instance
+//! that notices, announced on the bus, and merged with `max` by everyone, so all instances
+//! converge on one epoch above every epoch used before.
+//!
+//! # The clock
+//!
+//! Entry stamps (`created_ms`, the base of `Age` and early refresh) are a lower bound of the Redis
+//! clock: each process measures its offset to it (best of a few `TIME` round trips) on first use,
+//! with or without a bus, and the bus re-measures it every minute. Before a measurement exists
+//! stamps subtract the configured worst-case skew (`CacheBuilder::clock_skew`, default 1 s).
+//! Validity never depends on it.
 //!
 //! # Bounded bookkeeping
 //!
-//! Tag keys expire after the tag TTL (default 7 days); entries carrying tags never live longer in
-//! Redis than that, so an expired tag key can only be missing for entries that are gone too. The
-//! tag times a process knows are cached in a bounded moka map; entries not in it are fetched with
-//! one round trip (all missing tags of an entry pipelined) and then kept current by the bus.
+//! Tag records expire after the tag TTL (default 7 days); tagged entries never live longer in
+//! Redis than that. A record that expired before an entry carrying it makes that entry invalid
+//! (repaired, see above): a reload, never a stale read. The tag versions a process knows are
+//! cached in a bounded moka map and kept current by the bus.
 
 use std::{
     sync::{Arc, Mutex},
@@ -53,17 +63,17 @@ pub(crate) struct Trust {
     pub(crate) at: Instant,
 }
 
-/// The invalidation times of one tag (Redis server milliseconds; 0 = never).
+/// The two versions of one tag's record (each `max(previous + 1, Redis TIME in ms)` when raised).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct TagTimes {
-    /// Entries created at or before this are invalid.
+    /// Raised by `invalidate_tag`: entries that recorded a lower one are invalid.
     pub(crate) hard_ms: u64,
-    /// Entries created at or before this are stale (servable under their grace period only).
+    /// Raised by `expire_tag`: entries that recorded a lower one are stale (grace period only).
     pub(crate) soft_ms: u64,
 }
 
 impl TagTimes {
-    /// Parses the stored form `"<hard>:<soft>"`; anything else reads as "never invalidated".
+    /// Parses the stored form `"<hard>:<soft>"`; anything else is `None` (a record to repair).
     pub(crate) fn parse(bytes: &[u8]) -> Option<TagTimes> {
         let text = std::str::from_utf8(bytes).ok()?;
         let (hard, soft) = text.split_once(':')?;
