@@ -172,6 +172,15 @@ impl Seen {
         }
     }
 
+    /// What a failed read of the key says it holds: a value of another Redis type
+    /// (`WRONGTYPE`) counts as foreign (a fill replaces it); `None` for any other failure.
+    pub(crate) fn of_failed_read(err: &Error) -> Option<Seen> {
+        match err {
+            Error::Redis(e) if e.code() == Some("WRONGTYPE") => Some(Seen::Foreign),
+            _ => None,
+        }
+    }
+
     /// The argument of the conditional-fill script: empty (absent), the 8-byte write id, or `x`.
     pub(crate) fn as_arg(&self) -> Vec<u8> {
         match self {

@@ -29,7 +29,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tracing::Instrument;
 
 use super::{now_ms, Cache};
-use super::invalidate::LoadStart;
+use super::invalidate::{LoadStart, UNKNOWN_EPOCH};
 use crate::{
     envelope::{DecodeError, Envelope, Seen, Timing},
     stampede::{
@@ -549,7 +549,10 @@ impl Cache {
         // The policy's tags whose versions this process does not know ride along with the GET
         // (one pipelined round trip): a hit needs them to be checked, a miss to start its load.
         let untrusted = self.untrusted_tags(&policy.tags);
-        let read = if untrusted.is_empty() {
+        let read = if full_key.version == UNKNOWN_EPOCH {
+            // The namespace epoch could not be read: nothing under any epoch is trusted.
+            Err(crate::Error::BreakerOpen)
+        } else if untrusted.is_empty() {
             self.store_op(inner.store.get(&full_key)).await
         } else {
             let trust = inner.bus.trust_now();
@@ -567,7 +570,10 @@ impl Cache {
                 Err(err) => Err(err),
             }
         };
-        let seen = read.as_ref().ok().map(|bytes| Seen::of(bytes.as_deref()));
+        let seen = match &read {
+            Ok(bytes) => Some(Seen::of(bytes.as_deref())),
+            Err(err) => Seen::of_failed_read(err),
+        };
         match read {
             Ok(Some(_)) if self.pending_covers(key) => {}
             Ok(Some(bytes)) => match Envelope::parse(&bytes) {

@@ -147,7 +147,8 @@ pub(crate) struct FetchedTag {
 #[derive(Debug, Clone)]
 pub(crate) struct EntryKey {
     redis: String,
-    version: u64,
+    /// The namespace epoch it was resolved under ([`UNKNOWN_EPOCH`] when none could be read).
+    pub(crate) version: u64,
     /// What an L1 fill needs, only when there is an L1 tier (no allocation otherwise): the
     /// caller's key and the eviction ticket taken before the read (see [`crate::bus::Tickets`]).
     local: Option<(String, u64)>,
@@ -174,20 +175,37 @@ impl Cache {
     /// local lookup; the first call (and calls after the bus was down for longer than its fallback
     /// TTL) read the version with one `GET`. The first call also starts the bus.
     pub(crate) async fn entry_key(&self, key: &str) -> EntryKey {
+        match self.entry_key_checked(key).await {
+            Ok(key) => key,
+            Err((key, _)) => key,
+        }
+    }
+
+    /// [`entry_key`](Self::entry_key), or (with a key under [`UNKNOWN_EPOCH`]) the error that
+    /// kept the namespace epoch from being read for the first time: what a direct operation
+    /// reports.
+    pub(crate) async fn entry_key_checked(&self, key: &str) -> Result<EntryKey, (EntryKey, Error)> {
         let local = self.inner.local.as_ref().map(|_| {
             let ticket = self.inner.bus.tickets.ticket(key);
             (key.to_owned(), ticket)
         });
         // Steady state: no await at all. The refresh is boxed so this future (nested in every
         // lookup) stays small — deep recursion through cached fns runs on the caller's stack.
-        let version = match self.trusted_version() {
-            Some(version) => version,
-            None => Box::pin(self.namespace_version()).await,
+        let (version, error) = match self.trusted_version() {
+            Some(version) => (version, None),
+            None => match Box::pin(self.namespace_version()).await {
+                Ok(version) => (version, None),
+                Err(err) => (UNKNOWN_EPOCH, Some(err)),
+            },
         };
-        EntryKey {
+        let entry = EntryKey {
             redis: self.inner.keys.entry(key, version),
             version,
             local,
+        };
+        match error {
+            None => Ok(entry),
+            Some(err) => Err((entry, err)),
         }
     }
 
@@ -428,15 +446,15 @@ impl Cache {
     }
 
     /// The namespace version, refreshed from the store when the cached one is not trusted.
-    async fn namespace_version(&self) -> u64 {
+    async fn namespace_version(&self) -> Result<u64, Error> {
         let inner = &self.inner;
         if !inner.bus.is_remote() {
-            return inner.namespace.get().version;
+            return Ok(inner.namespace.get().version);
         }
         let unreachable = inner.bus.ensure_started(self).await;
         let record = inner.namespace.get();
         if record.trust.is_some_and(|t| inner.bus.is_trusted(t)) {
-            return record.version;
+            return Ok(record.version);
         }
         if unreachable && record.trust.is_some() {
             // The bus just failed to connect: do not spend a second attempt of this operation on
@@ -450,13 +468,13 @@ impl Cache {
                     at: Instant::now(),
                 },
             );
-            return record.version;
+            return Ok(record.version);
         }
         // One refresh at a time; the others wait for it and use its result.
         let _refreshing = inner.namespace.refresh.lock().await;
         let record = inner.namespace.get();
         if record.trust.is_some_and(|t| inner.bus.is_trusted(t)) {
-            return record.version;
+            return Ok(record.version);
         }
         let trust = inner.bus.trust_now();
         let known = record.version;
@@ -484,7 +502,7 @@ impl Cache {
         };
         match self.store_op(read).await {
             Ok((version, repaired)) => {
-                if inner.clock.error_ms().is_none() {
+                if inner.clock.error_ms().is_none() && !inner.bus.is_up() {
                     // First use, Redis answers: entry stamps use its clock, with or without a
                     // bus (which re-measures it every minute while subscribed).
                     self.measure_clock().await;
@@ -505,7 +523,7 @@ impl Cache {
                 // a bump may live under it). Nothing is read from or stored to Redis meanwhile.
                 tracing::debug!(cache = %inner.name, error = %err,
                     "could not read the namespace epoch; Redis is skipped until it can be read");
-                return UNKNOWN_EPOCH;
+                return Err(err);
             }
             Err(err) => {
                 // Keep the last known version for the fallback TTL instead of asking again on
@@ -521,7 +539,7 @@ impl Cache {
                 inner.namespace.merge(known, 0, retry_later);
             }
         }
-        inner.namespace.get().version
+        Ok(inner.namespace.get().version)
     }
 
     /// Takes in a namespace version (from the store, a bus message or our own bump). When it moves
@@ -725,11 +743,10 @@ impl Cache {
         let full_key = self.entry_key(key).await;
         let seen = match seen {
             Some(seen) => seen,
-            None => Seen::of(
-                self.store_op(self.inner.store.get(&full_key))
-                    .await?
-                    .as_deref(),
-            ),
+            None => match self.store_op(self.inner.store.get(&full_key)).await {
+                Ok(bytes) => Seen::of(bytes.as_deref()),
+                Err(err) => Seen::of_failed_read(&err).ok_or(err)?,
+            },
         };
         let versions = self.load_versions(tags).await?;
         Ok(LoadStart {
@@ -841,7 +858,11 @@ impl Cache {
         if let Some(value) = self.local_get::<T>(key, now_ms()) {
             return Ok(Some(value));
         }
-        let full_key = self.entry_key(key).await;
+        let full_key = match self.entry_key_checked(key).await {
+            Ok(full_key) => full_key,
+            Err((_, Error::BreakerOpen)) => return Ok(None),
+            Err((_, err)) => return Err(err),
+        };
         let bytes = match self.store_op(self.inner.store.get(&full_key)).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) | Err(Error::BreakerOpen) => return Ok(None),
@@ -910,10 +931,7 @@ impl Cache {
         inner.bus.tickets.bump(key);
         let written = async {
             for _ in 0..EPOCH_ATTEMPTS {
-                let full_key = self.entry_key(key).await;
-                if full_key.version == UNKNOWN_EPOCH {
-                    return Err(Error::BreakerOpen);
-                }
+                let full_key = self.entry_key_checked(key).await.map_err(|(_, err)| err)?;
                 let versions = self.load_versions(&policy.tags).await?;
                 let timing = self.entry_timing(policy, self.load_stamp_ms(), Duration::ZERO);
                 let bytes = self.encode_entry(value, policy, timing, &versions)?;
@@ -927,31 +945,45 @@ impl Cache {
             }
             Err(Error::BreakerOpen)
         };
-        let result = match written.await {
+        match written.await {
             Ok(()) => {
                 self.forget_pending_key(key);
-                self.publish(Message {
-                    keys: vec![key.to_owned()],
-                    ..Message::default()
-                })
-                .await
+                let published = self
+                    .publish(Message {
+                        keys: vec![key.to_owned()],
+                        ..Message::default()
+                    })
+                    .await;
+                if published.is_err() {
+                    // Stored but not announced: the replay deletes it and announces that.
+                    self.remember_pending(|pending| {
+                        pending.keys.insert(key.to_owned());
+                    });
+                }
+                match published {
+                    Err(Error::BreakerOpen) => Ok(()),
+                    other => other,
+                }
             }
-            Err(err) => {
+            Err(Error::BreakerOpen) => {
                 // Not written: whatever Redis holds for the key is from before this write.
                 if let Some(local) = &inner.local {
                     local.remove(key);
                 }
+                self.remember_pending(|pending| {
+                    pending.keys.insert(key.to_owned());
+                });
+                Ok(())
+            }
+            Err(err) => {
+                // Not written, and Redis answers: the old value goes now (or, if even that
+                // fails, is recorded and replayed by `delete`).
+                if let Some(local) = &inner.local {
+                    local.remove(key);
+                }
+                let _ = Box::pin(self.delete(key)).await;
                 Err(err)
             }
-        };
-        if result.is_err() {
-            self.remember_pending(|pending| {
-                pending.keys.insert(key.to_owned());
-            });
-        }
-        match result {
-            Err(Error::BreakerOpen) => Ok(()),
-            other => other,
         }
     }
 
@@ -984,15 +1016,19 @@ impl Cache {
         self.evict_local(key);
         let removed = async {
             for _ in 0..EPOCH_ATTEMPTS {
-                let full_key = self.entry_key(key).await;
-                if full_key.version == UNKNOWN_EPOCH {
-                    return Err(Error::BreakerOpen);
-                }
+                let full_key = self.entry_key_checked(key).await.map_err(|(_, err)| err)?;
                 let tombstone = envelope::tombstone();
                 let delete = inner
                     .store
                     .delete_to_tombstone(&full_key, tombstone, TOMBSTONE_TTL);
-                let removed = self.store_op(delete).await?;
+                let removed = match self.store_op(delete).await {
+                    // Out of memory (`noeviction`): no tombstone can be written, but a plain
+                    // DEL frees memory and is accepted (fills are rejected meanwhile anyway).
+                    Err(Error::Redis(e)) if e.code() == Some("OOM") => {
+                        self.store_op(inner.store.delete(&full_key)).await?
+                    }
+                    other => other?,
+                };
                 if self.epoch_still(full_key.version).await? {
                     return Ok(removed);
                 }
@@ -1044,7 +1080,7 @@ impl Cache {
             return Ok(true);
         }
         inner.namespace.distrust();
-        let _ = self.namespace_version().await;
+        self.namespace_version().await?;
         Ok(false)
     }
 

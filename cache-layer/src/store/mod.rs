@@ -87,6 +87,10 @@ impl Backend {
         delegate!(self, s => s.set(key, value, ttl))
     }
 
+    pub(crate) async fn delete(&self, key: &str) -> Result<bool, Error> {
+        delegate!(self, s => s.delete(key))
+    }
+
     pub(crate) async fn set_if_absent(
         &self,
         key: &str,

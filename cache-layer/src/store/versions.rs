@@ -37,13 +37,15 @@ return {v, v}
 
 /// Conditional fill: stores `ARGV[1]` at `KEYS[1]` for `PX ARGV[3]` only if the key still holds
 /// what the load saw when it started: nothing (`ARGV[2] == ''`), the entry or tombstone with write
-/// id `ARGV[2]` (8 bytes at offset 32 of a format-2 value), or bytes of another format
-/// (`ARGV[2] == 'x'`). Returns 1 when stored.
+/// id `ARGV[2]` (8 bytes at offset 32 of a format-2 value), or something of another format or
+/// Redis type (`ARGV[2] == 'x'`). Returns 1 when stored.
 const FILL_IF: &str = r#"
-local cur = redis.call('GET', KEYS[1])
+local cur = redis.pcall('GET', KEYS[1])
 local seen = ARGV[2]
 local ok
-if not cur then
+if type(cur) == 'table' then
+  ok = (seen == 'x')
+elseif not cur then
   ok = (seen == '')
 elseif string.sub(cur, 1, 3) == 'CL\2' and #cur >= 40 then
   ok = (#seen == 8 and string.sub(cur, 33, 40) == seen)
