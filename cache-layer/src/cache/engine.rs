@@ -555,20 +555,9 @@ impl Cache {
         } else if untrusted.is_empty() {
             self.store_op(inner.store.get(&full_key)).await
         } else {
-            let trust = inner.bus.trust_now();
-            let tag_keys: Vec<String> = untrusted.iter().map(|t| inner.keys.tag(t)).collect();
-            match self
-                .store_op(inner.store.read_with_tags(&full_key, &tag_keys))
-                .await
-            {
-                Ok((bytes, records)) => {
-                    if let Err(err) = self.learn_tag_records(&untrusted, records, trust).await {
-                        tracing::debug!(cache = %inner.name, error = %err, "could not repair tag records");
-                    }
-                    Ok(bytes)
-                }
-                Err(err) => Err(err),
-            }
+            // Boxed: a hit in steady state never takes this path, and the lookup future (nested
+            // in every cached call, recursion included) stays small.
+            Box::pin(self.read_with_tags(&full_key, &untrusted)).await
         };
         let seen = match &read {
             Ok(bytes) => Some(Seen::of(bytes.as_deref())),
@@ -638,6 +627,25 @@ impl Cache {
             observer.miss();
         }
         Lookup::Miss { hint, seen }
+    }
+
+    /// Reads the entry at `full_key` and the records of `tags` in one round trip, and takes the
+    /// records in (missing ones repaired).
+    async fn read_with_tags(
+        &self,
+        full_key: &str,
+        tags: &[&str],
+    ) -> Result<Option<Vec<u8>>, crate::Error> {
+        let inner = &self.inner;
+        let trust = inner.bus.trust_now();
+        let tag_keys: Vec<String> = tags.iter().map(|t| inner.keys.tag(t)).collect();
+        let (bytes, records) = self
+            .store_op(inner.store.read_with_tags(full_key, &tag_keys))
+            .await?;
+        if let Err(err) = self.learn_tag_records(tags, records, trust).await {
+            tracing::debug!(cache = %inner.name, error = %err, "could not repair tag records");
+        }
+        Ok(bytes)
     }
 
     /// Counts a hit for the policy's observer and the hot-key tracker.
@@ -809,16 +817,9 @@ impl Cache {
             .await
         {
             LockWait::Acquired(held, ttl) => {
-                // The lock is renewed while the load runs, so nobody takes it from a slow load.
-                let load = self.load_and_fill(guard, key, policy, loader, Some(prior.seen));
-                let mut load = std::pin::pin!(load);
-                let result = tokio::select! {
-                    biased;
-                    result = &mut load => result,
-                    () = self.keep_lock(&held, ttl) => load.await,
-                };
-                self.release_lock(&held).await;
-                result
+                // Boxed: the lock-holding path is rare, and its state stays off the stack of
+                // recursive cached calls.
+                Box::pin(self.load_holding(guard, key, policy, loader, prior, held, ttl)).await
             }
             LockWait::Landed(value, timing) => {
                 if let Some(guard) = guard {
@@ -844,6 +845,35 @@ impl Cache {
                     .await
             }
         }
+    }
+
+    /// Runs the load while holding `held`, renewing it so nobody takes it from a slow load, then
+    /// releases it.
+    #[allow(clippy::too_many_arguments)]
+    async fn load_holding<T, E, F, Fut>(
+        &self,
+        guard: Option<LeaderGuard>,
+        key: &str,
+        policy: &Policy,
+        loader: F,
+        prior: Prior,
+        held: HeldLock,
+        ttl: Duration,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Value,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Loaded<T>, E>>,
+    {
+        let load = self.load_and_fill(guard, key, policy, loader, Some(prior.seen));
+        let mut load = std::pin::pin!(load);
+        let result = tokio::select! {
+            biased;
+            result = &mut load => result,
+            () = self.keep_lock(&held, ttl) => load.await,
+        };
+        self.release_lock(&held).await;
+        result
     }
 
     /// Renews `held` every third of its TTL for as long as its holder still holds it (checked
@@ -887,7 +917,7 @@ impl Cache {
         // What the fill will be conditional on, taken before the loader runs. Without it (Redis
         // failing) the value is served but not stored.
         let start: Option<LoadStart> = match fill {
-            Some(seen) => match self.load_start(key, &policy.tags, seen).await {
+            Some(seen) => match Box::pin(self.load_start(key, &policy.tags, seen)).await {
                 Ok(start) => Some(start),
                 Err(err) => {
                     tracing::debug!(cache = %self.inner.name, error = %err,
@@ -934,10 +964,8 @@ impl Cache {
         let mut origin = Origin::LoadedUnstored;
         let timing = self.entry_timing(&policy, started_ms, took);
         if let (Some(start), false) = (&start, detached) {
-            match self
-                .fill_entry(start, &loaded.value, &policy, timing, &late_tags)
-                .await
-            {
+            let fill = self.fill_entry(start, &loaded.value, &policy, timing, &late_tags);
+            match Box::pin(fill).await {
                 Ok(true) => origin = Origin::Loaded,
                 Ok(false) => {}
                 Err(err) => tracing::debug!(cache = %self.inner.name, error = %err,
