@@ -148,7 +148,9 @@ impl World {
             .iter()
             .rev()
             .filter(|(when, _)| *when <= at && at.duration_since(*when) <= window)
-            .map(|(when, name)| format!("{name} {} ms before", at.duration_since(*when).as_millis()))
+            .map(|(when, name)| {
+                format!("{name} {} ms before", at.duration_since(*when).as_millis())
+            })
             .collect();
         if recent.is_empty() {
             "none".into()
@@ -164,9 +166,8 @@ async fn reader(world: Arc<World>, cache: Cache, instance: usize) {
         let k = rng.below(KEYS);
         let started = Instant::now();
         let db = world.clone();
-        let loader = move || async move {
-            Ok::<u64, String>(db.db[k as usize].load(Ordering::SeqCst))
-        };
+        let loader =
+            move || async move { Ok::<u64, String>(db.db[k as usize].load(Ordering::SeqCst)) };
         let read = tokio::time::timeout(
             Duration::from_secs(10),
             cache.try_get_or_fetch(&key(k), &policy(k), loader),
@@ -227,7 +228,10 @@ async fn writer(world: Arc<World>, caches: Arc<Vec<Cache>>) {
         let version = world.db[k as usize].fetch_add(1, Ordering::SeqCst) + 1;
         world.counts.writes.fetch_add(1, Ordering::Relaxed);
         let (kind, result) = match rng.below(20) {
-            0..=5 => ("invalidate_tag(item)", cache.invalidate_tag(&format!("item:{k}")).await),
+            0..=5 => (
+                "invalidate_tag(item)",
+                cache.invalidate_tag(&format!("item:{k}")).await,
+            ),
             6..=8 => (
                 "invalidate_tag(group)",
                 cache.invalidate_tag(&format!("group:{}", k % GROUPS)).await,
@@ -300,7 +304,8 @@ async fn injector(world: Arc<World>, server: Arc<RedisServer>) {
                 let mut conn = server.connection();
                 for (i, key) in keys.iter().enumerate() {
                     if i as u64 % fraction == 0 {
-                        let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(key).query(&mut conn);
+                        let _: redis::RedisResult<i64> =
+                            redis::cmd("DEL").arg(key).query(&mut conn);
                     }
                 }
                 "delete bookkeeping keys"
@@ -311,7 +316,8 @@ async fn injector(world: Arc<World>, server: Arc<RedisServer>) {
                     let random: Option<String> =
                         redis::cmd("RANDOMKEY").query(&mut conn).unwrap_or(None);
                     if let Some(key) = random {
-                        let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(key).query(&mut conn);
+                        let _: redis::RedisResult<i64> =
+                            redis::cmd("DEL").arg(key).query(&mut conn);
                     }
                 }
                 "evict random keys"
@@ -401,7 +407,9 @@ fn chaos_never_serves_data_older_than_an_acknowledged_invalidation() {
         );
         println!("violations: {}", violations.len());
         let mut distinct: Vec<&String> = violations.iter().collect();
-        distinct.dedup_by(|a, b| a.split(" was acknowledged").next() == b.split(" was acknowledged").next());
+        distinct.dedup_by(|a, b| {
+            a.split(" was acknowledged").next() == b.split(" was acknowledged").next()
+        });
         for violation in distinct.iter().take(25) {
             println!("  {violation}");
         }
@@ -413,6 +421,10 @@ fn chaos_never_serves_data_older_than_an_acknowledged_invalidation() {
             counts.writes_acknowledged.load(Ordering::Relaxed) > 0,
             "no write was acknowledged"
         );
-        assert_eq!(violations.len(), 0, "reads older than an acknowledged invalidation");
+        assert_eq!(
+            violations.len(),
+            0,
+            "reads older than an acknowledged invalidation"
+        );
     });
 }

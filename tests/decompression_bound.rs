@@ -73,7 +73,11 @@ async fn a_compressed_entry_claiming_a_huge_size_is_a_miss_without_a_huge_alloca
     // payload of a 4000-byte string is 4003 bytes (str16 marker + length).
     let redis_key = cache.redis_key("k");
     let mut raw: Vec<u8> = server.query(redis::cmd("GET").arg(&redis_key));
-    assert!(raw.len() < 1_000, "the entry is compressed ({} bytes)", raw.len());
+    assert!(
+        raw.len() < 1_000,
+        "the entry is compressed ({} bytes)",
+        raw.len()
+    );
     let prefix = 4_003u32.to_le_bytes();
     let at = raw
         .windows(4)

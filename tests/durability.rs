@@ -112,7 +112,10 @@ async fn a_lost_tag_record_never_makes_older_entries_valid_again() {
     assert_eq!(old, "old");
     assert_eq!(a.get::<String>("product:1").await.unwrap(), Some(old));
     a.invalidate_tag("product:1").await.unwrap();
-    assert!(lose_bookkeeping(&server, namespace) > 0, "no tag record to lose");
+    assert!(
+        lose_bookkeeping(&server, namespace) > 0,
+        "no tag record to lose"
+    );
 
     let b = instance(&server, namespace);
     assert_eq!(
@@ -125,7 +128,11 @@ async fn a_lost_tag_record_never_makes_older_entries_valid_again() {
         .get_or_fetch("product:1", &policy, counted(&loads, "new".to_string()))
         .await;
     assert_eq!(served, "new");
-    assert_eq!(loads.load(Ordering::SeqCst), 1, "the old entry was a miss: one load");
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        1,
+        "the old entry was a miss: one load"
+    );
     assert_ne!(
         a.get::<String>("product:1").await.unwrap().as_deref(),
         Some("old"),
@@ -149,7 +156,10 @@ async fn a_lost_namespace_version_is_repaired_never_reset() {
         .get_or_fetch("k", &policy, || async { "v1".to_string() })
         .await;
     assert_eq!(v1, "v1");
-    assert!(lose_bookkeeping(&server, namespace) > 0, "no version record to lose");
+    assert!(
+        lose_bookkeeping(&server, namespace) > 0,
+        "no version record to lose"
+    );
 
     let b = instance(&server, namespace);
     let seen = b.get::<String>("k").await.unwrap();
@@ -271,9 +281,16 @@ async fn an_invalidation_that_timed_out_with_the_breaker_closed_is_replayed() {
     let result = a.invalidate_tag("t").await;
     let handle = server.clone();
     blocking(move || handle.resume()).await;
-    assert!(result.is_err(), "the caller learns Redis did not take it in time");
+    assert!(
+        result.is_err(),
+        "the caller learns Redis did not take it in time"
+    );
     assert_eq!(a.stats().breaker, BreakerState::Closed);
-    assert_eq!(a.get::<u32>("k").await.unwrap(), None, "a honours it at once");
+    assert_eq!(
+        a.get::<u32>("k").await.unwrap(),
+        None,
+        "a honours it at once"
+    );
     eventually(
         Duration::from_secs(5),
         "b stops serving the invalidated entry",
@@ -300,14 +317,19 @@ async fn pending_invalidations_are_counted_and_drained_by_shutdown() {
     let _ = a.delete("other").await;
     assert_eq!(a.stats().pending_invalidations, 2, "{:?}", a.stats());
     let still_down = a.shutdown(Duration::from_millis(300)).await;
-    assert!(still_down.is_err(), "nothing can be drained while Redis is hung");
+    assert!(
+        still_down.is_err(),
+        "nothing can be drained while Redis is hung"
+    );
     let handle = server.clone();
     blocking(move || handle.resume()).await;
     a.shutdown(Duration::from_secs(5)).await.unwrap();
     assert_eq!(a.stats().pending_invalidations, 0);
-    eventually(Duration::from_secs(5), "b follows the drained invalidation", || async {
-        b.get::<u32>("k").await.unwrap_or(None).is_none()
-    })
+    eventually(
+        Duration::from_secs(5),
+        "b follows the drained invalidation",
+        || async { b.get::<u32>("k").await.unwrap_or(None).is_none() },
+    )
     .await;
 }
 
@@ -363,7 +385,11 @@ async fn a_fill_racing_a_delete_or_set_never_puts_the_old_value_back() {
                 let fresh = instance(&server, &namespace);
                 let case = format!(
                     "{mode:?}, writer {}, {}",
-                    if writer_is_local { "local" } else { "another instance" },
+                    if writer_is_local {
+                        "local"
+                    } else {
+                        "another instance"
+                    },
                     if write_by_set { "set" } else { "delete" }
                 );
                 assert_eq!(
@@ -427,9 +453,11 @@ async fn a_lock_is_renewed_while_its_slow_load_runs() {
     tokio::time::sleep(Duration::from_millis(900)).await;
     let from_b: u32 = b.get_or_fetch("k", &policy, counted(&loads, 3)).await;
     assert_eq!(from_b, 1, "b is served stale too");
-    eventually(Duration::from_secs(10), "the slow refresh lands", || async {
-        b.get::<u32>("k").await.unwrap_or(None).is_some()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the slow refresh lands",
+        || async { b.get::<u32>("k").await.unwrap_or(None).is_some() },
+    )
     .await;
     // b's refresh (if it started one) waits for the landed value: settle it before counting.
     let refreshed: u32 = b.get_or_fetch("k", &policy, counted(&loads, 3)).await;
@@ -494,9 +522,11 @@ async fn reloads_per_invalidation(cache: &Cache, invalidator: &Cache, rounds: us
             _ => invalidator.invalidate_namespace().await.unwrap(),
         }
         // The other instance learns about it through the bus.
-        eventually(Duration::from_secs(5), "the invalidation arrives", || async {
-            cache.get::<u32>("k").await.unwrap_or(None).is_none()
-        })
+        eventually(
+            Duration::from_secs(5),
+            "the invalidation arrives",
+            || async { cache.get::<u32>("k").await.unwrap_or(None).is_none() },
+        )
         .await;
         let first: u32 = cache
             .get_or_fetch("k", &policy, counted(&loads, round as u32))
@@ -505,7 +535,10 @@ async fn reloads_per_invalidation(cache: &Cache, invalidator: &Cache, rounds: us
         let second: u32 = cache
             .get_or_fetch("k", &policy, counted(&loads, u32::MAX))
             .await;
-        assert_eq!(second, round as u32, "round {round}: the reload was not stored");
+        assert_eq!(
+            second, round as u32,
+            "round {round}: the reload was not stored"
+        );
     }
     loads.load(Ordering::SeqCst)
 }
@@ -524,8 +557,17 @@ async fn the_first_reload_after_an_invalidation_is_stored() {
 fn server_without_pubsub() -> (RedisServer, String) {
     let server = RedisServer::start();
     server.cli(&[
-        "ACL", "SETUSER", "app", "on", ">app-secret", "~*", "&*", "+@all", "-subscribe",
-        "-psubscribe", "-ssubscribe",
+        "ACL",
+        "SETUSER",
+        "app",
+        "on",
+        ">app-secret",
+        "~*",
+        "&*",
+        "+@all",
+        "-subscribe",
+        "-psubscribe",
+        "-ssubscribe",
     ]);
     let url = format!("redis://app:app-secret@127.0.0.1:{}", server.port());
     (server, url)
@@ -541,7 +583,9 @@ async fn without_pubsub_the_first_reload_after_an_invalidation_is_stored() {
     assert!(!cache.bus_connected(), "the ACL forbids SUBSCRIBE");
     for round in 1..=5u32 {
         cache.invalidate_tag("t").await.unwrap();
-        let first: u32 = cache.get_or_fetch("k", &policy, counted(&loads, round)).await;
+        let first: u32 = cache
+            .get_or_fetch("k", &policy, counted(&loads, round))
+            .await;
         assert_eq!(first, round);
         let second: u32 = cache.get_or_fetch("k", &policy, counted(&loads, 0)).await;
         assert_eq!(second, round, "round {round}: the reload was not stored");
@@ -604,7 +648,10 @@ async fn a_short_key_spelling_a_long_keys_digest_is_another_key() {
             Some("long"),
             "the short key {short:?} overwrote the long key"
         );
-        assert_eq!(cache.get::<String>(&short).await.unwrap().as_deref(), Some("short"));
+        assert_eq!(
+            cache.get::<String>(&short).await.unwrap().as_deref(),
+            Some("short")
+        );
     }
 }
 
@@ -615,7 +662,10 @@ async fn a_silently_dead_bus_is_noticed_within_two_seconds() {
     let server = RedisServer::start();
     let proxy = Proxy::start(server.addr()).await;
     let namespace = "dead-bus";
-    let a = builder(&proxy.url(), namespace).local(1_000).build().unwrap();
+    let a = builder(&proxy.url(), namespace)
+        .local(1_000)
+        .build()
+        .unwrap();
     let b = instance(&server, namespace);
     let policy = tagged(&["t"]);
     let _: u32 = a.get_or_fetch("k", &policy, || async { 1 }).await;

@@ -530,7 +530,13 @@ mod tests {
 
     #[test]
     fn invalid_utf8_tag_is_corrupt() {
-        let mut bytes = encode(&1u8, Codec::MessagePack, timing(), &[("ab".to_string(), TagTimes::default())]).unwrap();
+        let mut bytes = encode(
+            &1u8,
+            Codec::MessagePack,
+            timing(),
+            &[("ab".to_string(), TagTimes::default())],
+        )
+        .unwrap();
         bytes[FIXED_HEADER_LEN + 2] = 0xff;
         assert_eq!(Envelope::parse(&bytes).unwrap_err(), DecodeError::Corrupt);
     }
@@ -542,7 +548,11 @@ mod tests {
         let a = encode(&1u8, Codec::MessagePack, timing(), &[]).unwrap();
         let b = encode(&1u8, Codec::MessagePack, timing(), &[]).unwrap();
         assert!(matches!(Seen::of(Some(&a)), Seen::Write(_)));
-        assert_ne!(Seen::of(Some(&a)), Seen::of(Some(&b)), "every write has its own id");
+        assert_ne!(
+            Seen::of(Some(&a)),
+            Seen::of(Some(&b)),
+            "every write has its own id"
+        );
         assert_ne!(Seen::of(Some(&tomb)), Seen::of(Some(&tombstone())));
         assert_eq!(Seen::of(None), Seen::Absent);
         assert_eq!(Seen::of(Some(b"foreign")), Seen::Foreign);

@@ -345,10 +345,19 @@ mod tests {
     fn entries_are_valid_only_under_the_versions_their_load_saw() {
         let v = |hard_ms, soft_ms| TagTimes { hard_ms, soft_ms };
         let recorded = v(1_000, 2_000);
-        assert_eq!(Validity::of(v(1_000, 2_000), recorded), Some(Validity::Valid));
-        assert_eq!(Validity::of(v(1_001, 2_000), recorded), Some(Validity::Invalid));
+        assert_eq!(
+            Validity::of(v(1_000, 2_000), recorded),
+            Some(Validity::Valid)
+        );
+        assert_eq!(
+            Validity::of(v(1_001, 2_000), recorded),
+            Some(Validity::Invalid)
+        );
         assert_eq!(Validity::of(v(1_001, 1), recorded), Some(Validity::Invalid));
-        assert_eq!(Validity::of(v(1_000, 2_001), recorded), Some(Validity::Expired));
+        assert_eq!(
+            Validity::of(v(1_000, 2_001), recorded),
+            Some(Validity::Expired)
+        );
         // What this process knows is older than what the entry saw: unknown.
         assert_eq!(Validity::of(v(999, 2_000), recorded), None);
         assert_eq!(Validity::of(v(1_000, 1_999), recorded), None);

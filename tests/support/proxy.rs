@@ -104,7 +104,9 @@ async fn pipe(
                     Ok(n) => n,
                 };
                 if !is_pubsub.load(Ordering::SeqCst)
-                    && buf[..n].windows(9).any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+                    && buf[..n]
+                        .windows(9)
+                        .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
                 {
                     is_pubsub.store(true, Ordering::SeqCst);
                     pubsub_connections.fetch_add(1, Ordering::SeqCst);

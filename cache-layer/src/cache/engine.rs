@@ -28,8 +28,8 @@ use std::{
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::Instrument;
 
-use super::{now_ms, Cache};
 use super::invalidate::{LoadStart, UNKNOWN_EPOCH};
+use super::{now_ms, Cache};
 use crate::{
     envelope::{DecodeError, Envelope, Seen, Timing},
     stampede::{
@@ -405,7 +405,9 @@ impl Cache {
                 Some(Join::Follower(follower)) => {
                     match self.follow_within::<T>(key, policy, follower).await {
                         Next::Done(fetched) => return Ok(fetched),
-                        Next::LoadAlone => return self.load(None, key, policy, loader, prior).await,
+                        Next::LoadAlone => {
+                            return self.load(None, key, policy, loader, prior).await
+                        }
                         Next::LoadUnstored => {
                             return self.load_and_fill(None, key, policy, loader, None).await
                         }
@@ -513,7 +515,9 @@ impl Cache {
                 Some(Join::Follower(follower)) => {
                     match self.follow_within::<T>(key, policy, follower).await {
                         Next::Done(fetched) => return Ok(fetched),
-                        Next::LoadAlone => return self.load(None, key, policy, loader, prior).await,
+                        Next::LoadAlone => {
+                            return self.load(None, key, policy, loader, prior).await
+                        }
                         Next::LoadUnstored => {
                             return self.load_and_fill(None, key, policy, loader, None).await
                         }
@@ -723,17 +727,20 @@ impl Cache {
                     hint: Some(timing),
                     seen,
                 };
-                let task =
-                    tokio::spawn(async move { cache.load(Some(guard), &key, &policy, loader, prior).await });
+                let task = tokio::spawn(async move {
+                    cache.load(Some(guard), &key, &policy, loader, prior).await
+                });
                 match task.await {
                     Ok(Ok(fetched)) => Some(fetched),
                     _ => None,
                 }
             }
-            Join::Follower(follower) => match self.follow_within::<T>(key, policy, follower).await {
-                Next::Done(fetched) => Some(fetched),
-                Next::LoadAlone | Next::LoadUnstored | Next::Rejoin => None,
-            },
+            Join::Follower(follower) => {
+                match self.follow_within::<T>(key, policy, follower).await {
+                    Next::Done(fetched) => Some(fetched),
+                    Next::LoadAlone | Next::LoadUnstored | Next::Rejoin => None,
+                }
+            }
         }
     }
 
@@ -928,7 +935,9 @@ impl Cache {
             None => None,
         };
         let (started_ms, started) = (
-            start.as_ref().map_or_else(|| self.load_stamp_ms(), |s| s.stamp_ms),
+            start
+                .as_ref()
+                .map_or_else(|| self.load_stamp_ms(), |s| s.stamp_ms),
             Instant::now(),
         );
         let span = tracing::debug_span!("cache.load", cache = %self.inner.name, key = %super::key_hint(key));

@@ -255,10 +255,13 @@ impl Cache {
         }
         let names: Vec<&str> = missing.iter().map(|(tag, _)| *tag).collect();
         match self.fetch_tags(&names).await {
-            Ok(current) => current.into_iter().zip(&missing).fold(verdict, |v, (cur, (_, rec))| {
-                // Still older than what the entry saw: the record went back. Not valid.
-                v.and(Validity::of(cur.times, *rec).unwrap_or(Validity::Invalid))
-            }),
+            Ok(current) => current
+                .into_iter()
+                .zip(&missing)
+                .fold(verdict, |v, (cur, (_, rec))| {
+                    // Still older than what the entry saw: the record went back. Not valid.
+                    v.and(Validity::of(cur.times, *rec).unwrap_or(Validity::Invalid))
+                }),
             Err(err) => {
                 tracing::debug!(cache = %self.inner.name, error = %err,
                     "could not read tag versions; treating the entry as invalidated");
@@ -936,7 +939,8 @@ impl Cache {
                 let timing = self.entry_timing(policy, self.load_stamp_ms(), Duration::ZERO);
                 let bytes = self.encode_entry(value, policy, timing, &versions)?;
                 let ttl = self.entry_ttl(&timing, !versions.is_empty());
-                self.store_op(inner.store.set(&full_key, bytes, ttl)).await?;
+                self.store_op(inner.store.set(&full_key, bytes, ttl))
+                    .await?;
                 if self.epoch_still(full_key.version).await? {
                     let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
                     self.local_insert(&full_key, value, timing, tags, ttl);
@@ -1071,7 +1075,9 @@ impl Cache {
         if !inner.store.is_remote() {
             return Ok(true);
         }
-        let bytes = self.store_op(inner.store.get(&inner.keys.version())).await?;
+        let bytes = self
+            .store_op(inner.store.get(&inner.keys.version()))
+            .await?;
         let stored = bytes
             .as_deref()
             .and_then(|b| std::str::from_utf8(b).ok())
@@ -1386,9 +1392,9 @@ impl Cache {
             return false;
         }
         let tags: Vec<&str> = tags.into_iter().collect();
-        self.inner.pending.with(|pending| {
-            pending.namespace || tags.iter().any(|tag| pending.hard.contains(*tag))
-        })
+        self.inner
+            .pending
+            .with(|pending| pending.namespace || tags.iter().any(|tag| pending.hard.contains(*tag)))
     }
 
     /// The validity pending invalidations impose on an entry with `tags` (`Valid` when none).
@@ -1436,7 +1442,11 @@ impl Cache {
                 let cache = Cache { inner };
                 let done = cache.replay_once().await;
                 if done {
-                    cache.inner.pending.replaying.store(false, Ordering::Release);
+                    cache
+                        .inner
+                        .pending
+                        .replaying
+                        .store(false, Ordering::Release);
                     // Something may have been added between the last check and the store.
                     if cache.inner.pending.len() > 0 {
                         cache.replay_pending();

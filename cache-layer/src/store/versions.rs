@@ -89,7 +89,10 @@ if v ~= cur then redis.call('SET', KEYS[1], string.format('%.0f', v)) end
 return {v, now}
 "#;
 
-fn script(cell: &'static std::sync::OnceLock<redis::Script>, source: &str) -> &'static redis::Script {
+fn script(
+    cell: &'static std::sync::OnceLock<redis::Script>,
+    source: &str,
+) -> &'static redis::Script {
     cell.get_or_init(|| redis::Script::new(source))
 }
 
@@ -119,10 +122,7 @@ impl MemoryStore {
     fn repair_tag_local(&self, key: &str, known_hard: u64, ttl: Duration) -> TagTimes {
         self.update(key, |current| match repaired_tag(current, known_hard) {
             Ok(times) => (Update::Keep, times),
-            Err(repaired) => (
-                Update::Put(repaired.render().into_bytes(), ttl),
-                repaired,
-            ),
+            Err(repaired) => (Update::Put(repaired.render().into_bytes(), ttl), repaired),
         })
     }
 
@@ -163,7 +163,10 @@ impl MemoryStore {
             } else {
                 // The epoch never expires (an in-memory store may still evict it: then repaired).
                 let forever = Duration::from_secs(100 * 365 * 24 * 3600);
-                (Update::Put(epoch.to_string().into_bytes(), forever), (epoch, now))
+                (
+                    Update::Put(epoch.to_string().into_bytes(), forever),
+                    (epoch, now),
+                )
             }
         })
     }
@@ -245,7 +248,11 @@ impl Backend {
         }
         static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
         let mut invocation = script(&SCRIPT, FILL_IF).prepare_invoke();
-        invocation.key(key).arg(value).arg(seen.as_arg()).arg(px(ttl));
+        invocation
+            .key(key)
+            .arg(value)
+            .arg(seen.as_arg())
+            .arg(px(ttl));
         // Idempotent: a resend after a lost reply finds its own write and is refused (no harm).
         let stored: i64 = self.invoke(&invocation, true).await?;
         Ok(stored == 1)
@@ -300,11 +307,7 @@ mod tests {
         let backend = Backend::Memory(MemoryStore::default());
         let ttl = Duration::from_secs(60);
         // A missing tag record is repaired to "now", above anything known.
-        let [repaired] = backend
-            .repair_tags(&["t".into()], &[5], ttl)
-            .await
-            .unwrap()[..]
-        else {
+        let [repaired] = backend.repair_tags(&["t".into()], &[5], ttl).await.unwrap()[..] else {
             unreachable!()
         };
         assert!(repaired.hard_ms >= now_ms() - 1_000 && repaired.hard_ms == repaired.soft_ms);
@@ -312,15 +315,36 @@ mod tests {
         assert_eq!(again, vec![repaired], "a present record is kept");
 
         // Conditional fill and tombstones.
-        assert!(backend.fill_if("k", b"x1".to_vec(), ttl, &Seen::Absent).await.unwrap());
-        assert!(!backend.fill_if("k", b"x2".to_vec(), ttl, &Seen::Absent).await.unwrap());
-        assert!(backend.fill_if("k", b"x3".to_vec(), ttl, &Seen::Foreign).await.unwrap());
+        assert!(backend
+            .fill_if("k", b"x1".to_vec(), ttl, &Seen::Absent)
+            .await
+            .unwrap());
+        assert!(!backend
+            .fill_if("k", b"x2".to_vec(), ttl, &Seen::Absent)
+            .await
+            .unwrap());
+        assert!(backend
+            .fill_if("k", b"x3".to_vec(), ttl, &Seen::Foreign)
+            .await
+            .unwrap());
         let tomb = crate::envelope::tombstone();
-        assert!(backend.delete_to_tombstone("k", tomb.clone(), ttl).await.unwrap());
-        assert!(!backend.delete_to_tombstone("k", tomb.clone(), ttl).await.unwrap());
-        assert!(!backend.fill_if("k", b"x4".to_vec(), ttl, &Seen::Absent).await.unwrap());
+        assert!(backend
+            .delete_to_tombstone("k", tomb.clone(), ttl)
+            .await
+            .unwrap());
+        assert!(!backend
+            .delete_to_tombstone("k", tomb.clone(), ttl)
+            .await
+            .unwrap());
+        assert!(!backend
+            .fill_if("k", b"x4".to_vec(), ttl, &Seen::Absent)
+            .await
+            .unwrap());
         let seen = Seen::of(Some(&tomb));
-        assert!(backend.fill_if("k", b"x5".to_vec(), ttl, &seen).await.unwrap());
+        assert!(backend
+            .fill_if("k", b"x5".to_vec(), ttl, &seen)
+            .await
+            .unwrap());
 
         // The namespace epoch: repaired above what is known, bumped by one, never reset.
         let (first, _) = backend.namespace_epoch("v", 0, false).await.unwrap();
@@ -329,7 +353,13 @@ mod tests {
         assert_eq!(bumped, first + 1);
         let (read, _) = backend.namespace_epoch("v", 0, false).await.unwrap();
         assert_eq!(read, bumped);
-        let (repaired, _) = backend.namespace_epoch("v", bumped + 10, false).await.unwrap();
-        assert!(repaired > bumped + 10, "a regressed epoch is repaired upward");
+        let (repaired, _) = backend
+            .namespace_epoch("v", bumped + 10, false)
+            .await
+            .unwrap();
+        assert!(
+            repaired > bumped + 10,
+            "a regressed epoch is repaired upward"
+        );
     }
 }
