@@ -779,15 +779,29 @@ impl Cache {
             return Ok(false);
         }
         let mut versions = start.versions.clone();
-        if !late_tags.is_empty() {
-            let names: Vec<&str> = late_tags.iter().map(String::as_str).collect();
-            let fetched = self.fetch_tags(&names).await?;
-            for (tag, fetched) in late_tags.iter().zip(fetched) {
+        // Late tags known (and kept current by the bus) since before the load started: their
+        // versions then are the ones known now. The others are read now, and a record raised
+        // after the load started (Redis time against a lower bound of it) means an
+        // invalidation may have raced the load: not stored.
+        let mut unknown: Vec<&str> = Vec::new();
+        for tag in late_tags {
+            match inner.tag_book.get(tag) {
+                Some(record)
+                    if inner.bus.is_trusted(record.trust) && record.trust.at <= start.started =>
+                {
+                    versions.push((tag.clone(), record.times));
+                }
+                _ => unknown.push(tag),
+            }
+        }
+        if !unknown.is_empty() {
+            let fetched = self.fetch_tags(&unknown).await?;
+            for (tag, fetched) in unknown.iter().zip(fetched) {
                 if !fetched.repaired && fetched.times.hard_ms >= start.stamp_ms {
                     tracing::debug!(cache = %inner.name, "a tag of this response was invalidated during its load; not storing it");
                     return Ok(false);
                 }
-                versions.push((tag.clone(), fetched.times));
+                versions.push(((*tag).to_owned(), fetched.times));
             }
         }
         if self.superseded(&start.key, &versions) {
