@@ -103,6 +103,18 @@ enum Shape {
     ResultOption,
 }
 
+impl Shape {
+    /// The `__private` marker type that tells the engine entry points this shape.
+    fn marker(self) -> &'static str {
+        match self {
+            Shape::Plain => "Plain",
+            Shape::Option => "Optional",
+            Shape::Result => "Fallible",
+            Shape::ResultOption => "FallibleOptional",
+        }
+    }
+}
+
 struct Info {
     receiver: Option<Receiver>,
     args: Vec<Arg>,
@@ -531,7 +543,7 @@ fn key_expr(p: &TokenStream, func: &ItemFn, args: &Args, info: &Info) -> TokenSt
 /// The policy; `observe` names the fn's `FunctionStats` static (the main fn has one).
 fn policy_expr(p: &TokenStream, args: &Args, observe: Option<&Ident>) -> TokenStream {
     let ttl = args.ttl_ms.as_ref().map_or(300_000, |t| t.value);
-    let mut policy = quote!(#p::Policy::ttl(#p::Duration::from_millis(#ttl)).__from_cached_fn());
+    let mut policy = quote!(#p::policy(#p::Duration::from_millis(#ttl)));
     if let Some(stats) = observe {
         policy.extend(quote!(.observe(&#stats)));
     }
@@ -702,19 +714,14 @@ fn expand_cached(func: &ItemFn, args: &Args, info: &Info) -> TokenStream {
         quote!(move || async move { #hint #(#rebinds)* #block })
     };
 
-    let scoped = if info.is_static { "" } else { "_scoped" };
-    let fetch = match info.shape {
-        Shape::Plain => "fetch",
-        Shape::Option => "fetch_some",
-        Shape::Result => "try_fetch",
-        Shape::ResultOption => "try_fetch_some",
-    };
-    let fetch = format_ident!("{}{}", fetch, scoped);
+    // One engine call whatever the shape: the shape marker and the loader kind are values.
+    let shape = format_ident!("{}", info.shape.marker());
+    let kind = format_ident!("{}", if info.is_static { "Owned" } else { "Scoped" });
     // Errors about the cached type (not `Serialize`, body not `Send`, ...) point at the return type.
     let ret_span = info.ret.as_ref().map_or_else(Span::call_site, |r| r.span());
     let p_ret = respan(p.clone(), ret_span);
     let call_engine = quote_spanned!(ret_span=>
-        #p_ret::#fetch(&__cache_handle, &__cache_key, &__cache_policy, __cache_loader).await
+        #p_ret::fetch(&__cache_handle, &__cache_key, &__cache_policy, #p_ret::#shape, #p_ret::#kind(__cache_loader)).await
     );
 
     let resolve = resolve_cache(&p, args, name);
@@ -792,17 +799,8 @@ fn expand_cached(func: &ItemFn, args: &Args, info: &Info) -> TokenStream {
     let mut refresh_sig = func.sig.clone();
     refresh_sig.ident = refresh;
     refresh_sig.inputs = syn::parse_quote!(#inputs);
-    let store = format_ident!(
-        "{}",
-        match info.shape {
-            Shape::Plain => "store",
-            Shape::Option => "store_some",
-            Shape::Result => "store_ok",
-            Shape::ResultOption => "store_ok_some",
-        }
-    );
     let store_call = quote_spanned!(ret_span=>
-        #p_ret::#store(__cache_handle, __cache_key, &__cache_policy, &__cache_out, ::core::concat!(::core::module_path!(), "::", #name_str)).await
+        #p_ret::store(__cache_handle, __cache_key, &__cache_policy, #p_ret::#shape, &__cache_out, ::core::concat!(::core::module_path!(), "::", #name_str)).await
     );
     let refresh_doc = format!(
         "Runs the body of [`{what}`] and stores its result as the entry for these arguments \
