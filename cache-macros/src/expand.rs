@@ -592,11 +592,12 @@ fn companion_attrs(attrs: &[Attribute]) -> Vec<&Attribute> {
         .collect()
 }
 
-/// The main fn's parameters: the receiver, then `binding: Type` per argument.
-fn main_inputs(info: &Info, keep_mut_self: bool) -> TokenStream {
+/// The main fn's parameters: the receiver, then `binding: Type` per argument. A `mut self` stays
+/// `mut` only where the body is inlined (with companions, `{fn}_uncached` takes it `mut`).
+fn main_inputs(info: &Info, companions: Companions) -> TokenStream {
     let receiver = info.receiver.as_ref().map(|r| {
         let mut r = r.clone();
-        if !keep_mut_self && matches!(r.kind, syn::ReceiverKind::Value) {
+        if companions == Companions::Generated && matches!(r.kind, syn::ReceiverKind::Value) {
             r.mutability = None;
         }
         quote!(#r,)
@@ -681,158 +682,253 @@ fn turbofish(func: &ItemFn, info: &Info) -> TokenStream {
 // ---------------------------------------------------------------------------------------------
 
 fn expand_cached(func: &ItemFn, args: &Args, info: &Info) -> TokenStream {
-    let p = private(args);
-    let companions = args.companions.as_ref().is_none_or(|c| c.value);
-    let name = &func.sig.ident;
-    let name_str = name.to_string();
-    let vis = &func.vis;
-    let uncached = format_ident!("{}_uncached", name);
-    let bindings: Vec<&Ident> = info.args.iter().map(|a| &a.binding).collect();
-    let fish = turbofish(func, info);
+    let cx = Cached::new(func, args, info);
+    let main = cx.main_fn();
+    match cx.companions {
+        Companions::Omitted => main,
+        Companions::Generated => {
+            let uncached = cx.uncached_fn();
+            let refresh = cx.refresh_fn();
+            let invalidate = cx.invalidate_fn();
+            quote!(#main #uncached #refresh #invalidate)
+        }
+    }
+}
 
-    // How to call the body.
-    let call_body = if info.receiver.is_some() {
-        quote!(Self::#uncached #fish (self, #(#bindings),*))
-    } else if knows_self(func, info) {
-        quote!(Self::#uncached #fish (#(#bindings),*))
-    } else {
-        quote!(#uncached #fish (#(#bindings),*))
-    };
-    let loader = if companions && info.receiver.is_some() {
-        // Move the receiver into the call, so the closure is `FnOnce` and a `&mut self` is not
-        // reborrowed from the closure's state.
-        quote!(move || {
-            let __cache_self = self;
-            Self::#uncached #fish (__cache_self, #(#bindings),*)
-        })
-    } else if companions {
-        quote!(move || #call_body)
-    } else {
-        let hint = output_type_hint(info.ret.as_ref());
-        let rebinds = rebinds(info);
-        let block = &func.block;
-        quote!(move || async move { #hint #(#rebinds)* #block })
-    };
+/// Whether `{fn}_uncached`, `{fn}_refresh` and `{fn}_invalidate` are generated (`companions`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Companions {
+    /// The default: the body lives in `{fn}_uncached`, which the loader calls.
+    Generated,
+    /// `companions = false`: the body is inlined into the loader.
+    Omitted,
+}
 
-    // One engine call whatever the shape: the shape marker and the loader kind are values.
-    let shape = format_ident!("{}", info.shape.marker());
-    let kind = format_ident!("{}", if info.is_static { "Owned" } else { "Scoped" });
-    // Errors about the cached type (not `Serialize`, body not `Send`, ...) point at the return type.
-    let ret_span = info.ret.as_ref().map_or_else(Span::call_site, |r| r.span());
-    let p_ret = respan(p.clone(), ret_span);
-    let call_engine = quote_spanned!(ret_span=>
-        #p_ret::fetch(&__cache_handle, &__cache_key, &__cache_policy, #p_ret::#shape, #p_ret::#kind(__cache_loader)).await
-    );
+/// What the fns generated for one `#[cached]` fn share.
+struct Cached<'a> {
+    func: &'a ItemFn,
+    args: &'a Args,
+    info: &'a Info,
+    companions: Companions,
+    /// `<crate>::__private`.
+    p: TokenStream,
+    /// `p` spanned at the return type, so errors about the cached type (not `Serialize`, body not
+    /// `Send`, ...) point there.
+    p_ret: TokenStream,
+    ret_span: Span,
+    /// The `__private` shape marker of the return type.
+    shape: Ident,
+    name_str: String,
+    /// How generated docs name the fn: `get`, or `Self::get` for methods.
+    what: String,
+}
 
-    let resolve = resolve_cache(&p, args, name);
-    let key = key_expr(&p, func, args, info);
-    let stats = Ident::new("__CACHE_STATS", Span::call_site());
-    let policy = policy_expr(&p, args, Some(&stats));
-    let mut sig = func.sig.clone();
-    let inputs = main_inputs(info, !companions);
-    sig.inputs = syn::parse_quote!(#inputs);
-    let attrs = outer_attrs(&func.attrs);
+impl<'a> Cached<'a> {
+    fn new(func: &'a ItemFn, args: &'a Args, info: &'a Info) -> Self {
+        let p = private(args);
+        let ret_span = info.ret.as_ref().map_or_else(Span::call_site, |r| r.span());
+        let name_str = func.sig.ident.to_string();
+        let what = if info.receiver.is_some() {
+            format!("Self::{name_str}")
+        } else {
+            name_str.clone()
+        };
+        Cached {
+            func,
+            args,
+            info,
+            companions: match &args.companions {
+                Some(flag) if !flag.value => Companions::Omitted,
+                _ => Companions::Generated,
+            },
+            p_ret: respan(p.clone(), ret_span),
+            p,
+            ret_span,
+            shape: format_ident!("{}", info.shape.marker()),
+            name_str,
+            what,
+        }
+    }
 
-    let main = quote! {
-        #(#attrs)*
-        #vis #sig {
-            #resolve
-            static #stats: #p::FunctionStats =
-                #p::FunctionStats::new(::core::concat!(::core::module_path!(), "::", #name_str));
-            let __cache_key: ::core::option::Option<#p::String> = #key;
-            let __cache_policy: #p::Policy = #policy;
-            let __cache_loader = #loader;
-            match (__cache_handle, __cache_key) {
-                (::core::option::Option::Some(__cache_handle), ::core::option::Option::Some(__cache_key)) => {
-                    #call_engine
+    fn uncached_ident(&self) -> Ident {
+        format_ident!("{}_uncached", self.func.sig.ident)
+    }
+
+    /// `{fn}_uncached(args..)`, as `Self::` where the fn is in an impl.
+    fn call_body(&self) -> TokenStream {
+        let uncached = self.uncached_ident();
+        let fish = turbofish(self.func, self.info);
+        let bindings = self.info.args.iter().map(|a| &a.binding);
+        if self.info.receiver.is_some() {
+            quote!(Self::#uncached #fish (self, #(#bindings),*))
+        } else if knows_self(self.func, self.info) {
+            quote!(Self::#uncached #fish (#(#bindings),*))
+        } else {
+            quote!(#uncached #fish (#(#bindings),*))
+        }
+    }
+
+    /// The closure that runs the body on a miss.
+    fn loader(&self) -> TokenStream {
+        let info = self.info;
+        match self.companions {
+            Companions::Generated if info.receiver.is_some() => {
+                // Move the receiver into the call, so the closure is `FnOnce` and a `&mut self`
+                // is not reborrowed from the closure's state.
+                let uncached = self.uncached_ident();
+                let fish = turbofish(self.func, info);
+                let bindings = info.args.iter().map(|a| &a.binding);
+                quote!(move || {
+                    let __cache_self = self;
+                    Self::#uncached #fish (__cache_self, #(#bindings),*)
+                })
+            }
+            Companions::Generated => {
+                let call_body = self.call_body();
+                quote!(move || #call_body)
+            }
+            Companions::Omitted => {
+                let hint = output_type_hint(info.ret.as_ref());
+                let rebinds = rebinds(info);
+                let block = &self.func.block;
+                quote!(move || async move { #hint #(#rebinds)* #block })
+            }
+        }
+    }
+
+    /// The cached fn itself: cache, key, policy, then one engine call (or the body, uncached).
+    fn main_fn(&self) -> TokenStream {
+        let (p, p_ret, shape) = (&self.p, &self.p_ret, &self.shape);
+        let kind = format_ident!(
+            "{}",
+            if self.info.is_static {
+                "Owned"
+            } else {
+                "Scoped"
+            }
+        );
+        let call_engine = quote_spanned!(self.ret_span=>
+            #p_ret::fetch(&__cache_handle, &__cache_key, &__cache_policy, #p_ret::#shape, #p_ret::#kind(__cache_loader)).await
+        );
+        let resolve = resolve_cache(p, self.args, &self.func.sig.ident);
+        let key = key_expr(p, self.func, self.args, self.info);
+        let stats = Ident::new("__CACHE_STATS", Span::call_site());
+        let policy = policy_expr(p, self.args, Some(&stats));
+        let loader = self.loader();
+        let mut sig = self.func.sig.clone();
+        let inputs = main_inputs(self.info, self.companions);
+        sig.inputs = syn::parse_quote!(#inputs);
+        let attrs = outer_attrs(&self.func.attrs);
+        let (vis, name_str) = (&self.func.vis, &self.name_str);
+        quote! {
+            #(#attrs)*
+            #vis #sig {
+                #resolve
+                static #stats: #p::FunctionStats =
+                    #p::FunctionStats::new(::core::concat!(::core::module_path!(), "::", #name_str));
+                let __cache_key: ::core::option::Option<#p::String> = #key;
+                let __cache_policy: #p::Policy = #policy;
+                let __cache_loader = #loader;
+                match (__cache_handle, __cache_key) {
+                    (::core::option::Option::Some(__cache_handle), ::core::option::Option::Some(__cache_key)) => {
+                        #call_engine
+                    }
+                    _ => __cache_loader().await,
                 }
-                _ => __cache_loader().await,
             }
         }
-    };
-    if !companions {
-        return main;
     }
 
-    let shared_attrs = companion_attrs(&func.attrs);
-    let what = if info.receiver.is_some() {
-        format!("Self::{name_str}")
-    } else {
-        name_str.clone()
-    };
-
-    // {fn}_uncached: the original fn, renamed.
-    let mut body_fn = func.clone();
-    body_fn.sig.ident = uncached.clone();
-    // Arguments only the attribute uses (`cache = cache`, `key = "{id}"`) are used, as far as the
-    // user is concerned: no "unused variable" warning from the body.
-    let mut used_by_attr = HashSet::new();
-    if let Some(expr) = &args.cache {
-        idents_in(expr.to_token_stream(), &mut used_by_attr);
-    }
-    for template in args.key.iter().chain(&args.tags) {
-        used_by_attr.extend(template.placeholders().map(|(root, _)| root.to_owned()));
-    }
-    let touches: Vec<syn::Stmt> = info
-        .args
-        .iter()
-        .filter_map(|a| a.name.as_ref())
-        .filter(|name| used_by_attr.contains(&name.to_string()))
-        .map(|name| syn::parse_quote!(let _ = &#name;))
-        .collect();
-    body_fn.block.stmts.splice(0..0, touches);
-    body_fn
-        .attrs
-        .retain(|a| matches!(a.style, AttrStyle::Inner(_)));
-    let uncached_doc = format!(
-        "The body of [`{what}`], without the cache: always runs, never reads or writes an entry.\n\n\
-         Generated by `#[cached]`."
-    );
-    let uncached_fn = quote! {
-        #[doc = #uncached_doc]
-        #(#shared_attrs)*
-        #body_fn
-    };
-
-    // {fn}_refresh: runs the body and stores the result.
-    let refresh = format_ident!("{}_refresh", name);
-    let mut refresh_sig = func.sig.clone();
-    refresh_sig.ident = refresh;
-    refresh_sig.inputs = syn::parse_quote!(#inputs);
-    let store_call = quote_spanned!(ret_span=>
-        #p_ret::store(__cache_handle, __cache_key, &__cache_policy, #p_ret::#shape, &__cache_out, ::core::concat!(::core::module_path!(), "::", #name_str)).await
-    );
-    let refresh_doc = format!(
-        "Runs the body of [`{what}`] and stores its result as the entry for these arguments \
-         (replacing a cached one), then returns it. What is stored follows the same rules as a \
-         miss: `Err` is never stored; `None` is not stored (and drops the entry) unless \
-         `none = true`.\n\nGenerated by `#[cached]`."
-    );
-    let refresh_policy = policy_expr(&p, args, None);
-    let refresh_fn = quote! {
-        #[doc = #refresh_doc]
-        #[allow(dead_code)]
-        #(#shared_attrs)*
-        #vis #refresh_sig {
-            #resolve
-            let __cache_key: ::core::option::Option<#p::String> = #key;
-            let __cache_policy: #p::Policy = #refresh_policy;
-            let __cache_out = #call_body.await;
-            if let (::core::option::Option::Some(__cache_handle), ::core::option::Option::Some(__cache_key)) =
-                (&__cache_handle, &__cache_key)
-            {
-                #store_call;
-            }
-            __cache_out
+    /// `{fn}_uncached`: the original fn, renamed.
+    fn uncached_fn(&self) -> TokenStream {
+        let mut body_fn = self.func.clone();
+        body_fn.sig.ident = self.uncached_ident();
+        // Arguments only the attribute uses (`cache = cache`, `key = "{id}"`) are used, as far as
+        // the user is concerned: no "unused variable" warning from the body.
+        let mut used_by_attr = HashSet::new();
+        if let Some(expr) = &self.args.cache {
+            idents_in(expr.to_token_stream(), &mut used_by_attr);
         }
-    };
+        for template in self.args.key.iter().chain(&self.args.tags) {
+            used_by_attr.extend(template.placeholders().map(|(root, _)| root.to_owned()));
+        }
+        let touches: Vec<syn::Stmt> = self
+            .info
+            .args
+            .iter()
+            .filter_map(|a| a.name.as_ref())
+            .filter(|name| used_by_attr.contains(&name.to_string()))
+            .map(|name| syn::parse_quote!(let _ = &#name;))
+            .collect();
+        body_fn.block.stmts.splice(0..0, touches);
+        body_fn
+            .attrs
+            .retain(|a| matches!(a.style, AttrStyle::Inner(_)));
+        let doc = format!(
+            "The body of [`{}`], without the cache: always runs, never reads or writes an entry.\n\n\
+             Generated by `#[cached]`.",
+            self.what
+        );
+        let shared_attrs = companion_attrs(&self.func.attrs);
+        quote! {
+            #[doc = #doc]
+            #(#shared_attrs)*
+            #body_fn
+        }
+    }
 
-    let invalidate_fn = invalidate_companion(&p, func, args, info, &shared_attrs, &what);
-    quote! {
-        #main
-        #uncached_fn
-        #refresh_fn
-        #invalidate_fn
+    /// `{fn}_refresh`: runs the body and stores the result.
+    fn refresh_fn(&self) -> TokenStream {
+        let (p, p_ret, shape, name_str) = (&self.p, &self.p_ret, &self.shape, &self.name_str);
+        let mut sig = self.func.sig.clone();
+        sig.ident = format_ident!("{}_refresh", self.func.sig.ident);
+        let inputs = main_inputs(self.info, self.companions);
+        sig.inputs = syn::parse_quote!(#inputs);
+        let store_call = quote_spanned!(self.ret_span=>
+            #p_ret::store(__cache_handle, __cache_key, &__cache_policy, #p_ret::#shape, &__cache_out, ::core::concat!(::core::module_path!(), "::", #name_str)).await
+        );
+        let doc = format!(
+            "Runs the body of [`{}`] and stores its result as the entry for these arguments \
+             (replacing a cached one), then returns it. What is stored follows the same rules as a \
+             miss: `Err` is never stored; `None` is not stored (and drops the entry) unless \
+             `none = true`.\n\nGenerated by `#[cached]`.",
+            self.what
+        );
+        let resolve = resolve_cache(p, self.args, &self.func.sig.ident);
+        let key = key_expr(p, self.func, self.args, self.info);
+        let policy = policy_expr(p, self.args, None);
+        let call_body = self.call_body();
+        let shared_attrs = companion_attrs(&self.func.attrs);
+        let vis = &self.func.vis;
+        quote! {
+            #[doc = #doc]
+            #[allow(dead_code)]
+            #(#shared_attrs)*
+            #vis #sig {
+                #resolve
+                let __cache_key: ::core::option::Option<#p::String> = #key;
+                let __cache_policy: #p::Policy = #policy;
+                let __cache_out = #call_body.await;
+                if let (::core::option::Option::Some(__cache_handle), ::core::option::Option::Some(__cache_key)) =
+                    (&__cache_handle, &__cache_key)
+                {
+                    #store_call;
+                }
+                __cache_out
+            }
+        }
+    }
+
+    fn invalidate_fn(&self) -> TokenStream {
+        let shared_attrs = companion_attrs(&self.func.attrs);
+        invalidate_companion(
+            &self.p,
+            self.func,
+            self.args,
+            self.info,
+            &shared_attrs,
+            &self.what,
+        )
     }
 }
 
