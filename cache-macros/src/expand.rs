@@ -22,7 +22,7 @@ use syn::{
     Receiver, ReturnType, Type,
 };
 
-use crate::attr::{self, push_error, Args, Macro};
+use crate::attr::{self, push_error, Args, Macro, WithSpan};
 use crate::template::Template;
 
 /// Entry point of `#[cached]`.
@@ -115,15 +115,35 @@ impl Shape {
     }
 }
 
+/// Whether the loader may outlive the call, which decides the `__private` loader kind.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum LoaderKind {
+    /// Free fn, owned argument types: the loader is `'static` and a stale entry can refresh in
+    /// the background.
+    Owned,
+    /// A method, a generic fn or a borrowed argument: the loader runs in the calling task.
+    Scoped,
+}
+
+impl LoaderKind {
+    /// The `__private` wrapper type of this kind.
+    fn wrapper(self) -> &'static str {
+        match self {
+            LoaderKind::Owned => "Owned",
+            LoaderKind::Scoped => "Scoped",
+        }
+    }
+}
+
 struct Info {
     receiver: Option<Receiver>,
     args: Vec<Arg>,
     ret: Option<Type>,
     shape: Shape,
-    /// The loader can be `'static` (free fn, owned argument types): background refresh possible.
-    is_static: bool,
+    loader: LoaderKind,
 }
 
+/// Reads the fn: arguments, return shape, loader kind; pushes every misuse into `errors`.
 fn analyze(
     mac: Macro,
     func: &ItemFn,
@@ -143,106 +163,131 @@ fn analyze(
             ),
         );
     }
-    let receiver = sig.receiver().cloned();
-    let mut out_args = Vec::new();
-    for (i, input) in sig.inputs.iter().enumerate() {
-        let FnArg::Typed(pat_type) = input else {
-            continue;
-        };
-        let (binding, name, rebind) = match &*pat_type.pat {
-            Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => (
-                p.ident.clone(),
-                Some(p.ident.clone()),
-                p.mutability.is_some(),
-            ),
-            _ => (format_ident!("__cache_arg{}", i), None, true),
-        };
-        out_args.push(Arg {
-            binding,
-            name,
-            pat: (*pat_type.pat).clone(),
-            rebind,
-            ty: (*pat_type.ty).clone(),
-            attrs: pat_type.attrs.clone(),
-            skipped: false,
-        });
-    }
-
     let ret = match &sig.output {
         ReturnType::Type(_, ty) if !is_unit(ty) => Some((**ty).clone()),
         _ => None,
     };
     let none = args.and_then(|a| a.none.as_ref());
-    let shape = match ret.as_ref().map(classify) {
-        Some(Classified::Option) if none.is_some_and(|n| n.value) => Shape::Plain,
-        Some(Classified::Option) => Shape::Option,
-        Some(Classified::ResultOption) if none.is_some_and(|n| n.value) => Shape::Result,
-        Some(Classified::ResultOption) => Shape::ResultOption,
-        Some(Classified::Result) => Shape::Result,
-        Some(Classified::Plain) | None => Shape::Plain,
-    };
-
     if mac == Macro::Cached {
-        match &ret {
-            None => push_error(
-                errors,
-                syn::Error::new(
-                    match &sig.output {
-                        ReturnType::Type(_, ty) => ty.span(),
-                        ReturnType::Default => sig.ident.span(),
-                    },
-                    format!(
-                        "#[cached] needs a return type: `{}` returns `()`, so there is nothing to \
-                         cache (use #[invalidate] for fns that write)",
-                        sig.ident
-                    ),
-                ),
-            ),
-            Some(ty) if contains_impl(ty.to_token_stream()) => push_error(
-                errors,
-                syn::Error::new_spanned(
-                    ty,
-                    "#[cached] cannot store an `impl Trait` return type: name the concrete type",
-                ),
-            ),
-            Some(_) => {}
-        }
-        if let Some(none) = none {
-            let is_optional = ret.as_ref().map(classify);
-            if !matches!(
-                is_optional,
-                Some(Classified::Option | Classified::ResultOption)
-            ) {
-                push_error(
-                    errors,
-                    syn::Error::new(
-                        none.span,
-                        "`none` only applies to fns returning `Option<T>` or `Result<Option<T>, E>`",
-                    ),
-                );
-            }
-        }
+        check_return(sig, ret.as_ref(), none, errors);
     }
-
     let mut info = Info {
-        receiver,
-        args: out_args,
+        receiver: sig.receiver().cloned(),
+        args: typed_args(sig),
+        shape: shape_of(ret.as_ref(), none.is_some_and(|n| n.value)),
         ret,
-        shape,
-        is_static: false,
+        loader: LoaderKind::Scoped,
     };
     if let Some(args) = args {
         check_args(mac, func, args, &mut info, errors);
     }
-    info.is_static = info.receiver.is_none()
-        && !func
-            .sig
-            .generics
-            .params
-            .iter()
-            .any(|p| !matches!(p, GenericParam::Const(_)))
-        && info.args.iter().all(|a| !borrows(a.ty.to_token_stream()));
+    info.loader = loader_kind(func, &info);
     info
+}
+
+/// The typed arguments, each with the name generated signatures use for it.
+fn typed_args(sig: &syn::Signature) -> Vec<Arg> {
+    let typed = sig
+        .inputs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, input)| match input {
+            FnArg::Typed(pat_type) => Some((i, pat_type)),
+            FnArg::Receiver(_) => None,
+        });
+    typed
+        .map(|(i, pat_type)| {
+            let plain = match &*pat_type.pat {
+                Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => Some(p),
+                _ => None,
+            };
+            Arg {
+                binding: plain
+                    .map_or_else(|| format_ident!("__cache_arg{}", i), |p| p.ident.clone()),
+                name: plain.map(|p| p.ident.clone()),
+                pat: (*pat_type.pat).clone(),
+                // `mut x` and destructuring patterns are rebound from the plain binding.
+                rebind: plain.is_none_or(|p| p.mutability.is_some()),
+                ty: (*pat_type.ty).clone(),
+                attrs: pat_type.attrs.clone(),
+                skipped: false,
+            }
+        })
+        .collect()
+}
+
+/// What the return type caches; `none = true` caches `None` too.
+fn shape_of(ret: Option<&Type>, cache_none: bool) -> Shape {
+    match ret.map(classify) {
+        Some(Classified::Option) if cache_none => Shape::Plain,
+        Some(Classified::Option) => Shape::Option,
+        Some(Classified::ResultOption) if cache_none => Shape::Result,
+        Some(Classified::ResultOption) => Shape::ResultOption,
+        Some(Classified::Result) => Shape::Result,
+        Some(Classified::Plain) | None => Shape::Plain,
+    }
+}
+
+/// `#[cached]` needs a nameable return type, and `none` an optional one.
+fn check_return(
+    sig: &syn::Signature,
+    ret: Option<&Type>,
+    none: Option<&WithSpan<bool>>,
+    errors: &mut Option<syn::Error>,
+) {
+    match ret {
+        None => push_error(
+            errors,
+            syn::Error::new(
+                match &sig.output {
+                    ReturnType::Type(_, ty) => ty.span(),
+                    ReturnType::Default => sig.ident.span(),
+                },
+                format!(
+                    "#[cached] needs a return type: `{}` returns `()`, so there is nothing to \
+                     cache (use #[invalidate] for fns that write)",
+                    sig.ident
+                ),
+            ),
+        ),
+        Some(ty) if contains_impl(ty.to_token_stream()) => push_error(
+            errors,
+            syn::Error::new_spanned(
+                ty,
+                "#[cached] cannot store an `impl Trait` return type: name the concrete type",
+            ),
+        ),
+        Some(_) => {}
+    }
+    let optional = matches!(
+        ret.map(classify),
+        Some(Classified::Option | Classified::ResultOption)
+    );
+    if let (Some(none), false) = (none, optional) {
+        push_error(
+            errors,
+            syn::Error::new(
+                none.span,
+                "`none` only applies to fns returning `Option<T>` or `Result<Option<T>, E>`",
+            ),
+        );
+    }
+}
+
+/// [`LoaderKind::Owned`] for free fns without type parameters whose arguments own their data.
+fn loader_kind(func: &ItemFn, info: &Info) -> LoaderKind {
+    let type_params = func
+        .sig
+        .generics
+        .params
+        .iter()
+        .any(|p| !matches!(p, GenericParam::Const(_)));
+    let borrowed = info.args.iter().any(|a| borrows(a.ty.to_token_stream()));
+    if info.receiver.is_none() && !type_params && !borrowed {
+        LoaderKind::Owned
+    } else {
+        LoaderKind::Scoped
+    }
 }
 
 /// Checks `skip` and the templates against the arguments, and marks the skipped arguments.
@@ -799,14 +844,7 @@ impl<'a> Cached<'a> {
     /// The cached fn itself: cache, key, policy, then one engine call (or the body, uncached).
     fn main_fn(&self) -> TokenStream {
         let (p, p_ret, shape) = (&self.p, &self.p_ret, &self.shape);
-        let kind = format_ident!(
-            "{}",
-            if self.info.is_static {
-                "Owned"
-            } else {
-                "Scoped"
-            }
-        );
+        let kind = format_ident!("{}", self.info.loader.wrapper());
         let call_engine = quote_spanned!(self.ret_span=>
             #p_ret::fetch(&__cache_handle, &__cache_key, &__cache_policy, #p_ret::#shape, #p_ret::#kind(__cache_loader)).await
         );
