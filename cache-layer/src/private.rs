@@ -5,13 +5,16 @@
 //!
 //! - [`resolve`]: which cache the call uses ([`explicit`] for `cache = expr`);
 //! - [`KeyBuilder`] (or a template): the key; [`policy`]: the policy;
-//! - [`fetch`]: the read-through itself, and [`store`] for its `{fn}_refresh` companion. Both are
-//!   generic over the return shape (a [`Shape`] marker: [`Plain`], [`Optional`], [`Fallible`],
-//!   [`FallibleOptional`]) and [`fetch`] over the loader kind ([`Owned`] or [`Scoped`]);
+//! - [`fetch`] (or [`fetch_scoped`] for a loader that borrows): the read-through itself, and
+//!   [`store`] for its `{fn}_refresh` companion. All three are generic over the return shape, a
+//!   [`Shape`] marker: [`Plain`], [`Optional`], [`Fallible`], [`FallibleOptional`]. The loader
+//!   kind is a separate fn, not a trait, so that `Send` and `Value` are bounds of the fn the
+//!   generated code calls and rustc's errors name them directly;
 //! - [`delete`] for `{fn}_invalidate`, [`invalidate`] for `#[invalidate]`.
 //!
 //! Everything here may change between patch releases; the macro crate is pinned with `=x.y.z`.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -94,17 +97,17 @@ pub fn policy(ttl: Duration) -> Policy {
 /// How a cached fn's return type `R` splits into the cached value and what passes through
 /// uncached (an `Err`, a `None`). Implemented by the four zero-sized markers the macro picks from
 /// the return type: [`Plain`], [`Optional`], [`Fallible`], [`FallibleOptional`].
-pub trait Shape<R>: Copy {
-    /// The part that is stored (`T`).
-    type Value: Value;
-    /// The part that is returned but never stored.
-    type Uncached;
+///
+/// `T` is the part that is stored. [`fetch`], [`fetch_scoped`] and [`store`] require `T: Value`
+/// in their own signatures (not through this trait), so a return type that cannot be cached gets
+/// `Value`'s error message at the return type.
+pub trait Shape<R, T, U>: Copy {
     /// Splits a loaded result: `Ok` is stored, `Err` goes back to the caller as is.
-    fn split(out: R) -> Result<Self::Value, Self::Uncached>;
+    fn split(out: R) -> Result<T, U>;
     /// Puts a cached value or an uncached result back into the return type.
-    fn join(out: Result<Self::Value, Self::Uncached>) -> R;
+    fn join(out: Result<T, U>) -> R;
     /// What `{fn}_refresh` does with a result of the body.
-    fn refresh(out: &R) -> Refresh<'_, Self::Value>;
+    fn refresh(out: &R) -> Refresh<'_, T>;
 }
 
 /// What `{fn}_refresh` does with the body's result.
@@ -147,13 +150,11 @@ pub enum OkNone<E> {
     None,
 }
 
-impl<T: Value> Shape<T> for Plain {
-    type Value = T;
-    type Uncached = std::convert::Infallible;
-    fn split(out: T) -> Result<T, Self::Uncached> {
+impl<T> Shape<T, T, Infallible> for Plain {
+    fn split(out: T) -> Result<T, Infallible> {
         Ok(out)
     }
-    fn join(out: Result<T, Self::Uncached>) -> T {
+    fn join(out: Result<T, Infallible>) -> T {
         match out {
             Ok(value) => value,
             Err(never) => match never {},
@@ -164,9 +165,7 @@ impl<T: Value> Shape<T> for Plain {
     }
 }
 
-impl<T: Value> Shape<Option<T>> for Optional {
-    type Value = T;
-    type Uncached = NoneResult;
+impl<T> Shape<Option<T>, T, NoneResult> for Optional {
     fn split(out: Option<T>) -> Result<T, NoneResult> {
         out.ok_or(NoneResult)
     }
@@ -178,9 +177,7 @@ impl<T: Value> Shape<Option<T>> for Optional {
     }
 }
 
-impl<T: Value, E> Shape<Result<T, E>> for Fallible {
-    type Value = T;
-    type Uncached = E;
+impl<T, E> Shape<Result<T, E>, T, E> for Fallible {
     fn split(out: Result<T, E>) -> Result<T, E> {
         out
     }
@@ -192,9 +189,7 @@ impl<T: Value, E> Shape<Result<T, E>> for Fallible {
     }
 }
 
-impl<T: Value, E> Shape<Result<Option<T>, E>> for FallibleOptional {
-    type Value = T;
-    type Uncached = OkNone<E>;
+impl<T, E> Shape<Result<Option<T>, E>, T, OkNone<E>> for FallibleOptional {
     fn split(out: Result<Option<T>, E>) -> Result<T, OkNone<E>> {
         match out {
             Ok(Some(value)) => Ok(value),
@@ -218,76 +213,55 @@ impl<T: Value, E> Shape<Result<Option<T>, E>> for FallibleOptional {
     }
 }
 
-/// A `'static` loader (free fn, owned arguments): the engine may run it in a task of its own, so
-/// a stale entry refreshes in the background.
-#[derive(Debug)]
-pub struct Owned<F>(pub F);
-
-/// A loader that borrows the caller's arguments or `self`: it runs in the calling task.
-#[derive(Debug)]
-pub struct Scoped<F>(pub F);
-
-/// How a loader kind reaches the engine. Each kind makes exactly one engine call.
-pub trait Load<R, S: Shape<R>> {
-    /// Read-through of `key`: a hit returns the stored value, a miss runs the loader.
-    fn load(
-        self,
-        cache: &Cache,
-        key: &str,
-        policy: &Policy,
-    ) -> impl Future<Output = Result<S::Value, S::Uncached>>;
-}
-
-impl<R, S, F, Fut> Load<R, S> for Owned<F>
+/// The read-through of a cached fn whose loader is `'static` (a free fn with owned arguments):
+/// returns the cached value of `key`, or runs the loader (once for concurrent callers, possibly in
+/// a task of its own, so a stale entry refreshes in the background) and stores what `shape` says
+/// is cacheable.
+pub async fn fetch<T, U, R, S, F, Fut>(
+    cache: &Cache,
+    key: &str,
+    policy: &Policy,
+    _shape: S,
+    loader: F,
+) -> R
 where
-    R: 'static,
-    S: Shape<R> + 'static,
-    S::Uncached: Send + 'static,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = R> + Send + 'static,
+    S: Shape<R, T, U>,
+    T: Value,
+    U: Send + 'static,
 {
-    fn load(
-        self,
-        cache: &Cache,
-        key: &str,
-        policy: &Policy,
-    ) -> impl Future<Output = Result<S::Value, S::Uncached>> {
-        let Owned(loader) = self;
-        cache.try_get_or_fetch(key, policy, move || async move { S::split(loader().await) })
-    }
+    let loaded = cache
+        .try_get_or_fetch(key, policy, move || async move { S::split(loader().await) })
+        .await;
+    S::join(loaded)
 }
 
-impl<R, S, F, Fut> Load<R, S> for Scoped<F>
+/// [`fetch`] for a loader that borrows the caller's arguments or `self`: it runs in the calling
+/// task.
+pub async fn fetch_scoped<T, U, R, S, F, Fut>(
+    cache: &Cache,
+    key: &str,
+    policy: &Policy,
+    _shape: S,
+    loader: F,
+) -> R
 where
-    S: Shape<R>,
+    T: Value,
+    S: Shape<R, T, U>,
     F: FnOnce() -> Fut,
     Fut: Future<Output = R>,
 {
-    fn load(
-        self,
-        cache: &Cache,
-        key: &str,
-        policy: &Policy,
-    ) -> impl Future<Output = Result<S::Value, S::Uncached>> {
-        let Scoped(loader) = self;
-        cache.try_get_or_fetch_scoped(key, policy, move || async move { S::split(loader().await) })
-    }
-}
-
-/// The read-through of a cached fn: returns the cached value of `key`, or runs the loader (once
-/// for concurrent callers) and stores what `shape` says is cacheable.
-pub async fn fetch<R, S, L>(cache: &Cache, key: &str, policy: &Policy, _shape: S, loader: L) -> R
-where
-    S: Shape<R>,
-    L: Load<R, S>,
-{
-    S::join(loader.load(cache, key, policy).await)
+    let loaded = cache
+        .try_get_or_fetch_scoped(key, policy, move || async move { S::split(loader().await) })
+        .await;
+    S::join(loaded)
 }
 
 /// `{fn}_refresh`: stores the body's result as the entry (what a miss would store), drops the
 /// entry on an uncached `None`, leaves it alone on `Err`. Failures are logged: the caller gets the
 /// body's result either way.
-pub async fn store<R, S: Shape<R>>(
+pub async fn store<T: Value, U, R, S: Shape<R, T, U>>(
     cache: &Cache,
     key: &str,
     policy: &Policy,

@@ -126,11 +126,11 @@ enum LoaderKind {
 }
 
 impl LoaderKind {
-    /// The `__private` wrapper type of this kind.
-    fn wrapper(self) -> &'static str {
+    /// The `__private` read-through for this kind.
+    fn entry_point(self) -> &'static str {
         match self {
-            LoaderKind::Owned => "Owned",
-            LoaderKind::Scoped => "Scoped",
+            LoaderKind::Owned => "fetch",
+            LoaderKind::Scoped => "fetch_scoped",
         }
     }
 }
@@ -789,7 +789,7 @@ impl<'a> Cached<'a> {
             p_ret: respan(p.clone(), ret_span),
             p,
             ret_span,
-            shape: format_ident!("{}", info.shape.marker()),
+            shape: Ident::new(info.shape.marker(), ret_span),
             name_str,
             what,
         }
@@ -844,9 +844,9 @@ impl<'a> Cached<'a> {
     /// The cached fn itself: cache, key, policy, then one engine call (or the body, uncached).
     fn main_fn(&self) -> TokenStream {
         let (p, p_ret, shape) = (&self.p, &self.p_ret, &self.shape);
-        let kind = format_ident!("{}", self.info.loader.wrapper());
+        let fetch = Ident::new(self.info.loader.entry_point(), self.ret_span);
         let call_engine = quote_spanned!(self.ret_span=>
-            #p_ret::fetch(&__cache_handle, &__cache_key, &__cache_policy, #p_ret::#shape, #p_ret::#kind(__cache_loader)).await
+            #p_ret::#fetch(&__cache_handle, &__cache_key, &__cache_policy, #p_ret::#shape, __cache_loader).await
         );
         let resolve = resolve_cache(p, self.args, &self.func.sig.ident);
         let key = key_expr(p, self.func, self.args, self.info);
