@@ -91,14 +91,15 @@ pub fn policy(ttl: Duration) -> Policy {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Read-through and refresh: one entry point each, generic over the return shape and loader kind.
+// Read-through and refresh, generic over the return shape.
 // ---------------------------------------------------------------------------------------------
 
 /// How a cached fn's return type `R` splits into the cached value and what passes through
 /// uncached (an `Err`, a `None`). Implemented by the four zero-sized markers the macro picks from
 /// the return type: [`Plain`], [`Optional`], [`Fallible`], [`FallibleOptional`].
 ///
-/// `T` is the part that is stored. [`fetch`], [`fetch_scoped`] and [`store`] require `T: Value`
+/// `T` is the part that is stored, `U` the part that is not (`Infallible`, [`NoneResult`], `E`,
+/// [`OkNone<E>`]). [`fetch`], [`fetch_scoped`] and [`store`] require `T: Value`
 /// in their own signatures (not through this trait), so a return type that cannot be cached gets
 /// `Value`'s error message at the return type.
 pub trait Shape<R, T, U>: Copy {
@@ -213,17 +214,22 @@ impl<T, E> Shape<Result<Option<T>, E>, T, OkNone<E>> for FallibleOptional {
     }
 }
 
+/// The entry a generated fn reads or writes: its cache, key and policy.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    /// The cache resolved for this call.
+    pub cache: &'a Cache,
+    /// The rendered or built key.
+    pub key: &'a str,
+    /// The fn's policy.
+    pub policy: &'a Policy,
+}
+
 /// The read-through of a cached fn whose loader is `'static` (a free fn with owned arguments):
-/// returns the cached value of `key`, or runs the loader (once for concurrent callers, possibly in
-/// a task of its own, so a stale entry refreshes in the background) and stores what `shape` says
+/// returns the cached value, or runs the loader (once for concurrent callers, possibly in a task
+/// of its own, so a stale entry refreshes in the background) and stores what the shape `S` says
 /// is cacheable.
-pub async fn fetch<T, U, R, S, F, Fut>(
-    cache: &Cache,
-    key: &str,
-    policy: &Policy,
-    _shape: S,
-    loader: F,
-) -> R
+pub async fn fetch<T, U, R, S, F, Fut>(entry: Entry<'_>, _shape: S, loader: F) -> R
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = R> + Send + 'static,
@@ -231,44 +237,35 @@ where
     T: Value,
     U: Send + 'static,
 {
-    let loaded = cache
-        .try_get_or_fetch(key, policy, move || async move { S::split(loader().await) })
-        .await;
-    S::join(loaded)
+    let Entry { cache, key, policy } = entry;
+    let split = move || async move { S::split(loader().await) };
+    S::join(cache.try_get_or_fetch(key, policy, split).await)
 }
 
 /// [`fetch`] for a loader that borrows the caller's arguments or `self`: it runs in the calling
 /// task.
-pub async fn fetch_scoped<T, U, R, S, F, Fut>(
-    cache: &Cache,
-    key: &str,
-    policy: &Policy,
-    _shape: S,
-    loader: F,
-) -> R
+pub async fn fetch_scoped<T, U, R, S, F, Fut>(entry: Entry<'_>, _shape: S, loader: F) -> R
 where
     T: Value,
     S: Shape<R, T, U>,
     F: FnOnce() -> Fut,
     Fut: Future<Output = R>,
 {
-    let loaded = cache
-        .try_get_or_fetch_scoped(key, policy, move || async move { S::split(loader().await) })
-        .await;
-    S::join(loaded)
+    let Entry { cache, key, policy } = entry;
+    let split = move || async move { S::split(loader().await) };
+    S::join(cache.try_get_or_fetch_scoped(key, policy, split).await)
 }
 
 /// `{fn}_refresh`: stores the body's result as the entry (what a miss would store), drops the
 /// entry on an uncached `None`, leaves it alone on `Err`. Failures are logged: the caller gets the
 /// body's result either way.
 pub async fn store<T: Value, U, R, S: Shape<R, T, U>>(
-    cache: &Cache,
-    key: &str,
-    policy: &Policy,
+    entry: Entry<'_>,
     _shape: S,
     out: &R,
     fn_path: &str,
 ) {
+    let Entry { cache, key, policy } = entry;
     match S::refresh(out) {
         Refresh::Store(value) => {
             if let Err(error) = cache.set(key, value, policy).await {

@@ -599,6 +599,14 @@ mod tests {
     use super::*;
     use quote::quote;
 
+    /// Every error message of parsing `tokens`, in order (none when it parses).
+    fn errors(mac: Macro, tokens: TokenStream) -> Vec<String> {
+        parse(mac, tokens)
+            .err()
+            .map(|e| e.into_iter().map(|e| e.to_string()).collect())
+            .unwrap_or_default()
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("90s"), Ok(90_000));
@@ -647,13 +655,10 @@ mod tests {
 
     #[test]
     fn collects_all_errors() {
-        let err = parse(
+        let err = errors(
             Macro::Cached,
             quote!(tll = 1, ttl = "5 min", ttl = 3, keys = []),
-        )
-        .err()
-        .map(|e| e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>())
-        .unwrap_or_default();
+        );
         assert_eq!(err.len(), 4, "{err:#?}");
         assert!(err[0].contains("did you mean `ttl`"));
         assert!(err[1].contains("invalid duration"));
@@ -712,12 +717,7 @@ mod tests {
 
     #[test]
     fn did_you_mean_comes_from_the_table() {
-        let message = |tokens| {
-            parse(Macro::Invalidate, tokens)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
-        };
+        let message = |tokens| errors(Macro::Invalidate, tokens).join("\n");
         assert!(message(quote!(tag = ["a"])).contains("did you mean `tags`?"));
         assert!(message(quote!(kes = ["a"])).contains("did you mean `keys`?"));
         // `ttl` is a key, but not one of #[invalidate]'s: no hint towards it.
@@ -736,10 +736,7 @@ mod tests {
         assert_eq!(args.ttl_ms.map(|t| t.value), Some(5_000));
         assert_eq!(args.skip.len(), 2);
         // A malformed value is an error at its own tokens; the pairs after it are still read.
-        let err = parse(Macro::Cached, quote!(tags = ["a" "b"], ttl = 0))
-            .err()
-            .map(|e| e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>())
-            .unwrap_or_default();
+        let err = errors(Macro::Cached, quote!(tags = ["a" "b"], ttl = 0));
         assert_eq!(err.len(), 2, "{err:#?}");
         assert!(err[0].contains("`tags` expects a list of string templates"));
         assert!(err[1].contains("`ttl` must be greater than zero"));

@@ -846,7 +846,7 @@ impl<'a> Cached<'a> {
         let (p, p_ret, shape) = (&self.p, &self.p_ret, &self.shape);
         let fetch = Ident::new(self.info.loader.entry_point(), self.ret_span);
         let call_engine = quote_spanned!(self.ret_span=>
-            #p_ret::#fetch(&__cache_handle, &__cache_key, &__cache_policy, #p_ret::#shape, __cache_loader).await
+            #p_ret::#fetch(#p::Entry { cache: &__cache_handle, key: &__cache_key, policy: &__cache_policy }, #p_ret::#shape, __cache_loader).await
         );
         let resolve = resolve_cache(p, self.args, &self.func.sig.ident);
         let key = key_expr(p, self.func, self.args, self.info);
@@ -923,7 +923,7 @@ impl<'a> Cached<'a> {
         let inputs = main_inputs(self.info, self.companions);
         sig.inputs = syn::parse_quote!(#inputs);
         let store_call = quote_spanned!(self.ret_span=>
-            #p_ret::store(__cache_handle, __cache_key, &__cache_policy, #p_ret::#shape, &__cache_out, ::core::concat!(::core::module_path!(), "::", #name_str)).await
+            #p_ret::store(#p::Entry { cache: __cache_handle, key: __cache_key, policy: &__cache_policy }, #p_ret::#shape, &__cache_out, ::core::concat!(::core::module_path!(), "::", #name_str)).await
         );
         let doc = format!(
             "Runs the body of [`{}`] and stores its result as the entry for these arguments \

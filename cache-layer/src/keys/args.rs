@@ -227,6 +227,21 @@ macro_rules! written_with {
     )*};
 }
 
+/// `serialize_tuple_variant` and `serialize_struct_variant`: `E::V` then the delimited fields.
+macro_rules! variant_compound {
+    ($method:ident, $open:literal, $close:literal) => {
+        fn $method(
+            self,
+            name: &'static str,
+            _index: u32,
+            variant: &'static str,
+            _len: usize,
+        ) -> Result<Compound<'a>, KeyError> {
+            Ok(self.open(&format!("{name}::{variant}"), $open, $close))
+        }
+    };
+}
+
 impl<'a> ser::Serializer for KeySerializer<'a> {
     type Ok = ();
     type Error = KeyError;
@@ -315,34 +330,18 @@ impl<'a> ser::Serializer for KeySerializer<'a> {
     ) -> Result<Compound<'a>, KeyError> {
         Ok(self.open(name, '(', ')'))
     }
-    fn serialize_tuple_variant(
-        self,
-        name: &'static str,
-        _index: u32,
-        variant: &'static str,
-        _len: usize,
-    ) -> Result<Compound<'a>, KeyError> {
-        Ok(self.open(&format!("{name}::{variant}"), '(', ')'))
-    }
+    variant_compound!(serialize_tuple_variant, '(', ')');
     fn serialize_map(self, _len: Option<usize>) -> Result<Compound<'a>, KeyError> {
         Ok(self.open("", '{', '}'))
     }
     fn serialize_struct(self, name: &'static str, _len: usize) -> Result<Compound<'a>, KeyError> {
         Ok(self.open(name, '{', '}'))
     }
-    fn serialize_struct_variant(
-        self,
-        name: &'static str,
-        _index: u32,
-        variant: &'static str,
-        _len: usize,
-    ) -> Result<Compound<'a>, KeyError> {
-        Ok(self.open(&format!("{name}::{variant}"), '{', '}'))
-    }
+    variant_compound!(serialize_struct_variant, '{', '}');
 }
 
-/// The seven `Serialize*` traits of compound values all write through [`Compound`]: elements and
-/// fields separated by commas, then the closing delimiter.
+/// The `Serialize*` traits of sequences and tuples write through [`Compound`]: elements
+/// separated by commas, then the closing delimiter.
 macro_rules! compound {
     ($($trait:ident :: $method:ident),* $(,)?) => {$(
         impl ser::$trait for Compound<'_> {
