@@ -303,7 +303,7 @@ async fn injector(world: Arc<World>, server: Arc<RedisServer>) {
                 let keys = bookkeeping_keys(&server);
                 let mut conn = server.connection();
                 for (i, key) in keys.iter().enumerate() {
-                    if i as u64 % fraction == 0 {
+                    if (i as u64).is_multiple_of(fraction) {
                         let _: redis::RedisResult<i64> =
                             redis::cmd("DEL").arg(key).query(&mut conn);
                     }

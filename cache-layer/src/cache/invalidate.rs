@@ -1479,14 +1479,11 @@ impl Cache {
         let inner = &self.inner;
         // Taken out while replayed; failures are recorded again by the same code paths (which do
         // not start a second replayer: this one is running).
-        let pending = inner.pending.with(|pending| {
-            let snapshot = Pending {
-                hard: pending.hard.clone(),
-                soft: pending.soft.clone(),
-                keys: pending.keys.clone(),
-                namespace: pending.namespace,
-            };
-            snapshot
+        let pending = inner.pending.with(|pending| Pending {
+            hard: pending.hard.clone(),
+            soft: pending.soft.clone(),
+            keys: pending.keys.clone(),
+            namespace: pending.namespace,
         });
         if pending.is_empty() {
             return true;
