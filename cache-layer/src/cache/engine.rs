@@ -823,10 +823,10 @@ impl Cache {
             .acquire_or_wait::<T>(key, policy, prior.hint.as_ref())
             .await
         {
-            LockWait::Acquired(held, ttl) => {
+            LockWait::Acquired(held) => {
                 // Boxed: the lock-holding path is rare, and its state stays off the stack of
                 // recursive cached calls.
-                Box::pin(self.load_holding(guard, key, policy, loader, prior, held, ttl)).await
+                Box::pin(self.load_holding(guard, key, policy, loader, prior, held)).await
             }
             LockWait::Landed(value, timing) => {
                 if let Some(guard) = guard {
@@ -856,7 +856,6 @@ impl Cache {
 
     /// Runs the load while holding `held`, renewing it so nobody takes it from a slow load, then
     /// releases it.
-    #[allow(clippy::too_many_arguments)]
     async fn load_holding<T, E, F, Fut>(
         &self,
         guard: Option<LeaderGuard>,
@@ -865,7 +864,6 @@ impl Cache {
         loader: F,
         prior: Prior,
         held: HeldLock,
-        ttl: Duration,
     ) -> Result<Fetched<T>, E>
     where
         T: Value,
@@ -877,7 +875,7 @@ impl Cache {
         let result = tokio::select! {
             biased;
             result = &mut load => result,
-            () = self.keep_lock(&held, ttl) => load.await,
+            () = self.keep_lock(&held) => load.await,
         };
         self.release_lock(&held).await;
         result
@@ -885,13 +883,13 @@ impl Cache {
 
     /// Renews `held` every third of its TTL for as long as its holder still holds it (checked
     /// by token); returns when a renewal fails (lost, or Redis failing), never otherwise.
-    async fn keep_lock(&self, held: &HeldLock, ttl: Duration) {
+    async fn keep_lock(&self, held: &HeldLock) {
         loop {
-            tokio::time::sleep(ttl / 3).await;
+            tokio::time::sleep(held.ttl / 3).await;
             let renew = self
                 .inner
                 .store
-                .expire_if_equals(&held.lock_key, &held.token, ttl);
+                .expire_if_equals(&held.lock_key, &held.token, held.ttl);
             match self.store_op(renew).await {
                 Ok(true) => {}
                 Ok(false) => {
@@ -1007,11 +1005,12 @@ impl Cache {
     ) -> LockWait<T> {
         let inner = &self.inner;
         let full_key = self.entry_key(key).await;
+        let lock_ttl = lock::lock_ttl(policy, hint);
         let held = HeldLock {
             lock_key: inner.keys.lock(&full_key),
             token: lock::new_token(),
+            ttl: lock_ttl,
         };
-        let lock_ttl = lock::lock_ttl(policy, hint);
         let deadline = Instant::now() + policy.lock_wait;
         let mut signals = None;
         loop {
@@ -1019,7 +1018,7 @@ impl Cache {
                 .store
                 .set_if_absent(&held.lock_key, held.token.clone(), lock_ttl);
             match self.store_op(take).await {
-                Ok(true) => return LockWait::Acquired(held, lock_ttl),
+                Ok(true) => return LockWait::Acquired(held),
                 Ok(false) => {}
                 Err(_) => return LockWait::Unavailable,
             }
@@ -1061,8 +1060,7 @@ impl Cache {
 
 /// Result of trying to take an entry's distributed lock.
 enum LockWait<T> {
-    /// Taken, with this TTL.
-    Acquired(HeldLock, Duration),
+    Acquired(HeldLock),
     /// Another process stored the value while we waited.
     Landed(T, Timing),
     /// `lock_wait` passed: load without storing.

@@ -29,6 +29,8 @@ pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(100);
 pub(crate) struct HeldLock {
     pub(crate) lock_key: String,
     pub(crate) token: Vec<u8>,
+    /// The TTL it was taken with (and is renewed to).
+    pub(crate) ttl: Duration,
 }
 
 /// A random token identifying one lock holder.
