@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use crate::{
     cache::{Cache, Inner},
     tags::Trust,
+    util,
 };
 
 /// One bus message. Field names are short: this crosses the network for every invalidation.
@@ -201,11 +202,7 @@ impl Bus {
         if !self.is_remote() || self.is_up() {
             return true;
         }
-        let down_since = *self
-            .shared
-            .down_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let down_since = *util::lock(&self.shared.down_since);
         down_since.max(inserted).elapsed() < self.fallback_ttl
     }
 
@@ -269,7 +266,7 @@ impl Drop for RunningGuard {
 
 fn mark_down(shared: &Shared) {
     if shared.up.swap(false, Ordering::AcqRel) {
-        *shared.down_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        *util::lock(&shared.down_since) = Instant::now();
     }
 }
 

@@ -44,6 +44,8 @@ mod policy;
 mod stampede;
 pub mod store;
 mod tags;
+mod util;
+mod value;
 mod write_behind;
 
 #[doc(hidden)]

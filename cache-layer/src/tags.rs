@@ -249,7 +249,7 @@ impl RedisClock {
 
     /// A lower bound of the Redis clock now: what load starts are stamped with.
     pub(crate) fn lower_ms(&self) -> u64 {
-        let wall = crate::cache::now_ms();
+        let wall = crate::util::now_ms();
         if self.local {
             return wall;
         }
@@ -261,7 +261,7 @@ impl RedisClock {
 
     /// An upper bound of the Redis clock now: used for invalidations recorded without Redis.
     pub(crate) fn upper_ms(&self) -> u64 {
-        let wall = crate::cache::now_ms();
+        let wall = crate::util::now_ms();
         if self.local {
             return wall;
         }
@@ -365,7 +365,7 @@ mod tests {
     #[test]
     fn clock_bounds_bracket_the_measured_time() {
         let clock = RedisClock::new(false, Duration::from_secs(1));
-        let wall = crate::cache::now_ms();
+        let wall = crate::util::now_ms();
         assert!(clock.lower_ms() <= wall - 999);
         assert!(clock.upper_ms() >= wall + 999);
         // Redis is 10 s ahead of this host; measured with a 4 ms round trip.

@@ -28,7 +28,7 @@ use std::{
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::Instrument;
 
-use super::{now_ms, Cache};
+use super::Cache;
 use crate::{
     envelope::{Envelope, Timing},
     stampede::{
@@ -36,15 +36,10 @@ use crate::{
         flight::{Join, LeaderGuard, Outcome},
         lock::{self, HeldLock},
     },
+    util::now_ms,
+    value::Value,
     Policy, Stampede,
 };
-
-/// What the engine can cache: serializable, cloneable, shareable between tasks.
-pub(crate) trait Value:
-    Serialize + DeserializeOwned + Clone + Send + Sync + 'static
-{
-}
-impl<T> Value for T where T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
 
 /// A loader's result plus per-value storage decisions (used by the HTTP layer, whose origin
 /// decides TTL, tags and cacheability per response).

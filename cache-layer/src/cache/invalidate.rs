@@ -12,13 +12,14 @@ use std::{
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{millis, now_ms, Cache};
+use super::Cache;
 use crate::{
     bus::Message,
     envelope::{Envelope, Timing},
     local::LocalEntry,
     store::Backend,
     tags::{TagTimes, Trust, Validity},
+    util::{self, millis, now_ms},
     Error, Policy,
 };
 
@@ -957,7 +958,7 @@ impl Cache {
         if !self.inner.bus.is_remote() {
             return;
         }
-        let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = util::lock(&self.inner.pending);
         add(&mut pending);
         pending.overflowed();
     }
@@ -965,14 +966,14 @@ impl Cache {
     /// Replays the invalidations Redis did not take, in the background (Redis just came back).
     fn replay_pending(&self) {
         let pending = {
-            let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pending = util::lock(&self.inner.pending);
             if pending.is_empty() {
                 return;
             }
             std::mem::take(&mut *pending)
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            *self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()) = pending;
+            *util::lock(&self.inner.pending) = pending;
             return;
         };
         let cache = self.clone();

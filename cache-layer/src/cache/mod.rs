@@ -12,7 +12,7 @@ pub(crate) use self::engine::{Loaded, Origin};
 use std::{
     future::Future,
     sync::{atomic::AtomicBool, Arc, RwLock},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use serde::Serialize;
@@ -29,6 +29,7 @@ use crate::{
     stampede::{flight::Flights, lock::LandedSignals},
     store::Backend,
     tags::{NamespaceBook, RedisClock, TagBook},
+    util::{self, millis, now_ms},
     Codec, Error, Policy, Stats,
 };
 
@@ -111,22 +112,8 @@ static GLOBAL: RwLock<Option<Cache>> = RwLock::new(None);
 /// assert!(cache_layer::Cache::global().is_some());
 /// ```
 pub fn install(cache: Cache) {
-    let mut global = GLOBAL
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut global = util::write(&GLOBAL);
     *global = Some(cache);
-}
-
-/// Milliseconds since the Unix epoch (entry timestamps are wall-clock so processes agree).
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Whether a failed Redis operation says something about Redis' health (and so counts against the
@@ -214,10 +201,7 @@ impl Cache {
 
     /// The cache installed with [`install`], if any.
     pub fn global() -> Option<Cache> {
-        GLOBAL
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        util::read(&GLOBAL).clone()
     }
 
     /// The cache's name (metrics label).

@@ -23,7 +23,8 @@ use super::{
     CacheTags,
 };
 use crate::{
-    cache::{now_ms, Loaded, Origin},
+    cache::{Loaded, Origin},
+    util::now_ms,
     Cache, Stampede,
 };
 

@@ -22,10 +22,14 @@ use std::{
 use tokio::sync::{watch, Notify};
 
 use super::{
-    storage::{self, lock, KeyNames, MemoryCounters},
+    storage::{self, KeyNames, MemoryCounters},
     CountersConfig,
 };
-use crate::{cache::Inner, Cache, Error};
+use crate::{
+    cache::Inner,
+    util::{lock, millis_at_least_one},
+    Cache, Error,
+};
 
 /// One frozen push: a sequence number and the deltas it carries.
 #[derive(Debug)]
@@ -388,7 +392,7 @@ impl CounterSet {
     /// One `PUSH` script call.
     async fn push_chunk(&self, cache: &Cache, chunk: &Chunk) -> Result<(), Error> {
         let writer_key = self.keys.writer(&self.token);
-        let ttl = storage::ms(self.config.writer_ttl);
+        let ttl = millis_at_least_one(self.config.writer_ttl);
         let op = async {
             let mut invocation = storage::push_script().prepare_invoke();
             invocation

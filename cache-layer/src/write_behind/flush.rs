@@ -9,12 +9,12 @@ use std::{
 
 use tokio::{sync::oneshot, task::JoinHandle};
 
-use super::{
-    buffer::CounterSet,
-    storage::{self, lock},
-    Counters,
+use super::{buffer::CounterSet, storage, Counters};
+use crate::{
+    store::Backend,
+    util::{lock, millis_at_least_one, now_ms},
+    Cache, Error,
 };
-use crate::{cache::now_ms, store::Backend, Cache, Error};
 
 /// The error a sink may return: anything convertible into a boxed error (`String`, `&str`, any
 /// `std::error::Error + Send + Sync`, `anyhow::Error`, ...).
@@ -259,7 +259,7 @@ async fn seal(set: &CounterSet, cache: &Cache, id: &str) -> Result<bool, Error> 
         retry = false,
         storage::seal_script(),
         keys = [&k.live, &k.index, &k.leases, k.batch(id)],
-        args = [id, &set.token, storage::ms(lease)]
+        args = [id, &set.token, millis_at_least_one(lease)]
     )?;
     Ok(sealed == 1)
 }
@@ -275,7 +275,7 @@ async fn claim(set: &CounterSet, cache: &Cache) -> Result<Option<String>, Error>
         retry = false,
         storage::claim_script(),
         keys = [&k.index, &k.leases],
-        args = [&set.token, storage::ms(lease)]
+        args = [&set.token, millis_at_least_one(lease)]
     )
 }
 
@@ -289,7 +289,7 @@ async fn renew(set: &CounterSet, cache: &Cache, id: &str) -> Result<bool, Error>
         retry = true,
         storage::renew_script(),
         keys = [&set.keys.leases],
-        args = [id, &set.token, storage::ms(lease)]
+        args = [id, &set.token, millis_at_least_one(lease)]
     )?;
     Ok(held == 1)
 }

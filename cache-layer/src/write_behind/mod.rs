@@ -45,7 +45,8 @@ use std::{
 };
 
 pub use self::flush::{Batch, FlushReport, Flusher};
-use self::{buffer::CounterSet, flush::SinkError, storage::lock};
+use self::{buffer::CounterSet, flush::SinkError};
+use crate::util::lock;
 use crate::{Cache, Error};
 
 /// Settings of one counter set (see [`Cache::counters_with`]).

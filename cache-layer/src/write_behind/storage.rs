@@ -13,7 +13,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Mutex, OnceLock},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -206,11 +206,6 @@ pub(crate) fn complete_script() -> &'static Script {
     script(&CELL, COMPLETE, false)
 }
 
-/// Milliseconds as a Redis argument (at least 1).
-pub(crate) fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
 /// Parses one page of an `HSCAN` reply's field/value list into `out` (a map: HSCAN may return a
 /// field twice while the hash is being rehashed).
 pub(crate) fn collect_pairs(
@@ -315,14 +310,6 @@ impl MemoryCounters {
 
 pub(crate) fn overflow() -> Error {
     Error::Encode("write-behind counter delta overflows i64".to_owned())
-}
-
-/// Locks a std mutex, recovering from poisoning (the data is plain counters, always consistent
-/// between statements).
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
