@@ -25,12 +25,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::{
     cache::{Cache, Inner},
+    store::{Backend, Store, Subscription},
     tags::Trust,
     util,
 };
@@ -111,7 +111,8 @@ pub(crate) struct Bus {
     pub(crate) tickets: Tickets,
     pub(crate) origin: u64,
     channel: String,
-    client: Option<redis::Client>,
+    /// The store to subscribe on; `None` when no other process shares it (no bus needed).
+    store: Option<Backend>,
     fallback_ttl: Duration,
     first_wait: Duration,
     /// Dropped with the cache: the subscriber task sees the channel close and exits.
@@ -128,10 +129,11 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    /// A bus on `channel`; `client` is `None` for the in-memory store (no bus, everything local).
+    /// A bus on `channel`; `store` is `None` when no other process shares the store (no bus,
+    /// everything local).
     pub(crate) fn new(
         channel: String,
-        client: Option<redis::Client>,
+        store: Option<Backend>,
         fallback_ttl: Duration,
         first_wait: Duration,
     ) -> Self {
@@ -148,16 +150,16 @@ impl Bus {
             tickets: Tickets::new(1024),
             origin: rand::random::<u64>(),
             channel,
-            client,
+            store,
             fallback_ttl,
             first_wait,
             shutdown,
         }
     }
 
-    /// Whether there is a bus at all (Redis store).
+    /// Whether there is a bus at all (a store shared with other processes).
     pub(crate) fn is_remote(&self) -> bool {
-        self.client.is_some()
+        self.store.is_some()
     }
 
     /// Whether the subscriber task is running (it may still be connecting).
@@ -219,7 +221,7 @@ impl Bus {
     /// subscription attempt, so the first facts fetched are already covered by the bus. Returns
     /// `true` when this call started it and that attempt failed (Redis is probably unreachable).
     pub(crate) async fn ensure_started(&self, cache: &Cache) -> bool {
-        let Some(client) = &self.client else {
+        let Some(store) = &self.store else {
             return false;
         };
         if self.shared.started.load(Ordering::Acquire) {
@@ -241,7 +243,7 @@ impl Bus {
         let task = Subscriber {
             cache: Arc::downgrade(&cache.inner),
             shared: self.shared.clone(),
-            client: client.clone(),
+            store: store.clone(),
             channel: self.channel.clone(),
             shutdown: self.shutdown.subscribe(),
             connect_timeout: self.first_wait,
@@ -273,7 +275,7 @@ fn mark_down(shared: &Shared) {
 struct Subscriber {
     cache: Weak<Inner>,
     shared: Arc<Shared>,
-    client: redis::Client,
+    store: Backend,
     channel: String,
     shutdown: watch::Receiver<()>,
     connect_timeout: Duration,
@@ -313,12 +315,12 @@ impl Subscriber {
         let connected = tokio::select! {
             result = tokio::time::timeout(
                 self.connect_timeout,
-                connect(&self.client, &self.channel),
+                self.store.subscribe(&self.channel),
             ) => result,
             _ = self.shutdown.changed() => return Ended::Shutdown,
         };
-        let pubsub = match connected {
-            Ok(Ok(pubsub)) => pubsub,
+        let mut subscription: Subscription = match connected {
+            Ok(Ok(subscription)) => subscription,
             Ok(Err(err)) => {
                 tracing::debug!(channel = %self.channel, error = %err, "bus: subscribe failed");
                 self.shared.attempts.send_modify(|n| *n += 1);
@@ -343,17 +345,16 @@ impl Subscriber {
         tracing::debug!(channel = %self.channel, generation, "bus: subscribed");
         drop(cache);
 
-        let (mut sink, mut stream) = pubsub.split();
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
         let mut resync =
             tokio::time::interval_at(tokio::time::Instant::now() + CLOCK_RESYNC, CLOCK_RESYNC);
         let ended = loop {
             tokio::select! {
-                message = stream.next() => {
+                message = subscription.next() => {
                     let Some(message) = message else { break Ended::Lost };
                     let Some(cache) = self.cache() else { break Ended::Shutdown };
-                    match serde_json::from_slice::<Message>(message.get_payload_bytes()) {
+                    match serde_json::from_slice::<Message>(&message) {
                         Ok(message) => {
                             if message.origin != cache.inner.bus.origin {
                                 cache.apply_bus_message(message);
@@ -366,7 +367,7 @@ impl Subscriber {
                 _ = ping.tick() => {
                     let pong = tokio::time::timeout(
                         self.connect_timeout,
-                        sink.ping::<redis::Value>(),
+                        subscription.ping(),
                     ).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         break Ended::Lost;
@@ -385,15 +386,6 @@ impl Subscriber {
         }
         ended
     }
-}
-
-async fn connect(
-    client: &redis::Client,
-    channel: &str,
-) -> Result<redis::aio::PubSub, redis::RedisError> {
-    let mut pubsub = client.get_async_pubsub().await?;
-    pubsub.subscribe(channel).await?;
-    Ok(pubsub)
 }
 
 #[cfg(test)]
@@ -439,10 +431,11 @@ mod tests {
 
     #[test]
     fn while_down_facts_live_only_the_fallback_ttl() {
-        let client = redis::Client::open("redis://127.0.0.1:1").unwrap();
+        let store =
+            crate::store::RedisStore::new("redis://127.0.0.1:1", Default::default()).unwrap();
         let bus = Bus::new(
             "c".into(),
-            Some(client),
+            Some(Backend::Redis(store)),
             Duration::from_millis(200),
             Duration::ZERO,
         );

@@ -53,31 +53,10 @@ pub(crate) struct Trust {
     pub(crate) at: Instant,
 }
 
-/// The invalidation times of one tag (Redis server milliseconds; 0 = never).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct TagTimes {
-    /// Entries created at or before this are invalid.
-    pub(crate) hard_ms: u64,
-    /// Entries created at or before this are stale (servable under their grace period only).
-    pub(crate) soft_ms: u64,
-}
+pub(crate) use crate::store::TagTimes;
 
 impl TagTimes {
-    /// Parses the stored form `"<hard>:<soft>"`; anything else reads as "never invalidated".
-    pub(crate) fn parse(bytes: &[u8]) -> Option<TagTimes> {
-        let text = std::str::from_utf8(bytes).ok()?;
-        let (hard, soft) = text.split_once(':')?;
-        Some(TagTimes {
-            hard_ms: hard.parse().ok()?,
-            soft_ms: soft.parse().ok()?,
-        })
-    }
-
-    /// The stored form.
-    pub(crate) fn render(self) -> String {
-        format!("{}:{}", self.hard_ms, self.soft_ms)
-    }
-
+    /// The later of each time.
     fn max(self, other: TagTimes) -> TagTimes {
         TagTimes {
             hard_ms: self.hard_ms.max(other.hard_ms),

@@ -13,7 +13,7 @@ use crate::{
     local::LocalTier,
     metrics::{Counters, HotKeys},
     stampede::{flight::Flights, lock::LandedSignals},
-    store::{Backend, ClusterStore, MemoryStore, RedisStore, RedisStoreConfig},
+    store::{Backend, ClusterStore, MemoryStore, RedisStore, RedisStoreConfig, Store},
     tags::{NamespaceBook, RedisClock, TagBook},
     BreakerConfig, BreakerState, Codec, Error,
 };
@@ -241,14 +241,16 @@ impl CacheBuilder {
         let name = self.name.unwrap_or_else(|| self.namespace.clone());
         let counters = Arc::new(Counters::new(&name));
         let hook_counters = counters.clone();
-        let local = store.is_remote();
+        let shared = store.is_shared();
+        // Pub/sub only when other processes share the store (otherwise this one knows everything).
+        let pubsub = shared.then(|| store.clone());
         let bus = Bus::new(
             keys.bus_channel(),
-            store.redis_client(),
+            pubsub.clone(),
             self.bus_fallback_ttl,
             self.redis.connect_timeout + self.redis.op_timeout,
         );
-        let landed = LandedSignals::new(keys.meta("landed"), store.redis_client());
+        let landed = LandedSignals::new(keys.meta("landed"), pubsub);
         let refresh_failures = moka::sync::Cache::builder()
             .max_capacity(10_000)
             .time_to_live(crate::cache::REFRESH_RETRY_AFTER)
@@ -279,7 +281,7 @@ impl CacheBuilder {
                 corrupt_logged: Default::default(),
                 tag_book: TagBook::new(self.max_tags),
                 namespace: NamespaceBook::new(),
-                clock: RedisClock::new(!local, self.clock_skew),
+                clock: RedisClock::new(!shared, self.clock_skew),
                 bus,
                 tag_ttl: self.tag_ttl,
                 pending: Default::default(),

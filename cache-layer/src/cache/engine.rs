@@ -34,8 +34,9 @@ use crate::{
     stampede::{
         early,
         flight::{Join, LeaderGuard, Outcome},
-        lock::{self, HeldLock},
+        lock,
     },
+    store::{LockToken, Store},
     util::now_ms,
     value::Value,
     Policy, Stampede,
@@ -692,7 +693,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded<T>, E>>,
     {
-        if policy.stampede != Stampede::Lock || !self.inner.store.is_remote() {
+        if policy.stampede != Stampede::Lock || !self.inner.store.is_shared() {
             return self.load_and_fill(guard, key, policy, loader, true).await;
         }
         match self.acquire_or_wait::<T>(key, policy, hint.as_ref()).await {
@@ -814,17 +815,15 @@ impl Cache {
     ) -> LockWait<T> {
         let inner = &self.inner;
         let full_key = self.entry_key(key).await;
-        let held = HeldLock {
-            lock_key: inner.keys.lock(&full_key),
+        let held = LockToken {
+            key: inner.keys.lock(&full_key),
             token: lock::new_token(),
         };
         let lock_ttl = lock::lock_ttl(policy, hint);
         let deadline = Instant::now() + policy.lock_wait;
         let mut signals = None;
         loop {
-            let take = inner
-                .store
-                .set_if_absent(&held.lock_key, held.token.clone(), lock_ttl);
+            let take = inner.store.lock_acquire(&held, lock_ttl);
             match self.store_op(take).await {
                 Ok(true) => return LockWait::Acquired(held),
                 Ok(false) => {}
@@ -845,11 +844,8 @@ impl Cache {
         }
     }
 
-    async fn release_lock(&self, held: &HeldLock) {
-        let release = self
-            .inner
-            .store
-            .delete_if_equals(&held.lock_key, &held.token);
+    async fn release_lock(&self, held: &LockToken) {
+        let release = self.inner.store.lock_release(held);
         if let Err(err) = self.store_op(release).await {
             tracing::debug!(cache = %self.inner.name, error = %err, "lock release failed; it will expire");
         }
@@ -860,7 +856,7 @@ impl Cache {
         let publish = self
             .inner
             .store
-            .publish(self.inner.landed.channel(), &full_key);
+            .publish(self.inner.landed.channel(), full_key.as_bytes());
         if let Err(err) = self.store_op(publish).await {
             tracing::debug!(cache = %self.inner.name, error = %err, "could not announce landed value");
         }
@@ -869,7 +865,7 @@ impl Cache {
 
 /// Result of trying to take an entry's distributed lock.
 enum LockWait<T> {
-    Acquired(HeldLock),
+    Acquired(LockToken),
     /// Another process stored the value while we waited.
     Landed(T, Timing),
     /// `lock_wait` passed: load without storing.

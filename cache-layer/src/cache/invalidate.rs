@@ -17,48 +17,11 @@ use crate::{
     bus::Message,
     envelope::{Envelope, Timing},
     local::LocalEntry,
-    store::Backend,
+    store::{NamespaceBump, Store, TagField},
     tags::{TagTimes, Trust, Validity},
-    util::{self, millis, now_ms},
+    util::{self, now_ms},
     Error, Policy,
 };
-
-/// One-key script: raises a tag's hard (`ARGV[1] == "hard"`) or soft time to
-/// `max(previous + 1, Redis TIME)`, stores `"<hard>:<soft>"` with `PX ARGV[2]`, returns both.
-const BUMP_TAG: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local hard, soft = 0, 0
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local h, s = string.match(cur, '^(%d+):(%d+)$')
-  if h then hard = tonumber(h); soft = tonumber(s) end
-end
-if ARGV[1] == 'soft' then soft = math.max(soft + 1, now) else hard = math.max(hard + 1, now) end
-redis.call('SET', KEYS[1], string.format('%.0f:%.0f', hard, soft), 'PX', ARGV[2])
-return {hard, soft}
-"#;
-
-/// One-key script: `INCR` the namespace version and return it with the Redis time in ms.
-const BUMP_NAMESPACE: &str = r#"
-local v = redis.call('INCR', KEYS[1])
-local t = redis.call('TIME')
-return {v, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
-"#;
-
-fn script(
-    cell: &'static std::sync::OnceLock<redis::Script>,
-    source: &str,
-) -> &'static redis::Script {
-    cell.get_or_init(|| redis::Script::new(source))
-}
-
-/// Which of a tag's two times an operation raises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TagField {
-    Hard,
-    Soft,
-}
 
 /// Invalidations Redis did not take (breaker open, timeout, lost `PUBLISH`): this process honours
 /// them at once; they are replayed when the breaker closes or the bus resubscribes, so the other
@@ -218,34 +181,7 @@ impl Cache {
         let inner = &self.inner;
         let trust = inner.bus.trust_now();
         let keys: Vec<String> = tags.iter().map(|tag| inner.keys.tag(tag)).collect();
-        let values: Vec<Option<Vec<u8>>> = match &inner.store {
-            // One node: one pipelined round trip.
-            Backend::Redis(_) if keys.len() > 1 => {
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.cmd("GET").arg(key);
-                }
-                self.store_op(inner.store.query_pipeline(&pipe, true))
-                    .await?
-            }
-            // Tag keys live in different slots: one GET each, concurrently (no cross-slot command).
-            store => {
-                let reads = keys.iter().map(|key| self.store_op(store.get(key)));
-                futures_util::future::join_all(reads)
-                    .await
-                    .into_iter()
-                    .collect::<Result<_, _>>()?
-            }
-        };
-        let times: Vec<TagTimes> = values
-            .iter()
-            .map(|value| {
-                value
-                    .as_deref()
-                    .and_then(TagTimes::parse)
-                    .unwrap_or_default()
-            })
-            .collect();
+        let times = self.store_op(inner.store.tag_times(&keys)).await?;
         for (tag, times) in tags.iter().zip(&times) {
             inner.tag_book.merge(tag, *times, trust);
         }
@@ -292,13 +228,12 @@ impl Cache {
             return record.version;
         }
         let trust = inner.bus.trust_now();
-        match self.store_op(inner.store.get(&inner.keys.version())).await {
-            Ok(bytes) => {
-                let version = bytes
-                    .as_deref()
-                    .and_then(|b| std::str::from_utf8(b).ok())
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .unwrap_or(0);
+        let version_key = inner.keys.version();
+        match self
+            .store_op(inner.store.namespace_version(&version_key))
+            .await
+        {
+            Ok(version) => {
                 self.learn_namespace(version, None, trust);
             }
             Err(err) => {
@@ -342,15 +277,15 @@ impl Cache {
     /// Measures the offset to the Redis clock (best of three `TIME` round trips).
     pub(crate) async fn measure_clock(&self) {
         let store = &self.inner.store;
-        if !store.is_remote() {
+        if !store.is_shared() {
             return;
         }
         for _ in 0..3 {
             let sent = Instant::now();
-            match store.query::<(u64, u64)>(&redis::cmd("TIME")).await {
-                Ok((secs, micros)) => {
+            match store.server_time().await {
+                Ok(time) => {
                     let received = Instant::now();
-                    let redis_us = secs.saturating_mul(1_000_000).saturating_add(micros);
+                    let redis_us = u64::try_from(time.as_micros()).unwrap_or(u64::MAX);
                     self.inner.clock.record(sent, received, redis_us);
                 }
                 Err(_) => return,
@@ -420,7 +355,7 @@ impl Cache {
             ..message
         };
         let payload = serde_json::to_string(&message).map_err(|e| Error::Encode(e.to_string()))?;
-        self.store_op(inner.store.publish(inner.bus.channel(), &payload))
+        self.store_op(inner.store.publish(inner.bus.channel(), payload.as_bytes()))
             .await
     }
 
@@ -859,39 +794,8 @@ impl Cache {
     async fn bump_tag(&self, tag: &str, field: TagField) -> Result<TagTimes, Error> {
         let inner = &self.inner;
         let key = inner.keys.tag(tag);
-        match &inner.store {
-            store if store.is_remote() => {
-                static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-                let mut invocation = script(&SCRIPT, BUMP_TAG).prepare_invoke();
-                invocation
-                    .key(&key)
-                    .arg(match field {
-                        TagField::Hard => "hard",
-                        TagField::Soft => "soft",
-                    })
-                    .arg(millis(inner.tag_ttl).max(1));
-                // Re-running it after a dropped connection only moves the time forward: safe.
-                let run = store.invoke(&invocation, true);
-                let (hard_ms, soft_ms): (u64, u64) = self.store_op(run).await?;
-                Ok(TagTimes { hard_ms, soft_ms })
-            }
-            store => {
-                // One process: the local clock is the reference.
-                let current = self.store_op(store.get(&key)).await?;
-                let mut times = current
-                    .as_deref()
-                    .and_then(TagTimes::parse)
-                    .unwrap_or_default();
-                let now = now_ms();
-                match field {
-                    TagField::Hard => times.hard_ms = (times.hard_ms + 1).max(now),
-                    TagField::Soft => times.soft_ms = (times.soft_ms + 1).max(now),
-                }
-                let write = store.set(&key, times.render().into_bytes(), inner.tag_ttl);
-                self.store_op(write).await?;
-                Ok(times)
-            }
-        }
+        self.store_op(inner.store.bump_tag(&key, field, inner.tag_ttl))
+            .await
     }
 
     /// Drops every entry of this cache's namespace in O(1): the namespace version (folded into
@@ -916,27 +820,23 @@ impl Cache {
         inner.bus.ensure_started(self).await;
         let trust = inner.bus.trust_now();
         inner.counters.invalidation();
-        let (version, bumped_ms) = match &inner.store {
-            store if store.is_remote() => {
-                static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-                let mut invocation = script(&SCRIPT, BUMP_NAMESPACE).prepare_invoke();
-                invocation.key(inner.keys.version());
-                match self.store_op(store.invoke(&invocation, false)).await {
-                    Ok(bumped) => bumped,
-                    Err(err) => {
-                        // Not bumped anywhere: stop serving L1 copies here, and bump it as soon
-                        // as Redis is back.
-                        self.remember_pending(|pending| pending.namespace = true);
-                        inner.flights.detach_all();
-                        self.forget_local();
-                        return match err {
-                            Error::BreakerOpen => Ok(()),
-                            err => Err(err),
-                        };
-                    }
-                }
+        let version_key = inner.keys.version();
+        let NamespaceBump { version, bumped_ms } = match self
+            .store_op(inner.store.bump_namespace(&version_key))
+            .await
+        {
+            Ok(bumped) => bumped,
+            Err(err) => {
+                // Not bumped anywhere: stop serving L1 copies here, and bump it as soon as
+                // Redis is back.
+                self.remember_pending(|pending| pending.namespace = true);
+                inner.flights.detach_all();
+                self.forget_local();
+                return match err {
+                    Error::BreakerOpen => Ok(()),
+                    err => Err(err),
+                };
             }
-            _ => (inner.namespace.get().version + 1, now_ms()),
         };
         self.learn_namespace(version, Some(bumped_ms), trust);
         let published = self

@@ -21,13 +21,12 @@ use std::{
 
 use tokio::sync::{watch, Notify};
 
-use super::{
-    storage::{self, KeyNames, MemoryCounters},
-    CountersConfig,
-};
+use super::{storage, CountersConfig};
 use crate::{
     cache::Inner,
-    util::{lock, millis_at_least_one},
+    error::counter_overflow,
+    store::{CounterKeys, MemoryStore, PushOutcome, Store},
+    util::lock,
     Cache, Error,
 };
 
@@ -112,12 +111,13 @@ pub(crate) struct SetStats {
 #[derive(Debug)]
 pub(crate) struct CounterSet {
     pub(crate) name: String,
-    pub(crate) keys: KeyNames,
+    pub(crate) keys: CounterKeys,
     pub(crate) config: CountersConfig,
     /// This process's identity: writer id for pushes and owner token for batch leases.
     pub(crate) token: String,
     cache: Weak<Inner>,
-    remote: bool,
+    /// The cache's store when it lives in this process: increments apply to it at once.
+    in_process: Option<MemoryStore>,
     state: Mutex<Pending>,
     progress: watch::Sender<Progress>,
     wake: Notify,
@@ -126,7 +126,6 @@ pub(crate) struct CounterSet {
     push_lock: tokio::sync::Mutex<()>,
     /// One flush cycle at a time in this process (leases are per process).
     pub(crate) flush_lock: tokio::sync::Mutex<()>,
-    pub(crate) memory: Mutex<MemoryCounters>,
     metrics: SetMetrics,
     pub(crate) stats: SetStats,
 }
@@ -153,11 +152,11 @@ impl CounterSet {
         let labels = |metric: &'static str| metrics::counter!(metric, "cache" => inner.name.clone(), "counters" => name.to_owned());
         CounterSet {
             name: name.to_owned(),
-            keys: KeyNames::new(&inner.keys, name),
+            keys: storage::counter_keys(&inner.keys, name),
             config,
             token: format!("{:032x}", rand::random::<u128>()),
             cache: Arc::downgrade(inner),
-            remote: inner.store.is_remote(),
+            in_process: inner.store.in_process().cloned(),
             state: Mutex::new(Pending {
                 map: HashMap::new(),
                 gen: 1,
@@ -175,7 +174,6 @@ impl CounterSet {
             closed: AtomicBool::new(false),
             push_lock: tokio::sync::Mutex::new(()),
             flush_lock: tokio::sync::Mutex::new(()),
-            memory: Mutex::new(MemoryCounters::default()),
             metrics: SetMetrics {
                 overflow: labels("cache_counter_overflow_total"),
                 push_failures: labels("cache_counter_push_failures_total"),
@@ -216,14 +214,14 @@ impl CounterSet {
     /// Adds `by` to `id` in the buffer. `Ok(Some(gen))`: wait for that generation's push;
     /// `Ok(None)`: done (applied in memory, or buffered while Redis is unavailable).
     pub(crate) fn add(self: &Arc<Self>, id: &str, by: i64) -> Result<Option<u64>, Error> {
-        if !self.remote {
-            lock(&self.memory).incr(id, by)?;
+        if let Some(store) = &self.in_process {
+            store.counters_incr(&self.keys, id, by)?;
             return Ok(None);
         }
         let ticket = {
             let mut st = lock(&self.state);
             match st.map.get_mut(id) {
-                Some(slot) => *slot = slot.checked_add(by).ok_or_else(storage::overflow)?,
+                Some(slot) => *slot = slot.checked_add(by).ok_or_else(counter_overflow)?,
                 None => {
                     if st.map.len() + st.frozen_ids >= self.config.max_buffered
                         && !st.frozen_contains(id)
@@ -298,7 +296,7 @@ impl CounterSet {
     /// Pushes everything buffered when called; `Err` when Redis is unavailable (the increments
     /// stay buffered and the pusher keeps retrying).
     pub(crate) async fn sync(self: &Arc<Self>, cache: &Cache) -> Result<(), Error> {
-        if !self.remote {
+        if self.in_process.is_some() {
             return Ok(());
         }
         let ticket = {
@@ -391,29 +389,20 @@ impl CounterSet {
 
     /// One `PUSH` script call.
     async fn push_chunk(&self, cache: &Cache, chunk: &Chunk) -> Result<(), Error> {
-        let writer_key = self.keys.writer(&self.token);
-        let ttl = millis_at_least_one(self.config.writer_ttl);
-        let op = async {
-            let mut invocation = storage::push_script().prepare_invoke();
-            invocation
-                .key(&self.keys.live)
-                .key(&writer_key)
-                .arg(chunk.seq)
-                .arg(ttl);
-            for (id, delta) in &chunk.entries {
-                invocation.arg(id).arg(*delta);
-            }
-            // Resending is safe: the sequence number makes the push idempotent.
-            cache
-                .inner
-                .store
-                .invoke::<(i64, Vec<String>)>(&invocation, true)
-                .await
-        };
-        let (applied, failed) = cache.store_op(op).await?;
+        let push = cache.inner.store.counters_push(
+            &self.keys,
+            &self.token,
+            chunk.seq,
+            self.config.writer_ttl,
+            &chunk.entries,
+        );
+        let PushOutcome {
+            applied,
+            rejected: failed,
+        } = cache.store_op(push).await?;
         self.stats.pushes.fetch_add(1, Ordering::Relaxed);
         self.metrics.pushes.increment(1);
-        if applied == 0 {
+        if !applied {
             self.stats.replayed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(counters = %self.name, seq = chunk.seq,
                 "write-behind push had already landed (reply lost); not applied twice");

@@ -237,7 +237,7 @@ impl std::fmt::Debug for Counters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Counters")
             .field("name", &self.set.name)
-            .field("live_key", &self.set.keys.live)
+            .field("live_key", &self.set.keys.live())
             .finish_non_exhaustive()
     }
 }
@@ -256,7 +256,7 @@ impl Counters {
     /// # Ok::<(), cache_layer::Error>(())
     /// ```
     pub fn redis_key(&self) -> &str {
-        &self.set.keys.live
+        self.set.keys.live()
     }
 
     /// Adds `by` (may be negative) to counter `id`.
