@@ -288,7 +288,7 @@ impl CacheBuilder {
                 landed,
                 refresh_failures,
                 hot_keys: self.hot_keys.map(HotKeys::new),
-                write_behind: Default::default(),
+                extensions: Default::default(),
             }
         });
         Ok(Cache { inner })

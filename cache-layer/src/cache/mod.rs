@@ -1,13 +1,15 @@
 //! The [`Cache`] handle: construction, the global default, direct operations and stats.
 //! The read-through engine (`get_or_fetch` and friends) lives in [`engine`].
 
+mod api;
 mod builder;
-mod engine;
-mod invalidate;
+mod coherence;
+mod read;
+mod write;
 
-pub(crate) use self::engine::REFRESH_RETRY_AFTER;
+pub(crate) use self::read::REFRESH_RETRY_AFTER;
 #[cfg(feature = "http")]
-pub(crate) use self::engine::{Loaded, Origin};
+pub(crate) use self::read::{Loaded, Origin};
 
 use std::{
     future::Future,
@@ -30,7 +32,7 @@ use crate::{
     store::Backend,
     tags::{NamespaceBook, RedisClock, TagBook},
     util::{self, millis, now_ms},
-    Codec, Error, Policy, Stats,
+    Codec, Error, Policy,
 };
 
 /// A read-through cache: Redis (or the embedded in-memory store), an optional L1 tier, single-flight
@@ -78,15 +80,17 @@ pub(crate) struct Inner {
     /// How long tag keys live in Redis (and the longest a tagged entry lives there).
     pub(crate) tag_ttl: Duration,
     /// Invalidations Redis did not take, replayed when it is back.
-    pub(crate) pending: std::sync::Mutex<invalidate::Pending>,
+    pub(crate) pending: std::sync::Mutex<write::Pending>,
     /// "Value landed" signals for `Stampede::Lock` waiters.
     pub(crate) landed: LandedSignals,
     /// Keys whose last load failed recently: background refreshes of them are held off.
     pub(crate) refresh_failures: moka::sync::Cache<String, ()>,
     /// Top-N keys by hits, when enabled.
     pub(crate) hot_keys: Option<HotKeys>,
-    /// Write-behind counter sets by name.
-    pub(crate) write_behind: crate::write_behind::Registry,
+    /// The write-behind counter sets, owned by [`write_behind`](crate::write_behind) (which is
+    /// built on the cache, so the cache holds its state without naming its type); dropped, and
+    /// their pushers stopped, with the cache.
+    pub(crate) extensions: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -187,59 +191,6 @@ impl Drop for AdmissionGuard<'_> {
 }
 
 impl Cache {
-    /// A builder; with no `.redis(..)` the cache uses the embedded in-memory store.
-    pub fn builder() -> CacheBuilder {
-        CacheBuilder::default()
-    }
-
-    /// A cache on the embedded in-memory store (no Redis at all), namespace `"cache"`.
-    pub fn in_memory() -> Cache {
-        CacheBuilder::default()
-            .build()
-            .unwrap_or_else(|_| unreachable!("the default configuration is valid"))
-    }
-
-    /// The cache installed with [`install`], if any.
-    pub fn global() -> Option<Cache> {
-        util::read(&GLOBAL).clone()
-    }
-
-    /// The cache's name (metrics label).
-    pub fn name(&self) -> &str {
-        &self.inner.name
-    }
-
-    /// The namespace every Redis key of this cache starts with.
-    pub fn namespace(&self) -> &str {
-        self.inner.keys.namespace()
-    }
-
-    /// The Redis key under which `key` is stored (for operators and tests), with the namespace
-    /// version this cache knows (`<namespace>:{<key>}` before the first
-    /// [`invalidate_namespace`](Cache::invalidate_namespace), then `<namespace>:{<key>}:v<N>`).
-    ///
-    /// ```
-    /// let cache = cache_layer::Cache::builder().namespace("shop").build()?;
-    /// assert_eq!(cache.redis_key("product:42"), "shop:{product:42}");
-    /// # Ok::<(), cache_layer::Error>(())
-    /// ```
-    pub fn redis_key(&self, key: &str) -> String {
-        let inner = &self.inner;
-        inner.keys.entry(key, inner.namespace.get().version)
-    }
-
-    /// A snapshot of the counters since the cache was built.
-    pub fn stats(&self) -> Stats {
-        let inner = &self.inner;
-        let mut stats = inner
-            .counters
-            .snapshot(inner.breaker.state(), inner.breaker.transitions());
-        if let Some(hot_keys) = &inner.hot_keys {
-            stats.hot_keys = hot_keys.top();
-        }
-        stats
-    }
-
     /// Runs one store operation through the breaker, counting failures. `op` is not polled when
     /// the breaker rejects the call (futures are lazy), so nothing reaches Redis.
     pub(crate) async fn store_op<R>(

@@ -434,34 +434,22 @@ impl Drop for Registry {
     }
 }
 
-impl Cache {
-    /// The write-behind counter set `name` (see [`Counters`]), with default settings.
-    ///
-    /// Every call with the same name returns a handle to the same set (one buffer, one pusher per
-    /// process). Building it does no I/O.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), cache_layer::Error> {
-    /// let cache = cache_layer::Cache::in_memory();
-    /// let views = cache.counters("views");
-    /// views.incr("product:42", 1).await?;
-    /// # Ok(()) }
-    /// ```
-    pub fn counters(&self, name: &str) -> Counters {
-        self.counters_with(name, CountersConfig::default())
-    }
-
-    /// The write-behind counter set `name` with `config`. If the set already exists in this cache,
-    /// the configuration it was created with stays in effect.
-    pub fn counters_with(&self, name: &str, config: CountersConfig) -> Counters {
-        let set = lock(&self.inner.write_behind.sets)
-            .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(CounterSet::new(self, name, config)))
-            .clone();
-        Counters {
-            set,
-            cache: self.clone(),
-        }
+/// The counter set `name` of `cache` (created with `config` on first use), as a handle.
+pub(crate) fn counters(cache: &Cache, name: &str, config: CountersConfig) -> Counters {
+    let registry = cache
+        .inner
+        .extensions
+        .get_or_init(|| Box::new(Registry::default()))
+        .downcast_ref::<Registry>();
+    let Some(registry) = registry else {
+        unreachable!("the write-behind slot holds a Registry")
+    };
+    let set = lock(&registry.sets)
+        .entry(name.to_owned())
+        .or_insert_with(|| Arc::new(CounterSet::new(cache, name, config)))
+        .clone();
+    Counters {
+        set,
+        cache: cache.clone(),
     }
 }

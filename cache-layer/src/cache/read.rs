@@ -1,4 +1,4 @@
-//! The read-through engine shared by both front doors.
+//! The read path: `get_or_fetch` and friends, `get`, and the HTTP layer's `fetch`.
 //!
 //! ```text
 //! lookup: L1 (decoded value) ──► store GET (one round trip) ──► decode
@@ -10,22 +10,19 @@
 //!                runs the loader ──► SET PX (hard expiry) + L1 ──► followers get the value
 //! ```
 //!
-//! Two entry points share everything but how the leader runs the loader:
-//! - `'static` loaders ([`Cache::get_or_fetch`]) run in a spawned task, so a cancelled caller does
-//!   not cancel the load, and refreshes (stale-while-revalidate, early refresh) run in the
-//!   background while every caller is answered at once.
-//! - borrowing loaders ([`Cache::get_or_fetch_scoped`], used by the macro for `&self` methods and
-//!   reference arguments) run in the calling task: if that caller is cancelled, a follower takes
-//!   over; a refresh runs in the caller that triggered it while the others get the stale value.
+//! Both kinds of front door share everything but where the leader runs the loader
+//! ([`RunLoader`]: [`Spawned`] or [`Inline`]). The read path owns L1 reads and fills through
+//! [`coherence`](super::coherence) (which says whether what is known locally may be served), the
+//! store read, envelope decoding, single-flight, refresh and the distributed lock; storing a
+//! loaded value goes through [`write`](super::write)'s `write_entry`.
 
 use std::{
-    convert::Infallible,
     future::Future,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use super::Cache;
@@ -39,7 +36,7 @@ use crate::{
     store::{LockToken, Store},
     util::now_ms,
     value::Value,
-    Policy, Stampede,
+    Error, Policy, Stampede,
 };
 
 /// A loader's result plus per-value storage decisions (used by the HTTP layer, whose origin
@@ -144,163 +141,25 @@ enum Next<T> {
 pub(crate) const REFRESH_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl Cache {
-    /// Returns the cached value of `key`, or runs `loader` on a miss, stores its value with
-    /// `policy` and returns it.
-    ///
-    /// Concurrent misses of one key in this process share one load ([`Stampede`] selects more
-    /// protection). When Redis fails (error, timeout, breaker open) the loader's value is returned
-    /// anyway: this never fails because of the cache. The loader runs in its own task, so a caller
-    /// that is cancelled does not cancel it, and refreshes run in the background.
-    ///
-    /// ```
-    /// use std::{sync::{Arc, atomic::{AtomicUsize, Ordering}}, time::Duration};
-    /// use cache_layer::{Cache, Policy};
-    ///
-    /// # #[tokio::main]
-    /// # async fn main() {
-    /// let cache = Cache::in_memory();
-    /// let policy = Policy::ttl(Duration::from_secs(60));
-    /// let loads = Arc::new(AtomicUsize::new(0));
-    /// for _ in 0..3 {
-    ///     let loads = loads.clone();
-    ///     let price: u32 = cache
-    ///         .get_or_fetch("price:42", &policy, move || async move {
-    ///             loads.fetch_add(1, Ordering::SeqCst);
-    ///             1999
-    ///         })
-    ///         .await;
-    ///     assert_eq!(price, 1999);
-    /// }
-    /// assert_eq!(loads.load(Ordering::SeqCst), 1);
-    /// # }
-    /// ```
-    pub async fn get_or_fetch<T, F, Fut>(&self, key: &str, policy: &Policy, loader: F) -> T
-    where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = T> + Send + 'static,
-    {
-        let found = match self.lookup::<T>(key, policy).await.settled() {
-            Ok(value) => return value,
-            Err(found) => found,
-        };
-        let infallible =
-            move || async move { Ok::<_, Infallible>(Loaded::cacheable(loader().await)) };
-        match Box::pin(self.resolve(found, key, policy, infallible)).await {
-            Ok(fetched) => fetched.value,
-            Err(never) => match never {},
-        }
-    }
-
-    /// Like [`get_or_fetch`](Cache::get_or_fetch) for fallible loaders: only `Ok` values are
-    /// cached; an `Err` is returned to its caller and never stored. With a
-    /// [`stale`](Policy::stale) grace period, a failing refresh keeps serving the stale value
-    /// (stale-if-error) instead of the error.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use cache_layer::{Cache, Policy};
-    ///
-    /// # #[tokio::main]
-    /// # async fn main() {
-    /// let cache = Cache::in_memory();
-    /// let policy = Policy::ttl(Duration::from_secs(60));
-    /// let failed: Result<u32, String> =
-    ///     cache.try_get_or_fetch("k", &policy, || async { Err("db down".to_string()) }).await;
-    /// assert!(failed.is_err());
-    /// // The error was not cached: the next call loads again.
-    /// let ok: Result<u32, String> = cache.try_get_or_fetch("k", &policy, || async { Ok(7) }).await;
-    /// assert_eq!(ok, Ok(7));
-    /// # }
-    /// ```
-    pub async fn try_get_or_fetch<T, E, F, Fut>(
+    /// The engine behind every front door: a lookup awaited inline (a hit returns from here
+    /// without allocating), then, boxed, everything a miss, a stale hit or an early refresh
+    /// needs (several KiB of future).
+    pub(super) async fn read_through<T, E, L>(
         &self,
         key: &str,
         policy: &Policy,
-        loader: F,
+        run: L,
     ) -> Result<T, E>
     where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-        E: Send + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        T: Value,
+        L: RunLoader<T, E>,
     {
-        let found = match self.lookup::<T>(key, policy).await.settled() {
-            Ok(value) => return Ok(value),
-            Err(found) => found,
-        };
-        let loader = move || async move { loader().await.map(Loaded::cacheable) };
-        Box::pin(self.resolve(found, key, policy, loader))
-            .await
-            .map(|fetched| fetched.value)
-    }
-
-    /// Read-through with a loader that may borrow (not `'static`), e.g. from `&self`.
-    ///
-    /// Same single-flight as [`get_or_fetch`](Cache::get_or_fetch), but the load runs in the calling
-    /// task; if that caller is cancelled, one of the waiting callers takes over with its own loader.
-    /// A refresh (stale-while-revalidate, early refresh) runs in the caller that triggered it while
-    /// every other caller gets the stale value.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use cache_layer::{Cache, Policy};
-    ///
-    /// struct Repo { prefix: String }
-    /// impl Repo {
-    ///     async fn name(&self, cache: &Cache, id: u32) -> String {
-    ///         let policy = Policy::ttl(Duration::from_secs(60));
-    ///         cache
-    ///             .get_or_fetch_scoped(&format!("name:{id}"), &policy, || async {
-    ///                 format!("{}-{id}", self.prefix)
-    ///             })
-    ///             .await
-    ///     }
-    /// }
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let repo = Repo { prefix: "item".into() };
-    /// assert_eq!(repo.name(&Cache::in_memory(), 7).await, "item-7");
-    /// # }
-    /// ```
-    pub async fn get_or_fetch_scoped<T, F, Fut>(&self, key: &str, policy: &Policy, loader: F) -> T
-    where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = T>,
-    {
-        let found = match self.lookup::<T>(key, policy).await.settled() {
-            Ok(value) => return value,
-            Err(found) => found,
-        };
-        let infallible =
-            move || async move { Ok::<_, Infallible>(Loaded::cacheable(loader().await)) };
-        match Box::pin(self.resolve_scoped(found, key, policy, infallible)).await {
-            Ok(fetched) => fetched.value,
-            Err(never) => match never {},
+        match self.lookup::<T>(key, policy).await.settled() {
+            Ok(value) => Ok(value),
+            Err(found) => Box::pin(self.resolve(found, key, policy, run))
+                .await
+                .map(|fetched| fetched.value),
         }
-    }
-
-    /// Fallible form of [`get_or_fetch_scoped`](Cache::get_or_fetch_scoped): only `Ok` is cached.
-    pub async fn try_get_or_fetch_scoped<T, E, F, Fut>(
-        &self,
-        key: &str,
-        policy: &Policy,
-        loader: F,
-    ) -> Result<T, E>
-    where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        let found = match self.lookup::<T>(key, policy).await.settled() {
-            Ok(value) => return Ok(value),
-            Err(found) => found,
-        };
-        let loader = move || async move { loader().await.map(Loaded::cacheable) };
-        Box::pin(self.resolve_scoped(found, key, policy, loader))
-            .await
-            .map(|fetched| fetched.value)
     }
 
     /// The engine behind every `'static` front door: lookup, refresh, single-flight, lock, fill.
@@ -317,96 +176,22 @@ impl Cache {
         Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
     {
         let found = self.lookup::<T>(key, policy).await;
-        self.resolve(found, key, policy, loader).await
+        self.resolve(found, key, policy, Spawned(loader)).await
     }
 
-    /// What [`fetch`](Self::fetch) does after the lookup. The front doors await the lookup
-    /// inline and box only this part (miss, refresh, lock: several KiB of future), so a hit never
-    /// allocates it.
-    async fn resolve<T, E, F, Fut>(
+    /// What [`read_through`](Self::read_through) and [`fetch`](Self::fetch) do after the lookup:
+    /// answer a hit (starting an early refresh if one is due), refresh a stale hit, or take part in
+    /// the flight of a miss. `run` decides where the loader runs.
+    async fn resolve<T, E, L>(
         &self,
         found: Lookup<T>,
         key: &str,
         policy: &Policy,
-        loader: F,
+        run: L,
     ) -> Result<Fetched<T>, E>
     where
         T: Value,
-        E: Send + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
-    {
-        let hint = match found {
-            Lookup::Fresh {
-                value,
-                timing,
-                local,
-                refresh_early,
-            } => {
-                if refresh_early {
-                    self.refresh_in_background(key, policy, timing, loader);
-                }
-                let origin = if local { Origin::LocalHit } else { Origin::Hit };
-                return Ok(Fetched {
-                    value,
-                    origin,
-                    timing: Some(timing),
-                });
-            }
-            Lookup::Stale { value, timing } => {
-                let stale = Fetched {
-                    value,
-                    origin: Origin::Stale,
-                    timing: Some(timing),
-                };
-                let Some(soft) = policy.load_timeout else {
-                    self.refresh_in_background(key, policy, timing, loader);
-                    return Ok(stale);
-                };
-                // Give the refresh up to `soft`; it keeps running after we answer stale.
-                let refreshed =
-                    tokio::time::timeout(soft, self.refresh_and_wait(key, policy, timing, loader));
-                return Ok(match refreshed.await {
-                    Ok(Some(fresh)) => fresh,
-                    _ => stale,
-                });
-            }
-            Lookup::Miss { hint } => hint,
-        };
-        loop {
-            let guard = match self.join(key, policy) {
-                None => return self.load(None, key, policy, loader, hint).await,
-                Some(Join::Leader(guard)) => guard,
-                Some(Join::Follower(follower)) => {
-                    match self.follow::<T>(key, policy, follower.wait().await).await {
-                        Next::Done(fetched) => return Ok(fetched),
-                        Next::LoadAlone => return self.load(None, key, policy, loader, hint).await,
-                        Next::Rejoin => continue,
-                    }
-                }
-            };
-            let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
-            let task =
-                tokio::spawn(
-                    async move { cache.load(Some(guard), &key, &policy, loader, hint).await },
-                );
-            return join_task(task).await;
-        }
-    }
-
-    /// The engine behind the borrowing front doors (loader runs in the calling task), after the
-    /// lookup (see [`resolve`](Self::resolve)).
-    async fn resolve_scoped<T, E, F, Fut>(
-        &self,
-        found: Lookup<T>,
-        key: &str,
-        policy: &Policy,
-        loader: F,
-    ) -> Result<Fetched<T>, E>
-    where
-        T: Value,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Loaded<T>, E>>,
+        L: RunLoader<T, E>,
     {
         let hint = match found {
             Lookup::Fresh {
@@ -424,16 +209,7 @@ impl Cache {
                 if !refresh_early {
                     return Ok(fresh);
                 }
-                // One caller refreshes early, inline; everyone else keeps the fresh value.
-                return Ok(match self.inner.flights.join(key, &policy.tags) {
-                    Join::Leader(guard) => {
-                        self.inner.counters.refresh();
-                        self.load(Some(guard), key, policy, loader, Some(timing))
-                            .await
-                            .unwrap_or(fresh)
-                    }
-                    Join::Follower(_) => fresh,
-                });
+                return Ok(run.refresh_early(self, key, policy, timing, fresh).await);
             }
             Lookup::Stale { value, timing } => {
                 let stale = Fetched {
@@ -441,38 +217,20 @@ impl Cache {
                     origin: Origin::Stale,
                     timing: Some(timing),
                 };
-                if self.refresh_throttled(key) {
-                    return Ok(stale);
-                }
-                return Ok(match self.inner.flights.join(key, &policy.tags) {
-                    Join::Leader(guard) => {
-                        self.inner.counters.refresh();
-                        let refresh = self.load(Some(guard), key, policy, loader, Some(timing));
-                        match policy.load_timeout {
-                            // A borrowing load cannot outlive its caller: past the soft timeout
-                            // it is dropped and the stale value answered.
-                            Some(soft) => match tokio::time::timeout(soft, refresh).await {
-                                Ok(Ok(fresh)) => fresh,
-                                _ => stale,
-                            },
-                            None => refresh.await.unwrap_or(stale),
-                        }
-                    }
-                    Join::Follower(_) => stale,
-                });
+                return Ok(run.refresh_stale(self, key, policy, timing, stale).await);
             }
             Lookup::Miss { hint } => hint,
         };
         loop {
             match self.join(key, policy) {
-                None => return self.load(None, key, policy, loader, hint).await,
-                Some(Join::Leader(guard)) => {
-                    return self.load(Some(guard), key, policy, loader, hint).await
-                }
+                None => return self.load(None, key, policy, run.into_loader(), hint).await,
+                Some(Join::Leader(guard)) => return run.lead(self, guard, key, policy, hint).await,
                 Some(Join::Follower(follower)) => {
                     match self.follow::<T>(key, policy, follower.wait().await).await {
                         Next::Done(fetched) => return Ok(fetched),
-                        Next::LoadAlone => return self.load(None, key, policy, loader, hint).await,
+                        Next::LoadAlone => {
+                            return self.load(None, key, policy, run.into_loader(), hint).await
+                        }
                         Next::Rejoin => continue,
                     }
                 }
@@ -554,6 +312,47 @@ impl Cache {
             observer.miss();
         }
         Lookup::Miss { hint }
+    }
+
+    /// `get`: a fresh value from L1 or the store, without loading.
+    pub(super) async fn read_fresh<T>(&self, key: &str) -> Result<Option<T>, Error>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        if let Some(value) = self.local_get::<T>(key, now_ms()) {
+            return Ok(Some(value));
+        }
+        let full_key = self.entry_key(key).await;
+        let bytes = match self.store_op(self.inner.store.get(&full_key)).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) | Err(Error::BreakerOpen) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let envelope = match Envelope::parse(&bytes) {
+            Ok(envelope) => envelope,
+            Err(why) => {
+                self.note_corrupt(key, why);
+                return Ok(None);
+            }
+        };
+        let now = now_ms();
+        let Some(timing) = self.current_timing(&envelope, now).await else {
+            return Ok(None);
+        };
+        if timing.fresh_until_ms <= now {
+            return Ok(None);
+        }
+        match envelope.decode::<T>() {
+            Ok(value) => {
+                let ttl = Duration::from_millis(timing.stale_until_ms.saturating_sub(now).max(1));
+                self.local_insert(&full_key, &value, timing, envelope.tags(), ttl);
+                Ok(Some(value))
+            }
+            Err(why) => {
+                self.note_corrupt(key, why);
+                Ok(None)
+            }
+        }
     }
 
     /// Counts a hit for the policy's observer and the hot-key tracker.
@@ -860,6 +659,198 @@ impl Cache {
         if let Err(err) = self.store_op(publish).await {
             tracing::debug!(cache = %self.inner.name, error = %err, "could not announce landed value");
         }
+    }
+}
+
+/// Where a flight's loader runs, the one thing the two kinds of front door differ in.
+///
+/// - [`Spawned`] (`'static` loaders, [`Cache::get_or_fetch`]): in a task of its own, so a
+///   cancelled caller does not cancel the load, and refreshes run in the background while every
+///   caller is answered at once.
+/// - [`Inline`] (borrowing loaders, [`Cache::get_or_fetch_scoped`], used by the macro for `&self`
+///   methods and reference arguments): in the calling task; if that caller is cancelled, a
+///   follower takes over; a refresh runs in the caller that triggered it while the others get the
+///   stale value.
+pub(super) trait RunLoader<T: Value, E>: Sized {
+    /// The loader, as a plain closure.
+    type Loader: FnOnce() -> Self::Load;
+    /// What the loader returns.
+    type Load: Future<Output = Result<Loaded<T>, E>>;
+
+    /// Unwraps the loader (to run it in this task).
+    fn into_loader(self) -> Self::Loader;
+
+    /// A fresh hit due for an early refresh: one caller refreshes, everyone keeps `fresh`.
+    async fn refresh_early(
+        self,
+        cache: &Cache,
+        key: &str,
+        policy: &Policy,
+        timing: Timing,
+        fresh: Fetched<T>,
+    ) -> Fetched<T>;
+
+    /// A stale hit: refresh it (once) and answer `stale` or, within `load_timeout`, the refresh.
+    async fn refresh_stale(
+        self,
+        cache: &Cache,
+        key: &str,
+        policy: &Policy,
+        timing: Timing,
+        stale: Fetched<T>,
+    ) -> Fetched<T>;
+
+    /// Leads the flight of a miss.
+    async fn lead(
+        self,
+        cache: &Cache,
+        guard: LeaderGuard,
+        key: &str,
+        policy: &Policy,
+        hint: Option<Timing>,
+    ) -> Result<Fetched<T>, E>;
+}
+
+/// A `'static` loader, run in a spawned task (see [`RunLoader`]).
+pub(super) struct Spawned<F>(pub(super) F);
+
+/// A borrowing loader, run in the calling task (see [`RunLoader`]).
+pub(super) struct Inline<F>(pub(super) F);
+
+impl<T, E, F, Fut> RunLoader<T, E> for Spawned<F>
+where
+    T: Value,
+    E: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
+{
+    type Loader = F;
+    type Load = Fut;
+
+    fn into_loader(self) -> F {
+        self.0
+    }
+
+    async fn refresh_early(
+        self,
+        cache: &Cache,
+        key: &str,
+        policy: &Policy,
+        timing: Timing,
+        fresh: Fetched<T>,
+    ) -> Fetched<T> {
+        cache.refresh_in_background(key, policy, timing, self.0);
+        fresh
+    }
+
+    async fn refresh_stale(
+        self,
+        cache: &Cache,
+        key: &str,
+        policy: &Policy,
+        timing: Timing,
+        stale: Fetched<T>,
+    ) -> Fetched<T> {
+        let Some(soft) = policy.load_timeout else {
+            cache.refresh_in_background(key, policy, timing, self.0);
+            return stale;
+        };
+        // Give the refresh up to `soft`; it keeps running after we answer stale.
+        let refreshed =
+            tokio::time::timeout(soft, cache.refresh_and_wait(key, policy, timing, self.0));
+        match refreshed.await {
+            Ok(Some(fresh)) => fresh,
+            _ => stale,
+        }
+    }
+
+    async fn lead(
+        self,
+        cache: &Cache,
+        guard: LeaderGuard,
+        key: &str,
+        policy: &Policy,
+        hint: Option<Timing>,
+    ) -> Result<Fetched<T>, E> {
+        let (cache, key, policy, loader) = (cache.clone(), key.to_owned(), policy.clone(), self.0);
+        let task =
+            tokio::spawn(async move { cache.load(Some(guard), &key, &policy, loader, hint).await });
+        join_task(task).await
+    }
+}
+
+impl<T, E, F, Fut> RunLoader<T, E> for Inline<F>
+where
+    T: Value,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Loaded<T>, E>>,
+{
+    type Loader = F;
+    type Load = Fut;
+
+    fn into_loader(self) -> F {
+        self.0
+    }
+
+    async fn refresh_early(
+        self,
+        cache: &Cache,
+        key: &str,
+        policy: &Policy,
+        timing: Timing,
+        fresh: Fetched<T>,
+    ) -> Fetched<T> {
+        // One caller refreshes early, inline; everyone else keeps the fresh value.
+        match cache.inner.flights.join(key, &policy.tags) {
+            Join::Leader(guard) => {
+                cache.inner.counters.refresh();
+                cache
+                    .load(Some(guard), key, policy, self.0, Some(timing))
+                    .await
+                    .unwrap_or(fresh)
+            }
+            Join::Follower(_) => fresh,
+        }
+    }
+
+    async fn refresh_stale(
+        self,
+        cache: &Cache,
+        key: &str,
+        policy: &Policy,
+        timing: Timing,
+        stale: Fetched<T>,
+    ) -> Fetched<T> {
+        if cache.refresh_throttled(key) {
+            return stale;
+        }
+        match cache.inner.flights.join(key, &policy.tags) {
+            Join::Leader(guard) => {
+                cache.inner.counters.refresh();
+                let refresh = cache.load(Some(guard), key, policy, self.0, Some(timing));
+                match policy.load_timeout {
+                    // A borrowing load cannot outlive its caller: past the soft timeout it is
+                    // dropped and the stale value answered.
+                    Some(soft) => match tokio::time::timeout(soft, refresh).await {
+                        Ok(Ok(fresh)) => fresh,
+                        _ => stale,
+                    },
+                    None => refresh.await.unwrap_or(stale),
+                }
+            }
+            Join::Follower(_) => stale,
+        }
+    }
+
+    async fn lead(
+        self,
+        cache: &Cache,
+        guard: LeaderGuard,
+        key: &str,
+        policy: &Policy,
+        hint: Option<Timing>,
+    ) -> Result<Fetched<T>, E> {
+        cache.load(Some(guard), key, policy, self.0, hint).await
     }
 }
 
