@@ -29,7 +29,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::{
-    cache::{Cache, Inner},
     store::{Backend, Store, Subscription},
     tags::Trust,
     util,
@@ -91,6 +90,23 @@ impl Tickets {
             slot.fetch_add(1, Ordering::AcqRel);
         }
     }
+}
+
+/// What the bus calls back into: the cache's coherence state, behind this narrow surface (the bus
+/// knows nothing else of the cache). The breaker's recovery calls [`start_over`](Self::start_over)
+/// too.
+pub(crate) trait Listener: Send + Sync + 'static {
+    /// Anything learned before may be out of date (the bus (re)subscribed, or the breaker closed
+    /// after the store was skipped): L1 starts over, and invalidations the store missed are
+    /// replayed.
+    fn start_over(self: Arc<Self>);
+
+    /// A message from another instance.
+    fn apply(self: Arc<Self>, message: Message);
+
+    /// One reading of the store's clock, `store_time` since the Unix epoch, taken between `sent`
+    /// and `received`.
+    fn clock_sample(&self, sent: Instant, received: Instant, store_time: Duration);
 }
 
 /// Bus state shared between the cache and its subscriber task.
@@ -220,7 +236,7 @@ impl Bus {
     /// Starts the subscriber if it is not running, and then waits (bounded) for its first
     /// subscription attempt, so the first facts fetched are already covered by the bus. Returns
     /// `true` when this call started it and that attempt failed (Redis is probably unreachable).
-    pub(crate) async fn ensure_started(&self, cache: &Cache) -> bool {
+    pub(crate) async fn ensure_started<L: Listener>(&self, listener: &Arc<L>) -> bool {
         let Some(store) = &self.store else {
             return false;
         };
@@ -241,7 +257,8 @@ impl Bus {
         let mut attempts = self.shared.attempts.subscribe();
         let seen = *attempts.borrow_and_update();
         let task = Subscriber {
-            cache: Arc::downgrade(&cache.inner),
+            listener: Arc::downgrade(listener) as Weak<dyn Listener>,
+            origin: self.origin,
             shared: self.shared.clone(),
             store: store.clone(),
             channel: self.channel.clone(),
@@ -273,7 +290,9 @@ fn mark_down(shared: &Shared) {
 }
 
 struct Subscriber {
-    cache: Weak<Inner>,
+    listener: Weak<dyn Listener>,
+    /// This instance's messages carry it (ignored: it applied them already).
+    origin: u64,
     shared: Arc<Shared>,
     store: Backend,
     channel: String,
@@ -305,8 +324,19 @@ impl Subscriber {
         }
     }
 
-    fn cache(&self) -> Option<Cache> {
-        self.cache.upgrade().map(|inner| Cache { inner })
+    fn listener(&self) -> Option<Arc<dyn Listener>> {
+        self.listener.upgrade()
+    }
+
+    /// Measures the offset to the store's clock (best of three readings).
+    async fn measure_clock(&self, listener: &dyn Listener) {
+        for _ in 0..3 {
+            let sent = Instant::now();
+            match self.store.server_time().await {
+                Ok(time) => listener.clock_sample(sent, Instant::now(), time),
+                Err(_) => return,
+            }
+        }
     }
 
     /// One subscription: connect, subscribe, measure the clock, then apply messages until the
@@ -332,18 +362,18 @@ impl Subscriber {
                 return Ended::Lost;
             }
         };
-        let Some(cache) = self.cache() else {
+        let Some(listener) = self.listener() else {
             return Ended::Shutdown;
         };
-        cache.measure_clock().await;
+        self.measure_clock(&*listener).await;
         // Subscribed: from now on every change is delivered. Everything learned before may have
         // missed messages, so L1 starts empty and in-flight L1 fills are dropped.
-        cache.on_bus_subscribed();
+        listener.clone().start_over();
         let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.shared.up.store(true, Ordering::Release);
         self.shared.attempts.send_modify(|n| *n += 1);
         tracing::debug!(channel = %self.channel, generation, "bus: subscribed");
-        drop(cache);
+        drop(listener);
 
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
@@ -353,11 +383,11 @@ impl Subscriber {
             tokio::select! {
                 message = subscription.next() => {
                     let Some(message) = message else { break Ended::Lost };
-                    let Some(cache) = self.cache() else { break Ended::Shutdown };
+                    let Some(listener) = self.listener() else { break Ended::Shutdown };
                     match serde_json::from_slice::<Message>(&message) {
                         Ok(message) => {
-                            if message.origin != cache.inner.bus.origin {
-                                cache.apply_bus_message(message);
+                            if message.origin != self.origin {
+                                listener.apply(message);
                             }
                         }
                         Err(err) => tracing::debug!(channel = %self.channel, error = %err,
@@ -374,8 +404,8 @@ impl Subscriber {
                     }
                 }
                 _ = resync.tick() => {
-                    let Some(cache) = self.cache() else { break Ended::Shutdown };
-                    cache.measure_clock().await;
+                    let Some(listener) = self.listener() else { break Ended::Shutdown };
+                    self.measure_clock(&*listener).await;
                 }
                 _ = self.shutdown.changed() => break Ended::Shutdown,
             }

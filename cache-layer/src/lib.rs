@@ -30,6 +30,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod api;
 mod breaker;
 mod bus;
 mod cache;

@@ -8,7 +8,7 @@ use std::{
 use super::{Cache, Inner};
 use crate::{
     breaker::Breaker,
-    bus::Bus,
+    bus::{Bus, Listener},
     keys::KeySpace,
     local::LocalTier,
     metrics::{Counters, HotKeys},
@@ -261,8 +261,9 @@ impl CacheBuilder {
             let on_transition = move |to| {
                 hook_counters.breaker_transition(to);
                 if to == BreakerState::Closed {
+                    // Redis was skipped for a while: L1 starts over, missed invalidations replay.
                     if let Some(inner) = weak.upgrade() {
-                        Cache { inner }.breaker_closed();
+                        inner.start_over();
                     }
                 }
             };

@@ -172,7 +172,7 @@ impl Cache {
         if !inner.bus.is_remote() {
             return inner.namespace.get().version;
         }
-        let unreachable = inner.bus.ensure_started(self).await;
+        let unreachable = inner.bus.ensure_started(&self.inner).await;
         let record = inner.namespace.get();
         if record.trust.is_some_and(|t| inner.bus.is_trusted(t)) {
             return record.version;
@@ -241,27 +241,6 @@ impl Cache {
                 local.clear();
             }
         }
-    }
-
-    /// Measures the offset to the Redis clock (best of three `TIME` round trips).
-    pub(crate) async fn measure_clock(&self) {
-        let store = &self.inner.store;
-        if !store.is_shared() {
-            return;
-        }
-        for _ in 0..3 {
-            let sent = Instant::now();
-            match store.server_time().await {
-                Ok(time) => {
-                    let received = Instant::now();
-                    let redis_us = u64::try_from(time.as_micros()).unwrap_or(u64::MAX);
-                    self.inner.clock.record(sent, received, redis_us);
-                }
-                Err(_) => return,
-            }
-        }
-        tracing::debug!(cache = %self.inner.name, error_ms = ?self.inner.clock.error_ms(),
-            "measured the offset to the redis clock");
     }
 
     pub(super) fn forget_local(&self) {

@@ -1,20 +1,20 @@
 //! The [`Cache`] handle: construction, the global default, direct operations and stats.
 //! The read-through engine (`get_or_fetch` and friends) lives in [`engine`].
 
-mod api;
 mod builder;
-mod coherence;
-mod read;
-mod write;
+pub(crate) mod coherence;
+pub(crate) mod read;
+pub(crate) mod write;
 
-pub(crate) use self::read::REFRESH_RETRY_AFTER;
+pub(crate) use self::read::Loaded;
 #[cfg(feature = "http")]
-pub(crate) use self::read::{Loaded, Origin};
+pub(crate) use self::read::Origin;
+pub(crate) use self::read::{Inline, Spawned, REFRESH_RETRY_AFTER};
 
 use std::{
     future::Future,
     sync::{atomic::AtomicBool, Arc, RwLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde::Serialize;
@@ -23,7 +23,7 @@ use tracing::Instrument;
 pub use self::builder::CacheBuilder;
 use crate::{
     breaker::{Admission, Breaker},
-    bus::Bus,
+    bus::{Bus, Listener, Message},
     envelope::{self, DecodeError, Timing},
     keys::KeySpace,
     local::LocalTier,
@@ -105,7 +105,7 @@ impl std::fmt::Debug for Cache {
     }
 }
 
-static GLOBAL: RwLock<Option<Cache>> = RwLock::new(None);
+pub(crate) static GLOBAL: RwLock<Option<Cache>> = RwLock::new(None);
 
 /// Installs `cache` as the process-wide default, used by `#[cached]` functions that name no
 /// `cache = ...`. Replaces any previously installed cache.
@@ -187,6 +187,65 @@ impl Drop for AdmissionGuard<'_> {
         if !self.settled && self.admission == Admission::Probe {
             self.breaker.abandon_probe();
         }
+    }
+}
+
+/// A handle that does not keep the cache alive (for background tasks built on the cache, which
+/// end when it is dropped).
+#[derive(Clone)]
+pub(crate) struct WeakCache(std::sync::Weak<Inner>);
+
+impl std::fmt::Debug for WeakCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakCache")
+            .field("alive", &(self.0.strong_count() > 0))
+            .finish()
+    }
+}
+
+impl WeakCache {
+    /// The cache, if it is still alive.
+    pub(crate) fn upgrade(&self) -> Option<Cache> {
+        self.0.upgrade().map(|inner| Cache { inner })
+    }
+}
+
+/// What the features built on the cache (write-behind counters) use of it: its store, run through
+/// the breaker with [`Cache::store_op`], its key space and a slot for their own state.
+impl Cache {
+    pub(crate) fn downgrade(&self) -> WeakCache {
+        WeakCache(Arc::downgrade(&self.inner))
+    }
+
+    pub(crate) fn store(&self) -> &Backend {
+        &self.inner.store
+    }
+
+    pub(crate) fn keys(&self) -> &KeySpace {
+        &self.inner.keys
+    }
+
+    /// State a feature built on the cache keeps per cache (dropped with it).
+    pub(crate) fn extension(&self) -> &std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>> {
+        &self.inner.extensions
+    }
+}
+
+/// The narrow surface the bus (and the breaker's recovery) call back into.
+impl Listener for Inner {
+    fn start_over(self: Arc<Self>) {
+        Cache { inner: self }.start_over();
+    }
+
+    fn apply(self: Arc<Self>, message: Message) {
+        Cache { inner: self }.apply_bus_message(message);
+    }
+
+    fn clock_sample(&self, sent: Instant, received: Instant, store_time: Duration) {
+        let store_us = u64::try_from(store_time.as_micros()).unwrap_or(u64::MAX);
+        self.clock.record(sent, received, store_us);
+        tracing::debug!(cache = %self.name, error_ms = ?self.clock.error_ms(),
+            "measured the offset to the redis clock");
     }
 }
 

@@ -144,7 +144,7 @@ impl Cache {
     /// The engine behind every front door: a lookup awaited inline (a hit returns from here
     /// without allocating), then, boxed, everything a miss, a stale hit or an early refresh
     /// needs (several KiB of future).
-    pub(super) async fn read_through<T, E, L>(
+    pub(crate) async fn read_through<T, E, L>(
         &self,
         key: &str,
         policy: &Policy,
@@ -315,7 +315,7 @@ impl Cache {
     }
 
     /// `get`: a fresh value from L1 or the store, without loading.
-    pub(super) async fn read_fresh<T>(&self, key: &str) -> Result<Option<T>, Error>
+    pub(crate) async fn read_fresh<T>(&self, key: &str) -> Result<Option<T>, Error>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
@@ -671,7 +671,7 @@ impl Cache {
 ///   methods and reference arguments): in the calling task; if that caller is cancelled, a
 ///   follower takes over; a refresh runs in the caller that triggered it while the others get the
 ///   stale value.
-pub(super) trait RunLoader<T: Value, E>: Sized {
+pub(crate) trait RunLoader<T: Value, E>: Sized {
     /// The loader, as a plain closure.
     type Loader: FnOnce() -> Self::Load;
     /// What the loader returns.
@@ -712,10 +712,10 @@ pub(super) trait RunLoader<T: Value, E>: Sized {
 }
 
 /// A `'static` loader, run in a spawned task (see [`RunLoader`]).
-pub(super) struct Spawned<F>(pub(super) F);
+pub(crate) struct Spawned<F>(pub(crate) F);
 
 /// A borrowing loader, run in the calling task (see [`RunLoader`]).
-pub(super) struct Inline<F>(pub(super) F);
+pub(crate) struct Inline<F>(pub(crate) F);
 
 impl<T, E, F, Fut> RunLoader<T, E> for Spawned<F>
 where

@@ -84,7 +84,7 @@ impl Cache {
     }
 
     /// `set`: encodes and stores `value`, tells the other instances; on failure deletes the key.
-    pub(super) async fn write_through<T>(
+    pub(crate) async fn write_through<T>(
         &self,
         key: &str,
         value: &T,
@@ -127,7 +127,7 @@ impl Cache {
     }
 
     /// `delete`: removes the entry here, in the store and (via the bus) in the other instances.
-    pub(super) async fn remove(&self, key: &str) -> Result<bool, Error> {
+    pub(crate) async fn remove(&self, key: &str) -> Result<bool, Error> {
         let inner = &self.inner;
         inner.counters.invalidation();
         inner.flights.detach_key(key);
@@ -160,13 +160,13 @@ impl Cache {
         }
     }
 
-    pub(super) async fn bump_tags<I, S>(&self, tags: I, field: TagField) -> Result<(), Error>
+    pub(crate) async fn bump_tags<I, S>(&self, tags: I, field: TagField) -> Result<(), Error>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
         let inner = &self.inner;
-        inner.bus.ensure_started(self).await;
+        inner.bus.ensure_started(&self.inner).await;
         let mut tags: Vec<String> = tags.into_iter().map(|t| t.as_ref().to_owned()).collect();
         tags.sort();
         tags.dedup();
@@ -249,9 +249,9 @@ impl Cache {
     }
 
     /// `invalidate_namespace`: bumps the namespace version in the store and announces it.
-    pub(super) async fn bump_namespace(&self) -> Result<(), Error> {
+    pub(crate) async fn bump_namespace(&self) -> Result<(), Error> {
         let inner = &self.inner;
-        inner.bus.ensure_started(self).await;
+        inner.bus.ensure_started(&self.inner).await;
         let trust = inner.bus.trust_now();
         inner.counters.invalidation();
         let version_key = inner.keys.version();
@@ -304,16 +304,9 @@ impl Cache {
             .await
     }
 
-    /// The bus (re)subscribed: anything learned before may have missed messages. Invalidations
-    /// Redis missed meanwhile are replayed.
-    pub(crate) fn on_bus_subscribed(&self) {
-        self.forget_local();
-        self.replay_pending();
-    }
-
-    /// The breaker closed again: Redis was skipped for a while, so L1 starts over, and the
-    /// invalidations Redis missed meanwhile are replayed.
-    pub(crate) fn breaker_closed(&self) {
+    /// See [`Listener::start_over`]: L1 starts over and the invalidations the store missed
+    /// are replayed.
+    pub(super) fn start_over(&self) {
         self.forget_local();
         self.replay_pending();
     }

@@ -14,7 +14,7 @@ use std::{
     collections::{HashMap, VecDeque},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex, Weak,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -23,7 +23,7 @@ use tokio::sync::{watch, Notify};
 
 use super::{storage, CountersConfig};
 use crate::{
-    cache::Inner,
+    cache::WeakCache,
     error::counter_overflow,
     store::{CounterKeys, MemoryStore, PushOutcome, Store},
     util::lock,
@@ -115,7 +115,7 @@ pub(crate) struct CounterSet {
     pub(crate) config: CountersConfig,
     /// This process's identity: writer id for pushes and owner token for batch leases.
     pub(crate) token: String,
-    cache: Weak<Inner>,
+    cache: WeakCache,
     /// The cache's store when it lives in this process: increments apply to it at once.
     in_process: Option<MemoryStore>,
     state: Mutex<Pending>,
@@ -148,15 +148,14 @@ impl Drop for PusherGuard {
 
 impl CounterSet {
     pub(crate) fn new(cache: &Cache, name: &str, config: CountersConfig) -> Self {
-        let inner = &cache.inner;
-        let labels = |metric: &'static str| metrics::counter!(metric, "cache" => inner.name.clone(), "counters" => name.to_owned());
+        let labels = |metric: &'static str| metrics::counter!(metric, "cache" => cache.name().to_owned(), "counters" => name.to_owned());
         CounterSet {
             name: name.to_owned(),
-            keys: storage::counter_keys(&inner.keys, name),
+            keys: storage::counter_keys(cache.keys(), name),
             config,
             token: format!("{:032x}", rand::random::<u128>()),
-            cache: Arc::downgrade(inner),
-            in_process: inner.store.in_process().cloned(),
+            cache: cache.downgrade(),
+            in_process: cache.store().in_process().cloned(),
             state: Mutex::new(Pending {
                 map: HashMap::new(),
                 gen: 1,
@@ -180,7 +179,7 @@ impl CounterSet {
                 pushes: labels("cache_counter_pushes_total"),
                 rejected_fields: labels("cache_counter_rejected_total"),
                 buffered: metrics::gauge!("cache_counter_buffered_ids",
-                    "cache" => inner.name.clone(), "counters" => name.to_owned()),
+                    "cache" => cache.name().to_owned(), "counters" => name.to_owned()),
                 batches: labels("cache_counter_batches_total"),
                 sink_failures: labels("cache_counter_sink_failures_total"),
             },
@@ -290,7 +289,7 @@ impl CounterSet {
     }
 
     fn cache(&self) -> Option<Cache> {
-        self.cache.upgrade().map(|inner| Cache { inner })
+        self.cache.upgrade()
     }
 
     /// Pushes everything buffered when called; `Err` when Redis is unavailable (the increments
@@ -389,7 +388,7 @@ impl CounterSet {
 
     /// One `PUSH` script call.
     async fn push_chunk(&self, cache: &Cache, chunk: &Chunk) -> Result<(), Error> {
-        let push = cache.inner.store.counters_push(
+        let push = cache.store().counters_push(
             &self.keys,
             &self.token,
             chunk.seq,

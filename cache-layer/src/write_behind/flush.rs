@@ -232,44 +232,38 @@ impl Counters {
 
 async fn seal(set: &CounterSet, cache: &Cache, id: &str) -> Result<bool, Error> {
     let op = cache
-        .inner
-        .store
+        .store()
         .counters_seal(&set.keys, id, &set.token, set.config.lease);
     cache.store_op(op).await
 }
 
 async fn claim(set: &CounterSet, cache: &Cache) -> Result<Option<String>, Error> {
     let op = cache
-        .inner
-        .store
+        .store()
         .counters_claim(&set.keys, &set.token, set.config.lease);
     cache.store_op(op).await
 }
 
 async fn renew(set: &CounterSet, cache: &Cache, id: &str) -> Result<bool, Error> {
     let op = cache
-        .inner
-        .store
+        .store()
         .counters_renew(&set.keys, id, &set.token, set.config.lease);
     cache.store_op(op).await
 }
 
 async fn release(set: &CounterSet, cache: &Cache, id: &str) -> Result<(), Error> {
-    let op = cache
-        .inner
-        .store
-        .counters_release(&set.keys, id, &set.token);
+    let op = cache.store().counters_release(&set.keys, id, &set.token);
     cache.store_op(op).await
 }
 
 async fn complete(set: &CounterSet, cache: &Cache, id: &str) -> Result<(), Error> {
-    let op = cache.inner.store.counters_complete(&set.keys, id);
+    let op = cache.store().counters_complete(&set.keys, id);
     cache.store_op(op).await
 }
 
 /// The entries of a sealed batch, sorted by id.
 async fn read(set: &CounterSet, cache: &Cache, id: &str) -> Result<Vec<(String, i64)>, Error> {
-    let op = cache.inner.store.counters_read(&set.keys, id);
+    let op = cache.store().counters_read(&set.keys, id);
     let mut entries = cache.store_op(op).await?;
     entries.sort_unstable();
     Ok(entries)

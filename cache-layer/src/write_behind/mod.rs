@@ -437,8 +437,7 @@ impl Drop for Registry {
 /// The counter set `name` of `cache` (created with `config` on first use), as a handle.
 pub(crate) fn counters(cache: &Cache, name: &str, config: CountersConfig) -> Counters {
     let registry = cache
-        .inner
-        .extensions
+        .extension()
         .get_or_init(|| Box::new(Registry::default()))
         .downcast_ref::<Registry>();
     let Some(registry) = registry else {

@@ -3,9 +3,9 @@
 //!
 //! | methods | owner |
 //! | --- | --- |
-//! | `get_or_fetch`, `try_get_or_fetch`, `*_scoped`, `get` | [`read`](super::read): L1, store, single-flight, refresh, fill |
-//! | `set`, `delete`, `invalidate_*`, `expire_tag` | [`write`](super::write): writes, invalidations, their replay |
-//! | `redis_key`, `bus_connected` | [`coherence`](super::coherence): namespace version, bus state |
+//! | `get_or_fetch`, `try_get_or_fetch`, `*_scoped`, `get` | [`read`](crate::cache::read): L1, store, single-flight, refresh, fill |
+//! | `set`, `delete`, `invalidate_*`, `expire_tag` | [`write`](crate::cache::write): writes, invalidations, their replay |
+//! | `redis_key`, `bus_connected` | [`coherence`](crate::cache::coherence): namespace version, bus state |
 //! | `counters`, `counters_with` | [`write_behind`](crate::write_behind) |
 //! | `builder`, `in_memory`, `global`, `name`, `namespace`, `stats` | this file |
 
@@ -13,11 +13,8 @@ use std::{convert::Infallible, future::Future};
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{
-    read::{Inline, Loaded, Spawned},
-    Cache, CacheBuilder, GLOBAL,
-};
 use crate::{
+    cache::{Cache, CacheBuilder, Inline, Loaded, Spawned, GLOBAL},
     store::TagField,
     util,
     write_behind::{Counters, CountersConfig},
