@@ -417,7 +417,7 @@ impl Cache {
     pub fn stats(&self) -> Stats {
         let inner = &self.inner;
         let mut stats = inner
-            .counters
+            .metrics
             .snapshot(inner.breaker.state(), inner.breaker.transitions());
         if let Some(hot_keys) = &inner.hot_keys {
             stats.hot_keys = hot_keys.top();

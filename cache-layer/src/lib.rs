@@ -39,7 +39,7 @@ mod error;
 #[cfg(feature = "http")]
 pub mod http;
 mod keys;
-mod local;
+mod l1;
 mod metrics;
 mod policy;
 mod stampede;

@@ -21,7 +21,7 @@ use super::Cache;
 use crate::{
     bus::Message,
     envelope::{Envelope, Timing},
-    local::LocalEntry,
+    l1::L1Entry,
     store::Store,
     tags::{TagTimes, Trust, Validity},
     Error,
@@ -35,7 +35,7 @@ pub(crate) struct EntryKey {
     version: u64,
     /// What an L1 fill needs, only when there is an L1 tier (no allocation otherwise): the
     /// caller's key and the eviction ticket taken before the read (see [`crate::bus::Tickets`]).
-    local: Option<(String, u64)>,
+    l1: Option<(String, u64)>,
 }
 
 impl std::ops::Deref for EntryKey {
@@ -57,7 +57,7 @@ impl Cache {
     /// local lookup; the first call (and calls after the bus was down for longer than its fallback
     /// TTL) read the version with one `GET`. The first call also starts the bus.
     pub(crate) async fn entry_key(&self, key: &str) -> EntryKey {
-        let local = self.inner.local.as_ref().map(|_| {
+        let l1 = self.inner.l1.as_ref().map(|_| {
             let ticket = self.inner.bus.tickets.ticket(key);
             (key.to_owned(), ticket)
         });
@@ -70,7 +70,7 @@ impl Cache {
         EntryKey {
             redis: self.inner.keys.entry(key, version),
             version,
-            local,
+            l1,
         }
     }
 
@@ -87,7 +87,7 @@ impl Cache {
     /// `now` is the caller's notion of the current time (its freshness checks use the same value).
     pub(crate) async fn current_timing(&self, envelope: &Envelope<'_>, now: u64) -> Option<Timing> {
         let created_ms = envelope.timing.created_ms;
-        let validity = match self.local_validity(envelope.tags(), created_ms) {
+        let validity = match self.known_validity(envelope.tags(), created_ms) {
             Some(validity) => validity,
             None => Box::pin(self.entry_validity(envelope.tags(), created_ms)).await,
         };
@@ -129,7 +129,7 @@ impl Cache {
 
     /// The validity of an entry from local knowledge only; `None` if a tag's times are unknown or
     /// no longer trusted.
-    pub(super) fn local_validity<'a>(
+    pub(super) fn known_validity<'a>(
         &self,
         tags: impl IntoIterator<Item = &'a str>,
         created_ms: u64,
@@ -237,16 +237,16 @@ impl Cache {
         if inner.namespace.merge(version, bumped_ms, trust) {
             inner.flights.detach_all();
             inner.bus.tickets.bump_all();
-            if let Some(local) = &inner.local {
-                local.clear();
+            if let Some(l1) = &inner.l1 {
+                l1.clear();
             }
         }
     }
 
-    pub(super) fn forget_local(&self) {
+    pub(super) fn forget_l1(&self) {
         self.inner.bus.tickets.bump_all();
-        if let Some(local) = &self.inner.local {
-            local.clear();
+        if let Some(l1) = &self.inner.l1 {
+            l1.clear();
         }
     }
 
@@ -257,8 +257,8 @@ impl Cache {
         for key in &message.keys {
             inner.flights.detach_key(key);
             inner.bus.tickets.bump(key);
-            if let Some(local) = &inner.local {
-                local.remove(key);
+            if let Some(l1) = &inner.l1 {
+                l1.remove(key);
             }
         }
         for (tag, hard_ms, soft_ms) in &message.tags {
@@ -278,8 +278,8 @@ impl Cache {
     }
 
     /// A fresh L1 value of type `T`, if the tier is enabled and holds one.
-    pub(crate) fn local_get<T: Clone + 'static>(&self, key: &str, now: u64) -> Option<T> {
-        self.local_lookup(key, now)
+    pub(crate) fn l1_get<T: Clone + 'static>(&self, key: &str, now: u64) -> Option<T> {
+        self.l1_lookup(key, now)
             .filter(|(_, timing)| timing.fresh_until_ms > now)
             .map(|(value, _)| value)
     }
@@ -288,19 +288,15 @@ impl Cache {
     /// An L1 hit makes no Redis call: the namespace version and tag times are checked against what
     /// this process knows; when it does not know them (or the bus is down past its fallback TTL)
     /// this is a miss and the caller reads Redis, which refreshes that knowledge.
-    pub(crate) fn local_lookup<T: Clone + 'static>(
-        &self,
-        key: &str,
-        now: u64,
-    ) -> Option<(T, Timing)> {
+    pub(crate) fn l1_lookup<T: Clone + 'static>(&self, key: &str, now: u64) -> Option<(T, Timing)> {
         let inner = &self.inner;
-        let local = inner.local.as_ref()?;
-        let entry = local.get(key)?;
+        let l1 = inner.l1.as_ref()?;
+        let entry = l1.get(key)?;
         if entry.timing.stale_until_ms <= now {
             return None;
         }
         if !inner.bus.l1_trusted(entry.inserted) {
-            local.remove(key);
+            l1.remove(key);
             return None;
         }
         let namespace = inner.namespace.get();
@@ -309,7 +305,7 @@ impl Cache {
         if entry.version != namespace.version || !namespace_trusted {
             return None;
         }
-        let validity = self.local_validity(
+        let validity = self.known_validity(
             entry.tags.iter().map(String::as_str),
             entry.timing.created_ms,
         )?;
@@ -320,7 +316,7 @@ impl Cache {
 
     /// Mirrors a value read from (or written to) `key` into L1, unless an eviction of that key
     /// happened since the key was resolved (the value may be the one the eviction was about).
-    pub(crate) fn local_insert<T: Clone + Send + Sync + 'static>(
+    pub(crate) fn l1_insert<T: Clone + Send + Sync + 'static>(
         &self,
         key: &EntryKey,
         value: &T,
@@ -329,14 +325,14 @@ impl Cache {
         ttl: Duration,
     ) {
         let inner = &self.inner;
-        let (Some(local), Some((user_key, ticket))) = (&inner.local, &key.local) else {
+        let (Some(l1), Some((user_key, ticket))) = (&inner.l1, &key.l1) else {
             return;
         };
         if inner.bus.tickets.ticket(user_key) != *ticket {
             return;
         }
         let now = Instant::now();
-        let entry = LocalEntry {
+        let entry = L1Entry {
             value: Arc::new(value.clone()),
             timing,
             tags: tags.into_iter().map(|t| t.as_ref().to_owned()).collect(),
@@ -344,7 +340,7 @@ impl Cache {
             inserted: now,
             version: key.version,
         };
-        local.insert(user_key, entry);
+        l1.insert(user_key, entry);
     }
 }
 

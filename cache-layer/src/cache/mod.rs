@@ -26,8 +26,8 @@ use crate::{
     bus::{Bus, Listener, Message},
     envelope::{self, DecodeError, Timing},
     keys::KeySpace,
-    local::LocalTier,
-    metrics::{Counters, HotKeys, RedisOutcome},
+    l1::L1Tier,
+    metrics::{CacheMetrics, HotKeys, RedisOutcome},
     stampede::{flight::Flights, lock::LandedSignals},
     store::Backend,
     tags::{NamespaceBook, RedisClock, TagBook},
@@ -63,10 +63,11 @@ pub(crate) struct Inner {
     pub(crate) name: String,
     pub(crate) keys: KeySpace,
     pub(crate) store: Backend,
-    pub(crate) local: Option<LocalTier>,
+    pub(crate) l1: Option<L1Tier>,
     pub(crate) breaker: Breaker,
     pub(crate) flights: Arc<Flights>,
-    pub(crate) counters: Arc<Counters>,
+    /// Hit/miss/load/store counters and histograms (the `metrics` facade plus [`Stats`](crate::Stats)).
+    pub(crate) metrics: Arc<CacheMetrics>,
     pub(crate) codec: Codec,
     pub(crate) corrupt_logged: AtomicBool,
     /// Tag times this process knows (bounded; refreshed by the bus).
@@ -80,7 +81,7 @@ pub(crate) struct Inner {
     /// How long tag keys live in Redis (and the longest a tagged entry lives there).
     pub(crate) tag_ttl: Duration,
     /// Invalidations Redis did not take, replayed when it is back.
-    pub(crate) pending: std::sync::Mutex<write::Pending>,
+    pub(crate) missed: std::sync::Mutex<write::MissedInvalidations>,
     /// "Value landed" signals for `Stampede::Lock` waiters.
     pub(crate) landed: LandedSignals,
     /// Keys whose last load failed recently: background refreshes of them are held off.
@@ -99,7 +100,7 @@ impl std::fmt::Debug for Cache {
             .field("name", &self.inner.name)
             .field("namespace", &self.inner.keys.namespace())
             .field("store", &self.inner.store)
-            .field("local", &self.inner.local.is_some())
+            .field("l1", &self.inner.l1.is_some())
             .field("breaker", &self.inner.breaker.state())
             .finish()
     }
@@ -260,7 +261,7 @@ impl Cache {
         let admission = inner.breaker.admit();
         if admission == Admission::Rejected {
             inner
-                .counters
+                .metrics
                 .redis_op(Duration::ZERO, RedisOutcome::BreakerOpen);
             return Err(Error::BreakerOpen);
         }
@@ -275,7 +276,7 @@ impl Cache {
             .instrument(tracing::trace_span!("cache.redis", cache = %inner.name))
             .await;
         inner
-            .counters
+            .metrics
             .redis_op(started.elapsed(), redis_outcome(&result));
         match &result {
             Ok(_) => guard.settle(None),
@@ -290,7 +291,7 @@ impl Cache {
     /// Notes an undecodable entry: counted, logged once per cache at `warn`, then at `debug`.
     pub(crate) fn note_corrupt(&self, key: &str, why: DecodeError) {
         let inner = &self.inner;
-        inner.counters.corrupt();
+        inner.metrics.corrupt();
         if !inner
             .corrupt_logged
             .swap(true, std::sync::atomic::Ordering::Relaxed)
@@ -320,7 +321,7 @@ impl Cache {
         };
         let codec = policy.codec.unwrap_or(self.inner.codec);
         let bytes = envelope::encode(value, codec, timing, &policy.tags)?;
-        self.inner.counters.value_size(bytes.len());
+        self.inner.metrics.value_size(bytes.len());
         Ok((bytes, timing))
     }
 }

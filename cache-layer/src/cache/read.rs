@@ -66,7 +66,7 @@ impl<T> Loaded<T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Origin {
     /// Fresh, from the in-process L1 tier.
-    LocalHit,
+    L1Hit,
     /// Fresh, from the store.
     Hit,
     /// Past its TTL but within the grace period.
@@ -99,7 +99,8 @@ enum Lookup<T> {
     Fresh {
         value: T,
         timing: Timing,
-        local: bool,
+        /// `L1Hit` or `Hit`.
+        origin: Origin,
         /// `Stampede::Early` decided (once, it is random) that this caller refreshes early.
         refresh_early: bool,
     },
@@ -197,10 +198,9 @@ impl Cache {
             Lookup::Fresh {
                 value,
                 timing,
-                local,
+                origin,
                 refresh_early,
             } => {
-                let origin = if local { Origin::LocalHit } else { Origin::Hit };
                 let fresh = Fetched {
                     value,
                     origin,
@@ -243,19 +243,19 @@ impl Cache {
     async fn lookup<T: Value>(&self, key: &str, policy: &Policy) -> Lookup<T> {
         let inner = &self.inner;
         let now = now_ms();
-        let mut local_stale = None;
-        if let Some((value, timing)) = self.local_lookup::<T>(key, now) {
+        let mut l1_stale = None;
+        if let Some((value, timing)) = self.l1_lookup::<T>(key, now) {
             if timing.fresh_until_ms > now {
-                inner.counters.local_hit(policy.door);
+                inner.metrics.l1_hit(policy.door);
                 self.observe_hit(policy, key);
                 return Lookup::Fresh {
                     refresh_early: self.early_refresh_due(policy, &timing),
                     value,
                     timing,
-                    local: true,
+                    origin: Origin::L1Hit,
                 };
             }
-            local_stale = Some((value, timing));
+            l1_stale = Some((value, timing));
         }
         let full_key = self.entry_key(key).await;
         let mut hint = None;
@@ -269,24 +269,18 @@ impl Cache {
                             match envelope.decode::<T>() {
                                 Ok(value) => {
                                     let ttl = Duration::from_millis(timing.stale_until_ms - now);
-                                    self.local_insert(
-                                        &full_key,
-                                        &value,
-                                        timing,
-                                        envelope.tags(),
-                                        ttl,
-                                    );
+                                    self.l1_insert(&full_key, &value, timing, envelope.tags(), ttl);
                                     if timing.fresh_until_ms > now {
-                                        inner.counters.hit(policy.door);
+                                        inner.metrics.hit(policy.door);
                                         self.observe_hit(policy, key);
                                         return Lookup::Fresh {
                                             refresh_early: self.early_refresh_due(policy, &timing),
                                             value,
                                             timing,
-                                            local: false,
+                                            origin: Origin::Hit,
                                         };
                                     }
-                                    inner.counters.stale_hit(policy.door);
+                                    inner.metrics.stale_hit(policy.door);
                                     self.observe_hit(policy, key);
                                     return Lookup::Stale { value, timing };
                                 }
@@ -300,14 +294,14 @@ impl Cache {
             Ok(None) => {}
             // Redis is failing: a stale L1 copy beats loading (stale-if-error).
             Err(_) => {
-                if let Some((value, timing)) = local_stale {
-                    inner.counters.stale_hit(policy.door);
+                if let Some((value, timing)) = l1_stale {
+                    inner.metrics.stale_hit(policy.door);
                     self.observe_hit(policy, key);
                     return Lookup::Stale { value, timing };
                 }
             }
         }
-        inner.counters.miss(policy.door);
+        inner.metrics.miss(policy.door);
         if let Some(observer) = policy.observer {
             observer.miss();
         }
@@ -319,7 +313,7 @@ impl Cache {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        if let Some(value) = self.local_get::<T>(key, now_ms()) {
+        if let Some(value) = self.l1_get::<T>(key, now_ms()) {
             return Ok(Some(value));
         }
         let full_key = self.entry_key(key).await;
@@ -345,7 +339,7 @@ impl Cache {
         match envelope.decode::<T>() {
             Ok(value) => {
                 let ttl = Duration::from_millis(timing.stale_until_ms.saturating_sub(now).max(1));
-                self.local_insert(&full_key, &value, timing, envelope.tags(), ttl);
+                self.l1_insert(&full_key, &value, timing, envelope.tags(), ttl);
                 Ok(Some(value))
             }
             Err(why) => {
@@ -390,7 +384,7 @@ impl Cache {
             return;
         }
         if let Join::Leader(guard) = self.inner.flights.join(key, &policy.tags) {
-            self.inner.counters.refresh();
+            self.inner.metrics.refresh();
             let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
             tokio::spawn(async move {
                 let _ = cache
@@ -420,7 +414,7 @@ impl Cache {
         }
         match self.inner.flights.join(key, &policy.tags) {
             Join::Leader(guard) => {
-                self.inner.counters.refresh();
+                self.inner.metrics.refresh();
                 let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
                 let task = tokio::spawn(async move {
                     cache
@@ -454,7 +448,7 @@ impl Cache {
         match outcome {
             Outcome::Value(shared) => match shared.downcast_ref::<Shared<T>>() {
                 Some(shared) => {
-                    self.inner.counters.coalesced(policy.door);
+                    self.inner.metrics.coalesced(policy.door);
                     Next::Done(Fetched {
                         value: shared.value.clone(),
                         origin: Origin::Coalesced,
@@ -465,7 +459,7 @@ impl Cache {
                 None => Next::LoadAlone,
             },
             Outcome::Failed => Next::LoadAlone,
-            Outcome::Abandoned | Outcome::Pending => match self.lookup::<T>(key, policy).await {
+            Outcome::Abandoned | Outcome::Running => match self.lookup::<T>(key, policy).await {
                 Lookup::Fresh { value, timing, .. } => Next::Done(Fetched {
                     value,
                     origin: Origin::Hit,
@@ -493,11 +487,15 @@ impl Cache {
         Fut: Future<Output = Result<Loaded<T>, E>>,
     {
         if policy.stampede != Stampede::Lock || !self.inner.store.is_shared() {
-            return self.load_and_fill(guard, key, policy, loader, true).await;
+            return self
+                .load_and_fill(guard, key, policy, loader, Fill::Store)
+                .await;
         }
         match self.acquire_or_wait::<T>(key, policy, hint.as_ref()).await {
             LockWait::Acquired(held) => {
-                let result = self.load_and_fill(guard, key, policy, loader, true).await;
+                let result = self
+                    .load_and_fill(guard, key, policy, loader, Fill::Store)
+                    .await;
                 self.release_lock(&held).await;
                 result
             }
@@ -516,22 +514,27 @@ impl Cache {
                 })
             }
             LockWait::TimedOut => {
-                self.inner.counters.lock_timeout();
+                self.inner.metrics.lock_timeout();
                 tracing::debug!(cache = %self.inner.name, "lock wait timed out; loading without storing");
-                self.load_and_fill(guard, key, policy, loader, false).await
+                self.load_and_fill(guard, key, policy, loader, Fill::Skip)
+                    .await
             }
-            LockWait::Unavailable => self.load_and_fill(guard, key, policy, loader, true).await,
+            LockWait::Unavailable => {
+                self.load_and_fill(guard, key, policy, loader, Fill::Store)
+                    .await
+            }
         }
     }
 
-    /// Runs the loader, stores a cacheable value (when `store`), and finishes the flight.
+    /// Runs the loader, stores a cacheable value (unless `fill` says to skip it), and finishes the
+    /// flight.
     async fn load_and_fill<T, E, F, Fut>(
         &self,
         guard: Option<LeaderGuard>,
         key: &str,
         policy: &Policy,
         loader: F,
-        store: bool,
+        fill: Fill,
     ) -> Result<Fetched<T>, E>
     where
         T: Value,
@@ -542,7 +545,7 @@ impl Cache {
         let span = tracing::debug_span!("cache.load", cache = %self.inner.name, key = %super::key_hint(key));
         let result = loader().instrument(span).await;
         let took = started.elapsed();
-        self.inner.counters.load(policy.door, took, result.is_ok());
+        self.inner.metrics.load(policy.door, took, result.is_ok());
         if let Some(observer) = policy.observer {
             observer.load(result.is_ok());
         }
@@ -571,7 +574,7 @@ impl Cache {
         let mut origin = Origin::LoadedUnstored;
         let timing = match self.encode_entry(&loaded.value, &policy, started_ms, took) {
             Ok((bytes, timing)) => {
-                if store && !detached {
+                if fill == Fill::Store && !detached {
                     match self
                         .write_entry(key, &loaded.value, bytes, timing, &policy.tags)
                         .await
@@ -629,7 +632,7 @@ impl Cache {
                 Err(_) => return LockWait::Unavailable,
             }
             if signals.is_none() {
-                inner.counters.lock_wait();
+                inner.metrics.lock_wait();
             }
             let rx = signals.get_or_insert_with(|| inner.landed.subscribe());
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -803,7 +806,7 @@ where
         // One caller refreshes early, inline; everyone else keeps the fresh value.
         match cache.inner.flights.join(key, &policy.tags) {
             Join::Leader(guard) => {
-                cache.inner.counters.refresh();
+                cache.inner.metrics.refresh();
                 cache
                     .load(Some(guard), key, policy, self.0, Some(timing))
                     .await
@@ -826,7 +829,7 @@ where
         }
         match cache.inner.flights.join(key, &policy.tags) {
             Join::Leader(guard) => {
-                cache.inner.counters.refresh();
+                cache.inner.metrics.refresh();
                 let refresh = cache.load(Some(guard), key, policy, self.0, Some(timing));
                 match policy.load_timeout {
                     // A borrowing load cannot outlive its caller: past the soft timeout it is
@@ -852,6 +855,15 @@ where
     ) -> Result<Fetched<T>, E> {
         cache.load(Some(guard), key, policy, self.0, hint).await
     }
+}
+
+/// Whether a loaded value is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// Store it (and mirror it into L1).
+    Store,
+    /// Return it without storing: the lock wait timed out, another holder may be storing.
+    Skip,
 }
 
 /// Result of trying to take an entry's distributed lock.

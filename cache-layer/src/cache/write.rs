@@ -25,7 +25,7 @@ use crate::{
 /// instances (and this one, once its local record is gone) follow. Bounded: past
 /// [`MAX_PENDING`] entries the replay becomes one namespace bump, which covers everything.
 #[derive(Debug, Default)]
-pub(crate) struct Pending {
+pub(crate) struct MissedInvalidations {
     hard: std::collections::BTreeSet<String>,
     soft: std::collections::BTreeSet<String>,
     keys: std::collections::BTreeSet<String>,
@@ -34,7 +34,7 @@ pub(crate) struct Pending {
 
 const MAX_PENDING: usize = 10_000;
 
-impl Pending {
+impl MissedInvalidations {
     fn is_empty(&self) -> bool {
         !self.namespace && self.hard.is_empty() && self.soft.is_empty() && self.keys.is_empty()
     }
@@ -45,9 +45,9 @@ impl Pending {
 
     fn overflowed(&mut self) {
         if self.len() > MAX_PENDING {
-            *self = Pending {
+            *self = MissedInvalidations {
                 namespace: true,
-                ..Pending::default()
+                ..MissedInvalidations::default()
             };
         }
     }
@@ -68,7 +68,7 @@ impl Cache {
         let inner = &self.inner;
         let full_key = self.entry_key(key).await;
         if timing.created_ms <= inner.namespace.get().bumped_ms
-            || self.local_validity(tags.iter().map(String::as_str), timing.created_ms)
+            || self.known_validity(tags.iter().map(String::as_str), timing.created_ms)
                 == Some(Validity::Invalid)
         {
             tracing::debug!(cache = %inner.name, "an invalidation raced this load; not storing it");
@@ -79,7 +79,7 @@ impl Cache {
             // A tag key must outlive every entry that carries the tag (see `tags`).
             ttl = ttl.min(inner.tag_ttl);
         }
-        self.local_insert(&full_key, value, timing, tags, ttl);
+        self.l1_insert(&full_key, value, timing, tags, ttl);
         self.store_op(inner.store.set(&full_key, bytes, ttl)).await
     }
 
@@ -110,8 +110,8 @@ impl Cache {
             Err(Error::BreakerOpen) => Ok(()),
             Err(err) => {
                 self.inner.bus.tickets.bump(key);
-                if let Some(local) = &self.inner.local {
-                    local.remove(key);
+                if let Some(l1) = &self.inner.l1 {
+                    l1.remove(key);
                 }
                 let full_key = self.entry_key(key).await;
                 let _ = self.store_op(self.inner.store.delete(&full_key)).await;
@@ -129,11 +129,11 @@ impl Cache {
     /// `delete`: removes the entry here, in the store and (via the bus) in the other instances.
     pub(crate) async fn remove(&self, key: &str) -> Result<bool, Error> {
         let inner = &self.inner;
-        inner.counters.invalidation();
+        inner.metrics.invalidation();
         inner.flights.detach_key(key);
         inner.bus.tickets.bump(key);
-        if let Some(local) = &inner.local {
-            local.remove(key);
+        if let Some(l1) = &inner.l1 {
+            l1.remove(key);
         }
         let full_key = self.entry_key(key).await;
         let removed = self.store_op(inner.store.delete(&full_key)).await;
@@ -148,7 +148,7 @@ impl Cache {
             Err(_) => Ok(()),
         };
         if removed.is_err() || published.is_err() {
-            self.remember_pending(|pending| {
+            self.remember_missed(|pending| {
                 pending.keys.insert(key.to_owned());
             });
         }
@@ -178,7 +178,7 @@ impl Cache {
         let mut first_error = None;
         let mut published = Vec::with_capacity(tags.len());
         for (tag, result) in tags.iter().zip(results) {
-            inner.counters.invalidation();
+            inner.metrics.invalidation();
             let trust = inner.bus.trust_now();
             let times = match result {
                 Ok(times) => {
@@ -188,7 +188,7 @@ impl Cache {
                 Err(err) => {
                     // Redis did not take it: this process honours it now, with an upper bound of
                     // the Redis clock as its time, and replays it when Redis is back.
-                    self.remember_pending(|pending| {
+                    self.remember_missed(|pending| {
                         match field {
                             TagField::Hard => pending.hard.insert(tag.clone()),
                             TagField::Soft => pending.soft.insert(tag.clone()),
@@ -225,7 +225,7 @@ impl Cache {
                 .await;
             if let Err(err) = sent {
                 // Stored but not announced: instances whose bus is up would never look again.
-                self.remember_pending(|pending| {
+                self.remember_missed(|pending| {
                     let set = match field {
                         TagField::Hard => &mut pending.hard,
                         TagField::Soft => &mut pending.soft,
@@ -253,7 +253,7 @@ impl Cache {
         let inner = &self.inner;
         inner.bus.ensure_started(&self.inner).await;
         let trust = inner.bus.trust_now();
-        inner.counters.invalidation();
+        inner.metrics.invalidation();
         let version_key = inner.keys.version();
         let NamespaceBump { version, bumped_ms } = match self
             .store_op(inner.store.bump_namespace(&version_key))
@@ -263,9 +263,9 @@ impl Cache {
             Err(err) => {
                 // Not bumped anywhere: stop serving L1 copies here, and bump it as soon as
                 // Redis is back.
-                self.remember_pending(|pending| pending.namespace = true);
+                self.remember_missed(|pending| pending.namespace = true);
                 inner.flights.detach_all();
-                self.forget_local();
+                self.forget_l1();
                 return match err {
                     Error::BreakerOpen => Ok(()),
                     err => Err(err),
@@ -280,7 +280,7 @@ impl Cache {
             })
             .await;
         if published.is_err() {
-            self.remember_pending(|pending| pending.namespace = true);
+            self.remember_missed(|pending| pending.namespace = true);
         }
         match published {
             Err(Error::BreakerOpen) => Ok(()),
@@ -307,30 +307,30 @@ impl Cache {
     /// See [`Listener::start_over`]: L1 starts over and the invalidations the store missed
     /// are replayed.
     pub(super) fn start_over(&self) {
-        self.forget_local();
-        self.replay_pending();
+        self.forget_l1();
+        self.replay_missed();
     }
 
-    fn remember_pending(&self, add: impl FnOnce(&mut Pending)) {
+    fn remember_missed(&self, add: impl FnOnce(&mut MissedInvalidations)) {
         if !self.inner.bus.is_remote() {
             return;
         }
-        let mut pending = util::lock(&self.inner.pending);
+        let mut pending = util::lock(&self.inner.missed);
         add(&mut pending);
         pending.overflowed();
     }
 
     /// Replays the invalidations Redis did not take, in the background (Redis just came back).
-    fn replay_pending(&self) {
+    fn replay_missed(&self) {
         let pending = {
-            let mut pending = util::lock(&self.inner.pending);
+            let mut pending = util::lock(&self.inner.missed);
             if pending.is_empty() {
                 return;
             }
             std::mem::take(&mut *pending)
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            *util::lock(&self.inner.pending) = pending;
+            *util::lock(&self.inner.missed) = pending;
             return;
         };
         let cache = self.clone();

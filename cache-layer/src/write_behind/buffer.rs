@@ -2,7 +2,7 @@
 //! Redis in idempotent pushes (group commit), and while Redis is unavailable the map is the bounded
 //! buffer that keeps them.
 //!
-//! Life of an increment: `incr` adds it to `Pending::map` (generation `gen`) and waits. The pusher
+//! Life of an increment: `incr` adds it to `BufferState::map` (generation `gen`) and waits. The pusher
 //! freezes the map into chunks (each with the next sequence number of this writer), sends them one
 //! after the other with the `PUSH` script, and publishes `pushed = gen` when all landed; every
 //! waiter of that generation returns. A chunk that failed stays frozen, unchanged, and is sent
@@ -38,7 +38,7 @@ pub(crate) struct Chunk {
 }
 
 #[derive(Debug)]
-pub(crate) struct Pending {
+pub(crate) struct BufferState {
     /// Increments not yet frozen, coalesced per id (this is the bounded buffer).
     map: HashMap<String, i64>,
     /// Generation of the increments in `map`.
@@ -58,7 +58,7 @@ pub(crate) struct Pending {
     pushers_started: u64,
 }
 
-impl Pending {
+impl BufferState {
     fn frozen_contains(&mut self, id: &str) -> bool {
         let frozen = &self.frozen;
         self.frozen_set
@@ -72,7 +72,7 @@ impl Pending {
     }
 }
 
-/// What waiters watch. Updated only while `Pending` is locked, so updates are ordered.
+/// What waiters watch. Updated only while `BufferState` is locked, so updates are ordered.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Progress {
     /// Every increment of a generation `<= pushed` is in Redis.
@@ -118,7 +118,7 @@ pub(crate) struct CounterSet {
     cache: WeakCache,
     /// The cache's store when it lives in this process: increments apply to it at once.
     in_process: Option<MemoryStore>,
-    state: Mutex<Pending>,
+    state: Mutex<BufferState>,
     progress: watch::Sender<Progress>,
     wake: Notify,
     closed: AtomicBool,
@@ -156,7 +156,7 @@ impl CounterSet {
             token: format!("{:032x}", rand::random::<u128>()),
             cache: cache.downgrade(),
             in_process: cache.store().in_process().cloned(),
-            state: Mutex::new(Pending {
+            state: Mutex::new(BufferState {
                 map: HashMap::new(),
                 gen: 1,
                 frozen: VecDeque::new(),
@@ -261,7 +261,7 @@ impl CounterSet {
 
     /// Starts the pusher task if none runs (lazily: `incr` runs inside the runtime, building the
     /// cache need not). Without a Tokio runtime nothing is spawned; `sync` pushes instead.
-    fn ensure_pusher(self: &Arc<Self>, st: &mut Pending) {
+    fn ensure_pusher(self: &Arc<Self>, st: &mut BufferState) {
         if st.pusher != 0 {
             return;
         }

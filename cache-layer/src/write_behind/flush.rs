@@ -174,7 +174,7 @@ impl Counters {
                         Err(_) => detached = true,
                     },
                     _ = ticker.tick() => {
-                        match counters.flush_cycle(&mut sink, true).await {
+                        match counters.flush_cycle(&mut sink, Buffered::PushFirst).await {
                             Ok(report) => total += report,
                             Err(err) => tracing::warn!(counters = %counters.set.name,
                                 error = %err, "write-behind flush failed; retrying next interval"),
@@ -183,7 +183,9 @@ impl Counters {
                 }
             }
             counters.sync().await?;
-            total += counters.flush_cycle(&mut sink, false).await?;
+            total += counters
+                .flush_cycle(&mut sink, Buffered::AlreadyPushed)
+                .await?;
             Ok(total)
         });
         Flusher {
@@ -199,7 +201,7 @@ impl Counters {
     pub(crate) async fn flush_cycle<F, Fut, E>(
         &self,
         sink: &mut F,
-        push_first: bool,
+        buffered: Buffered,
     ) -> Result<FlushReport, Error>
     where
         F: FnMut(Batch) -> Fut,
@@ -209,7 +211,7 @@ impl Counters {
         let set = &self.set;
         let cache = &self.cache;
         let _one_cycle_per_process = set.flush_lock.lock().await;
-        if push_first {
+        if buffered == Buffered::PushFirst {
             if let Err(err) = set.sync(cache).await {
                 tracing::debug!(counters = %set.name, error = %err,
                     "write-behind flush: buffered increments could not be pushed yet");
@@ -225,6 +227,15 @@ impl Counters {
         }
         Ok(report)
     }
+}
+
+/// What a flush cycle does with the increments buffered in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Buffered {
+    /// Push them first (best effort), so the batch includes them.
+    PushFirst,
+    /// The caller just pushed them.
+    AlreadyPushed,
 }
 
 // Each step of the batch protocol is one store operation, through the breaker (on Redis, one

@@ -45,7 +45,10 @@ use std::{
 };
 
 pub use self::flush::{Batch, FlushReport, Flusher};
-use self::{buffer::CounterSet, flush::SinkError};
+use self::{
+    buffer::CounterSet,
+    flush::{Buffered, SinkError},
+};
 use crate::util::lock;
 use crate::{Cache, Error};
 
@@ -338,8 +341,11 @@ impl Counters {
         Fut: Future<Output = Result<(), E>>,
         E: Into<SinkError>,
     {
-        self.flush_cycle(&mut |batch: Batch| sink(batch.into_entries()), true)
-            .await
+        self.flush_cycle(
+            &mut |batch: Batch| sink(batch.into_entries()),
+            Buffered::PushFirst,
+        )
+        .await
     }
 
     /// [`flush_now`](Counters::flush_now) with a sink that receives the whole [`Batch`], including
@@ -350,7 +356,7 @@ impl Counters {
         Fut: Future<Output = Result<(), E>>,
         E: Into<SinkError>,
     {
-        self.flush_cycle(&mut sink, true).await
+        self.flush_cycle(&mut sink, Buffered::PushFirst).await
     }
 
     /// Starts a background task that flushes every `interval` (the first flush runs at once, so
