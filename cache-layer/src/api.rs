@@ -14,7 +14,7 @@ use std::{convert::Infallible, future::Future};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
-    cache::{Cache, CacheBuilder, Inline, Loaded, Spawned, GLOBAL},
+    cache::{Cache, CacheBuilder, Loaded, GLOBAL},
     store::TagField,
     util,
     write_behind::{Counters, CountersConfig},
@@ -81,7 +81,7 @@ impl Cache {
     {
         let infallible =
             move || async move { Ok::<_, Infallible>(Loaded::cacheable(loader().await)) };
-        match self.read_through(key, policy, Spawned(infallible)).await {
+        match self.read_through(key, policy, infallible).await {
             Ok(value) => value,
             Err(never) => match never {},
         }
@@ -121,7 +121,7 @@ impl Cache {
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
         let loader = move || async move { loader().await.map(Loaded::cacheable) };
-        self.read_through(key, policy, Spawned(loader)).await
+        self.read_through(key, policy, loader).await
     }
 
     /// Read-through with a loader that may borrow (not `'static`), e.g. from `&self`.
@@ -160,7 +160,7 @@ impl Cache {
     {
         let infallible =
             move || async move { Ok::<_, Infallible>(Loaded::cacheable(loader().await)) };
-        match self.read_through(key, policy, Inline(infallible)).await {
+        match self.read_through_scoped(key, policy, infallible).await {
             Ok(value) => value,
             Err(never) => match never {},
         }
@@ -179,7 +179,7 @@ impl Cache {
         Fut: Future<Output = Result<T, E>>,
     {
         let loader = move || async move { loader().await.map(Loaded::cacheable) };
-        self.read_through(key, policy, Inline(loader)).await
+        self.read_through_scoped(key, policy, loader).await
     }
 
     // ----- direct reads and writes --------------------------------------------------------------

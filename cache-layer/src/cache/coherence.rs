@@ -371,6 +371,7 @@ fn served_timing(timing: Timing, validity: Validity, now: u64) -> Option<Timing>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::now_ms;
 
     #[test]
     fn expired_entries_keep_only_their_grace_period() {

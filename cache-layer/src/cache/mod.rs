@@ -9,7 +9,7 @@ pub(crate) mod write;
 pub(crate) use self::read::Loaded;
 #[cfg(feature = "http")]
 pub(crate) use self::read::Origin;
-pub(crate) use self::read::{Inline, Spawned, REFRESH_RETRY_AFTER};
+pub(crate) use self::read::REFRESH_RETRY_AFTER;
 
 use std::{
     future::Future,

@@ -10,8 +10,9 @@
 //!                runs the loader ──► SET PX (hard expiry) + L1 ──► followers get the value
 //! ```
 //!
-//! Both kinds of front door share everything but where the leader runs the loader
-//! ([`RunLoader`]: [`Spawned`] or [`Inline`]). The read path owns L1 reads and fills through
+//! Both kinds of front door share everything but where the leader runs the loader: `'static`
+//! loaders ([`Cache::read_through`]) in a task of their own, borrowing ones
+//! ([`Cache::read_through_scoped`]) in the calling task. The read path owns L1 reads and fills through
 //! [`coherence`](super::coherence) (which says whether what is known locally may be served), the
 //! store read, envelope decoding, single-flight, refresh and the distributed lock; storing a
 //! loaded value goes through [`write`](super::write)'s `write_entry`.
@@ -129,6 +130,61 @@ impl<T> Lookup<T> {
     }
 }
 
+/// What a lookup's result asks for next.
+enum Step<T> {
+    /// A fresh hit: answer it.
+    Answer(Fetched<T>),
+    /// A fresh hit due for an early refresh (`Stampede::Early`).
+    RefreshEarly(Fetched<T>, Timing),
+    /// A stale hit (within its grace period): refresh it.
+    Refresh(Fetched<T>, Timing),
+    /// A miss: load (the timing of an expired entry, if one was seen, hints the load time).
+    Load(Option<Timing>),
+}
+
+impl<T> Lookup<T> {
+    fn next_step(self) -> Step<T> {
+        match self {
+            Lookup::Fresh {
+                value,
+                timing,
+                origin,
+                refresh_early,
+            } => {
+                let fresh = Fetched {
+                    value,
+                    origin,
+                    timing: Some(timing),
+                };
+                if refresh_early {
+                    Step::RefreshEarly(fresh, timing)
+                } else {
+                    Step::Answer(fresh)
+                }
+            }
+            Lookup::Stale { value, timing } => {
+                let stale = Fetched {
+                    value,
+                    origin: Origin::Stale,
+                    timing: Some(timing),
+                };
+                Step::Refresh(stale, timing)
+            }
+            Lookup::Miss { hint } => Step::Load(hint),
+        }
+    }
+}
+
+/// How a miss takes part in its key's flight.
+enum Part<T> {
+    /// Lead it: load and share the value.
+    Lead(LeaderGuard),
+    /// The leader's value.
+    Shared(Fetched<T>),
+    /// Load without a flight.
+    Alone,
+}
+
 /// How a caller that lost its flight continues.
 enum Next<T> {
     Done(Fetched<T>),
@@ -142,22 +198,44 @@ enum Next<T> {
 pub(crate) const REFRESH_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl Cache {
-    /// The engine behind every front door: a lookup awaited inline (a hit returns from here
-    /// without allocating), then, boxed, everything a miss, a stale hit or an early refresh
-    /// needs (several KiB of future).
-    pub(crate) async fn read_through<T, E, L>(
+    /// The engine behind the `'static` front doors: a lookup awaited inline (a hit returns from
+    /// here without allocating), then, boxed, everything a miss, a stale hit or an early refresh
+    /// needs (several KiB of future). The loader runs in a task of its own.
+    pub(crate) async fn read_through<T, E, F, Fut>(
         &self,
         key: &str,
         policy: &Policy,
-        run: L,
+        loader: F,
     ) -> Result<T, E>
     where
         T: Value,
-        L: RunLoader<T, E>,
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
     {
         match self.lookup::<T>(key, policy).await.settled() {
             Ok(value) => Ok(value),
-            Err(found) => Box::pin(self.resolve(found, key, policy, run))
+            Err(found) => Box::pin(self.resolve(found, key, policy, loader))
+                .await
+                .map(|fetched| fetched.value),
+        }
+    }
+
+    /// [`read_through`](Self::read_through) for borrowing loaders, which run in the calling task.
+    pub(crate) async fn read_through_scoped<T, E, F, Fut>(
+        &self,
+        key: &str,
+        policy: &Policy,
+        loader: F,
+    ) -> Result<T, E>
+    where
+        T: Value,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Loaded<T>, E>>,
+    {
+        match self.lookup::<T>(key, policy).await.settled() {
+            Ok(value) => Ok(value),
+            Err(found) => Box::pin(self.resolve_scoped(found, key, policy, loader))
                 .await
                 .map(|fetched| fetched.value),
         }
@@ -177,60 +255,127 @@ impl Cache {
         Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
     {
         let found = self.lookup::<T>(key, policy).await;
-        self.resolve(found, key, policy, Spawned(loader)).await
+        self.resolve(found, key, policy, loader).await
     }
 
-    /// What [`read_through`](Self::read_through) and [`fetch`](Self::fetch) do after the lookup:
-    /// answer a hit (starting an early refresh if one is due), refresh a stale hit, or take part in
-    /// the flight of a miss. `run` decides where the loader runs.
-    async fn resolve<T, E, L>(
+    /// What the `'static` front doors do after the lookup: the loader runs in a task of its own,
+    /// so a cancelled caller does not cancel the load, and refreshes run in the background while
+    /// every caller is answered at once.
+    async fn resolve<T, E, F, Fut>(
         &self,
         found: Lookup<T>,
         key: &str,
         policy: &Policy,
-        run: L,
+        loader: F,
     ) -> Result<Fetched<T>, E>
     where
         T: Value,
-        L: RunLoader<T, E>,
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
     {
-        let hint = match found {
-            Lookup::Fresh {
-                value,
-                timing,
-                origin,
-                refresh_early,
-            } => {
-                let fresh = Fetched {
-                    value,
-                    origin,
-                    timing: Some(timing),
+        match found.next_step() {
+            Step::Answer(fresh) => Ok(fresh),
+            Step::RefreshEarly(fresh, timing) => {
+                self.refresh_in_background(key, policy, timing, loader);
+                Ok(fresh)
+            }
+            Step::Refresh(stale, timing) => {
+                let Some(soft) = policy.load_timeout else {
+                    self.refresh_in_background(key, policy, timing, loader);
+                    return Ok(stale);
                 };
-                if !refresh_early {
-                    return Ok(fresh);
+                // Give the refresh up to `soft`; it keeps running after we answer stale.
+                let refreshed =
+                    tokio::time::timeout(soft, self.refresh_and_wait(key, policy, timing, loader));
+                Ok(match refreshed.await {
+                    Ok(Some(fresh)) => fresh,
+                    _ => stale,
+                })
+            }
+            Step::Load(hint) => match self.take_part::<T>(key, policy).await {
+                Part::Shared(fetched) => Ok(fetched),
+                Part::Alone => self.load(None, key, policy, loader, hint).await,
+                Part::Lead(guard) => {
+                    let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
+                    let task = tokio::spawn(async move {
+                        cache.load(Some(guard), &key, &policy, loader, hint).await
+                    });
+                    join_task(task).await
                 }
-                return Ok(run.refresh_early(self, key, policy, timing, fresh).await);
+            },
+        }
+    }
+
+    /// What the borrowing front doors do after the lookup: the loader runs in the calling task; if
+    /// that caller is cancelled, a follower takes over; a refresh runs in the caller that
+    /// triggered it while the others get the stale value.
+    async fn resolve_scoped<T, E, F, Fut>(
+        &self,
+        found: Lookup<T>,
+        key: &str,
+        policy: &Policy,
+        loader: F,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Value,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Loaded<T>, E>>,
+    {
+        match found.next_step() {
+            Step::Answer(fresh) => Ok(fresh),
+            // One caller refreshes early, inline; everyone else keeps the fresh value.
+            Step::RefreshEarly(fresh, timing) => {
+                Ok(match self.inner.flights.join(key, &policy.tags) {
+                    Join::Leader(guard) => {
+                        self.inner.metrics.refresh();
+                        self.load(Some(guard), key, policy, loader, Some(timing))
+                            .await
+                            .unwrap_or(fresh)
+                    }
+                    Join::Follower(_) => fresh,
+                })
             }
-            Lookup::Stale { value, timing } => {
-                let stale = Fetched {
-                    value,
-                    origin: Origin::Stale,
-                    timing: Some(timing),
-                };
-                return Ok(run.refresh_stale(self, key, policy, timing, stale).await);
+            Step::Refresh(stale, timing) => {
+                if self.refresh_throttled(key) {
+                    return Ok(stale);
+                }
+                Ok(match self.inner.flights.join(key, &policy.tags) {
+                    Join::Leader(guard) => {
+                        self.inner.metrics.refresh();
+                        let refresh = self.load(Some(guard), key, policy, loader, Some(timing));
+                        match policy.load_timeout {
+                            // A borrowing load cannot outlive its caller: past the soft timeout
+                            // it is dropped and the stale value answered.
+                            Some(soft) => match tokio::time::timeout(soft, refresh).await {
+                                Ok(Ok(fresh)) => fresh,
+                                _ => stale,
+                            },
+                            None => refresh.await.unwrap_or(stale),
+                        }
+                    }
+                    Join::Follower(_) => stale,
+                })
             }
-            Lookup::Miss { hint } => hint,
-        };
+            Step::Load(hint) => match self.take_part::<T>(key, policy).await {
+                Part::Shared(fetched) => Ok(fetched),
+                Part::Alone => self.load(None, key, policy, loader, hint).await,
+                Part::Lead(guard) => self.load(Some(guard), key, policy, loader, hint).await,
+            },
+        }
+    }
+
+    /// A miss takes part in the key's flight: it leads it, gets the leader's value, or loads
+    /// alone (no coalescing asked, or the leader's value is not shareable).
+    async fn take_part<T: Value>(&self, key: &str, policy: &Policy) -> Part<T> {
         loop {
             match self.join(key, policy) {
-                None => return self.load(None, key, policy, run.into_loader(), hint).await,
-                Some(Join::Leader(guard)) => return run.lead(self, guard, key, policy, hint).await,
+                None => return Part::Alone,
+                Some(Join::Leader(guard)) => return Part::Lead(guard),
                 Some(Join::Follower(follower)) => {
                     match self.follow::<T>(key, policy, follower.wait().await).await {
-                        Next::Done(fetched) => return Ok(fetched),
-                        Next::LoadAlone => {
-                            return self.load(None, key, policy, run.into_loader(), hint).await
-                        }
+                        Next::Done(fetched) => return Part::Shared(fetched),
+                        Next::LoadAlone => return Part::Alone,
                         Next::Rejoin => continue,
                     }
                 }
@@ -662,198 +807,6 @@ impl Cache {
         if let Err(err) = self.store_op(publish).await {
             tracing::debug!(cache = %self.inner.name, error = %err, "could not announce landed value");
         }
-    }
-}
-
-/// Where a flight's loader runs, the one thing the two kinds of front door differ in.
-///
-/// - [`Spawned`] (`'static` loaders, [`Cache::get_or_fetch`]): in a task of its own, so a
-///   cancelled caller does not cancel the load, and refreshes run in the background while every
-///   caller is answered at once.
-/// - [`Inline`] (borrowing loaders, [`Cache::get_or_fetch_scoped`], used by the macro for `&self`
-///   methods and reference arguments): in the calling task; if that caller is cancelled, a
-///   follower takes over; a refresh runs in the caller that triggered it while the others get the
-///   stale value.
-pub(crate) trait RunLoader<T: Value, E>: Sized {
-    /// The loader, as a plain closure.
-    type Loader: FnOnce() -> Self::Load;
-    /// What the loader returns.
-    type Load: Future<Output = Result<Loaded<T>, E>>;
-
-    /// Unwraps the loader (to run it in this task).
-    fn into_loader(self) -> Self::Loader;
-
-    /// A fresh hit due for an early refresh: one caller refreshes, everyone keeps `fresh`.
-    async fn refresh_early(
-        self,
-        cache: &Cache,
-        key: &str,
-        policy: &Policy,
-        timing: Timing,
-        fresh: Fetched<T>,
-    ) -> Fetched<T>;
-
-    /// A stale hit: refresh it (once) and answer `stale` or, within `load_timeout`, the refresh.
-    async fn refresh_stale(
-        self,
-        cache: &Cache,
-        key: &str,
-        policy: &Policy,
-        timing: Timing,
-        stale: Fetched<T>,
-    ) -> Fetched<T>;
-
-    /// Leads the flight of a miss.
-    async fn lead(
-        self,
-        cache: &Cache,
-        guard: LeaderGuard,
-        key: &str,
-        policy: &Policy,
-        hint: Option<Timing>,
-    ) -> Result<Fetched<T>, E>;
-}
-
-/// A `'static` loader, run in a spawned task (see [`RunLoader`]).
-pub(crate) struct Spawned<F>(pub(crate) F);
-
-/// A borrowing loader, run in the calling task (see [`RunLoader`]).
-pub(crate) struct Inline<F>(pub(crate) F);
-
-impl<T, E, F, Fut> RunLoader<T, E> for Spawned<F>
-where
-    T: Value,
-    E: Send + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
-{
-    type Loader = F;
-    type Load = Fut;
-
-    fn into_loader(self) -> F {
-        self.0
-    }
-
-    async fn refresh_early(
-        self,
-        cache: &Cache,
-        key: &str,
-        policy: &Policy,
-        timing: Timing,
-        fresh: Fetched<T>,
-    ) -> Fetched<T> {
-        cache.refresh_in_background(key, policy, timing, self.0);
-        fresh
-    }
-
-    async fn refresh_stale(
-        self,
-        cache: &Cache,
-        key: &str,
-        policy: &Policy,
-        timing: Timing,
-        stale: Fetched<T>,
-    ) -> Fetched<T> {
-        let Some(soft) = policy.load_timeout else {
-            cache.refresh_in_background(key, policy, timing, self.0);
-            return stale;
-        };
-        // Give the refresh up to `soft`; it keeps running after we answer stale.
-        let refreshed =
-            tokio::time::timeout(soft, cache.refresh_and_wait(key, policy, timing, self.0));
-        match refreshed.await {
-            Ok(Some(fresh)) => fresh,
-            _ => stale,
-        }
-    }
-
-    async fn lead(
-        self,
-        cache: &Cache,
-        guard: LeaderGuard,
-        key: &str,
-        policy: &Policy,
-        hint: Option<Timing>,
-    ) -> Result<Fetched<T>, E> {
-        let (cache, key, policy, loader) = (cache.clone(), key.to_owned(), policy.clone(), self.0);
-        let task =
-            tokio::spawn(async move { cache.load(Some(guard), &key, &policy, loader, hint).await });
-        join_task(task).await
-    }
-}
-
-impl<T, E, F, Fut> RunLoader<T, E> for Inline<F>
-where
-    T: Value,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<Loaded<T>, E>>,
-{
-    type Loader = F;
-    type Load = Fut;
-
-    fn into_loader(self) -> F {
-        self.0
-    }
-
-    async fn refresh_early(
-        self,
-        cache: &Cache,
-        key: &str,
-        policy: &Policy,
-        timing: Timing,
-        fresh: Fetched<T>,
-    ) -> Fetched<T> {
-        // One caller refreshes early, inline; everyone else keeps the fresh value.
-        match cache.inner.flights.join(key, &policy.tags) {
-            Join::Leader(guard) => {
-                cache.inner.metrics.refresh();
-                cache
-                    .load(Some(guard), key, policy, self.0, Some(timing))
-                    .await
-                    .unwrap_or(fresh)
-            }
-            Join::Follower(_) => fresh,
-        }
-    }
-
-    async fn refresh_stale(
-        self,
-        cache: &Cache,
-        key: &str,
-        policy: &Policy,
-        timing: Timing,
-        stale: Fetched<T>,
-    ) -> Fetched<T> {
-        if cache.refresh_throttled(key) {
-            return stale;
-        }
-        match cache.inner.flights.join(key, &policy.tags) {
-            Join::Leader(guard) => {
-                cache.inner.metrics.refresh();
-                let refresh = cache.load(Some(guard), key, policy, self.0, Some(timing));
-                match policy.load_timeout {
-                    // A borrowing load cannot outlive its caller: past the soft timeout it is
-                    // dropped and the stale value answered.
-                    Some(soft) => match tokio::time::timeout(soft, refresh).await {
-                        Ok(Ok(fresh)) => fresh,
-                        _ => stale,
-                    },
-                    None => refresh.await.unwrap_or(stale),
-                }
-            }
-            Join::Follower(_) => stale,
-        }
-    }
-
-    async fn lead(
-        self,
-        cache: &Cache,
-        guard: LeaderGuard,
-        key: &str,
-        policy: &Policy,
-        hint: Option<Timing>,
-    ) -> Result<Fetched<T>, E> {
-        cache.load(Some(guard), key, policy, self.0, hint).await
     }
 }
 

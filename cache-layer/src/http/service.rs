@@ -149,7 +149,7 @@ where
 type Slot<B> = Arc<Mutex<Option<(Response<CacheBody<B>>, CacheStatus)>>>;
 
 fn take_slot<B: Body>(slot: &Slot<B>) -> Option<(Response<CacheBody<B>>, CacheStatus)> {
-    crate::util::lock(&slot).take()
+    crate::util::lock(slot).take()
 }
 
 /// What a miss needs to call the origin.
@@ -255,7 +255,7 @@ fn uncacheable<E, B: Body>(
     if failed {
         return Err(LoadError::Pass(Box::new(response), status));
     }
-    *crate::util::lock(&slot) = Some((response, status));
+    *crate::util::lock(slot) = Some((response, status));
     Ok(Loaded {
         value: StoredResponse::placeholder(),
         ttl: None,
