@@ -14,7 +14,7 @@ pub(crate) use self::read::REFRESH_RETRY_AFTER;
 use std::{
     future::Future,
     sync::{atomic::AtomicBool, Arc, RwLock},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde::Serialize;
@@ -23,7 +23,7 @@ use tracing::Instrument;
 pub use self::builder::CacheBuilder;
 use crate::{
     breaker::{Admission, Breaker},
-    bus::{Bus, Listener, Message},
+    bus::Bus,
     envelope::{self, DecodeError, Timing},
     keys::KeySpace,
     l1::L1Tier,
@@ -229,24 +229,6 @@ impl Cache {
     /// State a feature built on the cache keeps per cache (dropped with it).
     pub(crate) fn extension(&self) -> &std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>> {
         &self.inner.extensions
-    }
-}
-
-/// The narrow surface the bus (and the breaker's recovery) call back into.
-impl Listener for Inner {
-    fn start_over(self: Arc<Self>) {
-        Cache { inner: self }.start_over();
-    }
-
-    fn apply(self: Arc<Self>, message: Message) {
-        Cache { inner: self }.apply_bus_message(message);
-    }
-
-    fn clock_sample(&self, sent: Instant, received: Instant, store_time: Duration) {
-        let store_us = u64::try_from(store_time.as_micros()).unwrap_or(u64::MAX);
-        self.clock.record(sent, received, store_us);
-        tracing::debug!(cache = %self.name, error_ms = ?self.clock.error_ms(),
-            "measured the offset to the redis clock");
     }
 }
 

@@ -6,13 +6,16 @@
 //! the other instances on the bus. See [`tags`](crate::tags) for the model (tag times vs. load
 //! starts, clock skew) and [`bus`](crate::bus) for how other instances learn about changes.
 
-use std::time::Duration;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 
-use super::Cache;
+use super::{Cache, Inner};
 use crate::{
-    bus::Message,
+    bus::{Listener, Message},
     envelope::Timing,
     store::{NamespaceBump, Store, TagField},
     tags::{TagTimes, Validity},
@@ -340,7 +343,7 @@ impl Cache {
                 "replaying invalidations redis missed");
             // Failures land in `pending` again (same code paths) for the next recovery.
             if pending.namespace {
-                let _ = cache.invalidate_namespace().await;
+                let _ = cache.bump_namespace().await;
                 return;
             }
             if !pending.hard.is_empty() {
@@ -350,8 +353,26 @@ impl Cache {
                 let _ = cache.bump_tags(pending.soft, TagField::Soft).await;
             }
             for key in pending.keys {
-                let _ = cache.delete(&key).await;
+                let _ = cache.remove(&key).await;
             }
         });
+    }
+}
+
+/// The narrow surface the bus (and the breaker's recovery) call back into.
+impl Listener for Inner {
+    fn start_over(self: Arc<Self>) {
+        Cache { inner: self }.start_over();
+    }
+
+    fn apply(self: Arc<Self>, message: Message) {
+        Cache { inner: self }.apply_bus_message(message);
+    }
+
+    fn clock_sample(&self, sent: Instant, received: Instant, store_time: Duration) {
+        let store_us = u64::try_from(store_time.as_micros()).unwrap_or(u64::MAX);
+        self.clock.record(sent, received, store_us);
+        tracing::debug!(cache = %self.name, error_ms = ?self.clock.error_ms(),
+            "measured the offset to the redis clock");
     }
 }
