@@ -21,6 +21,14 @@ use crate::{
     Error, Policy, Stats,
 };
 
+/// The value of a load that cannot fail.
+fn never_fails<T>(result: Result<T, Infallible>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(never) => match never {},
+    }
+}
+
 impl Cache {
     // ----- construction -------------------------------------------------------------------------
 
@@ -79,12 +87,8 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
     {
-        let infallible =
-            move || async move { Ok::<_, Infallible>(Loaded::cacheable(loader().await)) };
-        match self.read_through(key, policy, infallible).await {
-            Ok(value) => value,
-            Err(never) => match never {},
-        }
+        let loader = move || async move { Ok(Loaded::cacheable(loader().await)) };
+        never_fails(self.read_through(key, policy, loader).await)
     }
 
     /// Like [`get_or_fetch`](Cache::get_or_fetch) for fallible loaders: only `Ok` values are
@@ -158,12 +162,8 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
-        let infallible =
-            move || async move { Ok::<_, Infallible>(Loaded::cacheable(loader().await)) };
-        match self.read_through_scoped(key, policy, infallible).await {
-            Ok(value) => value,
-            Err(never) => match never {},
-        }
+        let loader = move || async move { Ok(Loaded::cacheable(loader().await)) };
+        never_fails(self.read_through_scoped(key, policy, loader).await)
     }
 
     /// Fallible form of [`get_or_fetch_scoped`](Cache::get_or_fetch_scoped): only `Ok` is cached.

@@ -197,6 +197,19 @@ enum Next<T> {
 /// How long a failed refresh of a key keeps further refreshes of it from being attempted.
 pub(crate) const REFRESH_RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// The body of both `read_through`s (they differ only in the loader's bounds and in which
+/// `resolve` runs after a lookup that did not settle).
+macro_rules! lookup_then {
+    ($cache:ident, $key:ident, $policy:ident, $resolve:ident, $loader:ident) => {
+        match $cache.lookup::<T>($key, $policy).await.settled() {
+            Ok(value) => Ok(value),
+            Err(found) => Box::pin($cache.$resolve(found, $key, $policy, $loader))
+                .await
+                .map(|fetched| fetched.value),
+        }
+    };
+}
+
 impl Cache {
     /// The engine behind the `'static` front doors: a lookup awaited inline (a hit returns from
     /// here without allocating), then, boxed, everything a miss, a stale hit or an early refresh
@@ -213,12 +226,7 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
     {
-        match self.lookup::<T>(key, policy).await.settled() {
-            Ok(value) => Ok(value),
-            Err(found) => Box::pin(self.resolve(found, key, policy, loader))
-                .await
-                .map(|fetched| fetched.value),
-        }
+        lookup_then!(self, key, policy, resolve, loader)
     }
 
     /// [`read_through`](Self::read_through) for borrowing loaders, which run in the calling task.
@@ -233,12 +241,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded<T>, E>>,
     {
-        match self.lookup::<T>(key, policy).await.settled() {
-            Ok(value) => Ok(value),
-            Err(found) => Box::pin(self.resolve_scoped(found, key, policy, loader))
-                .await
-                .map(|fetched| fetched.value),
-        }
+        lookup_then!(self, key, policy, resolve_scoped, loader)
     }
 
     /// The engine behind every `'static` front door: lookup, refresh, single-flight, lock, fill.
