@@ -1,4 +1,4 @@
-//! The read-through engine shared by both front doors.
+//! The read path: `get_or_fetch` and friends, `get`, and the HTTP layer's `fetch`.
 //!
 //! ```text
 //! lookup: L1 (decoded value) ──► store GET (one round trip) ──► decode
@@ -10,42 +10,38 @@
 //!                runs the loader ──► SET PX (hard expiry) + L1 ──► followers get the value
 //! ```
 //!
-//! Two entry points share everything but how the leader runs the loader:
-//! - `'static` loaders ([`Cache::get_or_fetch`]) run in a spawned task, so a cancelled caller does
-//!   not cancel the load, and refreshes (stale-while-revalidate, early refresh) run in the
-//!   background while every caller is answered at once.
-//! - borrowing loaders ([`Cache::get_or_fetch_scoped`], used by the macro for `&self` methods and
-//!   reference arguments) run in the calling task: if that caller is cancelled, a follower takes
-//!   over; a refresh runs in the caller that triggered it while the others get the stale value.
+//! Both kinds of front door share everything but where the leader runs the loader: `'static`
+//! loaders ([`Cache::read_through`]) in a task of their own, borrowing ones
+//! ([`Cache::read_through_scoped`]) in the calling task. The read path owns L1 reads and fills through
+//! [`coherence`](super::coherence) (which says whether what is known locally may be served), the
+//! store read, envelope decoding, single-flight, refresh and the distributed lock; storing a
+//! loaded value goes through [`write`](super::write)'s `write_entry`.
 
 use std::{
-    convert::Infallible,
     future::Future,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
-use super::invalidate::{LoadStart, UNKNOWN_EPOCH};
-use super::{now_ms, Cache};
+use super::{
+    write::{LoadStart, UNKNOWN_EPOCH},
+    Cache,
+};
 use crate::{
     envelope::{DecodeError, Envelope, Seen, Timing},
     stampede::{
         early,
-        flight::{Join, LeaderGuard, Outcome},
-        lock::{self, HeldLock},
+        flight::{Follower, Join, LeaderGuard, Outcome},
+        lock,
     },
-    Policy, Stampede,
+    store::{LockToken, Store},
+    util::now_ms,
+    value::Value,
+    Error, Policy, Stampede,
 };
-
-/// What the engine can cache: serializable, cloneable, shareable between tasks.
-pub(crate) trait Value:
-    Serialize + DeserializeOwned + Clone + Send + Sync + 'static
-{
-}
-impl<T> Value for T where T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
 
 /// A loader's result plus per-value storage decisions (used by the HTTP layer, whose origin
 /// decides TTL, tags and cacheability per response).
@@ -74,7 +70,7 @@ impl<T> Loaded<T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Origin {
     /// Fresh, from the in-process L1 tier.
-    LocalHit,
+    L1Hit,
     /// Fresh, from the store.
     Hit,
     /// Past its TTL but within the grace period.
@@ -107,7 +103,8 @@ enum Lookup<T> {
     Fresh {
         value: T,
         timing: Timing,
-        local: bool,
+        /// `L1Hit` or `Hit`.
+        origin: Origin,
         /// `Stampede::Early` decided (once, it is random) that this caller refreshes early.
         refresh_early: bool,
         /// What the key held in Redis (`None`: answered from L1, not read).
@@ -126,9 +123,9 @@ enum Lookup<T> {
 }
 
 /// What a load knows from the lookup before it: the last entry's timing (its load time sizes
-/// the lock) and what the key held (the conditional fill replaces only that).
+/// the lock) and what the key held (the conditional fill replaces only that; `None`: not read).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Prior {
+struct Prior {
     hint: Option<Timing>,
     seen: Option<Seen>,
 }
@@ -148,6 +145,77 @@ impl<T> Lookup<T> {
     }
 }
 
+/// What a lookup's result asks for next.
+enum Step<T> {
+    /// A fresh hit: answer it.
+    Answer(Fetched<T>),
+    /// A fresh hit due for an early refresh (`Stampede::Early`).
+    RefreshEarly(Fetched<T>, Prior),
+    /// A stale hit (within its grace period): refresh it.
+    Refresh(Fetched<T>, Prior),
+    /// A miss: load (the timing of an expired entry, if one was seen, hints the load time).
+    Load(Prior),
+}
+
+impl<T> Lookup<T> {
+    fn next_step(self) -> Step<T> {
+        match self {
+            Lookup::Fresh {
+                value,
+                timing,
+                origin,
+                refresh_early,
+                seen,
+            } => {
+                let fresh = Fetched {
+                    value,
+                    origin,
+                    timing: Some(timing),
+                };
+                if refresh_early {
+                    let prior = Prior {
+                        hint: Some(timing),
+                        seen,
+                    };
+                    Step::RefreshEarly(fresh, prior)
+                } else {
+                    Step::Answer(fresh)
+                }
+            }
+            Lookup::Stale {
+                value,
+                timing,
+                seen,
+            } => {
+                let stale = Fetched {
+                    value,
+                    origin: Origin::Stale,
+                    timing: Some(timing),
+                };
+                let prior = Prior {
+                    hint: Some(timing),
+                    seen,
+                };
+                Step::Refresh(stale, prior)
+            }
+            Lookup::Miss { hint, seen } => Step::Load(Prior { hint, seen }),
+        }
+    }
+}
+
+/// How a miss takes part in its key's flight.
+enum Part<T> {
+    /// Lead it: load and share the value.
+    Lead(LeaderGuard),
+    /// The leader's value.
+    Shared(Fetched<T>),
+    /// Load without a flight.
+    Alone,
+    /// The leader took longer than the policy's lock wait: load without storing (the leader's
+    /// result will be stored).
+    AloneUnstored,
+}
+
 /// How a caller that lost its flight continues.
 enum Next<T> {
     Done(Fetched<T>),
@@ -155,172 +223,58 @@ enum Next<T> {
     LoadAlone,
     /// The leader vanished (cancelled or panicked): try to lead or follow again.
     Rejoin,
-    /// The leader took longer than the policy's lock wait: run our own load, without storing
-    /// (the leader's result will be stored).
+    /// The leader took longer than the policy's lock wait.
     LoadUnstored,
 }
 
 /// How long a failed refresh of a key keeps further refreshes of it from being attempted.
 pub(crate) const REFRESH_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-impl Cache {
-    /// Returns the cached value of `key`, or runs `loader` on a miss, stores its value with
-    /// `policy` and returns it.
-    ///
-    /// Concurrent misses of one key in this process share one load ([`Stampede`] selects more
-    /// protection). When Redis fails (error, timeout, breaker open) the loader's value is returned
-    /// anyway: this never fails because of the cache. The loader runs in its own task, so a caller
-    /// that is cancelled does not cancel it, and refreshes run in the background.
-    ///
-    /// ```
-    /// use std::{sync::{Arc, atomic::{AtomicUsize, Ordering}}, time::Duration};
-    /// use cache_layer::{Cache, Policy};
-    ///
-    /// # #[tokio::main]
-    /// # async fn main() {
-    /// let cache = Cache::in_memory();
-    /// let policy = Policy::ttl(Duration::from_secs(60));
-    /// let loads = Arc::new(AtomicUsize::new(0));
-    /// for _ in 0..3 {
-    ///     let loads = loads.clone();
-    ///     let price: u32 = cache
-    ///         .get_or_fetch("price:42", &policy, move || async move {
-    ///             loads.fetch_add(1, Ordering::SeqCst);
-    ///             1999
-    ///         })
-    ///         .await;
-    ///     assert_eq!(price, 1999);
-    /// }
-    /// assert_eq!(loads.load(Ordering::SeqCst), 1);
-    /// # }
-    /// ```
-    pub async fn get_or_fetch<T, F, Fut>(&self, key: &str, policy: &Policy, loader: F) -> T
-    where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = T> + Send + 'static,
-    {
-        let found = match self.lookup::<T>(key, policy).await.settled() {
-            Ok(value) => return value,
-            Err(found) => found,
-        };
-        let infallible =
-            move || async move { Ok::<_, Infallible>(Loaded::cacheable(loader().await)) };
-        match Box::pin(self.resolve(found, key, policy, infallible)).await {
-            Ok(fetched) => fetched.value,
-            Err(never) => match never {},
+/// The body of both `read_through`s (they differ only in the loader's bounds and in which
+/// `resolve` runs after a lookup that did not settle).
+macro_rules! lookup_then {
+    ($cache:ident, $key:ident, $policy:ident, $resolve:ident, $loader:ident) => {
+        match $cache.lookup::<T>($key, $policy).await.settled() {
+            Ok(value) => Ok(value),
+            Err(found) => Box::pin($cache.$resolve(found, $key, $policy, $loader))
+                .await
+                .map(|fetched| fetched.value),
         }
-    }
+    };
+}
 
-    /// Like [`get_or_fetch`](Cache::get_or_fetch) for fallible loaders: only `Ok` values are
-    /// cached; an `Err` is returned to its caller and never stored. With a
-    /// [`stale`](Policy::stale) grace period, a failing refresh keeps serving the stale value
-    /// (stale-if-error) instead of the error.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use cache_layer::{Cache, Policy};
-    ///
-    /// # #[tokio::main]
-    /// # async fn main() {
-    /// let cache = Cache::in_memory();
-    /// let policy = Policy::ttl(Duration::from_secs(60));
-    /// let failed: Result<u32, String> =
-    ///     cache.try_get_or_fetch("k", &policy, || async { Err("db down".to_string()) }).await;
-    /// assert!(failed.is_err());
-    /// // The error was not cached: the next call loads again.
-    /// let ok: Result<u32, String> = cache.try_get_or_fetch("k", &policy, || async { Ok(7) }).await;
-    /// assert_eq!(ok, Ok(7));
-    /// # }
-    /// ```
-    pub async fn try_get_or_fetch<T, E, F, Fut>(
+impl Cache {
+    /// The engine behind the `'static` front doors: a lookup awaited inline (a hit returns from
+    /// here without allocating), then, boxed, everything a miss, a stale hit or an early refresh
+    /// needs (several KiB of future). The loader runs in a task of its own.
+    pub(crate) async fn read_through<T, E, F, Fut>(
         &self,
         key: &str,
         policy: &Policy,
         loader: F,
     ) -> Result<T, E>
     where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        T: Value,
         E: Send + 'static,
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
     {
-        let found = match self.lookup::<T>(key, policy).await.settled() {
-            Ok(value) => return Ok(value),
-            Err(found) => found,
-        };
-        let loader = move || async move { loader().await.map(Loaded::cacheable) };
-        Box::pin(self.resolve(found, key, policy, loader))
-            .await
-            .map(|fetched| fetched.value)
+        lookup_then!(self, key, policy, resolve, loader)
     }
 
-    /// Read-through with a loader that may borrow (not `'static`), e.g. from `&self`.
-    ///
-    /// Same single-flight as [`get_or_fetch`](Cache::get_or_fetch), but the load runs in the calling
-    /// task; if that caller is cancelled, one of the waiting callers takes over with its own loader.
-    /// A refresh (stale-while-revalidate, early refresh) runs in the caller that triggered it while
-    /// every other caller gets the stale value.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use cache_layer::{Cache, Policy};
-    ///
-    /// struct Repo { prefix: String }
-    /// impl Repo {
-    ///     async fn name(&self, cache: &Cache, id: u32) -> String {
-    ///         let policy = Policy::ttl(Duration::from_secs(60));
-    ///         cache
-    ///             .get_or_fetch_scoped(&format!("name:{id}"), &policy, || async {
-    ///                 format!("{}-{id}", self.prefix)
-    ///             })
-    ///             .await
-    ///     }
-    /// }
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let repo = Repo { prefix: "item".into() };
-    /// assert_eq!(repo.name(&Cache::in_memory(), 7).await, "item-7");
-    /// # }
-    /// ```
-    pub async fn get_or_fetch_scoped<T, F, Fut>(&self, key: &str, policy: &Policy, loader: F) -> T
-    where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = T>,
-    {
-        let found = match self.lookup::<T>(key, policy).await.settled() {
-            Ok(value) => return value,
-            Err(found) => found,
-        };
-        let infallible =
-            move || async move { Ok::<_, Infallible>(Loaded::cacheable(loader().await)) };
-        match Box::pin(self.resolve_scoped(found, key, policy, infallible)).await {
-            Ok(fetched) => fetched.value,
-            Err(never) => match never {},
-        }
-    }
-
-    /// Fallible form of [`get_or_fetch_scoped`](Cache::get_or_fetch_scoped): only `Ok` is cached.
-    pub async fn try_get_or_fetch_scoped<T, E, F, Fut>(
+    /// [`read_through`](Self::read_through) for borrowing loaders, which run in the calling task.
+    pub(crate) async fn read_through_scoped<T, E, F, Fut>(
         &self,
         key: &str,
         policy: &Policy,
         loader: F,
     ) -> Result<T, E>
     where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        T: Value,
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        Fut: Future<Output = Result<Loaded<T>, E>>,
     {
-        let found = match self.lookup::<T>(key, policy).await.settled() {
-            Ok(value) => return Ok(value),
-            Err(found) => found,
-        };
-        let loader = move || async move { loader().await.map(Loaded::cacheable) };
-        Box::pin(self.resolve_scoped(found, key, policy, loader))
-            .await
-            .map(|fetched| fetched.value)
+        lookup_then!(self, key, policy, resolve_scoped, loader)
     }
 
     /// The engine behind every `'static` front door: lookup, refresh, single-flight, lock, fill.
@@ -340,9 +294,9 @@ impl Cache {
         self.resolve(found, key, policy, loader).await
     }
 
-    /// What [`fetch`](Self::fetch) does after the lookup. The front doors await the lookup
-    /// inline and box only this part (miss, refresh, lock: several KiB of future), so a hit never
-    /// allocates it.
+    /// What the `'static` front doors do after the lookup: the loader runs in a task of its own,
+    /// so a cancelled caller does not cancel the load, and refreshes run in the background while
+    /// every caller is answered at once.
     async fn resolve<T, E, F, Fut>(
         &self,
         found: Lookup<T>,
@@ -356,76 +310,46 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
     {
-        let prior = match found {
-            Lookup::Fresh {
-                value,
-                timing,
-                local,
-                refresh_early,
-                seen,
-            } => {
-                if refresh_early {
-                    self.refresh_in_background(key, policy, timing, seen, loader);
-                }
-                let origin = if local { Origin::LocalHit } else { Origin::Hit };
-                return Ok(Fetched {
-                    value,
-                    origin,
-                    timing: Some(timing),
-                });
+        match found.next_step() {
+            Step::Answer(fresh) => Ok(fresh),
+            Step::RefreshEarly(fresh, prior) => {
+                self.refresh_in_background(key, policy, prior, loader);
+                Ok(fresh)
             }
-            Lookup::Stale {
-                value,
-                timing,
-                seen,
-            } => {
-                let stale = Fetched {
-                    value,
-                    origin: Origin::Stale,
-                    timing: Some(timing),
-                };
+            Step::Refresh(stale, prior) => {
                 let Some(soft) = policy.load_timeout else {
-                    self.refresh_in_background(key, policy, timing, seen, loader);
+                    self.refresh_in_background(key, policy, prior, loader);
                     return Ok(stale);
                 };
                 // Give the refresh up to `soft`; it keeps running after we answer stale.
-                let refresh = self.refresh_and_wait(key, policy, timing, seen, loader);
-                let refreshed = tokio::time::timeout(soft, refresh);
-                return Ok(match refreshed.await {
+                let refreshed =
+                    tokio::time::timeout(soft, self.refresh_and_wait(key, policy, prior, loader));
+                Ok(match refreshed.await {
                     Ok(Some(fresh)) => fresh,
                     _ => stale,
-                });
+                })
             }
-            Lookup::Miss { hint, seen } => Prior { hint, seen },
-        };
-        loop {
-            let guard = match self.join(key, policy) {
-                None => return self.load(None, key, policy, loader, prior).await,
-                Some(Join::Leader(guard)) => guard,
-                Some(Join::Follower(follower)) => {
-                    match self.follow_within::<T>(key, policy, follower).await {
-                        Next::Done(fetched) => return Ok(fetched),
-                        Next::LoadAlone => {
-                            return self.load(None, key, policy, loader, prior).await
-                        }
-                        Next::LoadUnstored => {
-                            return self.load_and_fill(None, key, policy, loader, None).await
-                        }
-                        Next::Rejoin => continue,
-                    }
+            Step::Load(prior) => match self.take_part::<T>(key, policy).await {
+                Part::Shared(fetched) => Ok(fetched),
+                Part::Alone => self.load(None, key, policy, loader, prior).await,
+                Part::AloneUnstored => {
+                    self.load_and_fill(None, key, policy, loader, Fill::Skip)
+                        .await
                 }
-            };
-            let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
-            let task =
-                tokio::spawn(
-                    async move { cache.load(Some(guard), &key, &policy, loader, prior).await },
-                );
-            return join_task(task).await;
+                Part::Lead(guard) => {
+                    let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
+                    let task = tokio::spawn(async move {
+                        cache.load(Some(guard), &key, &policy, loader, prior).await
+                    });
+                    join_task(task).await
+                }
+            },
         }
     }
 
-    /// The engine behind the borrowing front doors (loader runs in the calling task), after the
-    /// lookup (see [`resolve`](Self::resolve)).
+    /// What the borrowing front doors do after the lookup: the loader runs in the calling task; if
+    /// that caller is cancelled, a follower takes over; a refresh runs in the caller that
+    /// triggered it while the others get the stale value.
     async fn resolve_scoped<T, E, F, Fut>(
         &self,
         found: Lookup<T>,
@@ -438,58 +362,27 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded<T>, E>>,
     {
-        let prior = match found {
-            Lookup::Fresh {
-                value,
-                timing,
-                local,
-                refresh_early,
-                seen,
-            } => {
-                let origin = if local { Origin::LocalHit } else { Origin::Hit };
-                let fresh = Fetched {
-                    value,
-                    origin,
-                    timing: Some(timing),
-                };
-                if !refresh_early {
-                    return Ok(fresh);
-                }
-                // One caller refreshes early, inline; everyone else keeps the fresh value.
-                return Ok(match self.inner.flights.join(key, &policy.tags) {
+        match found.next_step() {
+            Step::Answer(fresh) => Ok(fresh),
+            // One caller refreshes early, inline; everyone else keeps the fresh value.
+            Step::RefreshEarly(fresh, prior) => {
+                Ok(match self.inner.flights.join(key, &policy.tags) {
                     Join::Leader(guard) => {
-                        self.inner.counters.refresh();
-                        let prior = Prior {
-                            hint: Some(timing),
-                            seen,
-                        };
+                        self.inner.metrics.refresh();
                         self.load(Some(guard), key, policy, loader, prior)
                             .await
                             .unwrap_or(fresh)
                     }
                     Join::Follower(_) => fresh,
-                });
+                })
             }
-            Lookup::Stale {
-                value,
-                timing,
-                seen,
-            } => {
-                let stale = Fetched {
-                    value,
-                    origin: Origin::Stale,
-                    timing: Some(timing),
-                };
+            Step::Refresh(stale, prior) => {
                 if self.refresh_throttled(key) {
                     return Ok(stale);
                 }
-                return Ok(match self.inner.flights.join(key, &policy.tags) {
+                Ok(match self.inner.flights.join(key, &policy.tags) {
                     Join::Leader(guard) => {
-                        self.inner.counters.refresh();
-                        let prior = Prior {
-                            hint: Some(timing),
-                            seen,
-                        };
+                        self.inner.metrics.refresh();
                         let refresh = self.load(Some(guard), key, policy, loader, prior);
                         match policy.load_timeout {
                             // A borrowing load cannot outlive its caller: past the soft timeout
@@ -502,25 +395,32 @@ impl Cache {
                         }
                     }
                     Join::Follower(_) => stale,
-                });
+                })
             }
-            Lookup::Miss { hint, seen } => Prior { hint, seen },
-        };
+            Step::Load(prior) => match self.take_part::<T>(key, policy).await {
+                Part::Shared(fetched) => Ok(fetched),
+                Part::Alone => self.load(None, key, policy, loader, prior).await,
+                Part::AloneUnstored => {
+                    self.load_and_fill(None, key, policy, loader, Fill::Skip)
+                        .await
+                }
+                Part::Lead(guard) => self.load(Some(guard), key, policy, loader, prior).await,
+            },
+        }
+    }
+
+    /// A miss takes part in the key's flight: it leads it, gets the leader's value, or loads
+    /// alone (no coalescing asked, or the leader's value is not shareable).
+    async fn take_part<T: Value>(&self, key: &str, policy: &Policy) -> Part<T> {
         loop {
             match self.join(key, policy) {
-                None => return self.load(None, key, policy, loader, prior).await,
-                Some(Join::Leader(guard)) => {
-                    return self.load(Some(guard), key, policy, loader, prior).await
-                }
+                None => return Part::Alone,
+                Some(Join::Leader(guard)) => return Part::Lead(guard),
                 Some(Join::Follower(follower)) => {
                     match self.follow_within::<T>(key, policy, follower).await {
-                        Next::Done(fetched) => return Ok(fetched),
-                        Next::LoadAlone => {
-                            return self.load(None, key, policy, loader, prior).await
-                        }
-                        Next::LoadUnstored => {
-                            return self.load_and_fill(None, key, policy, loader, None).await
-                        }
+                        Next::Done(fetched) => return Part::Shared(fetched),
+                        Next::LoadAlone => return Part::Alone,
+                        Next::LoadUnstored => return Part::AloneUnstored,
                         Next::Rejoin => continue,
                     }
                 }
@@ -533,20 +433,20 @@ impl Cache {
     async fn lookup<T: Value>(&self, key: &str, policy: &Policy) -> Lookup<T> {
         let inner = &self.inner;
         let now = now_ms();
-        let mut local_stale = None;
-        if let Some((value, timing)) = self.local_lookup::<T>(key, now) {
+        let mut l1_stale = None;
+        if let Some((value, timing)) = self.l1_lookup::<T>(key, now) {
             if timing.fresh_until_ms > now {
-                inner.counters.local_hit(policy.door);
+                inner.metrics.l1_hit(policy.door);
                 self.observe_hit(policy, key);
                 return Lookup::Fresh {
                     refresh_early: self.early_refresh_due(policy, &timing),
                     value,
                     timing,
-                    local: true,
+                    origin: Origin::L1Hit,
                     seen: None,
                 };
             }
-            local_stale = Some((value, timing));
+            l1_stale = Some((value, timing));
         }
         let full_key = self.entry_key(key).await;
         let mut hint = None;
@@ -555,7 +455,7 @@ impl Cache {
         let untrusted = self.untrusted_tags(&policy.tags);
         let read = if full_key.version == UNKNOWN_EPOCH {
             // The namespace epoch could not be read: nothing under any epoch is trusted.
-            Err(crate::Error::BreakerOpen)
+            Err(Error::BreakerOpen)
         } else if untrusted.is_empty() {
             self.store_op(inner.store.get(&full_key)).await
         } else {
@@ -578,25 +478,20 @@ impl Cache {
                             match envelope.decode::<T>() {
                                 Ok(value) => {
                                     let ttl = Duration::from_millis(timing.stale_until_ms - now);
-                                    self.local_insert(
-                                        &full_key,
-                                        &value,
-                                        timing,
-                                        envelope.tag_versions(),
-                                        ttl,
-                                    );
+                                    let tags = envelope.tag_versions();
+                                    self.l1_insert(&full_key, &value, timing, tags, ttl);
                                     if timing.fresh_until_ms > now {
-                                        inner.counters.hit(policy.door);
+                                        inner.metrics.hit(policy.door);
                                         self.observe_hit(policy, key);
                                         return Lookup::Fresh {
                                             refresh_early: self.early_refresh_due(policy, &timing),
                                             value,
                                             timing,
-                                            local: false,
+                                            origin: Origin::Hit,
                                             seen,
                                         };
                                     }
-                                    inner.counters.stale_hit(policy.door);
+                                    inner.metrics.stale_hit(policy.door);
                                     self.observe_hit(policy, key);
                                     return Lookup::Stale {
                                         value,
@@ -615,8 +510,8 @@ impl Cache {
             Ok(None) => {}
             // Redis is failing: a stale L1 copy beats loading (stale-if-error).
             Err(_) => {
-                if let Some((value, timing)) = local_stale {
-                    inner.counters.stale_hit(policy.door);
+                if let Some((value, timing)) = l1_stale {
+                    inner.metrics.stale_hit(policy.door);
                     self.observe_hit(policy, key);
                     return Lookup::Stale {
                         value,
@@ -626,7 +521,7 @@ impl Cache {
                 }
             }
         }
-        inner.counters.miss(policy.door);
+        inner.metrics.miss(policy.door);
         if let Some(observer) = policy.observer {
             observer.miss();
         }
@@ -635,21 +530,70 @@ impl Cache {
 
     /// Reads the entry at `full_key` and the records of `tags` in one round trip, and takes the
     /// records in (missing ones repaired).
-    async fn read_with_tags(
-        &self,
-        full_key: &str,
-        tags: &[&str],
-    ) -> Result<Option<Vec<u8>>, crate::Error> {
+    async fn read_with_tags(&self, full_key: &str, tags: &[&str]) -> Result<Option<Vec<u8>>, Error> {
         let inner = &self.inner;
         let trust = inner.bus.trust_now();
-        let tag_keys: Vec<String> = tags.iter().map(|t| inner.keys.tag(t)).collect();
-        let (bytes, records) = self
-            .store_op(inner.store.read_with_tags(full_key, &tag_keys))
-            .await?;
+        let mut keys = Vec::with_capacity(tags.len() + 1);
+        keys.push(full_key.to_owned());
+        keys.extend(tags.iter().map(|t| inner.keys.tag(t)));
+        let mut values = self.store_op(inner.store.get_many(&keys)).await?;
+        if values.len() != keys.len() {
+            return Err(Error::Config("a multi-key read answered the wrong number of values".into()));
+        }
+        let records = values.split_off(1);
         if let Err(err) = self.learn_tag_records(tags, records, trust).await {
             tracing::debug!(cache = %inner.name, error = %err, "could not repair tag records");
         }
-        Ok(bytes)
+        Ok(values.pop().flatten())
+    }
+
+    /// `get`: a fresh value from L1 or the store, without loading.
+    pub(crate) async fn read_fresh<T>(&self, key: &str) -> Result<Option<T>, Error>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        if let Some(value) = self.l1_get::<T>(key, now_ms()) {
+            return Ok(Some(value));
+        }
+        let full_key = match self.entry_key_checked(key).await {
+            Ok(full_key) => full_key,
+            Err((_, Error::BreakerOpen)) => return Ok(None),
+            Err((_, err)) => return Err(err),
+        };
+        let bytes = match self.store_op(self.inner.store.get(&full_key)).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) | Err(Error::BreakerOpen) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        if self.pending_covers(key) {
+            return Ok(None);
+        }
+        let envelope = match Envelope::parse(&bytes) {
+            Ok(envelope) => envelope,
+            Err(DecodeError::Deleted) => return Ok(None),
+            Err(why) => {
+                self.note_corrupt(key, why);
+                return Ok(None);
+            }
+        };
+        let now = now_ms();
+        let Some(timing) = self.current_timing(&envelope, now).await else {
+            return Ok(None);
+        };
+        if timing.fresh_until_ms <= now {
+            return Ok(None);
+        }
+        match envelope.decode::<T>() {
+            Ok(value) => {
+                let ttl = Duration::from_millis(timing.stale_until_ms.saturating_sub(now).max(1));
+                self.l1_insert(&full_key, &value, timing, envelope.tag_versions(), ttl);
+                Ok(Some(value))
+            }
+            Err(why) => {
+                self.note_corrupt(key, why);
+                Ok(None)
+            }
+        }
     }
 
     /// Counts a hit for the policy's observer and the hot-key tracker.
@@ -675,8 +619,7 @@ impl Cache {
         &self,
         key: &str,
         policy: &Policy,
-        timing: Timing,
-        seen: Option<Seen>,
+        prior: Prior,
         loader: F,
     ) where
         T: Value,
@@ -688,12 +631,8 @@ impl Cache {
             return;
         }
         if let Join::Leader(guard) = self.inner.flights.join(key, &policy.tags) {
-            self.inner.counters.refresh();
+            self.inner.metrics.refresh();
             let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
-            let prior = Prior {
-                hint: Some(timing),
-                seen,
-            };
             tokio::spawn(async move {
                 let _ = cache.load(Some(guard), &key, &policy, loader, prior).await;
             });
@@ -706,8 +645,7 @@ impl Cache {
         &self,
         key: &str,
         policy: &Policy,
-        timing: Timing,
-        seen: Option<Seen>,
+        prior: Prior,
         loader: F,
     ) -> Option<Fetched<T>>
     where
@@ -721,12 +659,8 @@ impl Cache {
         }
         match self.inner.flights.join(key, &policy.tags) {
             Join::Leader(guard) => {
-                self.inner.counters.refresh();
+                self.inner.metrics.refresh();
                 let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
-                let prior = Prior {
-                    hint: Some(timing),
-                    seen,
-                };
                 let task = tokio::spawn(async move {
                     cache.load(Some(guard), &key, &policy, loader, prior).await
                 });
@@ -735,12 +669,10 @@ impl Cache {
                     _ => None,
                 }
             }
-            Join::Follower(follower) => {
-                match self.follow_within::<T>(key, policy, follower).await {
-                    Next::Done(fetched) => Some(fetched),
-                    Next::LoadAlone | Next::LoadUnstored | Next::Rejoin => None,
-                }
-            }
+            Join::Follower(follower) => match self.follow_within::<T>(key, policy, follower).await {
+                Next::Done(fetched) => Some(fetched),
+                Next::LoadAlone | Next::LoadUnstored | Next::Rejoin => None,
+            },
         }
     }
 
@@ -755,16 +687,11 @@ impl Cache {
     /// Waits for the flight's leader at most the policy's lock wait (a hung loader holds its
     /// followers no longer than a lock holder in another process would), then turns the outcome
     /// into the follower's next step.
-    async fn follow_within<T: Value>(
-        &self,
-        key: &str,
-        policy: &Policy,
-        follower: crate::stampede::flight::Follower,
-    ) -> Next<T> {
+    async fn follow_within<T: Value>(&self, key: &str, policy: &Policy, follower: Follower) -> Next<T> {
         match tokio::time::timeout(policy.lock_wait, follower.wait()).await {
             Ok(outcome) => self.follow::<T>(key, policy, outcome).await,
             Err(_) => {
-                self.inner.counters.lock_timeout();
+                self.inner.metrics.lock_timeout();
                 tracing::debug!(cache = %self.inner.name, "the load this caller waited for is taking longer than the lock wait; loading without storing");
                 Next::LoadUnstored
             }
@@ -776,7 +703,7 @@ impl Cache {
         match outcome {
             Outcome::Value(shared) => match shared.downcast_ref::<Shared<T>>() {
                 Some(shared) => {
-                    self.inner.counters.coalesced(policy.door);
+                    self.inner.metrics.coalesced(policy.door);
                     Next::Done(Fetched {
                         value: shared.value.clone(),
                         origin: Origin::Coalesced,
@@ -787,7 +714,7 @@ impl Cache {
                 None => Next::LoadAlone,
             },
             Outcome::Failed => Next::LoadAlone,
-            Outcome::Abandoned | Outcome::Pending => match self.lookup::<T>(key, policy).await {
+            Outcome::Abandoned | Outcome::Running => match self.lookup::<T>(key, policy).await {
                 Lookup::Fresh { value, timing, .. } => Next::Done(Fetched {
                     value,
                     origin: Origin::Hit,
@@ -814,19 +741,20 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded<T>, E>>,
     {
-        if policy.stampede != Stampede::Lock || !self.inner.store.is_remote() {
+        if policy.stampede != Stampede::Lock || !self.inner.store.is_shared() {
             return self
-                .load_and_fill(guard, key, policy, loader, Some(prior.seen))
+                .load_and_fill(guard, key, policy, loader, Fill::Store(prior.seen))
                 .await;
         }
         match self
             .acquire_or_wait::<T>(key, policy, prior.hint.as_ref())
             .await
         {
-            LockWait::Acquired(held) => {
+            LockWait::Acquired(held, ttl) => {
                 // Boxed: the lock-holding path is rare, and its state stays off the stack of
                 // recursive cached calls.
-                Box::pin(self.load_holding(guard, key, policy, loader, prior, held)).await
+                let fill = Fill::Store(prior.seen);
+                Box::pin(self.load_holding(guard, key, policy, loader, fill, (held, ttl))).await
             }
             LockWait::Landed(value, timing) => {
                 if let Some(guard) = guard {
@@ -843,54 +771,51 @@ impl Cache {
                 })
             }
             LockWait::TimedOut => {
-                self.inner.counters.lock_timeout();
+                self.inner.metrics.lock_timeout();
                 tracing::debug!(cache = %self.inner.name, "lock wait timed out; loading without storing");
-                self.load_and_fill(guard, key, policy, loader, None).await
+                self.load_and_fill(guard, key, policy, loader, Fill::Skip)
+                    .await
             }
             LockWait::Unavailable => {
-                self.load_and_fill(guard, key, policy, loader, Some(prior.seen))
+                self.load_and_fill(guard, key, policy, loader, Fill::Store(prior.seen))
                     .await
             }
         }
     }
 
-    /// Runs the load while holding `held`, renewing it so nobody takes it from a slow load, then
-    /// releases it.
+    /// Runs the load while holding the lock `held` (taken for its TTL), renewing it (checked by
+    /// token) every third of the TTL so nobody takes it from a slow load, then releases it.
     async fn load_holding<T, E, F, Fut>(
         &self,
         guard: Option<LeaderGuard>,
         key: &str,
         policy: &Policy,
         loader: F,
-        prior: Prior,
-        held: HeldLock,
+        fill: Fill,
+        (held, ttl): (LockToken, Duration),
     ) -> Result<Fetched<T>, E>
     where
         T: Value,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded<T>, E>>,
     {
-        let load = self.load_and_fill(guard, key, policy, loader, Some(prior.seen));
+        let load = self.load_and_fill(guard, key, policy, loader, fill);
         let mut load = std::pin::pin!(load);
         let result = tokio::select! {
             biased;
             result = &mut load => result,
-            () = self.keep_lock(&held) => load.await,
+            () = self.keep_lock(&held, ttl) => load.await,
         };
         self.release_lock(&held).await;
         result
     }
 
-    /// Renews `held` every third of its TTL for as long as its holder still holds it (checked
-    /// by token); returns when a renewal fails (lost, or Redis failing), never otherwise.
-    async fn keep_lock(&self, held: &HeldLock) {
+    /// Renews `held` every third of `ttl` for as long as its holder still holds it; returns when
+    /// a renewal fails (lost, or Redis failing), never otherwise.
+    async fn keep_lock(&self, held: &LockToken, ttl: Duration) {
         loop {
-            tokio::time::sleep(held.ttl / 3).await;
-            let renew = self
-                .inner
-                .store
-                .expire_if_equals(&held.lock_key, &held.token, held.ttl);
-            match self.store_op(renew).await {
+            tokio::time::sleep(ttl / 3).await;
+            match self.store_op(self.inner.store.lock_renew(held, ttl)).await {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::debug!(cache = %self.inner.name, "lock lost while loading (expired and taken)");
@@ -904,15 +829,15 @@ impl Cache {
         }
     }
 
-    /// Runs the loader, stores a cacheable value (when `fill` is `Some`: what the lookup saw
-    /// under the key, if it read it), and finishes the flight.
+    /// Runs the loader, stores a cacheable value (unless `fill` says to skip it), and finishes the
+    /// flight.
     async fn load_and_fill<T, E, F, Fut>(
         &self,
         guard: Option<LeaderGuard>,
         key: &str,
         policy: &Policy,
         loader: F,
-        fill: Option<Option<Seen>>,
+        fill: Fill,
     ) -> Result<Fetched<T>, E>
     where
         T: Value,
@@ -922,7 +847,7 @@ impl Cache {
         // What the fill will be conditional on, taken before the loader runs. Without it (Redis
         // failing) the value is served but not stored.
         let start: Option<LoadStart> = match fill {
-            Some(seen) => match Box::pin(self.load_start(key, &policy.tags, seen)).await {
+            Fill::Store(seen) => match Box::pin(self.load_start(key, &policy.tags, seen)).await {
                 Ok(start) => Some(start),
                 Err(err) => {
                     tracing::debug!(cache = %self.inner.name, error = %err,
@@ -930,7 +855,7 @@ impl Cache {
                     None
                 }
             },
-            None => None,
+            Fill::Skip => None,
         };
         let (started_ms, started) = (
             start
@@ -941,7 +866,7 @@ impl Cache {
         let span = tracing::debug_span!("cache.load", cache = %self.inner.name, key = %super::key_hint(key));
         let result = loader().instrument(span).await;
         let took = started.elapsed();
-        self.inner.counters.load(policy.door, took, result.is_ok());
+        self.inner.metrics.load(policy.door, took, result.is_ok());
         if let Some(observer) = policy.observer {
             observer.load(result.is_ok());
         }
@@ -1005,25 +930,22 @@ impl Cache {
     ) -> LockWait<T> {
         let inner = &self.inner;
         let full_key = self.entry_key(key).await;
-        let lock_ttl = lock::lock_ttl(policy, hint);
-        let held = HeldLock {
-            lock_key: inner.keys.lock(&full_key),
+        let held = LockToken {
+            key: inner.keys.lock(&full_key),
             token: lock::new_token(),
-            ttl: lock_ttl,
         };
+        let lock_ttl = lock::lock_ttl(policy, hint);
         let deadline = Instant::now() + policy.lock_wait;
         let mut signals = None;
         loop {
-            let take = inner
-                .store
-                .set_if_absent(&held.lock_key, held.token.clone(), lock_ttl);
+            let take = inner.store.lock_acquire(&held, lock_ttl);
             match self.store_op(take).await {
-                Ok(true) => return LockWait::Acquired(held),
+                Ok(true) => return LockWait::Acquired(held, lock_ttl),
                 Ok(false) => {}
                 Err(_) => return LockWait::Unavailable,
             }
             if signals.is_none() {
-                inner.counters.lock_wait();
+                inner.metrics.lock_wait();
             }
             let rx = signals.get_or_insert_with(|| inner.landed.subscribe());
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -1037,11 +959,8 @@ impl Cache {
         }
     }
 
-    async fn release_lock(&self, held: &HeldLock) {
-        let release = self
-            .inner
-            .store
-            .delete_if_equals(&held.lock_key, &held.token);
+    async fn release_lock(&self, held: &LockToken) {
+        let release = self.inner.store.lock_release(held);
         if let Err(err) = self.store_op(release).await {
             tracing::debug!(cache = %self.inner.name, error = %err, "lock release failed; it will expire");
         }
@@ -1051,16 +970,27 @@ impl Cache {
         let publish = self
             .inner
             .store
-            .publish(self.inner.landed.channel(), full_key);
+            .publish(self.inner.landed.channel(), full_key.as_bytes());
         if let Err(err) = self.store_op(publish).await {
             tracing::debug!(cache = %self.inner.name, error = %err, "could not announce landed value");
         }
     }
 }
 
+/// Whether a loaded value is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fill {
+    /// Store it (and mirror it into L1), if the key still holds what the lookup saw (`None`: not
+    /// read; the load reads it before it starts).
+    Store(Option<Seen>),
+    /// Return it without storing: the lock wait timed out, another holder may be storing.
+    Skip,
+}
+
 /// Result of trying to take an entry's distributed lock.
 enum LockWait<T> {
-    Acquired(HeldLock),
+    /// Taken, for this TTL.
+    Acquired(LockToken, Duration),
     /// Another process stored the value while we waited.
     Landed(T, Timing),
     /// `lock_wait` passed: load without storing.
