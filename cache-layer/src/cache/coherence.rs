@@ -493,11 +493,7 @@ impl Cache {
     /// An L1 hit makes no Redis call: the namespace version and tag times are checked against what
     /// this process knows; when it does not know them (or the bus is down past its fallback TTL)
     /// this is a miss and the caller reads Redis, which refreshes that knowledge.
-    pub(crate) fn l1_lookup<T: Clone + 'static>(
-        &self,
-        key: &str,
-        now: u64,
-    ) -> Option<(T, Timing)> {
+    pub(crate) fn l1_lookup<T: Clone + 'static>(&self, key: &str, now: u64) -> Option<(T, Timing)> {
         let inner = &self.inner;
         let l1 = inner.l1.as_ref()?;
         let entry = l1.get(key)?;
@@ -559,7 +555,6 @@ impl Cache {
             l1.remove_if_inserted_at(user_key, now);
         }
     }
-
 }
 
 /// The timing an entry is served with at `now` under `validity`; `None` when it must not be

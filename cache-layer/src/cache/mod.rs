@@ -287,7 +287,12 @@ impl Cache {
 
     /// The timing of an entry whose load started at `created_ms` and took `load_time`, with the
     /// policy's TTL (plus jitter) and grace period.
-    pub(crate) fn entry_timing(&self, policy: &Policy, created_ms: u64, load_time: Duration) -> Timing {
+    pub(crate) fn entry_timing(
+        &self,
+        policy: &Policy,
+        created_ms: u64,
+        load_time: Duration,
+    ) -> Timing {
         let now = now_ms();
         let fresh_until_ms = now.saturating_add(millis(policy.jittered_ttl()));
         Timing {

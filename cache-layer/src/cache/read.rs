@@ -530,7 +530,11 @@ impl Cache {
 
     /// Reads the entry at `full_key` and the records of `tags` in one round trip, and takes the
     /// records in (missing ones repaired).
-    async fn read_with_tags(&self, full_key: &str, tags: &[&str]) -> Result<Option<Vec<u8>>, Error> {
+    async fn read_with_tags(
+        &self,
+        full_key: &str,
+        tags: &[&str],
+    ) -> Result<Option<Vec<u8>>, Error> {
         let inner = &self.inner;
         let trust = inner.bus.trust_now();
         let mut keys = Vec::with_capacity(tags.len() + 1);
@@ -538,7 +542,9 @@ impl Cache {
         keys.extend(tags.iter().map(|t| inner.keys.tag(t)));
         let mut values = self.store_op(inner.store.get_many(&keys)).await?;
         if values.len() != keys.len() {
-            return Err(Error::Config("a multi-key read answered the wrong number of values".into()));
+            return Err(Error::Config(
+                "a multi-key read answered the wrong number of values".into(),
+            ));
         }
         let records = values.split_off(1);
         if let Err(err) = self.learn_tag_records(tags, records, trust).await {
@@ -669,10 +675,12 @@ impl Cache {
                     _ => None,
                 }
             }
-            Join::Follower(follower) => match self.follow_within::<T>(key, policy, follower).await {
-                Next::Done(fetched) => Some(fetched),
-                Next::LoadAlone | Next::LoadUnstored | Next::Rejoin => None,
-            },
+            Join::Follower(follower) => {
+                match self.follow_within::<T>(key, policy, follower).await {
+                    Next::Done(fetched) => Some(fetched),
+                    Next::LoadAlone | Next::LoadUnstored | Next::Rejoin => None,
+                }
+            }
         }
     }
 
@@ -687,7 +695,12 @@ impl Cache {
     /// Waits for the flight's leader at most the policy's lock wait (a hung loader holds its
     /// followers no longer than a lock holder in another process would), then turns the outcome
     /// into the follower's next step.
-    async fn follow_within<T: Value>(&self, key: &str, policy: &Policy, follower: Follower) -> Next<T> {
+    async fn follow_within<T: Value>(
+        &self,
+        key: &str,
+        policy: &Policy,
+        follower: Follower,
+    ) -> Next<T> {
         match tokio::time::timeout(policy.lock_wait, follower.wait()).await {
             Ok(outcome) => self.follow::<T>(key, policy, outcome).await,
             Err(_) => {

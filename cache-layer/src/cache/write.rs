@@ -113,7 +113,6 @@ pub(crate) struct FetchedTag {
     pub(crate) repaired: bool,
 }
 
-
 impl Cache {
     /// What a load knew when it started: the entry key (namespace epoch), what the key held, and
     /// the versions of the policy's tags. A fill is stored only under that key, only if the key
@@ -193,7 +192,11 @@ impl Cache {
         let bytes = self.encode_entry(value, policy, timing, &versions)?;
         let ttl = self.entry_ttl(&timing, !versions.is_empty());
         let stored = self
-            .store_op(inner.store.fill_if(&start.key, bytes, ttl, &start.seen.as_arg()))
+            .store_op(
+                inner
+                    .store
+                    .fill_if(&start.key, bytes, ttl, &start.seen.as_arg()),
+            )
             .await?;
         if stored {
             let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
@@ -632,11 +635,7 @@ impl Cache {
                 let cache = Cache { inner };
                 let done = cache.replay_once().await;
                 if done {
-                    cache
-                        .inner
-                        .missed
-                        .replaying
-                        .store(false, Ordering::Release);
+                    cache.inner.missed.replaying.store(false, Ordering::Release);
                     // Something may have been added between the last check and the store.
                     if cache.inner.missed.len() > 0 {
                         cache.replay_missed();
@@ -711,7 +710,6 @@ impl Cache {
             backoff = (backoff * 2).min(Duration::from_millis(500));
         }
     }
-
 }
 
 /// The narrow surface the bus (and the breaker's recovery) call back into.

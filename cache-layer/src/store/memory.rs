@@ -257,7 +257,10 @@ impl Store for MemoryStore {
     async fn tag_times(&self, keys: &[String]) -> Result<Vec<Option<TagTimes>>, Error> {
         Ok(keys
             .iter()
-            .map(|key| self.live(key).and_then(|value| TagTimes::parse(&value.bytes)))
+            .map(|key| {
+                self.live(key)
+                    .and_then(|value| TagTimes::parse(&value.bytes))
+            })
             .collect())
     }
 
@@ -272,8 +275,8 @@ impl Store for MemoryStore {
             .zip(known_hard)
             .map(|(key, &known)| {
                 let mut kept = None;
-                let repaired = self.update(key, |current| {
-                    match current.and_then(TagTimes::parse) {
+                let repaired =
+                    self.update(key, |current| match current.and_then(TagTimes::parse) {
                         Some(times) if times.hard_ms >= known => {
                             kept = Some(times);
                             None
@@ -286,8 +289,7 @@ impl Store for MemoryStore {
                             };
                             Some((MemoryValue::new(times.render().into_bytes(), ttl), times))
                         }
-                    }
-                });
+                    });
                 kept.or(repaired).unwrap_or_default()
             })
             .collect())
@@ -600,16 +602,25 @@ mod tests {
         // A missing record is repaired as if invalidated now; a present one is kept.
         let repaired = store.repair_tags(&["u".into()], &[0], ttl).await.unwrap()[0];
         assert!(repaired.hard_ms >= first.hard_ms && repaired.hard_ms == repaired.soft_ms);
-        assert_eq!(store.repair_tags(&["t".into()], &[0], ttl).await.unwrap(), vec![soft]);
+        assert_eq!(
+            store.repair_tags(&["t".into()], &[0], ttl).await.unwrap(),
+            vec![soft]
+        );
 
         // The namespace epoch: absent is unknown; repaired above what is known, bumped by one.
         assert_eq!(store.namespace_version("v").await.unwrap(), None);
         let epoch = store.repair_namespace("v", 0).await.unwrap();
         assert!(epoch >= first.hard_ms, "repaired to the store's time");
-        assert_eq!(store.bump_namespace("v", epoch).await.unwrap().version, epoch + 1);
+        assert_eq!(
+            store.bump_namespace("v", epoch).await.unwrap().version,
+            epoch + 1
+        );
         assert_eq!(store.namespace_version("v").await.unwrap(), Some(epoch + 1));
         let ahead = store.repair_namespace("v", epoch + 10).await.unwrap();
-        assert!(ahead > epoch + 10, "an epoch behind what is known is repaired upward");
+        assert!(
+            ahead > epoch + 10,
+            "an epoch behind what is known is repaired upward"
+        );
     }
 
     #[tokio::test]
@@ -622,10 +633,16 @@ mod tests {
         let mut tomb = b"CL\x02\x80".to_vec();
         tomb.extend_from_slice(&[0; 28]);
         tomb.extend_from_slice(b"12345678");
-        assert!(store.delete_to_tombstone("k", tomb.clone(), ttl).await.unwrap());
+        assert!(store
+            .delete_to_tombstone("k", tomb.clone(), ttl)
+            .await
+            .unwrap());
         assert!(!store.delete_to_tombstone("k", tomb, ttl).await.unwrap());
         assert!(!store.fill_if("k", b"x4".to_vec(), ttl, b"").await.unwrap());
-        assert!(store.fill_if("k", b"x5".to_vec(), ttl, b"12345678").await.unwrap());
+        assert!(store
+            .fill_if("k", b"x5".to_vec(), ttl, b"12345678")
+            .await
+            .unwrap());
     }
 
     #[tokio::test]

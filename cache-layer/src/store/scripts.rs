@@ -376,10 +376,25 @@ mod tests {
             .invoke_async(&mut conn)
             .await
             .unwrap();
-        assert!(v1 >= at1 && at1 > 1_600_000_000_000, "missing: repaired to the time");
-        let (v2, _): (u64, u64) = script.key(&key).arg(v1).arg("bump").invoke_async(&mut conn).await.unwrap();
+        assert!(
+            v1 >= at1 && at1 > 1_600_000_000_000,
+            "missing: repaired to the time"
+        );
+        let (v2, _): (u64, u64) = script
+            .key(&key)
+            .arg(v1)
+            .arg("bump")
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
         assert_eq!(v2, v1 + 1);
-        let (v3, _): (u64, u64) = script.key(&key).arg(0).arg("read").invoke_async(&mut conn).await.unwrap();
+        let (v3, _): (u64, u64) = script
+            .key(&key)
+            .arg(0)
+            .arg("read")
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
         assert_eq!(v3, v2, "a present epoch is kept");
         let (v4, _): (u64, u64) = script
             .key(&key)
@@ -388,7 +403,10 @@ mod tests {
             .invoke_async(&mut conn)
             .await
             .unwrap();
-        assert!(v4 > v2 + 100, "an epoch behind what is known is repaired upward");
+        assert!(
+            v4 > v2 + 100,
+            "an epoch behind what is known is repaired upward"
+        );
         let _: () = conn.del(&key).await.unwrap();
     }
 
@@ -423,8 +441,14 @@ mod tests {
         assert_eq!(removed, 1);
         let stored: i64 = fill("d", b"").invoke_async(&mut conn).await.unwrap();
         assert_eq!(stored, 0, "the tombstone refuses a load that saw nothing");
-        let stored: i64 = fill("e", b"12345678").invoke_async(&mut conn).await.unwrap();
-        assert_eq!(stored, 1, "a load that started after the delete saw the tombstone");
+        let stored: i64 = fill("e", b"12345678")
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            stored, 1,
+            "a load that started after the delete saw the tombstone"
+        );
         let _: () = conn.del(&key).await.unwrap();
     }
 
