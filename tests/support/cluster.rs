@@ -3,7 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::redis_server::{info_field, RedisServer};
+use super::redis_server::{info_field, Flavor, RedisServer};
 use super::wait_until;
 
 /// Bounded wait for the cluster to become (or become again) healthy.
@@ -111,6 +111,16 @@ impl RedisCluster {
 
     /// Like [`start`](Self::start) with extra `redis-server` arguments for every node.
     pub fn start_with(masters: usize, replicas_per_master: usize, extra_args: &[&str]) -> Self {
+        Self::start_of(Flavor::Redis, masters, replicas_per_master, extra_args)
+    }
+
+    /// Like [`start_with`](Self::start_with) with Redis or Valkey nodes.
+    pub fn start_of(
+        flavor: Flavor,
+        masters: usize,
+        replicas_per_master: usize,
+        extra_args: &[&str],
+    ) -> Self {
         assert!(
             masters >= 3,
             "redis-cli --cluster create needs at least 3 masters"
@@ -123,7 +133,7 @@ impl RedisCluster {
             .collect();
         let nodes: Vec<RedisServer> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..total)
-                .map(|_| s.spawn(|| RedisServer::start_cluster_node(&args)))
+                .map(|_| s.spawn(|| RedisServer::start_cluster_node_of(flavor, &args)))
                 .collect();
             handles
                 .into_iter()

@@ -29,7 +29,7 @@ pub use cluster::{
 #[allow(unused_imports)]
 pub use ports::{free_cluster_port, free_port, port_is_free, CLUSTER_BUS_OFFSET};
 #[allow(unused_imports)]
-pub use redis_server::{info_field, parse_command_calls, RedisServer};
+pub use redis_server::{info_field, parse_command_calls, Flavor, RedisServer};
 #[allow(unused_imports)]
 pub use sentinel::{SentinelGroup, MASTER_NAME};
 #[allow(unused_imports)]

@@ -42,6 +42,29 @@ pub struct RedisServer {
     dir: TempDir,
 }
 
+/// Which server binary to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// `redis-server` on `PATH`.
+    Redis,
+    /// A `valkey-server` found by [`super::valkey::valkey_server`].
+    Valkey,
+}
+
+impl Flavor {
+    fn binary(self) -> PathBuf {
+        match self {
+            Flavor::Redis => PathBuf::from("redis-server"),
+            Flavor::Valkey => super::valkey::valkey_server().unwrap_or_else(|| {
+                panic!(
+                    "no valkey-server binary: {}",
+                    super::valkey::HOW_TO_GET_VALKEY
+                )
+            }),
+        }
+    }
+}
+
 /// What to run. The harness owns `--port`, `--bind`, `--logfile` and `--daemonize`.
 #[derive(Clone)]
 struct Spec {
@@ -97,20 +120,23 @@ impl RedisServer {
     /// Starts a server whose port `P` satisfies the Redis Cluster constraints
     /// (`P < 55536`, `P + 10000` free). Used by [`super::RedisCluster`].
     pub fn start_cluster_node(args: &[&str]) -> Self {
+        Self::start_cluster_node_of(Flavor::Redis, args)
+    }
+
+    /// [`start_cluster_node`](Self::start_cluster_node) for a Redis or a Valkey node.
+    pub fn start_cluster_node_of(flavor: Flavor, args: &[&str]) -> Self {
         Self::start_spec(Spec {
+            binary: flavor.binary(),
             cluster_node: true,
             ..Spec::redis(args)
         })
     }
 
     /// Starts a `valkey-server` (see [`super::valkey`]) with extra arguments. Panics when no
-    /// Valkey binary is available: check [`super::valkey::valkey_server`] first.
+    /// Valkey binary is available: check [`super::valkey::valkey_available`] first.
     pub fn start_valkey(args: &[&str]) -> Self {
-        let binary = super::valkey::valkey_server().unwrap_or_else(|| {
-            panic!("no valkey-server binary: {}", super::valkey::HOW_TO_GET_VALKEY)
-        });
         Self::start_spec(Spec {
-            binary,
+            binary: Flavor::Valkey.binary(),
             ..Spec::redis(args)
         })
     }
