@@ -31,6 +31,7 @@ use tokio::sync::watch;
 
 use crate::{
     cache::{Cache, Inner},
+    store::endpoint::Endpoint,
     tags::Trust,
 };
 
@@ -110,7 +111,7 @@ pub(crate) struct Bus {
     pub(crate) tickets: Tickets,
     pub(crate) origin: u64,
     channel: String,
-    client: Option<redis::Client>,
+    endpoint: Option<Endpoint>,
     fallback_ttl: Duration,
     first_wait: Duration,
     /// Dropped with the cache: the subscriber task sees the channel close and exits.
@@ -127,10 +128,11 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    /// A bus on `channel`; `client` is `None` for the in-memory store (no bus, everything local).
+    /// A bus on `channel`; `endpoint` is `None` for the in-memory store (no bus, everything
+    /// local).
     pub(crate) fn new(
         channel: String,
-        client: Option<redis::Client>,
+        endpoint: Option<Endpoint>,
         fallback_ttl: Duration,
         first_wait: Duration,
     ) -> Self {
@@ -147,7 +149,7 @@ impl Bus {
             tickets: Tickets::new(1024),
             origin: rand::random::<u64>(),
             channel,
-            client,
+            endpoint,
             fallback_ttl,
             first_wait,
             shutdown,
@@ -156,7 +158,7 @@ impl Bus {
 
     /// Whether there is a bus at all (Redis store).
     pub(crate) fn is_remote(&self) -> bool {
-        self.client.is_some()
+        self.endpoint.is_some()
     }
 
     /// Whether the subscriber task is running (it may still be connecting).
@@ -222,7 +224,7 @@ impl Bus {
     /// subscription attempt, so the first facts fetched are already covered by the bus. Returns
     /// `true` when this call started it and that attempt failed (Redis is probably unreachable).
     pub(crate) async fn ensure_started(&self, cache: &Cache) -> bool {
-        let Some(client) = &self.client else {
+        let Some(endpoint) = &self.endpoint else {
             return false;
         };
         if self.shared.started.load(Ordering::Acquire) {
@@ -244,7 +246,7 @@ impl Bus {
         let task = Subscriber {
             cache: Arc::downgrade(&cache.inner),
             shared: self.shared.clone(),
-            client: client.clone(),
+            endpoint: endpoint.clone(),
             channel: self.channel.clone(),
             shutdown: self.shutdown.subscribe(),
             connect_timeout: self.first_wait,
@@ -276,7 +278,7 @@ fn mark_down(shared: &Shared) {
 struct Subscriber {
     cache: Weak<Inner>,
     shared: Arc<Shared>,
-    client: redis::Client,
+    endpoint: Endpoint,
     channel: String,
     shutdown: watch::Receiver<()>,
     connect_timeout: Duration,
@@ -316,7 +318,7 @@ impl Subscriber {
         let connected = tokio::select! {
             result = tokio::time::timeout(
                 self.connect_timeout,
-                connect(&self.client, &self.channel),
+                connect(&self.endpoint, &self.channel),
             ) => result,
             _ = self.shutdown.changed() => return Ended::Shutdown,
         };
@@ -391,10 +393,10 @@ impl Subscriber {
 }
 
 async fn connect(
-    client: &redis::Client,
+    endpoint: &Endpoint,
     channel: &str,
 ) -> Result<redis::aio::PubSub, redis::RedisError> {
-    let mut pubsub = client.get_async_pubsub().await?;
+    let mut pubsub = endpoint.client().await?.get_async_pubsub().await?;
     pubsub.subscribe(channel).await?;
     Ok(pubsub)
 }
@@ -445,7 +447,7 @@ mod tests {
         let client = redis::Client::open("redis://127.0.0.1:1").unwrap();
         let bus = Bus::new(
             "c".into(),
-            Some(client),
+            Some(Endpoint::Node(client)),
             Duration::from_millis(200),
             Duration::ZERO,
         );

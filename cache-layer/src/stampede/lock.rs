@@ -19,7 +19,7 @@ use bb8_redis::redis;
 use futures_util::StreamExt;
 use tokio::sync::{broadcast, watch};
 
-use crate::{envelope::Timing, Policy};
+use crate::{envelope::Timing, store::endpoint::Endpoint, Policy};
 
 /// How often a waiter re-checks the entry when no signal arrives.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -52,7 +52,7 @@ pub(crate) fn lock_ttl(policy: &Policy, hint: Option<&Timing>) -> Duration {
 /// Process-local fan-out of "value landed" messages from one pub/sub subscription per cache.
 pub(crate) struct LandedSignals {
     channel: String,
-    client: Option<redis::Client>,
+    endpoint: Option<Endpoint>,
     tx: broadcast::Sender<Arc<str>>,
     started: AtomicBool,
     /// Dropped with the cache; the subscriber task sees the channel close and exits.
@@ -60,12 +60,12 @@ pub(crate) struct LandedSignals {
 }
 
 impl LandedSignals {
-    pub(crate) fn new(channel: String, client: Option<redis::Client>) -> Self {
+    pub(crate) fn new(channel: String, endpoint: Option<Endpoint>) -> Self {
         let (tx, _) = broadcast::channel(1024);
         let (shutdown, _) = watch::channel(());
         LandedSignals {
             channel,
-            client,
+            endpoint,
             tx,
             started: AtomicBool::new(false),
             shutdown,
@@ -79,10 +79,10 @@ impl LandedSignals {
     /// Subscribes to landed keys, starting the pub/sub task on first use.
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
         let rx = self.tx.subscribe();
-        if let Some(client) = &self.client {
+        if let Some(endpoint) = &self.endpoint {
             if !self.started.swap(true, Ordering::AcqRel) {
                 tokio::spawn(run_subscriber(
-                    client.clone(),
+                    endpoint.clone(),
                     self.channel.clone(),
                     self.tx.clone(),
                     self.shutdown.subscribe(),
@@ -114,14 +114,14 @@ pub(crate) async fn wait_for_landing(
 }
 
 async fn run_subscriber(
-    client: redis::Client,
+    endpoint: Endpoint,
     channel: String,
     tx: broadcast::Sender<Arc<str>>,
     mut shutdown: watch::Receiver<()>,
 ) {
     loop {
         let session = async {
-            let mut pubsub = client.get_async_pubsub().await?;
+            let mut pubsub = endpoint.client().await?.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
             let mut messages = pubsub.on_message();
             while let Some(message) = messages.next().await {

@@ -19,7 +19,12 @@ use bb8_redis::redis::{
 };
 use tokio::sync::Mutex;
 
-use super::{commands, redis::RedisStoreConfig, Store};
+use super::{
+    commands,
+    endpoint::{self, TlsConfig},
+    redis::RedisStoreConfig,
+    Store,
+};
 use crate::Error;
 
 /// A Redis Cluster [`Store`].
@@ -35,6 +40,7 @@ use crate::Error;
 pub struct ClusterStore {
     client: ClusterClient,
     nodes: Vec<String>,
+    tls: TlsConfig,
     config: RedisStoreConfig,
     connection: std::sync::Arc<Mutex<Option<ClusterConnection>>>,
 }
@@ -49,17 +55,34 @@ impl std::fmt::Debug for ClusterStore {
 }
 
 impl ClusterStore {
-    /// A store for the cluster reachable through any of `nodes` (`redis://host:port` each).
+    /// A store for the cluster reachable through any of `nodes` (`redis://host:port` or
+    /// `rediss://host:port` each).
     ///
     /// Fails only when a URL is invalid.
     pub fn new<S: AsRef<str>>(nodes: &[S], config: RedisStoreConfig) -> Result<Self, Error> {
+        Self::with_tls(nodes, &TlsConfig::default(), config)
+    }
+
+    /// [`new`](Self::new) with TLS settings (applied to every node).
+    pub(crate) fn with_tls<S: AsRef<str>>(
+        nodes: &[S],
+        tls: &TlsConfig,
+        config: RedisStoreConfig,
+    ) -> Result<Self, Error> {
         let nodes: Vec<String> = nodes.iter().map(|n| n.as_ref().to_owned()).collect();
         if nodes.is_empty() {
             return Err(Error::Config(
                 "redis_cluster needs at least one node URL".into(),
             ));
         }
-        let client = ClusterClientBuilder::new(nodes.clone())
+        endpoint::check_tls(&nodes, tls)?;
+        #[allow(unused_mut)]
+        let mut builder = ClusterClientBuilder::new(nodes.clone());
+        #[cfg(feature = "tls")]
+        if !tls.is_default() {
+            builder = builder.certs(tls.certificates());
+        }
+        let client = builder
             .connection_timeout(config.connect_timeout)
             .response_timeout(config.op_timeout)
             // Redirects and slot refreshes must fit in one op timeout; the breaker handles the rest.
@@ -71,6 +94,7 @@ impl ClusterStore {
         Ok(ClusterStore {
             client,
             nodes,
+            tls: tls.clone(),
             config,
             connection: Default::default(),
         })
@@ -80,7 +104,7 @@ impl ClusterStore {
     pub(crate) fn pubsub_client(&self) -> Option<redis::Client> {
         self.nodes
             .iter()
-            .find_map(|url| redis::Client::open(url.as_str()).ok())
+            .find_map(|url| endpoint::node_client(url, &self.tls).ok())
     }
 
     /// The node URLs the store was built with.

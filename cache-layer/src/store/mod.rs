@@ -7,12 +7,15 @@
 //!
 //! Stores work on raw bytes; the [`Cache`](crate::Cache) owns encoding, tags and stampede logic.
 
+#[cfg(feature = "cluster")]
 mod cluster;
+pub(crate) mod endpoint;
 mod memory;
 mod redis;
 
 use std::{future::Future, time::Duration};
 
+#[cfg(feature = "cluster")]
 pub use self::cluster::ClusterStore;
 pub use self::memory::MemoryStore;
 pub use self::redis::{default_pool_size, RedisStore, RedisStoreConfig};
@@ -60,6 +63,7 @@ pub trait Store: Send + Sync + 'static {
 pub(crate) enum Backend {
     Memory(MemoryStore),
     Redis(RedisStore),
+    #[cfg(feature = "cluster")]
     Cluster(ClusterStore),
 }
 
@@ -68,6 +72,7 @@ macro_rules! delegate {
         match $self {
             Backend::Memory($store) => $call.await,
             Backend::Redis($store) => $call.await,
+            #[cfg(feature = "cluster")]
             Backend::Cluster($store) => $call.await,
         }
     };
@@ -114,13 +119,15 @@ impl Backend {
         Ok(())
     }
 
-    /// A client for connections that are not pooled (pub/sub): for a cluster, one node's (cluster
-    /// pub/sub messages reach every node). `None` for the in-memory store.
-    pub(crate) fn redis_client(&self) -> Option<::redis::Client> {
+    /// Where connections that are not pooled (pub/sub) go: the node or the Sentinel group's
+    /// current master; for a cluster, one node (cluster pub/sub messages reach every node).
+    /// `None` for the in-memory store.
+    pub(crate) fn pubsub_endpoint(&self) -> Option<endpoint::Endpoint> {
         match self {
             Backend::Memory(_) => None,
-            Backend::Redis(store) => Some(store.client().clone()),
-            Backend::Cluster(store) => store.pubsub_client(),
+            Backend::Redis(store) => Some(store.endpoint().clone()),
+            #[cfg(feature = "cluster")]
+            Backend::Cluster(store) => store.pubsub_client().map(endpoint::Endpoint::Node),
         }
     }
 
@@ -134,6 +141,7 @@ impl Backend {
         match self {
             Backend::Memory(_) => Err(no_raw_commands()),
             Backend::Redis(store) => store.query(cmd).await,
+            #[cfg(feature = "cluster")]
             Backend::Cluster(store) => store.query(cmd).await,
         }
     }
@@ -147,6 +155,7 @@ impl Backend {
         match self {
             Backend::Memory(_) => Err(no_raw_commands()),
             Backend::Redis(store) => store.query_pipeline(pipe, retry).await,
+            #[cfg(feature = "cluster")]
             Backend::Cluster(store) => store.query_pipeline(pipe).await,
         }
     }
@@ -160,6 +169,7 @@ impl Backend {
         match self {
             Backend::Memory(_) => Err(no_raw_commands()),
             Backend::Redis(store) => store.invoke(invocation, retry).await,
+            #[cfg(feature = "cluster")]
             Backend::Cluster(store) => store.invoke(invocation).await,
         }
     }
