@@ -339,6 +339,7 @@ impl Subscriber {
             return Ended::Shutdown;
         };
         cache.measure_clock().await;
+        cache.check_memory_policy().await;
         // Subscribed: from now on every change is delivered. Everything learned before may have
         // missed messages, so L1 starts empty and in-flight L1 fills are dropped.
         cache.on_bus_subscribed();

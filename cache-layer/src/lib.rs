@@ -35,6 +35,7 @@ mod bus;
 mod cache;
 mod envelope;
 mod error;
+mod health;
 #[cfg(feature = "http")]
 pub mod http;
 mod keys;
@@ -56,6 +57,7 @@ pub use breaker::{BreakerConfig, BreakerState};
 pub use cache::{install, Cache, CacheBuilder};
 pub use envelope::Codec;
 pub use error::Error;
+pub use health::MemoryPolicy;
 pub use metrics::{function_stats, FunctionStats, FunctionStatsSnapshot, Stats};
 pub use policy::{Policy, Stampede};
 pub use write_behind::{Batch, CounterStats, Counters, CountersConfig, FlushReport, Flusher};

@@ -435,6 +435,7 @@ impl CacheBuilder {
                 refresh_failures,
                 hot_keys: self.hot_keys.map(HotKeys::new),
                 write_behind: Default::default(),
+                memory_policy: Default::default(),
             }
         });
         Ok(Cache { inner })

@@ -86,6 +86,8 @@ pub(crate) struct Inner {
     pub(crate) hot_keys: Option<HotKeys>,
     /// Write-behind counter sets by name.
     pub(crate) write_behind: crate::write_behind::Registry,
+    /// Redis' eviction settings, once read (see `health`).
+    pub(crate) memory_policy: std::sync::Mutex<Option<crate::MemoryPolicy>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -253,7 +255,78 @@ impl Cache {
         if let Some(hot_keys) = &inner.hot_keys {
             stats.hot_keys = hot_keys.top();
         }
+        stats.memory_policy = inner
+            .memory_policy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         stats
+    }
+
+    /// Checks that Redis answers: one `PING` (bounded by the op timeout), whatever the circuit
+    /// breaker's state; returns its round-trip time. Always `Ok` on the embedded store. Also
+    /// re-reads Redis' eviction settings ([`Stats::memory_policy`]).
+    ///
+    /// For a health or readiness endpoint. Note that the cache itself keeps answering while Redis
+    /// is down (callers get the source's values), so taking an instance out of rotation because
+    /// `ping` fails removes a working service: report it, and gate on it only when the service
+    /// cannot run without its cache.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_layer::Error> {
+    /// let cache = cache_layer::Cache::in_memory();
+    /// let round_trip = cache.ping().await?;
+    /// assert!(round_trip < std::time::Duration::from_secs(1));
+    ///
+    /// // Nothing listens on port 1: a clear error within the op timeout, no panic, no hang.
+    /// let down = cache_layer::Cache::builder().redis("redis://127.0.0.1:1").build()?;
+    /// assert!(down.ping().await.is_err());
+    /// # Ok(()) }
+    /// ```
+    pub async fn ping(&self) -> Result<Duration, Error> {
+        let started = std::time::Instant::now();
+        if !self.inner.store.is_remote() {
+            return Ok(started.elapsed());
+        }
+        self.inner
+            .store
+            .query::<String>(&redis::cmd("PING"))
+            .await?;
+        let round_trip = started.elapsed();
+        self.check_memory_policy().await;
+        Ok(round_trip)
+    }
+
+    /// Reads Redis' eviction settings into [`Stats::memory_policy`] and warns once per policy when
+    /// they weaken a guarantee (see the `health` module). Never fails: an ACL user without
+    /// `+info` (or a Redis that is down) leaves the last known settings in place.
+    pub(crate) async fn check_memory_policy(&self) {
+        let inner = &self.inner;
+        let info = match inner
+            .store
+            .query::<String>(redis::cmd("INFO").arg("memory"))
+            .await
+        {
+            Ok(info) => info,
+            Err(err) => {
+                tracing::debug!(cache = %inner.name, error = %err,
+                    "cannot read maxmemory-policy (INFO memory); not checked");
+                return;
+            }
+        };
+        let Some(policy) = crate::MemoryPolicy::from_info(&info) else {
+            return;
+        };
+        let mut known = inner.memory_policy.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = known.as_ref().map(|k| &k.policy) != Some(&policy.policy);
+        if changed {
+            if let Some(warning) = policy.warning {
+                tracing::warn!(cache = %inner.name, maxmemory_policy = %policy.policy,
+                    maxmemory = policy.maxmemory, "{warning}");
+            }
+        }
+        *known = Some(policy);
     }
 
     /// Runs one store operation through the breaker, counting failures. `op` is not polled when

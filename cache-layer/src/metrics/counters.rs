@@ -337,6 +337,7 @@ impl Counters {
             breaker,
             breaker_transitions,
             hot_keys: Vec::new(),
+            memory_policy: None,
         }
     }
 }

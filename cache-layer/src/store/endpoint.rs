@@ -46,6 +46,37 @@ impl TlsConfig {
         self.root_ca.is_none() && self.client_auth.is_none()
     }
 
+    /// Checks that each PEM holds what it should (redis-rs parses the blocks; an input with no
+    /// block at all would silently mean "trust nothing" or "no certificate").
+    fn check_pem(&self) -> Result<(), Error> {
+        let has_block = |pem: &[u8], label: &str| {
+            let marker = format!("-----BEGIN {label}");
+            pem.windows(marker.len()).any(|w| w == marker.as_bytes())
+        };
+        if let Some(ca) = &self.root_ca {
+            if !has_block(ca, "CERTIFICATE-----") {
+                return Err(Error::Config(
+                    "tls_root_ca: no PEM certificate (-----BEGIN CERTIFICATE-----) found".into(),
+                ));
+            }
+        }
+        if let Some((cert, key)) = &self.client_auth {
+            if !has_block(cert, "CERTIFICATE-----") {
+                return Err(Error::Config(
+                    "tls_client_auth: no PEM certificate (-----BEGIN CERTIFICATE-----) found"
+                        .into(),
+                ));
+            }
+            if !has_block(key, "") || !String::from_utf8_lossy(key).contains("PRIVATE KEY-----") {
+                return Err(Error::Config(
+                    "tls_client_auth: no PEM private key (-----BEGIN ... PRIVATE KEY-----) found"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The settings in the form redis-rs takes them.
     #[cfg(feature = "tls")]
     pub(crate) fn certificates(&self) -> redis::TlsCertificates {
@@ -72,6 +103,7 @@ pub(crate) fn is_tls_url(url: &str) -> bool {
 /// Checks that the URLs and the TLS settings fit together and that this build can speak TLS when
 /// asked to; makes sure rustls has a crypto provider.
 pub(crate) fn check_tls<S: AsRef<str>>(urls: &[S], tls: &TlsConfig) -> Result<(), Error> {
+    tls.check_pem()?;
     let secure = urls.iter().filter(|u| is_tls_url(u.as_ref())).count();
     if secure > 0 && secure < urls.len() {
         return Err(Error::Config(
@@ -314,7 +346,7 @@ mod tests {
     #[test]
     fn tls_settings_need_a_rediss_url() {
         let tls = TlsConfig {
-            root_ca: Some(b"pem".to_vec()),
+            root_ca: Some(b"-----BEGIN CERTIFICATE-----\n".to_vec()),
             client_auth: None,
         };
         let err = check_tls(&["redis://127.0.0.1:6379"], &tls).unwrap_err();
