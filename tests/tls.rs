@@ -174,3 +174,47 @@ async fn suites_over_tls() {
     suites::tags(&instances).await;
     suites::counters(&instances).await;
 }
+
+/// The backend suites on a Redis Cluster spoken to over TLS only (`rediss://` seeds; the nodes
+/// announce their TLS ports, gossip and replicate over TLS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_over_tls() {
+    let tls = TlsFiles::generate();
+    let cluster = support::RedisCluster::start_tls(&tls, 3, 1);
+    let instances = |test: &str, count: usize| {
+        let namespace = unique_prefix(test);
+        (0..count)
+            .map(|_| {
+                // A cold cluster connection makes a TLS handshake with every master before the
+                // first command; in a debug build (unoptimised crypto) on a loaded 2-core machine
+                // that can exceed the default 250 ms budget.
+                Cache::builder()
+                    .redis_cluster(cluster.tls_urls())
+                    .tls_root_ca(tls.ca_pem())
+                    .op_timeout(Duration::from_secs(1))
+                    .connect_timeout(Duration::from_secs(1))
+                    .namespace(namespace.as_str())
+                    .build()
+                    .expect("valid configuration")
+            })
+            .collect::<Vec<_>>()
+    };
+    suites::read_through(&instances).await;
+    suites::lock_across_instances(&instances).await;
+    suites::tags(&instances).await;
+    suites::counters(&instances).await;
+    let cache = instances("tls-ping", 1).remove(0);
+    cache.ping().await.expect("ping over TLS");
+    // Every master served the cache on its TLS port (the slot map sends TLS clients there).
+    for port in cluster.masters() {
+        let node = cluster.node(port);
+        let tls_port = node.tls_port().expect("tls port");
+        let clients: String = node.query(redis::cmd("CLIENT").arg("LIST"));
+        assert!(
+            clients
+                .lines()
+                .any(|c| c.contains(&format!("laddr=127.0.0.1:{tls_port} "))),
+            "master {port}: no client on TLS port {tls_port}: {clients}"
+        );
+    }
+}

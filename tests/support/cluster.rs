@@ -4,6 +4,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::redis_server::{info_field, Flavor, RedisServer};
+use super::tls::TlsFiles;
 use super::wait_until;
 
 /// Bounded wait for the cluster to become (or become again) healthy.
@@ -121,6 +122,26 @@ impl RedisCluster {
         replicas_per_master: usize,
         extra_args: &[&str],
     ) -> Self {
+        Self::start_nodes(masters, replicas_per_master, extra_args, |args| {
+            RedisServer::start_cluster_node_of(flavor, args)
+        })
+    }
+
+    /// A cluster whose nodes also listen for TLS with `tls`'s certificates and talk TLS to each
+    /// other (`--tls-cluster yes --tls-replication yes`); clients use [`tls_urls`](Self::tls_urls).
+    pub fn start_tls(tls: &TlsFiles, masters: usize, replicas_per_master: usize) -> Self {
+        let tls_args = ["--tls-cluster", "yes", "--tls-replication", "yes"];
+        Self::start_nodes(masters, replicas_per_master, &tls_args, |args| {
+            RedisServer::start_tls_cluster_node(tls, args)
+        })
+    }
+
+    fn start_nodes(
+        masters: usize,
+        replicas_per_master: usize,
+        extra_args: &[&str],
+        start_node: impl Fn(&[&str]) -> RedisServer + Sync,
+    ) -> Self {
         assert!(
             masters >= 3,
             "redis-cli --cluster create needs at least 3 masters"
@@ -133,7 +154,7 @@ impl RedisCluster {
             .collect();
         let nodes: Vec<RedisServer> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..total)
-                .map(|_| s.spawn(|| RedisServer::start_cluster_node_of(flavor, &args)))
+                .map(|_| s.spawn(|| start_node(&args)))
                 .collect();
             handles
                 .into_iter()
@@ -233,6 +254,12 @@ impl RedisCluster {
     /// `redis://127.0.0.1:PORT` of every live node (seed list for a cluster client).
     pub fn urls(&self) -> Vec<String> {
         self.live_nodes().iter().map(|n| n.url()).collect()
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT` of every live node of a [`start_tls`](Self::start_tls)
+    /// cluster.
+    pub fn tls_urls(&self) -> Vec<String> {
+        self.live_nodes().iter().map(|n| n.tls_url()).collect()
     }
 
     /// A cluster client seeded with every live node.

@@ -146,6 +146,19 @@ impl RedisServer {
     /// need no certificate unless `args` say `--tls-auth-clients yes`. The plain port stays open
     /// for the harness's own control connections.
     pub fn start_tls(tls: &TlsFiles, args: &[&str]) -> Self {
+        Self::start_spec(Self::tls_spec(tls, args))
+    }
+
+    /// [`start_tls`](Self::start_tls) for a Redis Cluster node (see
+    /// [`start_cluster_node`](Self::start_cluster_node)).
+    pub fn start_tls_cluster_node(tls: &TlsFiles, args: &[&str]) -> Self {
+        Self::start_spec(Spec {
+            cluster_node: true,
+            ..Self::tls_spec(tls, args)
+        })
+    }
+
+    fn tls_spec(tls: &TlsFiles, args: &[&str]) -> Spec {
         let mut spec = Spec::redis(&[]);
         let has = |name: &str| args.iter().any(|a| a.eq_ignore_ascii_case(name));
         spec.args = vec![
@@ -161,7 +174,7 @@ impl RedisServer {
         }
         spec.args.extend(args.iter().map(|s| s.to_string()));
         spec.tls = Some(tls.clone());
-        Self::start_spec(spec)
+        spec
     }
 
     /// Starts `redis-server <config> --sentinel` with the given `sentinel.conf` contents (the
@@ -447,6 +460,12 @@ impl RedisServer {
         ]);
         if let Some(tls_port) = self.tls_port {
             argv.extend(["--tls-port".into(), tls_port.to_string()]);
+            if self.spec.cluster_node {
+                // With `tls-cluster yes` the bus would default to TLS port + 10000; keep it at
+                // the plain port's (reserved with it, and where `CLUSTER MEET ip port` looks).
+                let bus = self.port + super::ports::CLUSTER_BUS_OFFSET;
+                argv.extend(["--cluster-port".into(), bus.to_string()]);
+            }
         }
         if !has("--dir") {
             argv.extend(["--dir".into(), self.dir.path().display().to_string()]);

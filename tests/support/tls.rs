@@ -58,7 +58,7 @@ impl TlsFiles {
             dir.path(),
             "server",
             "/CN=127.0.0.1",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
         );
         issue(
             dir.path(),
