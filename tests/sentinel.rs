@@ -240,3 +240,41 @@ fn sentinel_configuration_errors_are_clear() {
         .expect_err("two deployments");
     assert!(err.to_string().contains("choose one"), "{err}");
 }
+
+/// Sentinel over TLS: `rediss://` sentinel URLs, the master reached over TLS (the sentinels
+/// report its TLS port), the private CA through `tls_root_ca`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_over_tls() {
+    let tls = support::TlsFiles::generate();
+    let group = SentinelGroup::start_tls(&tls);
+    let instances = |test: &str, count: usize| {
+        let namespace = unique_prefix(test);
+        (0..count)
+            .map(|_| {
+                // A cold connection is three TLS connections (a sentinel, the master's ROLE check,
+                // the master), each loading the system trust store (redis-rs does); in a debug
+                // build on a loaded 2-core machine that can exceed the default 250 ms budget.
+                Cache::builder()
+                    .redis_sentinel(group.sentinel_tls_urls(), MASTER_NAME)
+                    .tls_root_ca(tls.ca_pem())
+                    .op_timeout(Duration::from_secs(1))
+                    .checkout_timeout(Duration::from_secs(1))
+                    .connect_timeout(Duration::from_secs(1))
+                    .namespace(namespace.as_str())
+                    .build()
+                    .expect("valid configuration")
+            })
+            .collect::<Vec<_>>()
+    };
+    suites::read_through(&instances).await;
+    suites::lock_across_instances(&instances).await;
+    let master = group.master();
+    let tls_port = master.tls_port().expect("tls port");
+    let clients: String = master.query(redis::cmd("CLIENT").arg("LIST"));
+    assert!(
+        clients
+            .lines()
+            .any(|c| c.contains(&format!("laddr=127.0.0.1:{tls_port} "))),
+        "the cache reached the master on its TLS port: {clients}"
+    );
+}

@@ -185,13 +185,14 @@ async fn cluster_over_tls() {
         let namespace = unique_prefix(test);
         (0..count)
             .map(|_| {
-                // A cold cluster connection makes a TLS handshake with every master before the
-                // first command; in a debug build (unoptimised crypto) on a loaded 2-core machine
-                // that can exceed the default 250 ms budget.
+                // A cold cluster connection makes a TLS connection to every master (each loading
+                // the system trust store: redis-rs does) before the first command; in a debug
+                // build on a loaded 2-core machine that can exceed the default 250 ms budget.
                 Cache::builder()
                     .redis_cluster(cluster.tls_urls())
                     .tls_root_ca(tls.ca_pem())
                     .op_timeout(Duration::from_secs(1))
+                    .checkout_timeout(Duration::from_secs(1))
                     .connect_timeout(Duration::from_secs(1))
                     .namespace(namespace.as_str())
                     .build()

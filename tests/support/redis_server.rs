@@ -179,11 +179,15 @@ impl RedisServer {
 
     /// Starts `redis-server <config> --sentinel` with the given `sentinel.conf` contents (the
     /// file lives in the server's directory; Sentinel rewrites it as it learns the topology).
-    pub fn start_sentinel(config: &str) -> Self {
-        Self::start_spec(Spec {
-            config: Some(config.to_owned()),
-            ..Spec::redis(&["--sentinel"])
-        })
+    /// With `tls`, the sentinel also listens for TLS and talks TLS to the data nodes.
+    pub fn start_sentinel(config: &str, tls: Option<&TlsFiles>) -> Self {
+        let mut spec = match tls {
+            Some(tls) => Self::tls_spec(tls, &["--tls-replication", "yes"]),
+            None => Spec::redis(&[]),
+        };
+        spec.args.push("--sentinel".into());
+        spec.config = Some(config.to_owned());
+        Self::start_spec(spec)
     }
 
     fn start_spec(spec: Spec) -> Self {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::redis_server::{info_field, RedisServer};
+use super::tls::TlsFiles;
 use super::wait_until;
 
 /// The name the sentinels monitor the master under.
@@ -19,15 +20,36 @@ pub struct SentinelGroup {
     /// The two data nodes; which one is the master changes on failover.
     data: Vec<RedisServer>,
     sentinels: Vec<RedisServer>,
+    tls: bool,
 }
 
 impl SentinelGroup {
     /// Starts the group and waits (bounded) until the replica is in sync and every sentinel
     /// sees the master, the replica and the two other sentinels.
     pub fn start() -> Self {
-        let master = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
-        let master_port = master.port().to_string();
-        let replica = RedisServer::start_with(&[
+        Self::start_impl(None)
+    }
+
+    /// A group spoken to over TLS only: data nodes and sentinels listen for TLS with `tls`'s
+    /// certificates, replicate and monitor over TLS, and the sentinels report TLS ports; clients
+    /// use [`sentinel_tls_urls`](Self::sentinel_tls_urls).
+    pub fn start_tls(tls: &TlsFiles) -> Self {
+        Self::start_impl(Some(tls))
+    }
+
+    fn start_impl(tls: Option<&TlsFiles>) -> Self {
+        let data_node = |args: &[&str]| match tls {
+            Some(tls) => {
+                let mut all = vec!["--tls-replication", "yes"];
+                all.extend_from_slice(args);
+                RedisServer::start_tls(tls, &all)
+            }
+            None => RedisServer::start_with(args),
+        };
+        let master = data_node(&["--repl-diskless-sync-delay", "0"]);
+        // Where replicas and sentinels reach the master: its TLS port in a TLS group.
+        let master_port = master.tls_port().unwrap_or(master.port()).to_string();
+        let replica = data_node(&[
             "--repl-diskless-sync-delay",
             "0",
             "--replicaof",
@@ -43,7 +65,7 @@ impl SentinelGroup {
         );
         let sentinels: Vec<RedisServer> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..3)
-                .map(|_| s.spawn(|| RedisServer::start_sentinel(&config)))
+                .map(|_| s.spawn(|| RedisServer::start_sentinel(&config, tls)))
                 .collect();
             handles
                 .into_iter()
@@ -53,6 +75,7 @@ impl SentinelGroup {
         let group = SentinelGroup {
             data: vec![master, replica],
             sentinels,
+            tls: tls.is_some(),
         };
         group.wait_for_link();
         group.wait_for_discovery();
@@ -64,20 +87,25 @@ impl SentinelGroup {
         self.sentinels.iter().map(|s| s.url()).collect()
     }
 
+    /// `rediss://127.0.0.1:TLS_PORT` of every sentinel of a [`start_tls`](Self::start_tls) group.
+    pub fn sentinel_tls_urls(&self) -> Vec<String> {
+        self.sentinels.iter().map(|s| s.tls_url()).collect()
+    }
+
     /// The sentinel processes.
     pub fn sentinels(&self) -> &[RedisServer] {
         &self.sentinels
     }
 
-    /// The data node on `port`.
+    /// The data node on `port` (its plain or, in a TLS group, its TLS port).
     pub fn node(&self, port: u16) -> &RedisServer {
         self.data
             .iter()
-            .find(|n| n.port() == port)
+            .find(|n| n.port() == port || n.tls_port() == Some(port))
             .unwrap_or_else(|| panic!("no data node on port {port}"))
     }
 
-    /// The master's port as the first live sentinel reports it.
+    /// The master's port as the first live sentinel reports it (its TLS port in a TLS group).
     pub fn master_port(&self) -> u16 {
         let sentinel = self
             .sentinels
@@ -94,7 +122,7 @@ impl SentinelGroup {
 
     /// The current replica (the data node that is not the master).
     pub fn replica(&self) -> &RedisServer {
-        let master = self.master_port();
+        let master = self.master().port();
         self.data
             .iter()
             .find(|n| n.port() != master)
@@ -212,6 +240,7 @@ impl std::fmt::Debug for SentinelGroup {
         f.debug_struct("SentinelGroup")
             .field("data", &self.data)
             .field("sentinels", &self.sentinels)
+            .field("tls", &self.tls)
             .finish()
     }
 }
