@@ -61,8 +61,8 @@ async fn render_metrics(State(state): State<AppState>) -> String {
 
 /// Buckets of the `cache_*_seconds` histograms: from an L1-speed 100 µs to a 10 s source call.
 const SECONDS_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-    10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 /// Buckets of `cache_value_bytes`: 64 B to 4 MiB.
 const BYTES_BUCKETS: &[f64] = &[

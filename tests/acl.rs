@@ -10,7 +10,9 @@ mod support;
 use std::time::Duration;
 
 use cache_layer::{Cache, Policy};
-use support::acl::{acl_denials, create_limited_user, readme_acl_rules, LIMITED_PASSWORD, LIMITED_USER};
+use support::acl::{
+    acl_denials, create_limited_user, readme_acl_rules, LIMITED_PASSWORD, LIMITED_USER,
+};
 use support::{unique_prefix, RedisServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,7 +44,10 @@ async fn suites_run_as_a_user_limited_to_the_namespace() {
     let policy = Policy::ttl(Duration::from_secs(60)).tags(["t"]);
     cache.set("k", &1u32, &policy).await.expect("set");
     cache.expire_tag("t").await.expect("expire_tag");
-    cache.invalidate_namespace().await.expect("invalidate_namespace");
+    cache
+        .invalidate_namespace()
+        .await
+        .expect("invalidate_namespace");
     assert_eq!(cache.get::<u32>("k").await.expect("get"), None);
     cache.ping().await.expect("ping");
     assert!(
@@ -99,7 +104,11 @@ async fn a_user_without_info_works_and_only_skips_the_memory_policy_check() {
     }
     cache.ping().await.expect("PING is allowed");
     let stats = cache.stats();
-    assert_eq!((stats.hits, stats.misses, stats.errors), (1, 1, 0), "{stats:?}");
+    assert_eq!(
+        (stats.hits, stats.misses, stats.errors),
+        (1, 1, 0),
+        "{stats:?}"
+    );
     assert_eq!(stats.memory_policy, None, "INFO denied: policy unknown");
     assert_eq!(
         stats.breaker,

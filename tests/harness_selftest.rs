@@ -396,9 +396,15 @@ fn acl_user_from_the_readme_is_limited_to_its_namespace() {
         .arg("v")
         .query::<()>(&mut conn)
         .expect_err("other namespace");
-    assert!(denied.to_string().to_uppercase().contains("NOPERM"), "{denied}");
+    assert!(
+        denied.to_string().to_uppercase().contains("NOPERM"),
+        "{denied}"
+    );
     let denied = redis::cmd("FLUSHALL")
         .query::<()>(&mut conn)
         .expect_err("not a command we use");
-    assert!(denied.to_string().to_uppercase().contains("NOPERM"), "{denied}");
+    assert!(
+        denied.to_string().to_uppercase().contains("NOPERM"),
+        "{denied}"
+    );
 }

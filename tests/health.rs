@@ -26,13 +26,19 @@ async fn ping_reports_whether_redis_answers() {
     let server = RedisServer::start();
     let cache = cache_on(&server);
     cache.ping().await.expect("up");
-    assert!(server.command_calls("ping") >= 1, "a PING reached the server");
+    assert!(
+        server.command_calls("ping") >= 1,
+        "a PING reached the server"
+    );
 
     tokio::task::block_in_place(|| server.pause());
     let started = std::time::Instant::now();
     let err = cache.ping().await.expect_err("hung server");
     assert!(matches!(err, cache_layer::Error::Timeout(_)), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(2), "bounded by the op timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "bounded by the op timeout"
+    );
     tokio::task::block_in_place(|| server.resume());
 
     tokio::task::block_in_place(|| server.kill());
@@ -115,7 +121,10 @@ async fn scripts_work_after_a_restart_emptied_the_script_cache() {
     let cache = cache_on(&server);
     let tagged = Policy::ttl(Duration::from_secs(60)).tags(["t"]);
     cache.set("a", &1u32, &tagged).await.expect("set");
-    cache.invalidate_tag("t").await.expect("invalidate (loads the script)");
+    cache
+        .invalidate_tag("t")
+        .await
+        .expect("invalidate (loads the script)");
     assert_eq!(cache.get::<u32>("a").await.expect("get"), None);
 
     tokio::task::block_in_place(|| server.restart());

@@ -143,8 +143,8 @@ fn dashboard_metrics(dashboard: &serde_json::Value) -> std::collections::BTreeSe
             let end = expr[start..]
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                 .map_or(expr.len(), |len| start + len);
-            let preceded_by_ident = start > 0
-                && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+            let preceded_by_ident =
+                start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
             if !preceded_by_ident {
                 let name = &expr[start..end];
                 let base = name
@@ -192,12 +192,25 @@ async fn grafana_dashboard_reads_the_documented_metrics() {
         .filter_map(|rest| rest.split_once('`'))
         .map(|(name, _)| format!("cache_{name}"))
         .collect();
-    assert!(documented.len() >= 20, "README metric table: {documented:?}");
+    assert!(
+        documented.len() >= 20,
+        "README metric table: {documented:?}"
+    );
     let undocumented: Vec<_> = used.difference(&documented).collect();
-    assert!(undocumented.is_empty(), "dashboard reads undocumented metrics {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "dashboard reads undocumented metrics {undocumented:?}"
+    );
     let unused: Vec<_> = documented.difference(&used).collect();
-    assert!(unused.is_empty(), "documented metrics without a panel: {unused:?}");
-    for histogram in ["cache_load_seconds", "cache_redis_op_seconds", "cache_value_bytes"] {
+    assert!(
+        unused.is_empty(),
+        "documented metrics without a panel: {unused:?}"
+    );
+    for histogram in [
+        "cache_load_seconds",
+        "cache_redis_op_seconds",
+        "cache_value_bytes",
+    ] {
         assert!(
             text.contains(&format!("{histogram}_bucket")),
             "{histogram} panel reads buckets"

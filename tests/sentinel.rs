@@ -82,13 +82,12 @@ async fn master_killed_under_load_fails_over_to_the_replica() {
     // the first operation starts an instance's bus.
     let others = instances(&group, &namespace, 2, true);
     let (writer, reader) = (&others[0], &others[1]);
-    let _: u32 = reader
-        .get_or_fetch("bus:1", &policy, || async { 1 })
-        .await;
+    let _: u32 = reader.get_or_fetch("bus:1", &policy, || async { 1 }).await;
     assert_eq!(writer.get::<u32>("bus:1").await.expect("get"), Some(1));
     assert!(
-        eventually(SENTINEL_READY_TIMEOUT, || writer.bus_connected() && reader.bus_connected())
-            .await,
+        eventually(SENTINEL_READY_TIMEOUT, || writer.bus_connected()
+            && reader.bus_connected())
+        .await,
         "both buses subscribed on the master"
     );
 
@@ -126,8 +125,7 @@ async fn master_killed_under_load_fails_over_to_the_replica() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let old = group.kill_master();
-    let promoted =
-        tokio::task::block_in_place(|| group.wait_for_failover(old));
+    let promoted = tokio::task::block_in_place(|| group.wait_for_failover(old));
     let answered_at_failover = answered.load(Ordering::Relaxed);
 
     // Hits resume on the promoted replica: a full round over the keys written before the kill
@@ -158,7 +156,9 @@ async fn master_killed_under_load_fails_over_to_the_replica() {
     // Load kept running through the failover.
     let until = answered.load(Ordering::Relaxed) + 200;
     assert!(
-        eventually(Duration::from_secs(10), || answered.load(Ordering::Relaxed) >= until).await,
+        eventually(Duration::from_secs(10), || answered.load(Ordering::Relaxed)
+            >= until)
+        .await,
         "readers kept being answered"
     );
     stop.store(true, Ordering::Relaxed);
@@ -174,24 +174,25 @@ async fn master_killed_under_load_fails_over_to_the_replica() {
     // The bus follows: the instances built before the failover resubscribe on the promoted
     // master, and the reader's L1 copy is replaced by the writer's write.
     assert!(
-        eventually(SENTINEL_READY_TIMEOUT, || writer.bus_connected() && reader.bus_connected())
-            .await,
+        eventually(SENTINEL_READY_TIMEOUT, || writer.bus_connected()
+            && reader.bus_connected())
+        .await,
         "both buses resubscribed on the promoted master"
     );
     let clients: String = promoted_node.query(redis::cmd("CLIENT").arg("LIST"));
     assert!(
-        clients.lines().filter(|c| c.contains("cmd=subscribe") || c.contains("sub=1")).count() >= 2,
+        clients
+            .lines()
+            .filter(|c| c.contains("cmd=subscribe") || c.contains("sub=1"))
+            .count()
+            >= 2,
         "the subscriptions are on the promoted master: {clients}"
     );
     // A key the reader holds in L1 (a resubscription empties L1, so fill it afterwards): with
     // the bus up the copy is trusted, so only a bus message can replace it.
-    let _: u32 = reader
-        .get_or_fetch("bus:2", &policy, || async { 1 })
-        .await;
+    let _: u32 = reader.get_or_fetch("bus:2", &policy, || async { 1 }).await;
     let l1_before = reader.stats().local_hits;
-    let _: u32 = reader
-        .get_or_fetch("bus:2", &policy, || async { 1 })
-        .await;
+    let _: u32 = reader.get_or_fetch("bus:2", &policy, || async { 1 }).await;
     assert_eq!(reader.stats().local_hits, l1_before + 1, "an L1 hit");
     // The writer was idle through the failover: its first operation may find its pooled
     // connections dead and its breaker open; a set is safe to retry.
@@ -205,9 +206,7 @@ async fn master_killed_under_load_fails_over_to_the_replica() {
     let mut seen = 0;
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        seen = reader
-            .get_or_fetch("bus:2", &policy, || async { 0 })
-            .await;
+        seen = reader.get_or_fetch("bus:2", &policy, || async { 0 }).await;
         if seen == 2 {
             break;
         }

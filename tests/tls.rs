@@ -47,7 +47,11 @@ async fn rediss_with_the_generated_ca_works_and_plain_or_untrusted_fails_clearly
         .namespace(unique_prefix("tls"))
         .build()
         .expect("valid configuration");
-    assert_eq!(miss_then_hit(&cache, "product:1").await, 1, "one load, then a hit");
+    assert_eq!(
+        miss_then_hit(&cache, "product:1").await,
+        1,
+        "one load, then a hit"
+    );
     let stats = cache.stats();
     assert_eq!(
         (stats.hits, stats.misses, stats.errors),
@@ -73,7 +77,10 @@ async fn rediss_with_the_generated_ca_works_and_plain_or_untrusted_fails_clearly
         .namespace(unique_prefix("tls-plain"))
         .build()
         .expect("valid configuration");
-    let err = plain.get::<String>("k").await.expect_err("plain text to a TLS port");
+    let err = plain
+        .get::<String>("k")
+        .await
+        .expect_err("plain text to a TLS port");
     assert!(
         matches!(err, Error::Redis(_) | Error::Timeout(_)),
         "a connection error: {err:?}"

@@ -89,7 +89,10 @@ mod tests {
         assert_eq!(policy.policy, "volatile-ttl");
         assert_eq!(policy.maxmemory, 1 << 20);
         assert_eq!(policy.warning, None);
-        assert_eq!(MemoryPolicy::from_info("# Memory\r\nused_memory:1\r\n"), None);
+        assert_eq!(
+            MemoryPolicy::from_info("# Memory\r\nused_memory:1\r\n"),
+            None
+        );
     }
 
     #[test]
@@ -105,7 +108,11 @@ mod tests {
             assert_eq!(warning(policy, 100 << 20), Some(ALLKEYS), "{policy}");
         }
         for policy in ["volatile-lru", "volatile-lfu", "volatile-random"] {
-            assert_eq!(warning(policy, 100 << 20), Some(VOLATILE_RECENCY), "{policy}");
+            assert_eq!(
+                warning(policy, 100 << 20),
+                Some(VOLATILE_RECENCY),
+                "{policy}"
+            );
         }
         assert_eq!(warning("volatile-ttl", 100 << 20), None);
     }

@@ -153,9 +153,7 @@ impl RedisCluster {
             .copied()
             .collect();
         let nodes: Vec<RedisServer> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..total)
-                .map(|_| s.spawn(|| start_node(&args)))
-                .collect();
+            let handles: Vec<_> = (0..total).map(|_| s.spawn(|| start_node(&args))).collect();
             handles
                 .into_iter()
                 .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))

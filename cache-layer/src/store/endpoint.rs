@@ -155,6 +155,9 @@ pub(crate) fn node_client(url: &str, tls: &TlsConfig) -> Result<redis::Client, E
 }
 
 /// Where new connections go.
+// One per store, cloned only when a connection is made: the variants' size difference costs
+// nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub(crate) enum Endpoint {
     /// One node, always the same address.
@@ -360,7 +363,9 @@ mod tests {
     #[test]
     fn a_bad_certificate_is_a_config_error_at_build_time() {
         let tls = TlsConfig {
-            root_ca: Some(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".to_vec()),
+            root_ca: Some(
+                b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".to_vec(),
+            ),
             client_auth: None,
         };
         let err = node_client("rediss://127.0.0.1:6380", &tls).unwrap_err();
