@@ -22,6 +22,10 @@
 //!
 //! [`Cache::ping`]: crate::Cache::ping
 
+use std::sync::Mutex;
+
+use crate::store::EvictionSettings;
+
 /// Redis' eviction settings (`INFO memory`) and what they mean for the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -44,20 +48,9 @@ const VOLATILE_RECENCY: &str = "a volatile-lru/lfu/random maxmemory-policy can e
     use volatile-ttl";
 
 impl MemoryPolicy {
-    /// Reads `maxmemory` and `maxmemory_policy` out of an `INFO memory` reply.
-    pub(crate) fn from_info(info: &str) -> Option<MemoryPolicy> {
-        let field = |name: &str| {
-            info.lines().find_map(|line| {
-                let (key, value) = line.trim().split_once(':')?;
-                (key == name).then(|| value.trim().to_owned())
-            })
-        };
-        let policy = field("maxmemory_policy")?;
-        let maxmemory = field("maxmemory")?.parse().ok()?;
-        Some(MemoryPolicy::new(policy, maxmemory))
-    }
-
-    fn new(policy: String, maxmemory: u64) -> MemoryPolicy {
+    /// What `settings` mean for the cache.
+    pub(crate) fn from_settings(settings: EvictionSettings) -> MemoryPolicy {
+        let EvictionSettings { policy, maxmemory } = settings;
         let warning = match policy.as_str() {
             "noeviction" if maxmemory > 0 => Some(NOEVICTION_FULL),
             p if p.starts_with("allkeys-") => Some(ALLKEYS),
@@ -72,48 +65,68 @@ impl MemoryPolicy {
     }
 }
 
+/// The last eviction settings a cache read, warned about once per policy.
+#[derive(Debug, Default)]
+pub(crate) struct PolicyWatch {
+    known: Mutex<Option<MemoryPolicy>>,
+}
+
+impl PolicyWatch {
+    /// Records freshly read settings; logs the warning when the policy is new and weakening.
+    pub(crate) fn record(&self, cache: &str, settings: EvictionSettings) {
+        let policy = MemoryPolicy::from_settings(settings);
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.as_ref().map(|k| &k.policy) != Some(&policy.policy) {
+            if let Some(warning) = policy.warning {
+                tracing::warn!(cache = %cache, maxmemory_policy = %policy.policy,
+                    maxmemory = policy.maxmemory, "{warning}");
+            }
+        }
+        *known = Some(policy);
+    }
+
+    /// The settings last read, if any.
+    pub(crate) fn get(&self) -> Option<MemoryPolicy> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn info(policy: &str, maxmemory: u64) -> String {
-        format!(
-            "# Memory\r\nused_memory:1000\r\nmaxmemory:{maxmemory}\r\nmaxmemory_human:0B\r\n\
-             maxmemory_policy:{policy}\r\nmem_fragmentation_ratio:1.0\r\n"
-        )
-    }
-
-    #[test]
-    fn reads_the_policy_from_info_memory() {
-        let policy = MemoryPolicy::from_info(&info("volatile-ttl", 1 << 20)).expect("parsed");
-        assert_eq!(policy.policy, "volatile-ttl");
-        assert_eq!(policy.maxmemory, 1 << 20);
-        assert_eq!(policy.warning, None);
-        assert_eq!(
-            MemoryPolicy::from_info("# Memory\r\nused_memory:1\r\n"),
-            None
-        );
+    fn warning(policy: &str, maxmemory: u64) -> Option<&'static str> {
+        MemoryPolicy::from_settings(EvictionSettings {
+            policy: policy.to_owned(),
+            maxmemory,
+        })
+        .warning
     }
 
     #[test]
     fn warns_about_the_policies_that_weaken_guarantees() {
-        let warning = |policy: &str, maxmemory| {
-            MemoryPolicy::from_info(&info(policy, maxmemory))
-                .expect("parsed")
-                .warning
-        };
         assert_eq!(warning("noeviction", 0), None, "no limit: nothing fails");
         assert_eq!(warning("noeviction", 100 << 20), Some(NOEVICTION_FULL));
         for policy in ["allkeys-lru", "allkeys-lfu", "allkeys-random"] {
             assert_eq!(warning(policy, 100 << 20), Some(ALLKEYS), "{policy}");
         }
         for policy in ["volatile-lru", "volatile-lfu", "volatile-random"] {
-            assert_eq!(
-                warning(policy, 100 << 20),
-                Some(VOLATILE_RECENCY),
-                "{policy}"
-            );
+            assert_eq!(warning(policy, 100 << 20), Some(VOLATILE_RECENCY), "{policy}");
         }
         assert_eq!(warning("volatile-ttl", 100 << 20), None);
+    }
+
+    #[test]
+    fn the_watch_keeps_the_last_settings() {
+        let watch = PolicyWatch::default();
+        assert_eq!(watch.get(), None);
+        let settings = |policy: &str| EvictionSettings {
+            policy: policy.to_owned(),
+            maxmemory: 1,
+        };
+        watch.record("c", settings("allkeys-lru"));
+        assert_eq!(watch.get().map(|p| p.policy), Some("allkeys-lru".to_owned()));
+        watch.record("c", settings("volatile-ttl"));
+        assert_eq!(watch.get().and_then(|p| p.warning), None);
     }
 }

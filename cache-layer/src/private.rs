@@ -18,9 +18,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde::de::DeserializeOwned;
-use serde::ser::Serialize;
-
 pub use crate::keys::args::{KeyArg, KeyBuilder, KeyError};
 pub use crate::{Cache, Error, FunctionStats, Policy, Stampede};
 pub use std::any::{type_name, type_name_of_val};
@@ -28,14 +25,7 @@ pub use std::format;
 pub use std::string::String;
 pub use std::time::Duration;
 
-/// A value the engine can store: what a cached fn returns (or its `Ok` / `Some` part).
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be cached: a cached value must be `Serialize + DeserializeOwned + Clone + Send + Sync + 'static`",
-    label = "the cached fn returns this",
-    note = "for `Result<T, E>` only `T` is stored, for `Option<T>` only `T`"
-)]
-pub trait Value: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
-impl<T> Value for T where T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
+pub use crate::value::Value;
 
 // ---------------------------------------------------------------------------------------------
 // Which cache a call uses.

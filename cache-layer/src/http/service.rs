@@ -23,7 +23,8 @@ use super::{
     CacheTags,
 };
 use crate::{
-    cache::{now_ms, Loaded, Origin},
+    cache::{Loaded, Origin},
+    util::now_ms,
     Cache, Stampede,
 };
 
@@ -148,9 +149,7 @@ where
 type Slot<B> = Arc<Mutex<Option<(Response<CacheBody<B>>, CacheStatus)>>>;
 
 fn take_slot<B: Body>(slot: &Slot<B>) -> Option<(Response<CacheBody<B>>, CacheStatus)> {
-    slot.lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .take()
+    crate::util::lock(slot).take()
 }
 
 /// What a miss needs to call the origin.
@@ -215,7 +214,7 @@ where
                 .as_ref()
                 .map(|t| now.saturating_sub(t.created_ms));
             let (status, age) = match fetched.origin {
-                Origin::LocalHit | Origin::Hit => (CacheStatus::Hit { ttl }, age),
+                Origin::L1Hit | Origin::Hit => (CacheStatus::Hit { ttl }, age),
                 Origin::Stale => (CacheStatus::Stale { ttl }, age),
                 Origin::Coalesced => (CacheStatus::Collapsed, None),
                 Origin::Loaded => (CacheStatus::Miss { stored: true }, None),
@@ -256,7 +255,7 @@ fn uncacheable<E, B: Body>(
     if failed {
         return Err(LoadError::Pass(Box::new(response), status));
     }
-    *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((response, status));
+    *crate::util::lock(slot) = Some((response, status));
     Ok(Loaded {
         value: StoredResponse::placeholder(),
         ttl: None,

@@ -38,7 +38,7 @@ impl HotKeys {
         if self.ticks.fetch_add(1, Ordering::Relaxed) % self.sample_every != 0 {
             return;
         }
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = crate::util::lock(&self.counts);
         if let Some(count) = counts.get_mut(key) {
             *count += 1;
             return;
@@ -61,7 +61,7 @@ impl HotKeys {
 
     /// The top keys with their estimated lookup counts, highest first.
     pub(crate) fn top(&self) -> Vec<(String, u64)> {
-        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = crate::util::lock(&self.counts);
         let mut all: Vec<(String, u64)> = counts
             .iter()
             .map(|(k, c)| (k.clone(), c * self.sample_every))
