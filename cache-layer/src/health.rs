@@ -111,7 +111,11 @@ mod tests {
             assert_eq!(warning(policy, 100 << 20), Some(ALLKEYS), "{policy}");
         }
         for policy in ["volatile-lru", "volatile-lfu", "volatile-random"] {
-            assert_eq!(warning(policy, 100 << 20), Some(VOLATILE_RECENCY), "{policy}");
+            assert_eq!(
+                warning(policy, 100 << 20),
+                Some(VOLATILE_RECENCY),
+                "{policy}"
+            );
         }
         assert_eq!(warning("volatile-ttl", 100 << 20), None);
     }
@@ -125,7 +129,10 @@ mod tests {
             maxmemory: 1,
         };
         watch.record("c", settings("allkeys-lru"));
-        assert_eq!(watch.get().map(|p| p.policy), Some("allkeys-lru".to_owned()));
+        assert_eq!(
+            watch.get().map(|p| p.policy),
+            Some("allkeys-lru".to_owned())
+        );
         watch.record("c", settings("volatile-ttl"));
         assert_eq!(watch.get().and_then(|p| p.warning), None);
     }

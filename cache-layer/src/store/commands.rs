@@ -195,7 +195,7 @@ pub(super) async fn eviction_settings<R: Raw>(
 }
 
 /// `maxmemory_policy` and `maxmemory` out of an `INFO memory` reply.
-pub(crate) fn parse_eviction_settings(info: &str) -> Option<super::EvictionSettings> {
+pub(super) fn parse_eviction_settings(info: &str) -> Option<super::EvictionSettings> {
     let field = |name: &str| {
         info.lines().find_map(|line| {
             let (key, value) = line.trim().split_once(':')?;

@@ -394,7 +394,10 @@ impl RedisStore {
     }
 
     /// A store whose connections go to `endpoint` (a node, or a Sentinel group's master).
-    pub(crate) fn with_endpoint(endpoint: Endpoint, config: RedisStoreConfig) -> Result<Self, Error> {
+    pub(crate) fn with_endpoint(
+        endpoint: Endpoint,
+        config: RedisStoreConfig,
+    ) -> Result<Self, Error> {
         check_timeouts(&config)?;
         let connection_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
