@@ -34,11 +34,12 @@
 //! (the life of a call, file by file, and the coherence invariants are in `docs/ARCHITECTURE.md`).
 //!
 //! 1. `util`, `error`, `value`: shared helpers, the error type, the one `Value` trait.
-//! 2. [`store`]: every Redis-level operation as a domain operation, for Redis, Redis Cluster and
-//!    the in-memory store (all Lua in `store/scripts.rs`).
-//! 3. `envelope`, `keys`, `l1`, `tags`, `metrics`, `breaker`, `policy`: the entry format, key
-//!    layout, the L1 map, tag and namespace books with the store clock, counters, the circuit
-//!    breaker, [`Policy`].
+//! 2. [`store`]: every Redis-level operation as a domain operation, for Redis, Redis Cluster,
+//!    Sentinel and the in-memory store (all Lua in `store/scripts.rs`; TLS and where connections
+//!    go in `store/endpoint.rs`).
+//! 3. `envelope`, `keys`, `l1`, `tags`, `metrics`, `breaker`, `policy`, `health`: the entry
+//!    format, key layout, the L1 map, tag and namespace books with the store clock, counters, the
+//!    circuit breaker, [`Policy`], what Redis' eviction policy weakens ([`MemoryPolicy`]).
 //! 4. `bus`, `stampede`: the invalidation bus between instances; single-flight, the distributed
 //!    lock and early refresh.
 //! 5. `cache`: the engine: `read` → `write` → `coherence` → the `Cache` state.
