@@ -45,7 +45,7 @@ impl Cache {
             .unwrap_or_else(|_| unreachable!("the default configuration is valid"))
     }
 
-    /// The cache installed with [`install`], if any.
+    /// The cache installed with [`install`](crate::install), if any.
     pub fn global() -> Option<Cache> {
         util::read(&GLOBAL).clone()
     }
@@ -55,7 +55,7 @@ impl Cache {
     /// Returns the cached value of `key`, or runs `loader` on a miss, stores its value with
     /// `policy` and returns it.
     ///
-    /// Concurrent misses of one key in this process share one load ([`Stampede`] selects more
+    /// Concurrent misses of one key in this process share one load ([`Stampede`](crate::Stampede) selects more
     /// protection). When Redis fails (error, timeout, breaker open) the loader's value is returned
     /// anyway: this never fails because of the cache. The loader runs in its own task, so a caller
     /// that is cancelled does not cancel it, and refreshes run in the background.

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::Error;
 
-/// A Redis Cluster [`Store`].
+/// A Redis Cluster [`Store`](super::Store).
 ///
 /// ```
 /// use cache_layer::store::{ClusterStore, RedisStoreConfig};

@@ -9,7 +9,7 @@
 //! get-many, conditional fill), tag records, namespace versions, entry locks, pub/sub, the server
 //! clock and the write-behind counters' protocol. Nothing outside this module builds a Redis
 //! command or names a redis-rs type (except the error conversion in `error.rs`); all Lua lives in
-//! [`scripts`]. The three stores implement the whole trait; the in-memory store keeps the same
+//! `scripts.rs`. The three stores implement the whole trait; the in-memory store keeps the same
 //! semantics in process (its clock is the local one, its pub/sub reaches this process only).
 //!
 //! Stores work on raw bytes; the [`Cache`](crate::Cache) owns encoding, validity and stampede

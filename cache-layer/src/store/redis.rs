@@ -252,7 +252,7 @@ impl Connection<'_> {
     }
 }
 
-/// A Redis [`Store`] on a bb8 pool of multiplexed connections.
+/// A Redis [`Store`](super::Store) on a bb8 pool of multiplexed connections.
 ///
 /// Creating it does no I/O; connections are made on first use.
 ///
