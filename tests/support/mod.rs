@@ -16,6 +16,7 @@
 pub mod acl;
 pub mod cluster;
 pub mod ports;
+pub mod proxy;
 pub mod redis_server;
 pub mod sentinel;
 pub mod tls;
@@ -28,6 +29,8 @@ pub use cluster::{
 };
 #[allow(unused_imports)]
 pub use ports::{free_cluster_port, free_port, port_is_free, CLUSTER_BUS_OFFSET};
+#[allow(unused_imports)]
+pub use proxy::Proxy;
 #[allow(unused_imports)]
 pub use redis_server::{info_field, parse_command_calls, Flavor, RedisServer};
 #[allow(unused_imports)]

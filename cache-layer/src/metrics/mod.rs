@@ -81,6 +81,10 @@ pub struct Stats {
     /// connected, or by [`Cache::ping`](crate::Cache::ping)); `None` before, for the embedded
     /// store, and when the ACL user may not run `INFO`. See [`MemoryPolicy`](crate::MemoryPolicy).
     pub memory_policy: Option<crate::MemoryPolicy>,
+    /// Invalidations, deletes and writes Redis has not taken yet (breaker open, timeouts): honoured
+    /// by this process and replayed in the background (gauge `cache_pending_invalidations`;
+    /// [`Cache::shutdown`](crate::Cache::shutdown) drains them).
+    pub pending_invalidations: u64,
 }
 
 impl Stats {
