@@ -1,6 +1,6 @@
-//! The backend-independent suites (`tests/suites`) against a single Redis node and against a real
-//! local Redis Cluster (3 masters + 3 replicas started by the harness), plus cluster-only checks:
-//! entries spread over all masters, and a master failover under load.
+//! The backend-independent suites (`tests/suites`) against a single Redis node, a private Valkey
+//! server, and a real local Redis Cluster (3 masters + 3 replicas started by the harness), plus
+//! cluster-only checks: entries spread over all masters, and a master failover under load.
 
 mod suites;
 mod support;
@@ -14,14 +14,14 @@ use std::{
 };
 
 use cache_layer::{BreakerConfig, Cache, Policy};
-use support::{shared_redis_url, unique_prefix, RedisCluster};
+use support::{shared_redis_url, unique_prefix, Flavor, RedisCluster, RedisServer};
 
-fn single_node_instances(test: &str, count: usize) -> Vec<Cache> {
+fn single_node_instances(url: &str, test: &str, count: usize) -> Vec<Cache> {
     let namespace = unique_prefix(test);
     (0..count)
         .map(|_| {
             Cache::builder()
-                .redis(shared_redis_url())
+                .redis(url)
                 .namespace(namespace.as_str())
                 .build()
                 .expect("valid configuration")
@@ -44,7 +44,28 @@ fn cluster_instances(cluster: &RedisCluster, test: &str, count: usize) -> Vec<Ca
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_node_suite() {
-    let instances = |test: &str, count| single_node_instances(test, count);
+    let url = shared_redis_url();
+    let instances = |test: &str, count| single_node_instances(&url, test, count);
+    suites::read_through(&instances).await;
+    suites::lock_across_instances(&instances).await;
+    suites::tags(&instances).await;
+    suites::counters(&instances).await;
+}
+
+/// The same suites on Valkey 9 (a private `valkey-server`; see `support::valkey`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_suite() {
+    if !support::valkey::valkey_available("valkey_suite") {
+        return;
+    }
+    let server = RedisServer::start_valkey(&[]);
+    let version = server.info_field("server", "valkey_version");
+    assert!(
+        version.as_deref().is_some_and(|v| v.starts_with("9.")),
+        "expected Valkey 9, got {version:?}"
+    );
+    let url = server.url();
+    let instances = |test: &str, count| single_node_instances(&url, test, count);
     suites::read_through(&instances).await;
     suites::lock_across_instances(&instances).await;
     suites::tags(&instances).await;
@@ -73,6 +94,20 @@ async fn cluster_suite() {
         let keys: u64 = cluster.node(port).query(&redis::cmd("DBSIZE"));
         assert!(keys > 0, "master {port} holds no entries");
     }
+}
+
+/// The suites on a Valkey 9 cluster (3 masters + 3 replicas).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_cluster_suite() {
+    if !support::valkey::valkey_available("valkey_cluster_suite") {
+        return;
+    }
+    let cluster = RedisCluster::start_of(Flavor::Valkey, 3, 1, &[]);
+    let instances = |test: &str, count| cluster_instances(&cluster, test, count);
+    suites::read_through(&instances).await;
+    suites::lock_across_instances(&instances).await;
+    suites::tags(&instances).await;
+    suites::counters(&instances).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -304,3 +304,107 @@ fn cluster_comes_up_serves_and_fails_over() {
     });
     eprintln!("cluster up in {up_in:?}, failover in {failover_in:?}");
 }
+
+/// `redis-cli --tls` against a TLS server: with the CA it answers, a client certificate is
+/// demanded when `--tls-auth-clients yes`, and the harness keeps controlling it on the plain port.
+#[test]
+fn tls_server_speaks_tls_with_the_generated_certificates() {
+    let tls = support::TlsFiles::generate();
+    let cli = |server: &RedisServer, extra: &[&str]| {
+        let port = server.tls_port().expect("tls port").to_string();
+        let out = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port, "--tls", "--cacert"])
+            .arg(&tls.ca_cert)
+            .args(extra)
+            .arg("PING")
+            .output()
+            .expect("run redis-cli");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let server = RedisServer::start_tls(&tls, &[]);
+    assert!(server.tls_url().starts_with("rediss://127.0.0.1:"));
+    assert_eq!(cli(&server, &[]).trim(), "PONG");
+    let _: () = server.query(&redis::cmd("PING")); // plain control port
+
+    let strict = RedisServer::start_tls(&tls, &["--tls-auth-clients", "yes"]);
+    assert_ne!(cli(&strict, &[]).trim(), "PONG", "no client certificate");
+    let client_cert = tls.client_cert.display().to_string();
+    let client_key = tls.client_key.display().to_string();
+    assert_eq!(
+        cli(&strict, &["--cert", &client_cert, "--key", &client_key]).trim(),
+        "PONG"
+    );
+}
+
+#[test]
+fn sentinel_group_forms_and_fails_over() {
+    let group = support::SentinelGroup::start();
+    let master = group.master_port();
+    assert_eq!(
+        support::sentinel::role(group.master()).as_deref(),
+        Some("master")
+    );
+    assert_eq!(
+        support::sentinel::role(group.replica()).as_deref(),
+        Some("slave")
+    );
+    let _: () = group.master().query(redis::cmd("SET").arg("k").arg("v"));
+    group.wait_for_replication();
+    let killed = group.kill_master();
+    assert_eq!(killed, master);
+    let promoted = group.wait_for_failover(killed);
+    assert_ne!(promoted, killed);
+    let value: String = group.node(promoted).query(redis::cmd("GET").arg("k"));
+    assert_eq!(value, "v");
+}
+
+#[test]
+fn valkey_server_starts_when_available() {
+    if !support::valkey::valkey_available("valkey_server_starts_when_available") {
+        return;
+    }
+    let server = RedisServer::start_valkey(&[]);
+    let info = server.info("server");
+    assert!(
+        support::info_field(&info, "server_name").as_deref() == Some("valkey"),
+        "not a Valkey server: {info}"
+    );
+    let _: () = server.query(redis::cmd("SET").arg("k").arg("v"));
+    let value: String = server.query(redis::cmd("GET").arg("k"));
+    assert_eq!(value, "v");
+}
+
+#[test]
+fn acl_user_from_the_readme_is_limited_to_its_namespace() {
+    let server = RedisServer::start();
+    let url = support::acl::create_limited_user(&server, "ns");
+    let mut conn = redis::Client::open(url)
+        .expect("url")
+        .get_connection()
+        .expect("limited user logs in");
+    let _: () = redis::cmd("SET")
+        .arg("ns:{k}")
+        .arg("v")
+        .query(&mut conn)
+        .expect("own namespace");
+    let denied = redis::cmd("SET")
+        .arg("other:{k}")
+        .arg("v")
+        .query::<()>(&mut conn)
+        .expect_err("other namespace");
+    assert!(
+        denied.to_string().to_uppercase().contains("NOPERM"),
+        "{denied}"
+    );
+    let denied = redis::cmd("FLUSHALL")
+        .query::<()>(&mut conn)
+        .expect_err("not a command we use");
+    assert!(
+        denied.to_string().to_uppercase().contains("NOPERM"),
+        "{denied}"
+    );
+}

@@ -108,12 +108,17 @@ async fn metrics_endpoint_reports_cache_activity() {
         redis_ok, 12.0,
         "6 GETs + 2 fills + 4 bookkeeping operations: {metrics}"
     );
+    // Histograms with buckets (what the Grafana dashboard's p50/p99 panels read).
     assert!(
-        metrics.contains("cache_load_seconds"),
+        metrics.contains("cache_load_seconds_bucket{"),
         "load latency histogram: {metrics}"
     );
     assert!(
-        metrics.contains("cache_value_bytes"),
+        metrics.contains("cache_redis_op_seconds_bucket{"),
+        "Redis latency histogram: {metrics}"
+    );
+    assert!(
+        metrics.contains("cache_value_bytes_bucket{"),
         "value size histogram: {metrics}"
     );
     assert!(
@@ -125,4 +130,92 @@ async fn metrics_endpoint_reports_cache_activity() {
     let stats = cache.stats();
     assert_eq!((stats.hits, stats.misses), (4, 2));
     server.abort();
+}
+
+/// The metric names a Grafana expression reads: `cache_*` identifiers, without the `_bucket` /
+/// `_sum` / `_count` series suffixes of a histogram.
+fn dashboard_metrics(dashboard: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    let mut exprs = Vec::new();
+    collect_exprs(dashboard, &mut exprs);
+    let mut names = std::collections::BTreeSet::new();
+    for expr in exprs {
+        let bytes = expr.as_bytes();
+        let mut i = 0;
+        while let Some(start) = expr[i..].find("cache_").map(|at| at + i) {
+            let end = expr[start..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(expr.len(), |len| start + len);
+            let preceded_by_ident =
+                start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+            if !preceded_by_ident {
+                let name = &expr[start..end];
+                let base = name
+                    .strip_suffix("_bucket")
+                    .or_else(|| name.strip_suffix("_sum"))
+                    .or_else(|| name.strip_suffix("_count"))
+                    .unwrap_or(name);
+                names.insert(base.to_owned());
+            }
+            i = end;
+        }
+    }
+    names
+}
+
+fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match value {
+                    serde_json::Value::String(s) if key == "expr" || key == "definition" => {
+                        out.push(s.clone())
+                    }
+                    other => collect_exprs(other, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// The Grafana dashboard next to the example reads only metrics the README documents, reads all
+/// of them, and its latency panels find the histogram buckets the example configures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafana_dashboard_reads_the_documented_metrics() {
+    let text = include_str!("../examples/grafana-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(text).expect("valid JSON");
+    assert_eq!(dashboard["uid"], "cache-layer");
+    let used = dashboard_metrics(&dashboard);
+    let readme = include_str!("../README.md");
+    let documented: std::collections::BTreeSet<String> = readme
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `cache_"))
+        .filter_map(|rest| rest.split_once('`'))
+        .map(|(name, _)| format!("cache_{name}"))
+        .collect();
+    assert!(
+        documented.len() >= 20,
+        "README metric table: {documented:?}"
+    );
+    let undocumented: Vec<_> = used.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "dashboard reads undocumented metrics {undocumented:?}"
+    );
+    let unused: Vec<_> = documented.difference(&used).collect();
+    assert!(
+        unused.is_empty(),
+        "documented metrics without a panel: {unused:?}"
+    );
+    for histogram in [
+        "cache_load_seconds",
+        "cache_redis_op_seconds",
+        "cache_value_bytes",
+    ] {
+        assert!(
+            text.contains(&format!("{histogram}_bucket")),
+            "{histogram} panel reads buckets"
+        );
+    }
 }

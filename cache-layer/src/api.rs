@@ -8,6 +8,7 @@
 //! | `redis_key`, `bus_connected` | [`coherence`](crate::cache::coherence): namespace version, bus state |
 //! | `counters`, `counters_with` | [`write_behind`](crate::write_behind) |
 //! | `builder`, `in_memory`, `global`, `name`, `namespace`, `stats` | this file |
+//! | `ping` | the [`store`](crate::store); the eviction settings it reads: [`health`](crate::health) |
 
 use std::{convert::Infallible, future::Future};
 
@@ -15,7 +16,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
     cache::{Cache, CacheBuilder, Loaded, GLOBAL},
-    store::TagField,
+    store::{Store, TagField},
     util,
     write_behind::{Counters, CountersConfig},
     Error, Policy, Stats,
@@ -44,7 +45,7 @@ impl Cache {
             .unwrap_or_else(|_| unreachable!("the default configuration is valid"))
     }
 
-    /// The cache installed with [`install`], if any.
+    /// The cache installed with [`install`](crate::install), if any.
     pub fn global() -> Option<Cache> {
         util::read(&GLOBAL).clone()
     }
@@ -54,7 +55,7 @@ impl Cache {
     /// Returns the cached value of `key`, or runs `loader` on a miss, stores its value with
     /// `policy` and returns it.
     ///
-    /// Concurrent misses of one key in this process share one load ([`Stampede`] selects more
+    /// Concurrent misses of one key in this process share one load ([`Stampede`](crate::Stampede) selects more
     /// protection). When Redis fails (error, timeout, breaker open) the loader's value is returned
     /// anyway: this never fails because of the cache. The loader runs in its own task, so a caller
     /// that is cancelled does not cancel it, and refreshes run in the background.
@@ -427,8 +428,44 @@ impl Cache {
         if let Some(hot_keys) = &inner.hot_keys {
             stats.hot_keys = hot_keys.top();
         }
+        stats.memory_policy = inner.memory_policy.get();
         stats.pending_invalidations = self.pending_count() as u64;
         stats
+    }
+
+    /// Checks that Redis answers: one `PING` (bounded by the op timeout), whatever the circuit
+    /// breaker's state; returns its round-trip time. Always `Ok` on the embedded store. Also
+    /// re-reads Redis' eviction settings ([`Stats::memory_policy`]).
+    ///
+    /// For a health or readiness endpoint. The cache itself keeps answering while Redis is down
+    /// (callers get the source's values), so taking an instance out of rotation because `ping`
+    /// fails removes a working service: report it, and gate on it only when the service cannot
+    /// run without its cache.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_layer::Error> {
+    /// let cache = cache_layer::Cache::in_memory();
+    /// let round_trip = cache.ping().await?;
+    /// assert!(round_trip < std::time::Duration::from_secs(1));
+    ///
+    /// // Nothing listens on port 1: a clear error within the op timeout, no panic, no hang.
+    /// let down = cache_layer::Cache::builder().redis("redis://127.0.0.1:1").build()?;
+    /// assert!(down.ping().await.is_err());
+    /// # Ok(()) }
+    /// ```
+    pub async fn ping(&self) -> Result<std::time::Duration, Error> {
+        let inner = &self.inner;
+        let started = std::time::Instant::now();
+        inner.store.ping().await?;
+        let round_trip = started.elapsed();
+        match inner.store.eviction_settings().await {
+            Ok(Some(settings)) => inner.memory_policy.record(&inner.name, settings),
+            Ok(None) => {}
+            Err(err) => tracing::debug!(cache = %inner.name, error = %err,
+                "cannot read maxmemory-policy (INFO memory); not checked"),
+        }
+        Ok(round_trip)
     }
 
     /// Drains pending work before the process exits: replays every invalidation, delete and

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::{
-    store::{Backend, Store, Subscription},
+    store::{Backend, EvictionSettings, Store, Subscription},
     tags::Trust,
     util,
 };
@@ -109,6 +109,9 @@ pub(crate) trait Listener: Send + Sync + 'static {
     /// One reading of the store's clock, `store_time` since the Unix epoch, taken between `sent`
     /// and `received`.
     fn clock_sample(&self, sent: Instant, received: Instant, store_time: Duration);
+
+    /// The store's eviction settings, read after each subscription.
+    fn eviction_settings(&self, settings: EvictionSettings);
 }
 
 /// Bus state shared between the cache and its subscriber task.
@@ -374,6 +377,13 @@ impl Subscriber {
             return Ended::Shutdown;
         };
         self.measure_clock(&*listener).await;
+        match self.store.eviction_settings().await {
+            Ok(Some(settings)) => listener.eviction_settings(settings),
+            Ok(None) => {}
+            // E.g. an ACL user without `+info`: the check is skipped.
+            Err(err) => tracing::debug!(channel = %self.channel, error = %err,
+                "cannot read maxmemory-policy (INFO memory); not checked"),
+        }
         // Subscribed: from now on every change is delivered. Everything learned before may have
         // missed messages, so L1 starts empty and in-flight L1 fills are dropped.
         listener.clone().start_over();

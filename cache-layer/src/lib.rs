@@ -34,11 +34,12 @@
 //! (the life of a call, file by file, and the coherence invariants are in `docs/ARCHITECTURE.md`).
 //!
 //! 1. `util`, `error`, `value`: shared helpers, the error type, the one `Value` trait.
-//! 2. [`store`]: every Redis-level operation as a domain operation, for Redis, Redis Cluster and
-//!    the in-memory store (all Lua in `store/scripts.rs`).
-//! 3. `envelope`, `keys`, `l1`, `tags`, `metrics`, `breaker`, `policy`: the entry format, key
-//!    layout, the L1 map, tag and namespace books with the store clock, counters, the circuit
-//!    breaker, [`Policy`].
+//! 2. [`store`]: every Redis-level operation as a domain operation, for Redis, Redis Cluster,
+//!    Sentinel and the in-memory store (all Lua in `store/scripts.rs`; TLS and where connections
+//!    go in `store/endpoint.rs`).
+//! 3. `envelope`, `keys`, `l1`, `tags`, `metrics`, `breaker`, `policy`, `health`: the entry
+//!    format, key layout, the L1 map, tag and namespace books with the store clock, counters, the
+//!    circuit breaker, [`Policy`], what Redis' eviction policy weakens ([`MemoryPolicy`]).
 //! 4. `bus`, `stampede`: the invalidation bus between instances; single-flight, the distributed
 //!    lock and early refresh.
 //! 5. `cache`: the engine: `read` → `write` → `coherence` → the `Cache` state.
@@ -54,6 +55,7 @@ mod bus;
 mod cache;
 mod envelope;
 mod error;
+mod health;
 #[cfg(feature = "http")]
 pub mod http;
 mod keys;
@@ -77,6 +79,7 @@ pub use breaker::{BreakerConfig, BreakerState};
 pub use cache::{install, Cache, CacheBuilder};
 pub use envelope::Codec;
 pub use error::Error;
+pub use health::MemoryPolicy;
 pub use metrics::{function_stats, FunctionStats, FunctionStatsSnapshot, Stats};
 pub use policy::{Policy, Stampede};
 pub use write_behind::{Batch, CounterStats, Counters, CountersConfig, FlushReport, Flusher};

@@ -3,7 +3,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::redis_server::{info_field, RedisServer};
+use super::redis_server::{info_field, Flavor, RedisServer};
+use super::tls::TlsFiles;
 use super::wait_until;
 
 /// Bounded wait for the cluster to become (or become again) healthy.
@@ -113,6 +114,36 @@ impl RedisCluster {
 
     /// Like [`start`](Self::start) with extra `redis-server` arguments for every node.
     pub fn start_with(masters: usize, replicas_per_master: usize, extra_args: &[&str]) -> Self {
+        Self::start_of(Flavor::Redis, masters, replicas_per_master, extra_args)
+    }
+
+    /// Like [`start_with`](Self::start_with) with Redis or Valkey nodes.
+    pub fn start_of(
+        flavor: Flavor,
+        masters: usize,
+        replicas_per_master: usize,
+        extra_args: &[&str],
+    ) -> Self {
+        Self::start_nodes(masters, replicas_per_master, extra_args, |args| {
+            RedisServer::start_cluster_node_of(flavor, args)
+        })
+    }
+
+    /// A cluster whose nodes also listen for TLS with `tls`'s certificates and talk TLS to each
+    /// other (`--tls-cluster yes --tls-replication yes`); clients use [`tls_urls`](Self::tls_urls).
+    pub fn start_tls(tls: &TlsFiles, masters: usize, replicas_per_master: usize) -> Self {
+        let tls_args = ["--tls-cluster", "yes", "--tls-replication", "yes"];
+        Self::start_nodes(masters, replicas_per_master, &tls_args, |args| {
+            RedisServer::start_tls_cluster_node(tls, args)
+        })
+    }
+
+    fn start_nodes(
+        masters: usize,
+        replicas_per_master: usize,
+        extra_args: &[&str],
+        start_node: impl Fn(&[&str]) -> RedisServer + Sync,
+    ) -> Self {
         assert!(
             masters >= 3,
             "redis-cli --cluster create needs at least 3 masters"
@@ -124,9 +155,7 @@ impl RedisCluster {
             .copied()
             .collect();
         let nodes: Vec<RedisServer> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..total)
-                .map(|_| s.spawn(|| RedisServer::start_cluster_node(&args)))
-                .collect();
+            let handles: Vec<_> = (0..total).map(|_| s.spawn(|| start_node(&args))).collect();
             handles
                 .into_iter()
                 .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
@@ -225,6 +254,12 @@ impl RedisCluster {
     /// `redis://127.0.0.1:PORT` of every live node (seed list for a cluster client).
     pub fn urls(&self) -> Vec<String> {
         self.live_nodes().iter().map(|n| n.url()).collect()
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT` of every live node of a [`start_tls`](Self::start_tls)
+    /// cluster.
+    pub fn tls_urls(&self) -> Vec<String> {
+        self.live_nodes().iter().map(|n| n.tls_url()).collect()
     }
 
     /// A cluster client seeded with every live node.

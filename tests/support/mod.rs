@@ -2,16 +2,25 @@
 //!
 //! * [`RedisServer`]: a private `redis-server` on a free port, killed on drop.
 //! * [`RedisCluster`]: a private Redis Cluster (masters + replicas), killed on drop.
+//! * [`SentinelGroup`]: a private master, replica and three sentinels, killed on drop.
+//! * [`TlsFiles`]: a throwaway CA plus server and client certificates, for
+//!   [`RedisServer::start_tls`].
+//! * [`valkey`]: finds a `valkey-server` binary, for [`RedisServer::start_valkey`].
+//! * [`acl`]: an ACL user limited to one namespace, made from the README's ACL line.
 //! * [`shared_redis_url`] / [`unique_prefix`]: for tests that use the shared server
 //!   (never flush or reconfigure it; namespace every key with a unique prefix).
 //!
 //! If `redis-server` is missing, run `scripts/test.sh`: it installs it.
 #![allow(dead_code)]
 
+pub mod acl;
 pub mod cluster;
 pub mod ports;
 pub mod proxy;
 pub mod redis_server;
+pub mod sentinel;
+pub mod tls;
+pub mod valkey;
 
 // Re-exports for convenience; a test file may use only some of them.
 #[allow(unused_imports)]
@@ -23,7 +32,11 @@ pub use ports::{free_cluster_port, free_port, port_is_free, CLUSTER_BUS_OFFSET};
 #[allow(unused_imports)]
 pub use proxy::Proxy;
 #[allow(unused_imports)]
-pub use redis_server::{info_field, parse_command_calls, RedisServer};
+pub use redis_server::{info_field, parse_command_calls, Flavor, RedisServer};
+#[allow(unused_imports)]
+pub use sentinel::{SentinelGroup, MASTER_NAME};
+#[allow(unused_imports)]
+pub use tls::TlsFiles;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

@@ -1,4 +1,5 @@
-//! A private `redis-server` process for one test.
+//! A private `redis-server` (or `valkey-server`, or `redis-server --sentinel`) process for one
+//! test.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::ports::{free_cluster_port, free_port};
+use super::tls::TlsFiles;
 use super::{require_redis_server, STARTUP_TIMEOUT};
 
 /// How many times a fresh port is tried when the chosen one turns out to be taken.
@@ -31,12 +33,71 @@ const POLL: Duration = Duration::from_millis(10);
 /// on drop. All methods take `&self`, so a server can be shared (e.g. in an `Arc`).
 pub struct RedisServer {
     port: u16,
-    cluster_node: bool,
-    args: Vec<String>,
+    /// The TLS port (`--tls-port`) of a server started with [`RedisServer::start_tls`].
+    tls_port: Option<u16>,
+    spec: Spec,
     child: Mutex<Option<Child>>,
     pid: AtomicU32,
     // Declared last: removed after the process is gone.
     dir: TempDir,
+}
+
+/// Which server binary to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// `redis-server` on `PATH`.
+    Redis,
+    /// A `valkey-server` found by [`super::valkey::valkey_server`].
+    Valkey,
+}
+
+impl Flavor {
+    fn binary(self) -> PathBuf {
+        match self {
+            Flavor::Redis => PathBuf::from("redis-server"),
+            Flavor::Valkey => super::valkey::valkey_server().unwrap_or_else(|| {
+                panic!(
+                    "no valkey-server binary: {}",
+                    super::valkey::HOW_TO_GET_VALKEY
+                )
+            }),
+        }
+    }
+}
+
+/// What to run. The harness owns `--port`, `--bind`, `--logfile` and `--daemonize`.
+#[derive(Clone)]
+struct Spec {
+    /// `redis-server`, or a `valkey-server` binary.
+    binary: PathBuf,
+    /// Contents of a config file passed as the first argument (written once, into the server's
+    /// directory, so a Sentinel's own rewrites survive a restart).
+    config: Option<String>,
+    /// Arguments after the harness's own.
+    args: Vec<String>,
+    /// A Redis Cluster node (port `P < 55536`, `P + 10000` free).
+    cluster_node: bool,
+    /// Also listen for TLS on a second port with these certificates.
+    tls: Option<TlsFiles>,
+}
+
+impl Spec {
+    fn redis(args: &[&str]) -> Self {
+        Spec {
+            binary: PathBuf::from("redis-server"),
+            config: None,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            cluster_node: false,
+            tls: None,
+        }
+    }
+
+    fn binary_name(&self) -> String {
+        self.binary
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.binary.display().to_string())
+    }
 }
 
 enum SpawnError {
@@ -53,28 +114,96 @@ impl RedisServer {
     /// Starts a server with extra `redis-server` arguments, e.g.
     /// `&["--maxmemory", "1mb", "--maxmemory-policy", "allkeys-lru"]`.
     pub fn start_with(args: &[&str]) -> Self {
-        Self::start_impl(args, false)
+        Self::start_spec(Spec::redis(args))
     }
 
     /// Starts a server whose port `P` satisfies the Redis Cluster constraints
     /// (`P < 55536`, `P + 10000` free). Used by [`super::RedisCluster`].
     pub fn start_cluster_node(args: &[&str]) -> Self {
-        Self::start_impl(args, true)
+        Self::start_cluster_node_of(Flavor::Redis, args)
     }
 
-    fn start_impl(args: &[&str], cluster_node: bool) -> Self {
-        require_redis_server();
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    /// [`start_cluster_node`](Self::start_cluster_node) for a Redis or a Valkey node.
+    pub fn start_cluster_node_of(flavor: Flavor, args: &[&str]) -> Self {
+        Self::start_spec(Spec {
+            binary: flavor.binary(),
+            cluster_node: true,
+            ..Spec::redis(args)
+        })
+    }
+
+    /// Starts a `valkey-server` (see [`super::valkey`]) with extra arguments. Panics when no
+    /// Valkey binary is available: check [`super::valkey::valkey_available`] first.
+    pub fn start_valkey(args: &[&str]) -> Self {
+        Self::start_spec(Spec {
+            binary: Flavor::Valkey.binary(),
+            ..Spec::redis(args)
+        })
+    }
+
+    /// Starts a server that also listens for TLS on [`tls_port`](Self::tls_port), with the
+    /// certificates in `tls` (`--tls-cert-file`, `--tls-key-file`, `--tls-ca-cert-file`). Clients
+    /// need no certificate unless `args` say `--tls-auth-clients yes`. The plain port stays open
+    /// for the harness's own control connections.
+    pub fn start_tls(tls: &TlsFiles, args: &[&str]) -> Self {
+        Self::start_spec(Self::tls_spec(tls, args))
+    }
+
+    /// [`start_tls`](Self::start_tls) for a Redis Cluster node (see
+    /// [`start_cluster_node`](Self::start_cluster_node)).
+    pub fn start_tls_cluster_node(tls: &TlsFiles, args: &[&str]) -> Self {
+        Self::start_spec(Spec {
+            cluster_node: true,
+            ..Self::tls_spec(tls, args)
+        })
+    }
+
+    fn tls_spec(tls: &TlsFiles, args: &[&str]) -> Spec {
+        let mut spec = Spec::redis(&[]);
+        let has = |name: &str| args.iter().any(|a| a.eq_ignore_ascii_case(name));
+        spec.args = vec![
+            "--tls-cert-file".into(),
+            tls.server_cert.display().to_string(),
+            "--tls-key-file".into(),
+            tls.server_key.display().to_string(),
+            "--tls-ca-cert-file".into(),
+            tls.ca_cert.display().to_string(),
+        ];
+        if !has("--tls-auth-clients") {
+            spec.args.extend(["--tls-auth-clients".into(), "no".into()]);
+        }
+        spec.args.extend(args.iter().map(|s| s.to_string()));
+        spec.tls = Some(tls.clone());
+        spec
+    }
+
+    /// Starts `redis-server <config> --sentinel` with the given `sentinel.conf` contents (the
+    /// file lives in the server's directory; Sentinel rewrites it as it learns the topology).
+    /// With `tls`, the sentinel also listens for TLS and talks TLS to the data nodes.
+    pub fn start_sentinel(config: &str, tls: Option<&TlsFiles>) -> Self {
+        let mut spec = match tls {
+            Some(tls) => Self::tls_spec(tls, &["--tls-replication", "yes"]),
+            None => Spec::redis(&[]),
+        };
+        spec.args.push("--sentinel".into());
+        spec.config = Some(config.to_owned());
+        Self::start_spec(spec)
+    }
+
+    fn start_spec(spec: Spec) -> Self {
+        if spec.binary == Path::new("redis-server") {
+            require_redis_server();
+        }
         for _ in 0..PORT_ATTEMPTS {
-            let port = if cluster_node {
+            let port = if spec.cluster_node {
                 free_cluster_port()
             } else {
                 free_port()
             };
             let server = RedisServer {
                 port,
-                cluster_node,
-                args: args.clone(),
+                tls_port: spec.tls.as_ref().map(|_| free_port()),
+                spec: spec.clone(),
                 child: Mutex::new(None),
                 pid: AtomicU32::new(0),
                 dir: tempfile::Builder::new()
@@ -88,7 +217,11 @@ impl RedisServer {
                 Err(SpawnError::AddrInUse) => continue,
             }
         }
-        panic!("redis-server: no free port after {PORT_ATTEMPTS} attempts (args {args:?})");
+        panic!(
+            "{}: no free port after {PORT_ATTEMPTS} attempts (args {:?})",
+            spec.binary_name(),
+            spec.args
+        );
     }
 
     /// The TCP port.
@@ -99,6 +232,20 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The TLS port of a server started with [`start_tls`](Self::start_tls).
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT` of a server started with [`start_tls`](Self::start_tls)
+    /// (the certificate is issued for `127.0.0.1` and `localhost`).
+    pub fn tls_url(&self) -> String {
+        let port = self
+            .tls_port
+            .unwrap_or_else(|| panic!("server on port {} was not started with TLS", self.port));
+        format!("rediss://127.0.0.1:{port}")
     }
 
     /// `127.0.0.1:PORT`
@@ -295,9 +442,17 @@ impl RedisServer {
         child.id() as i32
     }
 
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("server.conf")
+    }
+
     fn command_line(&self) -> Vec<String> {
-        let has = |name: &str| self.args.iter().any(|a| a.eq_ignore_ascii_case(name));
-        let mut argv: Vec<String> = vec![
+        let has = |name: &str| self.spec.args.iter().any(|a| a.eq_ignore_ascii_case(name));
+        let mut argv: Vec<String> = Vec::new();
+        if self.spec.config.is_some() {
+            argv.push(self.config_path().display().to_string());
+        }
+        argv.extend([
             "--port".into(),
             self.port.to_string(),
             "--bind".into(),
@@ -306,7 +461,16 @@ impl RedisServer {
             "no".into(),
             "--logfile".into(),
             self.log_path().display().to_string(),
-        ];
+        ]);
+        if let Some(tls_port) = self.tls_port {
+            argv.extend(["--tls-port".into(), tls_port.to_string()]);
+            if self.spec.cluster_node {
+                // With `tls-cluster yes` the bus would default to TLS port + 10000; keep it at
+                // the plain port's (reserved with it, and where `CLUSTER MEET ip port` looks).
+                let bus = self.port + super::ports::CLUSTER_BUS_OFFSET;
+                argv.extend(["--cluster-port".into(), bus.to_string()]);
+            }
+        }
         if !has("--dir") {
             argv.extend(["--dir".into(), self.dir.path().display().to_string()]);
         }
@@ -316,7 +480,7 @@ impl RedisServer {
         if !has("--appendonly") {
             argv.extend(["--appendonly".into(), "no".into()]);
         }
-        argv.extend(self.args.iter().cloned());
+        argv.extend(self.spec.args.iter().cloned());
         argv
     }
 
@@ -324,12 +488,17 @@ impl RedisServer {
     fn spawn_and_wait(&self) -> Result<(), SpawnError> {
         let log_path = self.log_path();
         let log_offset = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+        if let Some(config) = &self.spec.config {
+            if !self.config_path().exists() {
+                std::fs::write(self.config_path(), config).expect("write server config file");
+            }
+        }
         let stdio = OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("stdio.log"))
             .expect("open stdio log");
-        let mut command = Command::new("redis-server");
+        let mut command = Command::new(&self.spec.binary);
         command
             .args(self.command_line())
             .current_dir(self.dir.path())
@@ -339,9 +508,10 @@ impl RedisServer {
         let child = match command.spawn() {
             Ok(child) => child,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "`redis-server` not found on PATH. Run `scripts/test.sh` (it installs redis-server)."
+                "`{}` not found. Run `scripts/test.sh` (it installs redis-server and fetches valkey-server).",
+                self.spec.binary.display()
             ),
-            Err(e) => panic!("spawn redis-server: {e}"),
+            Err(e) => panic!("spawn {}: {e}", self.spec.binary.display()),
         };
         let pid = child.id();
         self.pid.store(pid, Ordering::SeqCst);
@@ -367,9 +537,10 @@ impl RedisServer {
                     return Err(SpawnError::AddrInUse);
                 }
                 panic!(
-                    "redis-server (port {}, args {:?}) exited during start-up ({status}). Log tail:\n{}",
+                    "{} (port {}, args {:?}) exited during start-up ({status}). Log tail:\n{}",
+                    self.spec.binary_name(),
                     self.port,
-                    self.args,
+                    self.spec.args,
                     self.log_tail(30)
                 );
             }
@@ -379,9 +550,10 @@ impl RedisServer {
             if Instant::now() >= deadline {
                 self.kill();
                 panic!(
-                    "redis-server (port {}, pid {pid}, args {:?}) did not answer PING within {:?}. Log tail:\n{}",
+                    "{} (port {}, pid {pid}, args {:?}) did not answer PING within {:?}. Log tail:\n{}",
+                    self.spec.binary_name(),
                     self.port,
-                    self.args,
+                    self.spec.args,
                     STARTUP_TIMEOUT,
                     self.log_tail(30)
                 );
@@ -416,9 +588,11 @@ impl std::fmt::Debug for RedisServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisServer")
             .field("port", &self.port)
+            .field("binary", &self.spec.binary)
             .field("pid", &self.pid())
-            .field("cluster_node", &self.cluster_node)
-            .field("args", &self.args)
+            .field("tls_port", &self.tls_port)
+            .field("cluster_node", &self.spec.cluster_node)
+            .field("args", &self.spec.args)
             .finish()
     }
 }

@@ -13,7 +13,7 @@ use crate::{
     l1::L1Tier,
     metrics::{CacheMetrics, HotKeys},
     stampede::{flight::Flights, lock::LandedSignals},
-    store::{Backend, ClusterStore, MemoryStore, RedisStore, RedisStoreConfig, Store},
+    store::{endpoint::TlsConfig, Backend, MemoryStore, RedisStore, RedisStoreConfig, Store},
     tags::{ClockReference, NamespaceBook, RedisClock, TagBook},
     BreakerConfig, BreakerState, Codec, Error,
 };
@@ -39,6 +39,12 @@ use crate::{
 pub struct CacheBuilder {
     redis_url: Option<String>,
     cluster_nodes: Option<Vec<String>>,
+    /// Sentinel URLs and the master's name.
+    sentinel: Option<(Vec<String>, String)>,
+    /// The Sentinel master's username (if any) and password.
+    #[cfg(feature = "sentinel")]
+    sentinel_auth: Option<(Option<String>, String)>,
+    tls: TlsConfig,
     namespace: String,
     name: Option<String>,
     l1_entries: Option<u64>,
@@ -58,6 +64,10 @@ impl Default for CacheBuilder {
         CacheBuilder {
             redis_url: None,
             cluster_nodes: None,
+            sentinel: None,
+            #[cfg(feature = "sentinel")]
+            sentinel_auth: None,
+            tls: TlsConfig::default(),
             namespace: "cache".to_owned(),
             name: None,
             l1_entries: None,
@@ -75,10 +85,101 @@ impl Default for CacheBuilder {
 }
 
 impl CacheBuilder {
-    /// Use the Redis at `url` (`redis://[user:password@]host:port[/db]`). Without this the cache
-    /// uses the embedded in-memory store.
+    /// Use the Redis at `url`: `redis://[user:password@]host:port[/db]`, or `rediss://...` for
+    /// TLS (feature `tls`). Without this the cache uses the embedded in-memory store.
     pub fn redis(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
+        self
+    }
+
+    /// Use the master named `master` of a Redis Sentinel group, found through any of `sentinels`
+    /// (`redis://host:26379` each; `rediss://` for TLS to the sentinels and to the master; a
+    /// password in a sentinel URL is the sentinels' own, see
+    /// [`redis_sentinel_auth`](Self::redis_sentinel_auth) for the master's).
+    ///
+    /// Every new connection asks the sentinels for the current master, so after a failover the
+    /// cache reconnects to the promoted replica; while it fails over, callers get the loader's
+    /// value. Feature `sentinel`.
+    ///
+    /// ```
+    /// let cache = cache_layer::Cache::builder()
+    ///     .redis_sentinel(["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"], "mymaster")
+    ///     .namespace("shop")
+    ///     .build()?;
+    /// # Ok::<(), cache_layer::Error>(())
+    /// ```
+    #[cfg(feature = "sentinel")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sentinel")))]
+    pub fn redis_sentinel<I, S>(mut self, sentinels: I, master: impl Into<String>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.sentinel = Some((
+            sentinels.into_iter().map(Into::into).collect(),
+            master.into(),
+        ));
+        self
+    }
+
+    /// The user and password of the master behind Sentinel (an empty `username` authenticates
+    /// with the password only, as `requirepass` expects).
+    ///
+    /// ```
+    /// let builder = cache_layer::Cache::builder()
+    ///     .redis_sentinel(["redis://10.0.0.1:26379"], "mymaster")
+    ///     .redis_sentinel_auth("shop-cache", "CHANGE-ME");
+    /// ```
+    #[cfg(feature = "sentinel")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sentinel")))]
+    pub fn redis_sentinel_auth(
+        mut self,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        let username = username.into();
+        self.sentinel_auth = Some(((!username.is_empty()).then_some(username), password.into()));
+        self
+    }
+
+    /// Trust the CA certificate(s) in `pem` for `rediss://` connections instead of the system's
+    /// trust store (a private CA; self-signed servers). Applies to a single node, every Cluster
+    /// node and the Sentinel group. Parsed by [`build`](Self::build): a bad PEM is an
+    /// [`Error::Config`] there. Feature `tls`.
+    ///
+    /// ```no_run
+    /// let cache = cache_layer::Cache::builder()
+    ///     .redis("rediss://redis.internal:6380")
+    ///     .tls_root_ca(std::fs::read("ca.crt")?)
+    ///     .build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.root_ca = Some(pem.into());
+        self
+    }
+
+    /// Present this client certificate chain and private key (PEM) to servers that require one
+    /// (`tls-auth-clients yes`, mutual TLS). Feature `tls`.
+    ///
+    /// ```no_run
+    /// let cache = cache_layer::Cache::builder()
+    ///     .redis("rediss://redis.internal:6380")
+    ///     .tls_root_ca(std::fs::read("ca.crt")?)
+    ///     .tls_client_auth(std::fs::read("client.crt")?, std::fs::read("client.key")?)
+    ///     .build()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_client_auth(
+        mut self,
+        cert_chain_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client_auth = Some((cert_chain_pem.into(), key_pem.into()));
         self
     }
 
@@ -93,6 +194,8 @@ impl CacheBuilder {
     ///     .build()?;
     /// # Ok::<(), cache_layer::Error>(())
     /// ```
+    #[cfg(feature = "cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
     pub fn redis_cluster<I, S>(mut self, nodes: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -224,20 +327,65 @@ impl CacheBuilder {
         self
     }
 
+    /// The store the configuration asks for.
+    fn store(&self) -> Result<Backend, Error> {
+        let given = [
+            self.redis_url.is_some(),
+            self.cluster_nodes.is_some(),
+            self.sentinel.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(Error::Config(
+                "more than one of .redis(..), .redis_cluster(..), .redis_sentinel(..) was given; \
+                 choose one"
+                    .into(),
+            ));
+        }
+        if let Some(url) = &self.redis_url {
+            return Ok(Backend::Redis(RedisStore::with_tls(
+                url,
+                &self.tls,
+                self.redis.clone(),
+            )?));
+        }
+        #[cfg(feature = "cluster")]
+        if let Some(nodes) = &self.cluster_nodes {
+            return Ok(Backend::Cluster(crate::store::ClusterStore::with_tls(
+                nodes,
+                &self.tls,
+                self.redis.clone(),
+            )?));
+        }
+        #[cfg(feature = "sentinel")]
+        if let Some((sentinels, master)) = &self.sentinel {
+            let endpoint = crate::store::endpoint::sentinel_endpoint(
+                sentinels,
+                master,
+                self.sentinel_auth.as_ref(),
+                &self.tls,
+                // Asking the sentinels and checking the master's role: a few round trips, each
+                // bounded like a connection attempt.
+                self.redis.connect_timeout * 4,
+            )?;
+            return Ok(Backend::Redis(RedisStore::with_endpoint(
+                crate::store::endpoint::Endpoint::Sentinel(Arc::new(endpoint)),
+                self.redis.clone(),
+            )?));
+        }
+        if !self.tls.is_default() {
+            return Err(Error::Config(
+                "tls_root_ca / tls_client_auth need a Redis to connect to (.redis(\"rediss://..\"))"
+                    .into(),
+            ));
+        }
+        Ok(Backend::Memory(MemoryStore::new(self.memory_max_bytes)))
+    }
+
     /// Builds the cache. Never connects: fails only on invalid configuration (bad URL or namespace).
     pub fn build(self) -> Result<Cache, Error> {
         let keys = KeySpace::new(&self.namespace)?;
         self.breaker.validate()?;
-        let store = match (&self.redis_url, &self.cluster_nodes) {
-            (Some(_), Some(_)) => {
-                return Err(Error::Config(
-                    "both .redis(..) and .redis_cluster(..) were given; choose one".into(),
-                ))
-            }
-            (Some(url), None) => Backend::Redis(RedisStore::new(url, self.redis.clone())?),
-            (None, Some(nodes)) => Backend::Cluster(ClusterStore::new(nodes, self.redis.clone())?),
-            (None, None) => Backend::Memory(MemoryStore::new(self.memory_max_bytes)),
-        };
+        let store = self.store()?;
         let name = self.name.unwrap_or_else(|| self.namespace.clone());
         let metrics = Arc::new(CacheMetrics::new(&name));
         let hook_metrics = metrics.clone();
@@ -295,6 +443,7 @@ impl CacheBuilder {
                 refresh_failures,
                 hot_keys: self.hot_keys.map(HotKeys::new),
                 extensions: Default::default(),
+                memory_policy: Default::default(),
             }
         });
         Ok(Cache { inner })

@@ -92,6 +92,8 @@ pub(crate) struct Inner {
     /// built on the cache, so the cache holds its state without naming its type); dropped, and
     /// their pushers stopped, with the cache.
     pub(crate) extensions: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
+    /// Redis' eviction settings, once read (see [`health`](crate::health)).
+    pub(crate) memory_policy: crate::health::PolicyWatch,
 }
 
 impl std::fmt::Debug for Cache {

@@ -87,8 +87,11 @@ pub(crate) enum Origin {
 /// A value and where it came from.
 pub(crate) struct Fetched<T> {
     pub(crate) value: T,
+    // Read by the HTTP front door (`Cache-Status`, `Age`) only.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) origin: Origin,
     /// The entry's timing, when the value is (or would have been) an entry.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) timing: Option<Timing>,
 }
 
@@ -278,6 +281,8 @@ impl Cache {
     }
 
     /// The engine behind every `'static` front door: lookup, refresh, single-flight, lock, fill.
+    // Called by the HTTP front door only (the others go through `get_or_fetch`'s own path).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) async fn fetch<T, E, F, Fut>(
         &self,
         key: &str,

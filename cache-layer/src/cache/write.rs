@@ -17,7 +17,7 @@ use super::{coherence::EntryKey, Cache, Inner};
 use crate::{
     bus::{Listener, Message},
     envelope::{self, Seen, Timing},
-    store::{NamespaceBump, Store, TagField},
+    store::{EvictionSettings, NamespaceBump, Store, TagField},
     tags::{TagTimes, Validity},
     util::now_ms,
     value::Value,
@@ -727,5 +727,9 @@ impl Listener for Inner {
         self.clock.record(sent, received, store_us);
         tracing::debug!(cache = %self.name, error_ms = ?self.clock.error_ms(),
             "measured the offset to the redis clock");
+    }
+
+    fn eviction_settings(&self, settings: EvictionSettings) {
+        self.memory_policy.record(&self.name, settings);
     }
 }

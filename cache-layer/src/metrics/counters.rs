@@ -344,6 +344,7 @@ impl CacheMetrics {
             breaker,
             breaker_transitions,
             hot_keys: Vec::new(),
+            memory_policy: None,
             pending_invalidations: 0,
         }
     }

@@ -21,11 +21,12 @@ use tokio::sync::Mutex;
 
 use super::{
     commands::{self, impl_store, Raw, Resend},
+    endpoint::{self, TlsConfig},
     redis::RedisStoreConfig,
 };
 use crate::Error;
 
-/// A Redis Cluster [`Store`].
+/// A Redis Cluster [`Store`](super::Store).
 ///
 /// ```
 /// use cache_layer::store::{ClusterStore, RedisStoreConfig};
@@ -38,6 +39,7 @@ use crate::Error;
 pub struct ClusterStore {
     client: ClusterClient,
     nodes: Vec<String>,
+    tls: TlsConfig,
     config: RedisStoreConfig,
     connection: std::sync::Arc<Mutex<Option<ClusterConnection>>>,
 }
@@ -52,17 +54,34 @@ impl std::fmt::Debug for ClusterStore {
 }
 
 impl ClusterStore {
-    /// A store for the cluster reachable through any of `nodes` (`redis://host:port` each).
+    /// A store for the cluster reachable through any of `nodes` (`redis://host:port` or
+    /// `rediss://host:port` each).
     ///
     /// Fails only when a URL is invalid.
     pub fn new<S: AsRef<str>>(nodes: &[S], config: RedisStoreConfig) -> Result<Self, Error> {
+        Self::with_tls(nodes, &TlsConfig::default(), config)
+    }
+
+    /// [`new`](Self::new) with TLS settings (applied to every node).
+    pub(crate) fn with_tls<S: AsRef<str>>(
+        nodes: &[S],
+        tls: &TlsConfig,
+        config: RedisStoreConfig,
+    ) -> Result<Self, Error> {
         let nodes: Vec<String> = nodes.iter().map(|n| n.as_ref().to_owned()).collect();
         if nodes.is_empty() {
             return Err(Error::Config(
                 "redis_cluster needs at least one node URL".into(),
             ));
         }
-        let client = ClusterClientBuilder::new(nodes.clone())
+        endpoint::check_tls(&nodes, tls)?;
+        #[allow(unused_mut)]
+        let mut builder = ClusterClientBuilder::new(nodes.clone());
+        #[cfg(feature = "tls")]
+        if !tls.is_default() {
+            builder = builder.certs(tls.certificates());
+        }
+        let client = builder
             .connection_timeout(config.connect_timeout)
             .response_timeout(config.op_timeout)
             // Redirects and slot refreshes must fit in one op timeout; the breaker handles the rest.
@@ -74,6 +93,7 @@ impl ClusterStore {
         Ok(ClusterStore {
             client,
             nodes,
+            tls: tls.clone(),
             config,
             connection: Default::default(),
         })
@@ -83,7 +103,7 @@ impl ClusterStore {
     fn node_client(&self) -> Option<redis::Client> {
         self.nodes
             .iter()
-            .find_map(|url| redis::Client::open(url.as_str()).ok())
+            .find_map(|url| endpoint::node_client(url, &self.tls).ok())
     }
 
     /// The node URLs the store was built with.
@@ -163,7 +183,7 @@ impl Raw for ClusterStore {
             .collect()
     }
 
-    fn pubsub_client(&self) -> Result<redis::Client, Error> {
+    async fn pubsub_client(&self) -> Result<redis::Client, Error> {
         self.node_client()
             .ok_or_else(|| Error::Config("no cluster node URL to subscribe on".into()))
     }

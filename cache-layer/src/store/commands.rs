@@ -44,8 +44,8 @@ pub(super) trait Raw: Send + Sync {
         keys: &[String],
     ) -> impl Future<Output = Result<Vec<Option<Vec<u8>>>, Error>> + Send;
 
-    /// A client for a connection of its own (pub/sub).
-    fn pubsub_client(&self) -> Result<redis::Client, Error>;
+    /// A client for a connection of its own (pub/sub): for Sentinel, the current master's.
+    fn pubsub_client(&self) -> impl Future<Output = Result<redis::Client, Error>> + Send;
 }
 
 pub(super) fn get_cmd(key: &str) -> Cmd {
@@ -251,8 +251,36 @@ pub(super) async fn publish<R: Raw>(raw: &R, channel: &str, message: &[u8]) -> R
     Ok(())
 }
 
+pub(super) async fn ping<R: Raw>(raw: &R) -> Result<(), Error> {
+    let _pong: String = raw.query(&redis::cmd("PING"), Resend::Safe).await?;
+    Ok(())
+}
+
+pub(super) async fn eviction_settings<R: Raw>(
+    raw: &R,
+) -> Result<Option<super::EvictionSettings>, Error> {
+    let info: String = raw
+        .query(redis::cmd("INFO").arg("memory"), Resend::Safe)
+        .await?;
+    Ok(parse_eviction_settings(&info))
+}
+
+/// `maxmemory_policy` and `maxmemory` out of an `INFO memory` reply.
+pub(super) fn parse_eviction_settings(info: &str) -> Option<super::EvictionSettings> {
+    let field = |name: &str| {
+        info.lines().find_map(|line| {
+            let (key, value) = line.trim().split_once(':')?;
+            (key == name).then(|| value.trim().to_owned())
+        })
+    };
+    Some(super::EvictionSettings {
+        policy: field("maxmemory_policy")?,
+        maxmemory: field("maxmemory")?.parse().ok()?,
+    })
+}
+
 pub(super) async fn subscribe<R: Raw>(raw: &R, channel: &str) -> Result<Subscription, Error> {
-    let client = raw.pubsub_client()?;
+    let client = raw.pubsub_client().await?;
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(channel).await?;
     Ok(Subscription::redis(pubsub))
@@ -531,6 +559,16 @@ macro_rules! impl_store {
 
             async fn subscribe(&self, channel: &str) -> Result<$crate::store::Subscription, Error> {
                 commands::subscribe(self, channel).await
+            }
+
+            async fn ping(&self) -> Result<(), Error> {
+                commands::ping(self).await
+            }
+
+            async fn eviction_settings(
+                &self,
+            ) -> Result<Option<$crate::store::EvictionSettings>, Error> {
+                commands::eviction_settings(self).await
             }
 
             async fn counters_push(

@@ -371,6 +371,14 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn ping(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn eviction_settings(&self) -> Result<Option<super::EvictionSettings>, Error> {
+        Ok(None)
+    }
+
     async fn subscribe(&self, channel: &str) -> Result<Subscription, Error> {
         let mut channels = lock(&self.in_process.channels);
         let tx = channels

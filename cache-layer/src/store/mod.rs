@@ -9,14 +9,16 @@
 //! get-many, conditional fill), tag records, namespace versions, entry locks, pub/sub, the server
 //! clock and the write-behind counters' protocol. Nothing outside this module builds a Redis
 //! command or names a redis-rs type (except the error conversion in `error.rs`); all Lua lives in
-//! [`scripts`]. The three stores implement the whole trait; the in-memory store keeps the same
+//! `scripts.rs`. The three stores implement the whole trait; the in-memory store keeps the same
 //! semantics in process (its clock is the local one, its pub/sub reaches this process only).
 //!
 //! Stores work on raw bytes; the [`Cache`](crate::Cache) owns encoding, validity and stampede
 //! logic.
 
+#[cfg(feature = "cluster")]
 mod cluster;
 mod commands;
+pub(crate) mod endpoint;
 mod memory;
 mod redis;
 mod scripts;
@@ -24,6 +26,7 @@ mod subscription;
 
 use std::{future::Future, time::Duration};
 
+#[cfg(feature = "cluster")]
 pub use self::cluster::ClusterStore;
 pub use self::memory::MemoryStore;
 pub use self::redis::{default_pool_size, RedisStore, RedisStoreConfig};
@@ -132,6 +135,15 @@ pub struct PushOutcome {
     pub applied: bool,
     /// Ids whose stored value would have overflowed `i64` (not incremented).
     pub rejected: Vec<String>,
+}
+
+/// A Redis server's eviction settings (`maxmemory-policy` and `maxmemory`, from `INFO memory`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvictionSettings {
+    /// `maxmemory-policy`, e.g. `volatile-ttl`.
+    pub policy: String,
+    /// `maxmemory` in bytes (0: no limit).
+    pub maxmemory: u64,
 }
 
 /// A lock on one entry held by one loader: its key and the holder's token.
@@ -307,6 +319,17 @@ pub trait Store: Send + Sync + 'static {
     /// Subscribes to `channel` on a connection of its own.
     fn subscribe(&self, channel: &str) -> impl Future<Output = Result<Subscription, Error>> + Send;
 
+    // ----- operations ---------------------------------------------------------------------------
+
+    /// Checks that the store answers (`PING`); always `Ok` in process.
+    fn ping(&self) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The server's eviction settings (`INFO memory`); `None` for a store in this process (or a
+    /// reply without them).
+    fn eviction_settings(
+        &self,
+    ) -> impl Future<Output = Result<Option<EvictionSettings>, Error>> + Send;
+
     // ----- write-behind counters ---------------------------------------------------------------
 
     /// Applies one push of `(id, delta)` increments from writer `token` exactly once per `seq`
@@ -377,6 +400,7 @@ pub trait Store: Send + Sync + 'static {
 pub(crate) enum Backend {
     Memory(MemoryStore),
     Redis(RedisStore),
+    #[cfg(feature = "cluster")]
     Cluster(ClusterStore),
 }
 
@@ -385,6 +409,7 @@ macro_rules! delegate {
         match $self {
             Backend::Memory($store) => $call.await,
             Backend::Redis($store) => $call.await,
+            #[cfg(feature = "cluster")]
             Backend::Cluster($store) => $call.await,
         }
     };
@@ -405,6 +430,7 @@ impl Store for Backend {
         match self {
             Backend::Memory(s) => s.is_shared(),
             Backend::Redis(s) => s.is_shared(),
+            #[cfg(feature = "cluster")]
             Backend::Cluster(s) => s.is_shared(),
         }
     }
@@ -499,6 +525,14 @@ impl Store for Backend {
 
     async fn subscribe(&self, channel: &str) -> Result<Subscription, Error> {
         delegate!(self, s => s.subscribe(channel))
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        delegate!(self, s => s.ping())
+    }
+
+    async fn eviction_settings(&self) -> Result<Option<EvictionSettings>, Error> {
+        delegate!(self, s => s.eviction_settings())
     }
 
     async fn counters_push(

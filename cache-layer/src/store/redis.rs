@@ -43,6 +43,7 @@ use bb8_redis::{
 use tokio::{sync::watch, time::Instant};
 
 use super::commands::{self, impl_store, Raw, Resend};
+use super::endpoint::{self, Endpoint, TlsConfig};
 use crate::Error;
 
 /// Connection settings of a [`RedisStore`].
@@ -96,7 +97,7 @@ pub(crate) struct PooledConnection {
 type ConnectFailures = watch::Sender<Option<redis::RedisError>>;
 
 struct Manager {
-    client: redis::Client,
+    endpoint: Endpoint,
     connection_config: AsyncConnectionConfig,
     connect_failures: Arc<ConnectFailures>,
 }
@@ -106,11 +107,14 @@ impl ManageConnection for Manager {
     type Error = redis::RedisError;
 
     async fn connect(&self) -> Result<PooledConnection, redis::RedisError> {
-        match self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.connection_config)
-            .await
-        {
+        let connected = async {
+            // A node: its client. Sentinel: the current master, asked for on every connect.
+            let client = self.endpoint.client().await?;
+            client
+                .get_multiplexed_async_connection_with_config(&self.connection_config)
+                .await
+        };
+        match connected.await {
             Ok(connection) => Ok(PooledConnection {
                 connection,
                 broken: Arc::new(AtomicBool::new(false)),
@@ -248,7 +252,7 @@ impl Connection<'_> {
     }
 }
 
-/// A Redis [`Store`] on a bb8 pool of multiplexed connections.
+/// A Redis [`Store`](super::Store) on a bb8 pool of multiplexed connections.
 ///
 /// Creating it does no I/O; connections are made on first use.
 ///
@@ -262,7 +266,7 @@ impl Connection<'_> {
 #[derive(Clone)]
 pub struct RedisStore {
     pool: bb8::Pool<Manager>,
-    client: redis::Client,
+    endpoint: Endpoint,
     config: RedisStoreConfig,
     connect_failures: Arc<ConnectFailures>,
     recent: Arc<RecentConnections>,
@@ -363,7 +367,7 @@ impl RecentConnections {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("server", &self.client.get_connection_info().addr())
+            .field("server", &self.endpoint)
             .field("config", &self.config)
             .finish()
     }
@@ -375,20 +379,32 @@ impl RedisStore {
     /// Fails only when the URL is invalid or a timeout is zero; a Redis that is down is noticed
     /// on use.
     pub fn new(url: &str, config: RedisStoreConfig) -> Result<Self, Error> {
-        if config.op_timeout.is_zero() || config.connect_timeout.is_zero() {
-            return Err(Error::Config(
-                "redis op_timeout and connect_timeout must be greater than zero".into(),
-            ));
-        }
-        let client = redis::Client::open(url).map_err(|e| {
-            Error::Config(format!("invalid redis url {:?}: {e}", redact_password(url)))
-        })?;
+        Self::with_tls(url, &TlsConfig::default(), config)
+    }
+
+    /// A store for the node at `url` (`redis://` or `rediss://`) with TLS settings.
+    pub(crate) fn with_tls(
+        url: &str,
+        tls: &TlsConfig,
+        config: RedisStoreConfig,
+    ) -> Result<Self, Error> {
+        check_timeouts(&config)?;
+        let client = endpoint::node_client(url, tls)?;
+        Self::with_endpoint(Endpoint::Node(client), config)
+    }
+
+    /// A store whose connections go to `endpoint` (a node, or a Sentinel group's master).
+    pub(crate) fn with_endpoint(
+        endpoint: Endpoint,
+        config: RedisStoreConfig,
+    ) -> Result<Self, Error> {
+        check_timeouts(&config)?;
         let connection_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.op_timeout));
         let connect_failures = Arc::new(watch::Sender::new(None));
         let manager = Manager {
-            client: client.clone(),
+            endpoint: endpoint.clone(),
             connection_config,
             connect_failures: connect_failures.clone(),
         };
@@ -406,7 +422,7 @@ impl RedisStore {
         let recent = Arc::new(RecentConnections::new(config.pool_size.max(1) as usize));
         Ok(RedisStore {
             pool,
-            client,
+            endpoint,
             config,
             connect_failures,
             recent,
@@ -525,23 +541,13 @@ impl RedisStore {
     }
 }
 
-/// `url` with the password (if any) replaced by `***`, for error messages.
-fn redact_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
+fn check_timeouts(config: &RedisStoreConfig) -> Result<(), Error> {
+    if config.op_timeout.is_zero() || config.connect_timeout.is_zero() {
+        return Err(Error::Config(
+            "redis op_timeout and connect_timeout must be greater than zero".into(),
+        ));
     }
+    Ok(())
 }
 
 impl Raw for RedisStore {
@@ -585,8 +591,8 @@ impl Raw for RedisStore {
         }
     }
 
-    fn pubsub_client(&self) -> Result<redis::Client, Error> {
-        Ok(self.client.clone())
+    async fn pubsub_client(&self) -> Result<redis::Client, Error> {
+        Ok(self.endpoint.client().await?)
     }
 }
 
@@ -702,6 +708,7 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted_from_url_errors() {
+        use endpoint::redact_password;
         assert_eq!(
             redact_password("redis://user:secret@host:6379/0"),
             "redis://user:***@host:6379/0"

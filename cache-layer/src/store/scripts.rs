@@ -565,4 +565,117 @@ mod tests {
         assert_eq!(claimed, None, "completed batches are gone");
         let _: () = conn.del(&[&live, &index, &leases]).await.unwrap();
     }
+
+    /// Every script of this module.
+    const ALL: &[(&str, &Lua)] = &[
+        ("COMPARE_AND_DELETE", &COMPARE_AND_DELETE),
+        ("COMPARE_AND_EXPIRE", &COMPARE_AND_EXPIRE),
+        ("BUMP_TAG", &BUMP_TAG),
+        ("NAMESPACE_EPOCH", &NAMESPACE_EPOCH),
+        ("REPAIR_TAG", &REPAIR_TAG),
+        ("FILL_IF", &FILL_IF),
+        ("DELETE_TO_TOMBSTONE", &DELETE_TO_TOMBSTONE),
+        ("COUNTERS_PUSH", &COUNTERS_PUSH),
+        ("COUNTERS_SEAL", &COUNTERS_SEAL),
+        ("COUNTERS_CLAIM", &COUNTERS_CLAIM),
+        ("COUNTERS_RENEW", &COUNTERS_RENEW),
+        ("COUNTERS_RELEASE", &COUNTERS_RELEASE),
+        ("COUNTERS_COMPLETE", &COUNTERS_COMPLETE),
+    ];
+
+    /// How many leading arguments of a command are keys (`None`: all of them).
+    fn key_arguments(command: &str) -> Option<usize> {
+        match command.to_ascii_uppercase().as_str() {
+            "TIME" => Some(0),
+            "DEL" | "UNLINK" | "EXISTS" | "MGET" => None,
+            "RENAME" => Some(2),
+            "GET" | "SET" | "TYPE" | "INCR" | "PEXPIRE" | "HGET" | "HSET" | "HDEL" | "HINCRBY"
+            | "HGETALL" | "ZADD" | "ZRANGE" | "ZREM" => Some(1),
+            other => panic!(
+                "a script calls {other}: add it to key_arguments (how many leading arguments are keys)"
+            ),
+        }
+    }
+
+    /// The `redis.call(..)` / `redis.pcall(..)` argument lists of a script, split at top-level
+    /// commas.
+    fn calls(source: &str) -> Vec<Vec<String>> {
+        let mut calls = Vec::new();
+        let mut rest = source;
+        while let Some(at) = [rest.find("redis.call("), rest.find("redis.pcall(")]
+            .into_iter()
+            .flatten()
+            .min()
+        {
+            let open = at + rest[at..].find('(').expect("an opening parenthesis");
+            let (mut depth, mut quote, mut args, mut current) =
+                (0usize, None, Vec::new(), String::new());
+            let mut end = open;
+            for (i, c) in rest[open + 1..].char_indices() {
+                match (quote, c) {
+                    (Some(q), c) if c == q => {
+                        quote = None;
+                        current.push(c);
+                    }
+                    (Some(_), c) => current.push(c),
+                    (None, '\'' | '"') => {
+                        quote = Some(c);
+                        current.push(c);
+                    }
+                    (None, '(' | '[' | '{') => {
+                        depth += 1;
+                        current.push(c);
+                    }
+                    (None, ')') if depth == 0 => {
+                        end = open + 1 + i;
+                        break;
+                    }
+                    (None, ')' | ']' | '}') => {
+                        depth -= 1;
+                        current.push(c);
+                    }
+                    (None, ',') if depth == 0 => args.push(std::mem::take(&mut current)),
+                    (None, c) => current.push(c),
+                }
+            }
+            args.push(current);
+            calls.push(args.into_iter().map(|a| a.trim().to_owned()).collect());
+            rest = &rest[end..];
+        }
+        calls
+    }
+
+    /// Every key a script touches is declared: each key argument of each `redis.call` /
+    /// `redis.pcall` is a `KEYS[n]`, never a name built inside the script. Redis Cluster routes a
+    /// script by its declared keys, and stores such as Dragonfly and Garnet refuse undeclared
+    /// ones.
+    #[test]
+    fn every_key_a_script_touches_is_declared() {
+        let mut checked = 0;
+        for (name, lua) in ALL {
+            let calls = calls(lua.source);
+            assert!(!calls.is_empty(), "{name}: no redis.call found");
+            for args in calls {
+                let command = args[0].trim_matches(|c| c == '\'' || c == '"');
+                let keys = key_arguments(command).unwrap_or(args.len() - 1);
+                for key in args.iter().skip(1).take(keys) {
+                    let declared = key
+                        .strip_prefix("KEYS[")
+                        .and_then(|k| k.strip_suffix(']'))
+                        .is_some_and(|n| n.parse::<usize>().is_ok());
+                    assert!(declared, "{name}: {command} touches {key}, not a KEYS[n]");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= ALL.len(), "checked {checked} key arguments");
+    }
+
+    #[test]
+    fn the_declared_keys_check_catches_an_undeclared_key() {
+        let calls = calls("local k = ARGV[1] .. ':x'\nredis.call('SET', k, ARGV[2], 'PX', 5)\nredis.pcall(\"GET\", KEYS[1])");
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0][..2], ["'SET'".to_owned(), "k".to_owned()]);
+        assert_eq!(calls[1], ["\"GET\"".to_owned(), "KEYS[1]".to_owned()]);
+    }
 }
