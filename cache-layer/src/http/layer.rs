@@ -191,6 +191,15 @@ impl CacheLayer {
         }
     }
 
+    /// A layer that behaves as a shared HTTP cache (RFC 9111) in front of an origin it does not
+    /// control, as a reverse proxy or CDN does: only the origin's freshness counts (no default
+    /// TTL), and requests' `Cache-Control` is honoured.
+    pub fn shared(cache: Cache) -> Self {
+        CacheLayer::new(cache)
+            .ttl(Duration::ZERO)
+            .respect_request_no_cache(true)
+    }
+
     fn config(&mut self) -> &mut Config {
         Arc::make_mut(&mut self.config)
     }
