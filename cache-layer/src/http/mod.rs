@@ -83,6 +83,7 @@
 //! plain hyper: wrap the service with `hyper_util::service::TowerToHyperService`.
 
 mod body;
+mod directives;
 mod entry;
 mod future;
 mod key;
