@@ -17,7 +17,7 @@ ROOT=$(pwd)
 
 VERSION=0.4.5
 # Required tests that must pass; raise it when conformance improves, never lower it to get green.
-FLOOR=150
+FLOOR=154
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'cache-tests: %s\n' "$*" >&2; exit 1; }

@@ -159,16 +159,6 @@ impl StoredResponse {
         (etag, self.0.headers.get(header::LAST_MODIFIED))
     }
 
-    /// Whether a `304` (with `headers`) may freshen this entry (RFC 9111 §4.3.4): its strong
-    /// `ETag`, when it has one, is the entry's.
-    pub(crate) fn selected_by(&self, headers: &HeaderMap) -> bool {
-        match (headers.get(header::ETAG), self.validators().0) {
-            (Some(new), Some(old)) => opaque_tag(new.as_bytes()) == opaque_tag(old.as_bytes()),
-            (Some(_), None) => false,
-            (None, _) => true,
-        }
-    }
-
     /// This entry with the headers of a `304` merged in (RFC 9111 §3.2) and `meta` (the new
     /// freshness) recorded.
     pub(crate) fn freshened(&self, not_modified: &HeaderMap, meta: Meta) -> Self {

@@ -24,7 +24,9 @@
 //!   heuristically cacheable ones (200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501) with a
 //!   `Last-Modified` to compute a heuristic lifetime from;
 //! - no `Set-Cookie` (deliberately stricter than the RFC: a session cookie must never be
-//!   replayed), no `Content-Range`;
+//!   replayed);
+//! - with `must-understand`, a status whose semantics RFC 9110 defines (`no-store` is then
+//!   ignored, RFC 9111 §5.2.2.3);
 //! - the caching field (`CDN-Cache-Control`, else `Surrogate-Control` aimed at this cache, else
 //!   `Cache-Control`) has neither `private` nor `no-store`; `no-cache` responses with a
 //!   validator are stored but revalidated before every use;
@@ -198,7 +200,6 @@ pub(crate) enum NotStored {
     CacheControl,
     Expired,
     VaryStar,
-    ContentRange,
     Authorization,
 }
 
@@ -210,7 +211,6 @@ impl NotStored {
             NotStored::CacheControl => "cache-control",
             NotStored::Expired => "expired",
             NotStored::VaryStar => "vary",
-            NotStored::ContentRange => "content-range",
             NotStored::Authorization => "authorization",
         }
     }
@@ -257,11 +257,13 @@ pub(crate) fn storability(
     if headers.contains_key(header::SET_COOKIE) {
         return Err(NotStored::SetCookie);
     }
-    if headers.contains_key(header::CONTENT_RANGE) {
-        return Err(NotStored::ContentRange);
-    }
     let cc = CacheControl::for_response(headers);
-    if cc.private || cc.no_store {
+    // RFC 9111 §5.2.2.3: `must-understand` stores only statuses whose semantics the cache knows,
+    // and then overrides `no-store`.
+    if cc.must_understand && !understood(status) {
+        return Err(NotStored::Status);
+    }
+    if cc.private || (cc.no_store && !cc.must_understand) {
         return Err(NotStored::CacheControl);
     }
     if authorized && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
@@ -330,6 +332,14 @@ pub(crate) fn storability(
         sie_ms,
         keep_ms,
     })
+}
+
+/// Statuses whose caching semantics RFC 9110 defines (for `must-understand`).
+fn understood(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200..=205 | 300..=305 | 307 | 308 | 400..=417 | 421..=426 | 428 | 429 | 431 | 451 | 500..=505 | 511
+    )
 }
 
 fn secs_ms(seconds: u64) -> u64 {
@@ -551,6 +561,9 @@ mod tests {
         assert!(store(&config, 404, &[("cache-control", "max-age=60")]).is_ok());
         assert!(store(&config, 500, &[("cache-control", "max-age=60")]).is_ok());
         assert_eq!(store(&config, 302, &[]), Err(NotStored::Status));
+        let unknown = [("cache-control", "max-age=60, must-understand")];
+        assert_eq!(store(&config, 599, &unknown), Err(NotStored::Status));
+        assert!(store(&config, 200, &[("cache-control", "max-age=60, must-understand, no-store")]).is_ok());
         let heuristic = store(
             &config,
             200,

@@ -459,7 +459,9 @@ where
     };
     let (mut parts, body) = response.into_parts();
     if let Some(entry) = &stale {
-        if parts.status == StatusCode::NOT_MODIFIED && entry.selected_by(&parts.headers) {
+        // The conditional named only this entry's validators, so a 304 is about this entry (an
+        // `ETag` it carries never replaces the stored one).
+        if parts.status == StatusCode::NOT_MODIFIED {
             return Ok(freshen(&cache, &config, &key, entry, &parts.headers, exchange, head, &conditions).await);
         }
         if parts.status.is_server_error() {
