@@ -21,7 +21,10 @@ use std::{net::SocketAddr, process::ExitCode, str::FromStr, time::Duration};
 use axum::{
     body::Body,
     extract::{ConnectInfo, State},
-    http::{header, uri::Authority, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri},
+    http::{
+        header, uri::Authority, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode,
+        Uri,
+    },
     Router,
 };
 use cache_layer::{Cache, CacheLayer};
@@ -129,16 +132,12 @@ async fn forward(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    let client_host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+    let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     parts.uri = match Uri::builder()
         .scheme("http")
         .authority(upstream.authority.clone())
@@ -235,7 +234,10 @@ async fn main() -> ExitCode {
         }
     };
     let local = listener.local_addr().map_or(args.listen, |a| a);
-    println!("reverse_proxy listening on http://{local}/ -> {}", args.origin);
+    println!(
+        "reverse_proxy listening on http://{local}/ -> {}",
+        args.origin
+    );
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(err) = axum::serve(listener, app).await {
         eprintln!("server error: {err}");

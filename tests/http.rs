@@ -697,9 +697,7 @@ async fn stale_while_revalidate_and_stale_if_error() {
     assert_eq!(stale.status, StatusCode::OK, "stale-if-error hides the 500");
     assert_eq!(stale.text(), "flaky ok 1");
     assert!(
-        stale
-            .cache_status()
-            .starts_with("cache-layer; hit; ttl=-"),
+        stale.cache_status().starts_with("cache-layer; hit; ttl=-"),
         "{}",
         stale.cache_status()
     );

@@ -65,13 +65,19 @@ impl CacheControl {
 
     /// Parses `name`. With `target`, directives carrying a `;device-token` apply only when the
     /// token is `target`.
-    pub(crate) fn parse_field(headers: &HeaderMap, name: &HeaderName, target: Option<&str>) -> Self {
+    pub(crate) fn parse_field(
+        headers: &HeaderMap,
+        name: &HeaderName,
+        target: Option<&str>,
+    ) -> Self {
         let mut cc = CacheControl::default();
         for value in headers.get_all(name) {
             for (name, arg) in directives(value.as_bytes()) {
                 let (name, arg) = match target {
                     Some(target) => match split_target(name, arg) {
-                        (name, arg, Some(token)) if !token.eq_ignore_ascii_case(target.as_bytes()) => {
+                        (name, arg, Some(token))
+                            if !token.eq_ignore_ascii_case(target.as_bytes()) =>
+                        {
                             let _ = (name, arg);
                             continue;
                         }
@@ -96,7 +102,9 @@ impl CacheControl {
                     b"stale-while-revalidate" => {
                         cc.stale_while_revalidate = delta_seconds(arg).or(cc.stale_while_revalidate)
                     }
-                    b"stale-if-error" => cc.stale_if_error = delta_seconds(arg).or(cc.stale_if_error),
+                    b"stale-if-error" => {
+                        cc.stale_if_error = delta_seconds(arg).or(cc.stale_if_error)
+                    }
                     b"max-stale" => {
                         cc.max_stale = Some(match arg {
                             None => u64::MAX,

@@ -183,7 +183,10 @@ impl StoredResponse {
 
     /// The headers a freshened entry would have (to compute its freshness before building it).
     pub(crate) fn merged_headers(&self, not_modified: &HeaderMap) -> HeaderMap {
-        self.freshened(not_modified, Meta::default()).0.headers.clone()
+        self.freshened(not_modified, Meta::default())
+            .0
+            .headers
+            .clone()
     }
 
     /// The client response: `304 Not Modified` when the request's `If-None-Match` (or, without
@@ -260,11 +263,17 @@ impl Conditions {
             return false;
         }
         if let Some(condition) = &self.if_none_match {
-            return entry.etag().is_some_and(|etag| etag_matches(condition, etag));
+            return entry
+                .etag()
+                .is_some_and(|etag| etag_matches(condition, etag));
         }
         let (Some(since), Some(modified)) = (
             self.if_modified_since.as_ref().and_then(http_date),
-            entry.0.headers.get(header::LAST_MODIFIED).and_then(http_date),
+            entry
+                .0
+                .headers
+                .get(header::LAST_MODIFIED)
+                .and_then(http_date),
         ) else {
             return false;
         };
@@ -510,8 +519,16 @@ impl<'de> Deserialize<'de> for StoredResponse {
             let value = HeaderValue::from_maybe_shared(value).map_err(de::Error::custom)?;
             headers.append(name, value);
         }
-        let (received_ms, lifetime_ms, initial_age_ms, must_revalidate, swr_ms, sie_ms, keep_ms, synthetic_etag) =
-            wire.meta;
+        let (
+            received_ms,
+            lifetime_ms,
+            initial_age_ms,
+            must_revalidate,
+            swr_ms,
+            sie_ms,
+            keep_ms,
+            synthetic_etag,
+        ) = wire.meta;
         Ok(StoredResponse(Arc::new(Stored {
             status,
             headers,
@@ -578,7 +595,11 @@ mod tests {
         assert_eq!(CacheStatus::ttl_seconds(9_000), 9);
         assert_eq!(CacheStatus::ttl_seconds(-2_500), -3);
         assert_eq!(
-            CacheStatus::Revalidated { status: 304, stored: true }.header_value(),
+            CacheStatus::Revalidated {
+                status: 304,
+                stored: true
+            }
+            .header_value(),
             "cache-layer; fwd=stale; fwd-status=304; stored"
         );
     }
@@ -602,17 +623,30 @@ mod tests {
                 initial_age_ms: 3_000,
                 ..Freshness::default()
             },
-            vary: vec![("accept".into(), None), ("x-v".into(), Some(Bytes::from_static(b"a, b")))],
+            vary: vec![
+                ("accept".into(), None),
+                ("x-v".into(), Some(Bytes::from_static(b"a, b"))),
+            ],
             tags: vec!["t".into()],
             synthetic_etag: false,
         };
-        let entry = StoredResponse::new(parts.status, &parts.headers, Bytes::from_static(b"\x00\xffbody"), meta.clone(), true);
+        let entry = StoredResponse::new(
+            parts.status,
+            &parts.headers,
+            Bytes::from_static(b"\x00\xffbody"),
+            meta.clone(),
+            true,
+        );
         assert!(entry.0.headers.get("x-hop").is_none());
         assert!(entry.0.headers.get("transfer-encoding").is_none());
         assert_eq!(entry.0.headers["content-length"], "6");
         assert!(entry.etag().is_some());
         assert!(entry.meta().synthetic_etag);
-        assert_eq!(entry.validators().0, None, "a computed ETag is never sent upstream");
+        assert_eq!(
+            entry.validators().0,
+            None,
+            "a computed ETag is never sent upstream"
+        );
         for codec in [crate::Codec::MessagePack, crate::Codec::Json] {
             let bytes = codec.encode(&entry).unwrap();
             let back: StoredResponse = codec.decode(&bytes).unwrap();
@@ -628,13 +662,25 @@ mod tests {
         let codec = crate::Codec::Json;
         let meta = r#""meta":[0,0,0,false,0,0,0,false],"vary":[],"tags":[]"#;
         let doc = |layout: u8, status: u16, headers: &str| {
-            format!(r#"{{"layout":{layout},"status":{status},"headers":{headers},"body":[],{meta}}}"#)
+            format!(
+                r#"{{"layout":{layout},"status":{status},"headers":{headers},"body":[],{meta}}}"#
+            )
         };
-        assert!(codec.decode::<StoredResponse>(doc(2, 200, "[]").as_bytes()).is_ok());
+        assert!(codec
+            .decode::<StoredResponse>(doc(2, 200, "[]").as_bytes())
+            .is_ok());
         let bad_header = doc(2, 200, r#"[["bad name",[]]]"#);
-        assert!(codec.decode::<StoredResponse>(bad_header.as_bytes()).is_err());
-        assert!(codec.decode::<StoredResponse>(doc(2, 1000, "[]").as_bytes()).is_err());
-        assert!(codec.decode::<StoredResponse>(doc(1, 200, "[]").as_bytes()).is_err());
-        assert!(codec.decode::<StoredResponse>(doc(9, 200, "[]").as_bytes()).is_err());
+        assert!(codec
+            .decode::<StoredResponse>(bad_header.as_bytes())
+            .is_err());
+        assert!(codec
+            .decode::<StoredResponse>(doc(2, 1000, "[]").as_bytes())
+            .is_err());
+        assert!(codec
+            .decode::<StoredResponse>(doc(1, 200, "[]").as_bytes())
+            .is_err());
+        assert!(codec
+            .decode::<StoredResponse>(doc(9, 200, "[]").as_bytes())
+            .is_err());
     }
 }

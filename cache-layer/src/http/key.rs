@@ -59,7 +59,13 @@ pub(crate) const FORWARDING_HEADERS: [HeaderName; 17] = [
 
 /// The primary part of a key (before request headers): method class, credential class, target.
 pub(crate) fn primary(parts: &request::Parts, credentialed: bool, custom: Option<&str>) -> String {
-    primary_for(&parts.method, &parts.uri, &parts.headers, credentialed, custom)
+    primary_for(
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        credentialed,
+        custom,
+    )
 }
 
 /// [`primary`] for a method and target given separately (invalidation of `Location` targets).

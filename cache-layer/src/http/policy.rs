@@ -141,7 +141,9 @@ fn authority_mismatch(parts: &request::Parts) -> bool {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (None, _) => false,
-        (Some(host), None) => !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()),
+        (Some(host), None) => !host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes()),
         // Several Host lines: invalid (RFC 9112 §3.2).
         (Some(_), Some(_)) => true,
     }
@@ -295,7 +297,11 @@ pub(crate) fn storability(
         }
         None => Duration::ZERO,
     };
-    let lifetime = if cc.no_cache { Duration::ZERO } else { lifetime };
+    let lifetime = if cc.no_cache {
+        Duration::ZERO
+    } else {
+        lifetime
+    };
     let initial_age_ms = initial_age_ms(headers, exchange);
     let has_validator =
         headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
@@ -397,7 +403,11 @@ fn age_value(headers: &HeaderMap) -> Option<Option<u64>> {
     let Some(line) = headers.get(header::AGE) else {
         return Some(None);
     };
-    let first = line.as_bytes().split(|&b| b == b',').next().unwrap_or_default();
+    let first = line
+        .as_bytes()
+        .split(|&b| b == b',')
+        .next()
+        .unwrap_or_default();
     let first = std::str::from_utf8(first).ok()?.trim();
     if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -410,7 +420,9 @@ pub(crate) fn initial_age_ms(headers: &HeaderMap, exchange: Exchange) -> u64 {
     let apparent = headers
         .get(header::DATE)
         .and_then(http_date)
-        .map_or(0, |date| exchange.response_ms.saturating_sub(system_ms(date)));
+        .map_or(0, |date| {
+            exchange.response_ms.saturating_sub(system_ms(date))
+        });
     let delay = exchange.response_ms.saturating_sub(exchange.request_ms);
     let corrected = match age_value(headers) {
         Some(Some(age)) => age.saturating_mul(1000).saturating_add(delay),
@@ -425,7 +437,8 @@ fn vary_star(headers: &HeaderMap) -> bool {
     headers.get_all(header::VARY).iter().any(|value| {
         value.to_str().map_or(true, |v| {
             v.split(',').map(str::trim).any(|name| {
-                name == "*" || (!name.is_empty() && HeaderName::from_bytes(name.as_bytes()).is_err())
+                name == "*"
+                    || (!name.is_empty() && HeaderName::from_bytes(name.as_bytes()).is_err())
             })
         })
     })
@@ -486,30 +499,49 @@ mod tests {
     #[test]
     fn requests() {
         let config = config();
-        let kind = |method, pairs: &[(&str, &str)]| classify(&config, &request(method, "/x", pairs), true);
+        let kind =
+            |method, pairs: &[(&str, &str)]| classify(&config, &request(method, "/x", pairs), true);
         assert_eq!(kind("GET", &[]), RequestKind::Cacheable);
         assert_eq!(kind("HEAD", &[]), RequestKind::Cacheable);
         assert_eq!(kind("POST", &[]), RequestKind::Unsafe);
         assert_eq!(kind("OPTIONS", &[]), RequestKind::Bypass);
         assert_eq!(kind("GET", &[("cookie", "s=1")]), RequestKind::Bypass);
-        assert_eq!(kind("GET", &[("authorization", "Bearer x")]), RequestKind::Bypass);
+        assert_eq!(
+            kind("GET", &[("authorization", "Bearer x")]),
+            RequestKind::Bypass
+        );
         assert_eq!(kind("GET", &[("range", "bytes=0-1")]), RequestKind::Bypass);
-        assert_eq!(kind("GET", &[("x-http-method-override", "DELETE")]), RequestKind::Bypass);
-        assert_eq!(kind("GET", &[("cache-control", "no-store")]), RequestKind::Bypass);
+        assert_eq!(
+            kind("GET", &[("x-http-method-override", "DELETE")]),
+            RequestKind::Bypass
+        );
+        assert_eq!(
+            kind("GET", &[("cache-control", "no-store")]),
+            RequestKind::Bypass
+        );
         // A body without length headers.
-        assert_eq!(classify(&config, &request("GET", "/x", &[]), false), RequestKind::Bypass);
+        assert_eq!(
+            classify(&config, &request("GET", "/x", &[]), false),
+            RequestKind::Bypass
+        );
         // Absolute-form target for another host than Host.
         let poisoned = request("GET", "http://shop.test/x", &[("host", "evil.example")]);
         assert_eq!(classify(&config, &poisoned, true), RequestKind::Bypass);
         let same = request("GET", "http://shop.test/x", &[("host", "Shop.Test")]);
         assert_eq!(classify(&config, &same, true), RequestKind::Cacheable);
         // no-cache is ignored unless asked for.
-        assert_eq!(kind("GET", &[("cache-control", "no-cache")]), RequestKind::Cacheable);
+        assert_eq!(
+            kind("GET", &[("cache-control", "no-cache")]),
+            RequestKind::Cacheable
+        );
         let mut respecting = config.clone();
         respecting.respect_request_no_cache = true;
         let no_cache = request("GET", "/x", &[("pragma", "no-cache")]);
         assert!(RequestRules::of(&no_cache.headers).no_cache);
-        assert_eq!(classify(&respecting, &no_cache, true), RequestKind::Cacheable);
+        assert_eq!(
+            classify(&respecting, &no_cache, true),
+            RequestKind::Cacheable
+        );
         let mut authorized = config;
         authorized.cache_authorized = true;
         let cookie = request("GET", "/x", &[("cookie", "s=1")]);
@@ -522,21 +554,39 @@ mod tests {
         let ok = |pairs: &[(&str, &str)]| store(&config, 200, pairs);
         assert_eq!(ok(&[]).unwrap().lifetime_ms, 60_000, "the layer's TTL");
         assert_eq!(ok(&[("set-cookie", "a=b")]), Err(NotStored::SetCookie));
-        assert_eq!(ok(&[("cache-control", "private")]), Err(NotStored::CacheControl));
-        assert_eq!(ok(&[("cache-control", "no-store")]), Err(NotStored::CacheControl));
-        assert_eq!(ok(&[("cache-control", "no-cache")]), Err(NotStored::CacheControl));
+        assert_eq!(
+            ok(&[("cache-control", "private")]),
+            Err(NotStored::CacheControl)
+        );
+        assert_eq!(
+            ok(&[("cache-control", "no-store")]),
+            Err(NotStored::CacheControl)
+        );
+        assert_eq!(
+            ok(&[("cache-control", "no-cache")]),
+            Err(NotStored::CacheControl)
+        );
         let no_cache = ok(&[("cache-control", "no-cache"), ("etag", "\"1\"")]).unwrap();
         assert_eq!(no_cache.lifetime_ms, 0);
         assert!(no_cache.must_revalidate);
-        assert_eq!(ok(&[("cache-control", "max-age=0")]), Err(NotStored::Expired));
+        assert_eq!(
+            ok(&[("cache-control", "max-age=0")]),
+            Err(NotStored::Expired)
+        );
         let aged = ok(&[("cache-control", "max-age=100, s-maxage=30"), ("age", "10")]).unwrap();
         assert_eq!(aged.lifetime_ms, 30_000);
         assert_eq!(aged.initial_age_ms, 10_000);
         assert!(aged.must_revalidate, "s-maxage implies proxy-revalidate");
-        assert_eq!(ok(&[("cache-control", "max-age=100"), ("age", "abc")]), Err(NotStored::Expired));
+        assert_eq!(
+            ok(&[("cache-control", "max-age=100"), ("age", "abc")]),
+            Err(NotStored::Expired)
+        );
         assert_eq!(ok(&[("vary", "*")]), Err(NotStored::VaryStar));
         assert!(ok(&[("vary", "Accept-Language")]).is_ok());
-        assert_eq!(ok(&[("expires", "Thu, 01 Jan 1970 00:00:00 GMT")]), Err(NotStored::Expired));
+        assert_eq!(
+            ok(&[("expires", "Thu, 01 Jan 1970 00:00:00 GMT")]),
+            Err(NotStored::Expired)
+        );
         assert_eq!(ok(&[("expires", "garbage")]), Err(NotStored::Expired));
         let dated = ok(&[
             ("date", "Fri, 27 Nov 2026 10:00:00 GMT"),
@@ -544,26 +594,54 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(dated.lifetime_ms, 60_000);
-        let swr = ok(&[("cache-control", "max-age=1, stale-while-revalidate=9, stale-if-error=20")]).unwrap();
-        assert_eq!((swr.swr_ms, swr.sie_ms, swr.keep_ms), (9_000, 20_000, 21_000));
+        let swr = ok(&[(
+            "cache-control",
+            "max-age=1, stale-while-revalidate=9, stale-if-error=20",
+        )])
+        .unwrap();
+        assert_eq!(
+            (swr.swr_ms, swr.sie_ms, swr.keep_ms),
+            (9_000, 20_000, 21_000)
+        );
         assert_eq!(store(&config, 500, &[]), Err(NotStored::Status));
         assert_eq!(store(&config, 404, &[]), Err(NotStored::Status));
-        let auth = storability(&config, StatusCode::OK, &headers(&[("cache-control", "max-age=60")]), true, NOW);
+        let auth = storability(
+            &config,
+            StatusCode::OK,
+            &headers(&[("cache-control", "max-age=60")]),
+            true,
+            NOW,
+        );
         assert_eq!(auth, Err(NotStored::Authorization));
-        let public = storability(&config, StatusCode::OK, &headers(&[("cache-control", "public, max-age=60")]), true, NOW);
+        let public = storability(
+            &config,
+            StatusCode::OK,
+            &headers(&[("cache-control", "public, max-age=60")]),
+            true,
+            NOW,
+        );
         assert!(public.is_ok());
     }
 
     #[test]
     fn shared_layers_store_what_the_rfc_allows() {
         let config = (*CacheLayer::shared(Cache::in_memory()).config).clone();
-        assert_eq!(store(&config, 200, &[]), Err(NotStored::Expired), "no freshness, no validator");
+        assert_eq!(
+            store(&config, 200, &[]),
+            Err(NotStored::Expired),
+            "no freshness, no validator"
+        );
         assert!(store(&config, 404, &[("cache-control", "max-age=60")]).is_ok());
         assert!(store(&config, 500, &[("cache-control", "max-age=60")]).is_ok());
         assert_eq!(store(&config, 302, &[]), Err(NotStored::Status));
         let unknown = [("cache-control", "max-age=60, must-understand")];
         assert_eq!(store(&config, 599, &unknown), Err(NotStored::Status));
-        assert!(store(&config, 200, &[("cache-control", "max-age=60, must-understand, no-store")]).is_ok());
+        assert!(store(
+            &config,
+            200,
+            &[("cache-control", "max-age=60, must-understand, no-store")]
+        )
+        .is_ok());
         let heuristic = store(
             &config,
             200,
@@ -575,7 +653,12 @@ mod tests {
         .unwrap();
         assert_eq!(heuristic.lifetime_ms, 360_000, "10% of an hour");
         // A validator keeps a zero-lifetime response for revalidation.
-        let validated = store(&config, 200, &[("cache-control", "max-age=0"), ("etag", "\"a\"")]).unwrap();
+        let validated = store(
+            &config,
+            200,
+            &[("cache-control", "max-age=0"), ("etag", "\"a\"")],
+        )
+        .unwrap();
         assert_eq!((validated.lifetime_ms, validated.keep_ms), (0, 60_000));
     }
 }

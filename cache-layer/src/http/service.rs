@@ -339,10 +339,12 @@ where
     let fresh_ms = entry.fresh_ms(now);
     let age_ms = entry.age_ms(now);
     let freshness = entry.meta().freshness;
-    let acceptable = rules.max_age.is_none_or(|max| age_ms <= max.saturating_mul(1000))
-        && rules
-            .min_fresh
-            .is_none_or(|min| fresh_ms >= i64::try_from(min.saturating_mul(1000)).unwrap_or(i64::MAX));
+    let acceptable = rules
+        .max_age
+        .is_none_or(|max| age_ms <= max.saturating_mul(1000))
+        && rules.min_fresh.is_none_or(|min| {
+            fresh_ms >= i64::try_from(min.saturating_mul(1000)).unwrap_or(i64::MAX)
+        });
     if fresh_ms > 0 && acceptable {
         let ttl = CacheStatus::ttl_seconds(fresh_ms);
         return Ok(respond(&entry, CacheStatus::Hit { ttl }));
@@ -378,7 +380,15 @@ where
             return Ok(respond(&entry, stale));
         }
     }
-    forward(cache, fill, Some(entry), Forward::Revalidate, head, conditions).await
+    forward(
+        cache,
+        fill,
+        Some(entry),
+        Forward::Revalidate,
+        head,
+        conditions,
+    )
+    .await
 }
 
 /// Why a request goes to the origin outside the engine's miss path.
@@ -422,7 +432,9 @@ where
             parts.headers.insert(header::IF_NONE_MATCH, etag.clone());
         }
         if let Some(modified) = modified {
-            parts.headers.insert(header::IF_MODIFIED_SINCE, modified.clone());
+            parts
+                .headers
+                .insert(header::IF_MODIFIED_SINCE, modified.clone());
         }
     }
     let request_headers = parts.headers.clone();
@@ -462,7 +474,17 @@ where
         // The conditional named only this entry's validators, so a 304 is about this entry (an
         // `ETag` it carries never replaces the stored one).
         if parts.status == StatusCode::NOT_MODIFIED {
-            return Ok(freshen(&cache, &config, &key, entry, &parts.headers, exchange, head, &conditions).await);
+            return Ok(freshen(
+                &cache,
+                &config,
+                &key,
+                entry,
+                &parts.headers,
+                exchange,
+                head,
+                &conditions,
+            )
+            .await);
         }
         if parts.status.is_server_error() {
             if let Some(response) = served_stale(entry, true) {
@@ -492,7 +514,13 @@ where
         Admitted::Entry(store) => {
             let ok = store.write(&cache, &config).await;
             let status = stored(ok);
-            Ok(store.entry.to_response(head, &conditions, &status, store.entry.age_ms(now_ms()), false))
+            Ok(store.entry.to_response(
+                head,
+                &conditions,
+                &status,
+                store.entry.age_ms(now_ms()),
+                false,
+            ))
         }
         Admitted::Pass(response, status, failed) => {
             // A refresh that comes back uncacheable ends the stale entry's life (a failure does
@@ -618,12 +646,23 @@ async fn admit<B: Body>(
         freshness,
         vary: names
             .iter()
-            .map(|name| (name.as_str().to_owned(), vary_value(target.request_headers, name)))
+            .map(|name| {
+                (
+                    name.as_str().to_owned(),
+                    vary_value(target.request_headers, name),
+                )
+            })
             .collect(),
         tags,
         synthetic_etag: false,
     };
-    let entry = StoredResponse::new(parts.status, &parts.headers, bytes, meta, config.synthesize_etag);
+    let entry = StoredResponse::new(
+        parts.status,
+        &parts.headers,
+        bytes,
+        meta,
+        config.synthesize_etag,
+    );
     Admitted::Entry(Store {
         key,
         entry,
