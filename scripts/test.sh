@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs redis-server/redis-cli if missing, makes
 # sure a Redis answers on 127.0.0.1:6379 (the shared server some tests use),
-# then runs `cargo test --workspace --all-targets "$@"` and the doc tests.
+# then runs `cargo test --workspace --all-targets "$@"`, the doc tests, and the HTTP caching
+# test suite against examples/reverse_proxy.rs (scripts/cache-tests.sh: installs Node.js and
+# http-cache-tests itself, fails below its floor of required passes).
 #
 # Integration tests start their own private redis-server processes (and a
 # local Redis Cluster) through tests/support; they only need the binaries.
@@ -68,3 +70,6 @@ cargo test --workspace --all-targets "$@"
 
 log "cargo test --workspace --doc"
 cargo test --workspace --doc
+
+log "scripts/cache-tests.sh (HTTP caching test suite against examples/reverse_proxy.rs)"
+bash scripts/cache-tests.sh

@@ -267,17 +267,18 @@ impl Conditions {
                 .etag()
                 .is_some_and(|etag| etag_matches(condition, etag));
         }
-        let (Some(since), Some(modified)) = (
-            self.if_modified_since.as_ref().and_then(http_date),
-            entry
-                .0
-                .headers
-                .get(header::LAST_MODIFIED)
-                .and_then(http_date),
-        ) else {
-            return false;
-        };
-        modified <= since
+        // RFC 9111 §4.3.2: without `Last-Modified`, the stored response's `Date`.
+        let modified = entry
+            .0
+            .headers
+            .get(header::LAST_MODIFIED)
+            .or_else(|| entry.0.headers.get(header::DATE))
+            .and_then(http_date);
+        let since = self.if_modified_since.as_ref().and_then(http_date);
+        match (since, modified) {
+            (Some(since), Some(modified)) => modified <= since,
+            _ => false,
+        }
     }
 }
 
