@@ -298,7 +298,13 @@ impl CacheLayer {
 
     /// Stampede protection for misses (default [`Stampede::Coalesce`]: concurrent misses of one key
     /// in this process make one origin request; [`Stampede::Lock`]: one per fleet).
+    /// [`Stampede::Early`] acts as `Coalesce` here: HTTP entries are refreshed by revalidation
+    /// when they go stale (see [`stale`](Self::stale) for refreshing ahead of clients).
     pub fn stampede(mut self, stampede: Stampede) -> Self {
+        let stampede = match stampede {
+            Stampede::Early => Stampede::Coalesce,
+            other => other,
+        };
         let config = self.config();
         config.policy = config.policy.clone().stampede(stampede);
         self

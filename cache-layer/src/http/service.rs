@@ -323,6 +323,8 @@ where
         }
         Origin::Hit | Origin::LocalHit | Origin::Stale | Origin::Coalesced => {}
     }
+    // Always here: the loader is the only other taker, and it runs only when the engine returns
+    // no entry (the layer never enables `Stampede::Early`, whose refresh would take it).
     let Some(fill) = take(&held) else {
         return Ok(internal_error());
     };
@@ -819,8 +821,8 @@ where
     Ok(response)
 }
 
-/// The keys a GET of `target` could be stored under for this client: both credential classes,
-/// with its request headers and without any.
+/// The keys a GET of `target` could be stored under for this client: with its request headers
+/// and without any, in the anonymous class and (with `cache_authorized`) the credentialed one.
 fn invalidation_keys(
     config: &Config,
     target: &Uri,
@@ -829,7 +831,12 @@ fn invalidation_keys(
 ) -> Vec<String> {
     let mut keys = Vec::with_capacity(4);
     let none = HeaderMap::new();
-    for credentialed in [false, true] {
+    let classes: &[bool] = if config.cache_authorized {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for &credentialed in classes {
         let primary = key::primary_for(&Method::GET, target, headers, credentialed, custom);
         let keyed = config.learned.keyed(&primary, &config.keyed);
         for headers in [headers, &none] {
