@@ -27,7 +27,10 @@ use cache_layer::{http::CacheTags, Cache, CacheLayer};
 use futures_util::stream;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use support::{shared_redis_url, unique_prefix, RedisServer};
+use support::{
+    http::{get, send},
+    shared_redis_url, unique_prefix, RedisServer,
+};
 use tokio::{
     net::TcpListener,
     sync::{Notify, Semaphore},
@@ -224,63 +227,6 @@ async fn app(layer: CacheLayer) -> (SocketAddr, Origin) {
         .layer(layer)
         .with_state(state.clone());
     (serve(router).await, state)
-}
-
-// ---- client ---------------------------------------------------------------------------------
-
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn text(&self) -> &str {
-        std::str::from_utf8(&self.body).unwrap()
-    }
-    fn header(&self, name: &str) -> &str {
-        header(&self.headers, name)
-    }
-    fn cache_status(&self) -> &str {
-        self.header("cache-status")
-    }
-    /// A fresh hit (a stale one has a negative ttl).
-    fn is_hit(&self) -> bool {
-        self.cache_status().starts_with("cache-layer; hit; ttl=")
-            && !self.cache_status().contains("ttl=-")
-    }
-}
-
-/// Sends one request over a fresh connection; the path goes on the wire exactly as given.
-async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut request = hyper::Request::builder().method(method).uri(path);
-    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
-        request = request.header("host", "shop.test");
-    }
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = sender
-        .send_request(request.body(Empty::<Bytes>::new()).unwrap())
-        .await
-        .unwrap();
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
-}
-
-async fn get(addr: SocketAddr, path: &str) -> Reply {
-    send(addr, "GET", path, &[]).await
 }
 
 // ---- tests ----------------------------------------------------------------------------------

@@ -20,9 +20,12 @@ use axum::{
 };
 use bytes::Bytes;
 use cache_layer::{Cache, CacheLayer};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{shared_redis_url, unique_prefix};
+use support::{
+    http::{get, send, send_h2},
+    shared_redis_url, unique_prefix,
+};
 use tokio::net::TcpListener;
 
 // ---- scripted origin ------------------------------------------------------------------------
@@ -174,107 +177,7 @@ async fn app(layer: CacheLayer) -> (SocketAddr, Origin) {
     (serve(router(layer, &origin)).await, origin)
 }
 
-// ---- clients --------------------------------------------------------------------------------
-
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn text(&self) -> &str {
-        std::str::from_utf8(&self.body).unwrap()
-    }
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-    fn cache_status(&self) -> &str {
-        self.header("cache-status")
-    }
-    fn is_fresh_hit(&self) -> bool {
-        self.cache_status().starts_with("cache-layer; hit; ttl=")
-            && !self.cache_status().contains("ttl=-")
-    }
-}
-
-async fn into_reply(response: hyper::Response<hyper::body::Incoming>) -> Reply {
-    let (parts, body) = response.into_parts();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
-    }
-}
-
-/// HTTP/1.1 over a fresh connection; `target` goes on the wire as given (origin or absolute
-/// form); `Host: shop.test` unless `headers` has one.
-async fn send(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Reply {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut request = hyper::Request::builder().method(method).uri(target);
-    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
-        request = request.header("host", "shop.test");
-    }
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = sender
-        .send_request(request.body(Empty::<Bytes>::new()).unwrap())
-        .await
-        .unwrap();
-    into_reply(response).await
-}
-
-async fn get(addr: SocketAddr, path: &str) -> Reply {
-    send(addr, "GET", path, &[]).await
-}
-
-/// HTTP/2 (prior knowledge): `uri` carries `:scheme` and `:authority`; `body`, when given, is
-/// sent as DATA frames without `Content-Length`.
-async fn send_h2(
-    addr: SocketAddr,
-    uri: &str,
-    headers: &[(&str, &str)],
-    body: Option<&'static str>,
-) -> Reply {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let mut request = hyper::Request::builder()
-        .method("GET")
-        .uri(uri)
-        .version(http::Version::HTTP_2);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let body = match body {
-        // A streamed body: no size hint, so hyper sends no content-length.
-        Some(text) => http_body_util::StreamBody::new(futures_util::stream::iter([Ok::<
-            _,
-            std::convert::Infallible,
-        >(
-            hyper::body::Frame::data(Bytes::from_static(text.as_bytes())),
-        )]))
-        .boxed(),
-        None => Full::new(Bytes::new()).boxed(),
-    };
-    let response = sender
-        .send_request(request.body(body).unwrap())
-        .await
-        .unwrap();
-    into_reply(response).await
-}
+// ---- helpers -------------------------------------------------------------------------------
 
 /// Polls `check` until it holds (a refresh that runs in the background has no other signal).
 async fn eventually<F, Fut>(what: &str, mut check: F)
@@ -339,7 +242,7 @@ async fn stale_entries_are_revalidated_and_the_304_merged() {
     assert_eq!(seen[1].headers["if-none-match"], "\"v1\"");
     // Freshened for 60 s: a hit, with the merged headers.
     let hit = get(addr, "/doc").await;
-    assert!(hit.is_fresh_hit(), "{}", hit.cache_status());
+    assert!(hit.is_hit(), "{}", hit.cache_status());
     assert_eq!(hit.header("x-version"), "b");
     assert_eq!(hit.text(), "document");
     assert_eq!(origin.calls("/doc"), 2);
@@ -489,10 +392,10 @@ async fn vary_is_stored_with_the_entry_and_matched_on_reuse_across_instances() {
     // Each variant is reused by the other instance for the matching client only.
     let en_b = send(b, "GET", "/greeting", &lang("en")).await;
     assert_eq!(en_b.text(), "hello in en");
-    assert!(en_b.is_fresh_hit(), "{}", en_b.cache_status());
+    assert!(en_b.is_hit(), "{}", en_b.cache_status());
     let de_a = send(a, "GET", "/greeting", &lang("de")).await;
     assert_eq!(de_a.text(), "hello in de");
-    assert!(de_a.is_fresh_hit(), "{}", de_a.cache_status());
+    assert!(de_a.is_hit(), "{}", de_a.cache_status());
     // Values are compared after normalising whitespace; absent differs from empty.
     let spaced = send(a, "GET", "/greeting", &lang(" en ")).await;
     assert_eq!(spaced.text(), "hello in en");
@@ -540,13 +443,13 @@ async fn targeted_cache_control_overrides_cache_control() {
     for path in ["/cdn", "/cdn-no-store", "/surrogate"] {
         get(addr, path).await;
     }
-    assert!(get(addr, "/cdn").await.is_fresh_hit());
+    assert!(get(addr, "/cdn").await.is_hit());
     assert!(!get(addr, "/cdn-no-store")
         .await
         .cache_status()
         .contains("hit"));
     let surrogate = get(addr, "/surrogate").await;
-    assert!(surrogate.is_fresh_hit());
+    assert!(surrogate.is_hit());
     assert_eq!(
         surrogate.header("surrogate-control"),
         "",
@@ -581,7 +484,7 @@ async fn unsafe_methods_invalidate_the_target_and_same_origin_locations() {
     send(addr, "GET", "/orders/7", &elsewhere).await;
     for path in ["/cart", "/orders", "/orders/7"] {
         get(addr, path).await;
-        assert!(get(addr, path).await.is_fresh_hit(), "{path}");
+        assert!(get(addr, path).await.is_hit(), "{path}");
     }
     let posted = send(addr, "POST", "/cart", &[]).await;
     assert_eq!(posted.status, StatusCode::OK);
@@ -613,16 +516,14 @@ async fn unsafe_methods_invalidate_the_target_and_same_origin_locations() {
         )],
     );
     send(addr, "POST", "/cart", &[]).await;
-    assert!(send(addr, "GET", "/orders/7", &elsewhere)
-        .await
-        .is_fresh_hit());
+    assert!(send(addr, "GET", "/orders/7", &elsewhere).await.is_hit());
     // A failed unsafe request invalidates nothing.
     origin.script("/orders/7", vec![canned(500, &[], "failed")]);
     assert!(send(addr, "DELETE", "/orders/7", &[])
         .await
         .status
         .is_server_error());
-    assert!(get(addr, "/orders/7").await.is_fresh_hit());
+    assert!(get(addr, "/orders/7").await.is_hit());
 }
 
 #[tokio::test]
@@ -702,9 +603,9 @@ async fn shared_layers_store_non_200_and_heuristic_responses_as_the_rfc_allows()
     for path in ["/gone", "/moved", "/plain"] {
         get(addr, path).await;
     }
-    assert!(get(addr, "/gone").await.is_fresh_hit());
+    assert!(get(addr, "/gone").await.is_hit());
     assert!(
-        get(addr, "/moved").await.is_fresh_hit(),
+        get(addr, "/moved").await.is_hit(),
         "heuristic freshness from Last-Modified"
     );
     assert!(
@@ -725,7 +626,7 @@ async fn shared_layers_store_non_200_and_heuristic_responses_as_the_rfc_allows()
     get(addr, "/gone").await;
     get(addr, "/plain").await;
     assert!(!get(addr, "/gone").await.cache_status().contains("hit"));
-    assert!(get(addr, "/plain").await.is_fresh_hit());
+    assert!(get(addr, "/plain").await.is_hit());
     assert_eq!(origin.calls("/plain"), 1);
 }
 
@@ -767,7 +668,7 @@ async fn a_target_authority_that_differs_from_host_is_never_cached() {
     assert_eq!(h2.cache_status(), "cache-layer; fwd=miss; stored");
     assert!(send_h2(addr, "http://shop.test/home", &[], None)
         .await
-        .is_fresh_hit());
+        .is_hit());
     // Matching authority and Host are cacheable; the scheme is part of the key.
     let https = send_h2(addr, "https://shop.test/home", &[], None).await;
     assert_eq!(https.cache_status(), "cache-layer; fwd=miss; stored");
@@ -801,7 +702,7 @@ async fn more_forwarding_headers_are_keyed() {
             "{name}"
         );
     }
-    assert!(get(addr, "/page").await.is_fresh_hit());
+    assert!(get(addr, "/page").await.is_hit());
     assert_eq!(origin.calls("/page"), 8);
 }
 
@@ -835,7 +736,7 @@ async fn authorized_requests_share_only_what_the_origin_marks_shareable() {
     assert_eq!(bob.text(), "profile of Bearer bob", "RFC 9111 3.5");
     send(addr, "GET", "/news", &[("authorization", "Bearer alice")]).await;
     let shared = send(addr, "GET", "/news", &[("authorization", "Bearer bob")]).await;
-    assert!(shared.is_fresh_hit(), "public: shareable");
+    assert!(shared.is_hit(), "public: shareable");
     assert_eq!(origin.calls("/me"), 2);
 }
 

@@ -2,6 +2,7 @@
 //!
 //! * [`RedisServer`]: a private `redis-server` on a free port, killed on drop.
 //! * [`RedisCluster`]: a private Redis Cluster (masters + replicas), killed on drop.
+//! * [`http`]: the HTTP client of the `CacheLayer` tests.
 //! * [`shared_redis_url`] / [`unique_prefix`]: for tests that use the shared server
 //!   (never flush or reconfigure it; namespace every key with a unique prefix).
 //!
@@ -9,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod http;
 pub mod ports;
 pub mod redis_server;
 

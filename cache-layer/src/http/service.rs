@@ -418,30 +418,20 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body,
 {
-    let Fill {
-        mut inner,
-        mut parts,
-        body,
-        config,
-        primary,
-        keyed,
-        key,
-        ..
-    } = fill;
+    let mut fill = fill;
     if let Some(entry) = &stale {
         let (etag, modified) = entry.validators();
         if let Some(etag) = etag {
-            parts.headers.insert(header::IF_NONE_MATCH, etag.clone());
+            fill.parts
+                .headers
+                .insert(header::IF_NONE_MATCH, etag.clone());
         }
         if let Some(modified) = modified {
-            parts
+            fill.parts
                 .headers
                 .insert(header::IF_MODIFIED_SINCE, modified.clone());
         }
     }
-    let request_headers = parts.headers.clone();
-    let authorized = parts.headers.contains_key(header::AUTHORIZATION);
-    let request_ms = now_ms();
     let served_stale = |entry: &StoredResponse, error: bool| {
         let now = now_ms();
         let f = entry.meta().freshness;
@@ -454,11 +444,8 @@ where
             entry.to_response(head, &conditions, &status, entry.age_ms(now), true)
         })
     };
-    let called = match futures_util::future::poll_fn(|cx| inner.poll_ready(cx)).await {
-        Ok(()) => inner.call(Request::from_parts(parts, body)).await,
-        Err(err) => Err(err),
-    };
-    let response = match called {
+    let (request, _slot, called) = fill.call_origin().await;
+    let (parts, body, exchange) = match called {
         Ok(response) => response,
         Err(err) => {
             return match stale.as_ref().and_then(|entry| served_stale(entry, true)) {
@@ -467,19 +454,15 @@ where
             }
         }
     };
-    let exchange = Exchange {
-        request_ms,
-        response_ms: now_ms(),
-    };
-    let (mut parts, body) = response.into_parts();
+    let (config, key) = (&request.config, request.key.as_str());
     if let Some(entry) = &stale {
         // The conditional named only this entry's validators, so a 304 is about this entry (an
         // `ETag` it carries never replaces the stored one).
         if parts.status == StatusCode::NOT_MODIFIED {
             return Ok(freshen(
                 &cache,
-                &config,
-                &key,
+                config,
+                key,
                 entry,
                 &parts.headers,
                 exchange,
@@ -494,15 +477,6 @@ where
             }
         }
     }
-    let tags = take_tags(&mut parts.headers, parts.extensions.remove::<CacheTags>());
-    let target = Target {
-        config: &config,
-        primary: &primary,
-        keyed: &keyed,
-        key: &key,
-        request_headers: &request_headers,
-        authorized,
-    };
     let status_code = parts.status.as_u16();
     let stored = |stored| match why {
         Forward::Revalidate => CacheStatus::Revalidated {
@@ -512,9 +486,9 @@ where
         Forward::VaryMiss => CacheStatus::VaryMiss { stored },
         Forward::Request => CacheStatus::Requested { stored },
     };
-    match admit(&target, parts, body, tags, exchange).await {
+    match admit(&request, parts, body, exchange).await {
         Admitted::Entry(store) => {
-            let ok = store.write(&cache, &config).await;
+            let ok = store.write(&cache, config).await;
             let status = stored(ok);
             Ok(store.entry.to_response(
                 head,
@@ -528,7 +502,7 @@ where
             // A refresh that comes back uncacheable ends the stale entry's life (a failure does
             // not: the entry may still serve under stale-if-error later).
             if why != Forward::VaryMiss && stale.is_some() && !failed {
-                let _ = cache.delete(&key).await;
+                let _ = cache.delete(key).await;
             }
             Ok(pass_through(response, status, head))
         }
@@ -577,14 +551,59 @@ async fn freshen<B: Body>(
 }
 
 /// What deciding about an origin response needs to know about its request.
-struct Target<'a> {
-    config: &'a Config,
-    primary: &'a str,
-    keyed: &'a [HeaderName],
+struct Sent {
+    config: Arc<Config>,
+    primary: String,
+    keyed: Arc<[HeaderName]>,
     /// The key the request was looked up under.
-    key: &'a str,
-    request_headers: &'a HeaderMap,
+    key: String,
+    headers: HeaderMap,
     authorized: bool,
+}
+
+/// An origin response: head, body, and when it was asked for and received.
+type Received<B> = (response::Parts, B, Exchange);
+
+impl<S, ReqBody, ResBody> Fill<S, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body,
+{
+    /// Sends the request to the origin.
+    async fn call_origin(self) -> (Sent, Slot<ResBody>, Result<Received<ResBody>, S::Error>) {
+        let Fill {
+            slot,
+            mut inner,
+            parts,
+            body,
+            config,
+            primary,
+            keyed,
+            key,
+        } = self;
+        let sent = Sent {
+            config,
+            primary,
+            keyed,
+            key,
+            headers: parts.headers.clone(),
+            authorized: parts.headers.contains_key(header::AUTHORIZATION),
+        };
+        let request_ms = now_ms();
+        let called = match futures_util::future::poll_fn(|cx| inner.poll_ready(cx)).await {
+            Ok(()) => inner.call(Request::from_parts(parts, body)).await,
+            Err(err) => Err(err),
+        };
+        let received = called.map(|response| {
+            let (parts, body) = response.into_parts();
+            let exchange = Exchange {
+                request_ms,
+                response_ms: now_ms(),
+            };
+            (parts, body, exchange)
+        });
+        (sent, slot, received)
+    }
 }
 
 /// An origin response, decided.
@@ -599,13 +618,13 @@ enum Admitted<B: Body> {
 /// Decides whether an origin response is stored, reads its body when it is, and builds the
 /// entry.
 async fn admit<B: Body>(
-    target: &Target<'_>,
-    parts: response::Parts,
+    target: &Sent,
+    mut parts: response::Parts,
     body: B,
-    tags: Vec<String>,
     exchange: Exchange,
 ) -> Admitted<B> {
-    let config = target.config;
+    let config = &*target.config;
+    let tags = take_tags(&mut parts.headers, parts.extensions.remove::<CacheTags>());
     let freshness = match policy::storability(
         config,
         parts.status,
@@ -615,7 +634,7 @@ async fn admit<B: Body>(
     ) {
         Ok(freshness) => freshness,
         Err(why) => {
-            config.hit_for_miss.insert(target.key);
+            config.hit_for_miss.insert(&target.key);
             let failed = parts.status.is_server_error();
             let response = Response::from_parts(parts, CacheBody::stream(body));
             return Admitted::Pass(response, CacheStatus::Uncacheable(why.detail()), failed);
@@ -626,7 +645,7 @@ async fn admit<B: Body>(
         Buffered::Passthrough(body, reason) => {
             let detail = match reason {
                 PassReason::TooLarge => {
-                    config.hit_for_miss.insert(target.key);
+                    config.hit_for_miss.insert(&target.key);
                     "too-large"
                 }
                 PassReason::Trailers => "trailers",
@@ -637,23 +656,18 @@ async fn admit<B: Body>(
             return Admitted::Pass(response, CacheStatus::Uncacheable(detail), failed);
         }
     };
-    config.hit_for_miss.remove(target.key);
+    config.hit_for_miss.remove(&target.key);
     let names = policy::vary_names(&parts.headers);
-    let key = match config.learned.learn(target.primary, target.keyed, &names) {
-        Some(keyed) => key::full(target.primary.to_owned(), target.request_headers, &keyed),
-        None => target.key.to_owned(),
+    let key = match config.learned.learn(&target.primary, &target.keyed, &names) {
+        Some(keyed) => key::full(target.primary.clone(), &target.headers, &keyed),
+        None => target.key.clone(),
     };
     let meta = Meta {
         received_ms: exchange.response_ms,
         freshness,
         vary: names
             .iter()
-            .map(|name| {
-                (
-                    name.as_str().to_owned(),
-                    vary_value(target.request_headers, name),
-                )
-            })
+            .map(|name| (name.as_str().to_owned(), vary_value(&target.headers, name)))
             .collect(),
         tags,
         synthetic_etag: false,
@@ -702,42 +716,10 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body,
 {
-    let Fill {
-        slot,
-        mut inner,
-        parts,
-        body,
-        config,
-        primary,
-        keyed,
-        key,
-    } = fill;
-    let request_headers = parts.headers.clone();
-    let authorized = parts.headers.contains_key(header::AUTHORIZATION);
-    futures_util::future::poll_fn(|cx| inner.poll_ready(cx))
-        .await
-        .map_err(LoadError::Service)?;
-    let request_ms = now_ms();
-    let response = inner
-        .call(Request::from_parts(parts, body))
-        .await
-        .map_err(LoadError::Service)?;
-    let exchange = Exchange {
-        request_ms,
-        response_ms: now_ms(),
-    };
-    let (mut parts, body) = response.into_parts();
-    let tags = take_tags(&mut parts.headers, parts.extensions.remove::<CacheTags>());
-    let target = Target {
-        config: &config,
-        primary: &primary,
-        keyed: &keyed,
-        key: &key,
-        request_headers: &request_headers,
-        authorized,
-    };
-    match admit(&target, parts, body, tags, exchange).await {
-        Admitted::Entry(store) if store.key == key => Ok(Loaded {
+    let (request, slot, called) = fill.call_origin().await;
+    let (parts, body, exchange) = called.map_err(LoadError::Service)?;
+    match admit(&request, parts, body, exchange).await {
+        Admitted::Entry(store) if store.key == request.key => Ok(Loaded {
             value: store.entry,
             ttl: Some(store.keep),
             tags: Vec::new(),
