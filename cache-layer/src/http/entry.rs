@@ -116,6 +116,11 @@ impl StoredResponse {
         self.0.status
     }
 
+    #[cfg(test)]
+    fn headers(&self) -> &HeaderMap {
+        &self.0.headers
+    }
+
     pub(crate) fn meta(&self) -> &Meta {
         &self.0.meta
     }
@@ -656,6 +661,90 @@ mod tests {
             assert_eq!(back.0.body, entry.0.body);
             assert_eq!(back.0.meta, StoredResponse::meta(&entry).clone());
         }
+    }
+
+    fn entry(headers: &[(&str, &str)], vary: Vec<(String, Option<Bytes>)>) -> StoredResponse {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let meta = Meta {
+            vary,
+            ..Meta::default()
+        };
+        StoredResponse::new(
+            StatusCode::OK,
+            &map,
+            Bytes::from_static(b"body"),
+            meta,
+            false,
+        )
+    }
+
+    #[test]
+    fn vary_is_matched_on_normalised_values() {
+        let stored = entry(
+            &[],
+            vec![(
+                "accept-language".into(),
+                Some(Bytes::from_static(b"en, de")),
+            )],
+        );
+        let request = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append("accept-language", HeaderValue::from_str(value).unwrap());
+            }
+            headers
+        };
+        assert!(stored.vary_matches(&request(&["en, de"])));
+        assert!(stored.vary_matches(&request(&["en,de"])));
+        assert!(
+            stored.vary_matches(&request(&["en", " de"])),
+            "field lines combine"
+        );
+        assert!(!stored.vary_matches(&request(&["de, en"])));
+        assert!(!stored.vary_matches(&request(&[])));
+        let absent = entry(&[], vec![("accept-language".into(), None)]);
+        assert!(absent.vary_matches(&request(&[])));
+        assert!(!absent.vary_matches(&request(&[""])), "empty is not absent");
+    }
+
+    #[test]
+    fn a_304_freshens_all_but_the_contents_metadata() {
+        let stored = entry(
+            &[
+                ("etag", "\"a\""),
+                ("x-v", "1"),
+                ("content-type", "text/plain"),
+                ("cache-status", "inner; hit"),
+            ],
+            Vec::new(),
+        );
+        assert!(
+            stored.headers().get("cache-status").is_none(),
+            "never replayed"
+        );
+        let mut update = HeaderMap::new();
+        for (name, value) in [
+            ("etag", "\"b\""),
+            ("x-v", "2"),
+            ("content-length", "99"),
+            ("set-cookie", "s=1"),
+            ("connection", "close"),
+        ] {
+            update.insert(name, HeaderValue::from_static(value));
+        }
+        let fresh = stored.freshened(&update, Meta::default());
+        assert_eq!(fresh.headers()["x-v"], "2");
+        assert_eq!(fresh.headers()["etag"], "\"a\"");
+        assert_eq!(fresh.headers()["content-length"], "4");
+        assert_eq!(fresh.headers()["content-type"], "text/plain");
+        assert!(fresh.headers().get("set-cookie").is_none());
+        assert!(fresh.headers().get("connection").is_none());
     }
 
     #[test]

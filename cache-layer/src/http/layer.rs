@@ -65,6 +65,8 @@ pub(crate) struct Config {
     pub(crate) rfc_statuses: bool,
     /// Responses without `ETag` get one computed from the body.
     pub(crate) synthesize_etag: bool,
+    /// Origin requests announce `Surrogate-Capability` (so `Surrogate-Control` can target us).
+    pub(crate) surrogate: bool,
     /// Stale grace period (stale-while-revalidate and stale-if-error) for every response.
     pub(crate) grace: Duration,
     pub(crate) cache_authorized: bool,
@@ -199,6 +201,10 @@ impl fmt::Debug for CacheLayer {
             .field("key_fn", &c.key_fn.is_some())
             .field("max_body_bytes", &c.max_body_bytes)
             .field("statuses", &c.statuses)
+            .field("rfc_statuses", &c.rfc_statuses)
+            .field("synthesize_etag", &c.synthesize_etag)
+            .field("surrogate", &c.surrogate)
+            .field("grace", &c.grace)
             .field("cache_authorized", &c.cache_authorized)
             .field("respect_request_no_cache", &c.respect_request_no_cache)
             .field("methods", &c.methods)
@@ -231,6 +237,7 @@ impl CacheLayer {
                 statuses: vec![StatusCode::OK],
                 rfc_statuses: false,
                 synthesize_etag: true,
+                surrogate: false,
                 grace: Duration::ZERO,
                 cache_authorized: false,
                 respect_request_no_cache: false,
@@ -256,7 +263,9 @@ impl CacheLayer {
     /// - every status RFC 9111 allows is storable (any with explicit freshness; the heuristically
     ///   cacheable ones with `Last-Modified`), not only 200;
     /// - requests' `Cache-Control` is honoured ([`respect_request_no_cache`](Self::respect_request_no_cache));
-    /// - no `ETag` is made up for responses that have none.
+    /// - no `ETag` is made up for responses that have none;
+    /// - origin requests carry `Surrogate-Capability: cache-layer="Surrogate/1.0"`, so that
+    ///   `Surrogate-Control: max-age=60;cache-layer` can address this cache.
     ///
     /// Every builder method still applies on top.
     ///
@@ -272,6 +281,7 @@ impl CacheLayer {
         let config = layer.config();
         config.rfc_statuses = true;
         config.synthesize_etag = false;
+        config.surrogate = true;
         layer
     }
 

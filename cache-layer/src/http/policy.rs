@@ -276,16 +276,11 @@ pub(crate) fn storability(
     }
     let explicit = explicit_lifetime(&cc, headers, exchange.response_ms);
     let listed = config.statuses.contains(&status) && !status.is_server_error();
-    let allowed = match &config.rfc_statuses {
-        false => listed,
-        true => {
-            listed
-                || explicit.is_some()
-                || cc.public && HEURISTIC_STATUSES.contains(&status.as_u16())
-                || HEURISTIC_STATUSES.contains(&status.as_u16())
-                    && headers.contains_key(header::LAST_MODIFIED)
-        }
-    };
+    let heuristic_status = HEURISTIC_STATUSES.contains(&status.as_u16());
+    let allowed = listed
+        || config.rfc_statuses
+            && (explicit.is_some()
+                || heuristic_status && (cc.public || headers.contains_key(header::LAST_MODIFIED)));
     if !allowed {
         return Err(NotStored::Status);
     }

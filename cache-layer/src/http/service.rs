@@ -265,7 +265,7 @@ where
     if head {
         fill.parts.method = Method::GET;
     }
-    if fill.config.rfc_statuses {
+    if fill.config.surrogate {
         fill.parts.headers.insert(
             SURROGATE_CAPABILITY,
             HeaderValue::from_static("cache-layer=\"Surrogate/1.0\""),
