@@ -539,6 +539,20 @@ async fn request_no_store_is_neither_stored_nor_answered_from_the_cache() {
 }
 
 #[tokio::test]
+async fn only_if_cached_never_reaches_the_origin() {
+    let (addr, origin) = app(CacheLayer::shared(redis_cache("rfc_only_if_cached"))).await;
+    let only = [("cache-control", "only-if-cached")];
+    let cold = send(addr, "GET", "/cold", &only).await;
+    assert_eq!(cold.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(origin.calls("/cold"), 0);
+    get(addr, "/cold").await;
+    let warm = send(addr, "GET", "/cold", &only).await;
+    assert_eq!(warm.status, StatusCode::OK);
+    assert!(warm.is_hit(), "{}", warm.cache_status());
+    assert_eq!(origin.calls("/cold"), 1);
+}
+
+#[tokio::test]
 async fn age_is_forwarded_and_grows_and_inner_cache_status_is_not_replayed() {
     let (addr, origin) = app(CacheLayer::shared(redis_cache("rfc_age"))).await;
     origin.script(

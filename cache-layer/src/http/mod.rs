@@ -37,8 +37,8 @@
 //!   delete the entries of their target and of same-origin `Location` / `Content-Location`.
 //! - **Request directives**: `Cache-Control: no-store` bypasses the cache; with
 //!   [`respect_request_no_cache`](CacheLayer::respect_request_no_cache), `no-cache` / `Pragma:
-//!   no-cache` refresh the entry from the origin and `max-age`, `min-fresh`, `max-stale` are
-//!   obeyed.
+//!   no-cache` refresh the entry from the origin, `max-age`, `min-fresh`, `max-stale` are
+//!   obeyed, and `only-if-cached` gets a `504` when no stored response may be used.
 //!
 //! In [`Cache::stats`](crate::Cache::stats), an uncacheable response is a successful load; a 5xx
 //! or an origin error is a failed one.

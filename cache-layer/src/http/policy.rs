@@ -15,8 +15,8 @@
 //!   cache does not implement), `Upgrade`, or an `X-HTTP-Method-Override`-style header;
 //! - `Cache-Control: no-store` (RFC 9111 §5.2.1.5);
 //! - with [`respect_request_no_cache`]: `Cache-Control: no-cache` or `Pragma: no-cache` go to the
-//!   origin (conditionally, refreshing the entry), and `max-age`, `min-fresh` and `max-stale`
-//!   are obeyed.
+//!   origin (conditionally, refreshing the entry), `max-age`, `min-fresh` and `max-stale` are
+//!   obeyed, and `only-if-cached` gets a `504` when no stored response may be used.
 //!
 //! Responses are stored only when all of these hold (else they are passed through untouched):
 //! - the status is one of the configured statuses (default 200; never 5xx, 206 or 304), or, for a

@@ -289,8 +289,12 @@ where
     // stale, or for another variant, takes it back to go to the origin.
     let held = Arc::new(Mutex::new(Some(fill)));
     let for_loader = held.clone();
+    let only_if_cached = rules.only_if_cached;
     let fetched = cache
         .fetch(&key, &engine_policy, move || async move {
+            if only_if_cached {
+                return Err(LoadError::Pass(Box::new(gateway_timeout()), ONLY_IF_CACHED));
+            }
             match take(&for_loader) {
                 Some(fill) => load(fill).await,
                 None => Err(LoadError::Vanished),
@@ -329,12 +333,15 @@ where
         return Ok(internal_error());
     };
     if !entry.vary_matches(&fill.parts.headers) {
+        if only_if_cached {
+            return Ok(pass_through(gateway_timeout(), ONLY_IF_CACHED, head));
+        }
         return forward(cache, fill, None, Forward::VaryMiss, head, conditions).await;
     }
     if fetched.origin == Origin::Coalesced {
         return Ok(respond(&entry, CacheStatus::Collapsed));
     }
-    if rules.no_cache {
+    if rules.no_cache && !only_if_cached {
         return forward(cache, fill, Some(entry), Forward::Request, head, conditions).await;
     }
     let now = now_ms();
@@ -382,6 +389,9 @@ where
             return Ok(respond(&entry, stale));
         }
     }
+    if only_if_cached {
+        return Ok(pass_through(gateway_timeout(), ONLY_IF_CACHED, head));
+    }
     forward(
         cache,
         fill,
@@ -391,6 +401,16 @@ where
         conditions,
     )
     .await
+}
+
+/// `Cache-Status` of the `504` answering `only-if-cached` without a usable entry.
+const ONLY_IF_CACHED: CacheStatus = CacheStatus::Uncacheable("only-if-cached");
+
+/// RFC 9111 §5.2.1.7: `only-if-cached` without a stored response that may be used.
+fn gateway_timeout<B: Body>() -> Response<CacheBody<B>> {
+    let mut response = Response::new(CacheBody::empty());
+    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    response
 }
 
 /// Why a request goes to the origin outside the engine's miss path.
