@@ -4,10 +4,12 @@
 #
 #   bash scripts/cache-tests.sh            # whole suite; fails when required passes < FLOOR
 #   bash scripts/cache-tests.sh <test-id>  # one test, with the requests and responses it saw
+#   CACHE_TESTS_REDIS=redis://127.0.0.1:6379 bash scripts/cache-tests.sh   # entries in Redis
 #
 # Installs node/npm (apt-get) when missing and http-cache-tests@$VERSION with npm into
 # $CACHE_TESTS_DIR (default: ~/.cache/cache-layer/http-cache-tests-$VERSION, outside the
-# repository), starts the suite's origin server and the proxy (in-memory store) on free ports,
+# repository), starts the suite's origin server and the proxy (in-memory store, or Redis with
+# CACHE_TESTS_REDIS: entries then stay until their TTLs) on free ports,
 # runs the suite's CLI against the proxy, and prints our required / optimal pass counts beside
 # the other implementations'. Results: target/cache-tests/{results.json,failures.txt}.
 set -euo pipefail
@@ -54,7 +56,7 @@ mkdir -p "$OUT"
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in ${PIDS[@]+"${PIDS[@]}"}; do kill "$pid" 2>/dev/null || true; done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -79,7 +81,12 @@ ORIGIN=$(wait_for_address "$WORK/origin.log" "Listening on") || { cat "$WORK/ori
 ORIGIN_PORT=${ORIGIN##*:}
 
 log "starting reverse_proxy in front of 127.0.0.1:$ORIGIN_PORT"
-"$PROXY_BIN" --origin "http://127.0.0.1:$ORIGIN_PORT" --listen 127.0.0.1:0 >"$WORK/proxy.log" 2>&1 &
+PROXY_ARGS=(--origin "http://127.0.0.1:$ORIGIN_PORT" --listen 127.0.0.1:0)
+if [ -n "${CACHE_TESTS_REDIS:-}" ]; then
+    # A namespace of its own per run: the suite's URLs are unique anyway, nothing is flushed.
+    PROXY_ARGS+=(--redis "$CACHE_TESTS_REDIS" --namespace "cache-tests-$$-$(date +%s)")
+fi
+"$PROXY_BIN" "${PROXY_ARGS[@]}" >"$WORK/proxy.log" 2>&1 &
 PIDS+=($!)
 PROXY=$(wait_for_address "$WORK/proxy.log" "listening on") || { cat "$WORK/proxy.log" >&2; die "reverse_proxy did not start"; }
 
