@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::Error;
+use crate::{util::millis, Error};
 
 /// Breaker settings (see [`CacheBuilder::breaker`](crate::CacheBuilder::breaker)).
 ///
@@ -190,8 +190,11 @@ pub(crate) enum Admission {
     Rejected,
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+/// How a counted operation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    Success,
+    Failure,
 }
 
 impl Breaker {
@@ -285,7 +288,7 @@ impl Breaker {
             }
             return;
         }
-        self.count(false);
+        self.count(Counted::Success);
     }
 
     /// Reports a failed Redis operation (transport error, timeout, server unable to serve).
@@ -298,7 +301,7 @@ impl Breaker {
             .consecutive_failures
             .fetch_add(1, Ordering::AcqRel)
             .saturating_add(1);
-        let (calls, failures) = self.count(true);
+        let (calls, failures) = self.count(Counted::Failure);
         if self.state.load(Ordering::Acquire) & STATE_BITS != CLOSED {
             // A straggler admitted before the breaker opened: it changes nothing.
             return;
@@ -358,9 +361,10 @@ impl Breaker {
         }
     }
 
-    /// Counts one operation in the sliding window; returns the window's `(calls, failures)` when
-    /// `failed` (the totals are only needed then).
-    fn count(&self, failed: bool) -> (u64, u64) {
+    /// Counts one operation in the sliding window; returns the window's `(calls, failures)` for a
+    /// failure (the totals are only needed then).
+    fn count(&self, outcome: Counted) -> (u64, u64) {
+        let failed = outcome == Counted::Failure;
         if self.config.window.is_zero() {
             return (0, 0);
         }

@@ -25,13 +25,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::{
-    cache::{Cache, Inner},
+    store::{Backend, Store, Subscription},
     tags::Trust,
+    util,
 };
 
 /// One bus message. Field names are short: this crosses the network for every invalidation.
@@ -92,6 +92,23 @@ impl Tickets {
     }
 }
 
+/// What the bus calls back into: the cache's coherence state, behind this narrow surface (the bus
+/// knows nothing else of the cache). The breaker's recovery calls [`start_over`](Self::start_over)
+/// too.
+pub(crate) trait Listener: Send + Sync + 'static {
+    /// Anything learned before may be out of date (the bus (re)subscribed, or the breaker closed
+    /// after the store was skipped): L1 starts over, and invalidations the store missed are
+    /// replayed.
+    fn start_over(self: Arc<Self>);
+
+    /// A message from another instance.
+    fn apply(self: Arc<Self>, message: Message);
+
+    /// One reading of the store's clock, `store_time` since the Unix epoch, taken between `sent`
+    /// and `received`.
+    fn clock_sample(&self, sent: Instant, received: Instant, store_time: Duration);
+}
+
 /// Bus state shared between the cache and its subscriber task.
 struct Shared {
     started: AtomicBool,
@@ -110,7 +127,8 @@ pub(crate) struct Bus {
     pub(crate) tickets: Tickets,
     pub(crate) origin: u64,
     channel: String,
-    client: Option<redis::Client>,
+    /// The store to subscribe on; `None` when no other process shares it (no bus needed).
+    store: Option<Backend>,
     fallback_ttl: Duration,
     first_wait: Duration,
     /// Dropped with the cache: the subscriber task sees the channel close and exits.
@@ -127,10 +145,11 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    /// A bus on `channel`; `client` is `None` for the in-memory store (no bus, everything local).
+    /// A bus on `channel`; `store` is `None` when no other process shares the store (no bus,
+    /// everything local).
     pub(crate) fn new(
         channel: String,
-        client: Option<redis::Client>,
+        store: Option<Backend>,
         fallback_ttl: Duration,
         first_wait: Duration,
     ) -> Self {
@@ -147,16 +166,16 @@ impl Bus {
             tickets: Tickets::new(1024),
             origin: rand::random::<u64>(),
             channel,
-            client,
+            store,
             fallback_ttl,
             first_wait,
             shutdown,
         }
     }
 
-    /// Whether there is a bus at all (Redis store).
+    /// Whether there is a bus at all (a store shared with other processes).
     pub(crate) fn is_remote(&self) -> bool {
-        self.client.is_some()
+        self.store.is_some()
     }
 
     /// Whether the subscriber task is running (it may still be connecting).
@@ -201,11 +220,7 @@ impl Bus {
         if !self.is_remote() || self.is_up() {
             return true;
         }
-        let down_since = *self
-            .shared
-            .down_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let down_since = *util::lock(&self.shared.down_since);
         down_since.max(inserted).elapsed() < self.fallback_ttl
     }
 
@@ -221,8 +236,8 @@ impl Bus {
     /// Starts the subscriber if it is not running, and then waits (bounded) for its first
     /// subscription attempt, so the first facts fetched are already covered by the bus. Returns
     /// `true` when this call started it and that attempt failed (Redis is probably unreachable).
-    pub(crate) async fn ensure_started(&self, cache: &Cache) -> bool {
-        let Some(client) = &self.client else {
+    pub(crate) async fn ensure_started<L: Listener>(&self, listener: &Arc<L>) -> bool {
+        let Some(store) = &self.store else {
             return false;
         };
         if self.shared.started.load(Ordering::Acquire) {
@@ -242,9 +257,10 @@ impl Bus {
         let mut attempts = self.shared.attempts.subscribe();
         let seen = *attempts.borrow_and_update();
         let task = Subscriber {
-            cache: Arc::downgrade(&cache.inner),
+            listener: Arc::downgrade(listener) as Weak<dyn Listener>,
+            origin: self.origin,
             shared: self.shared.clone(),
-            client: client.clone(),
+            store: store.clone(),
             channel: self.channel.clone(),
             shutdown: self.shutdown.subscribe(),
             connect_timeout: self.first_wait,
@@ -269,14 +285,16 @@ impl Drop for RunningGuard {
 
 fn mark_down(shared: &Shared) {
     if shared.up.swap(false, Ordering::AcqRel) {
-        *shared.down_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        *util::lock(&shared.down_since) = Instant::now();
     }
 }
 
 struct Subscriber {
-    cache: Weak<Inner>,
+    listener: Weak<dyn Listener>,
+    /// This instance's messages carry it (ignored: it applied them already).
+    origin: u64,
     shared: Arc<Shared>,
-    client: redis::Client,
+    store: Backend,
     channel: String,
     shutdown: watch::Receiver<()>,
     connect_timeout: Duration,
@@ -306,8 +324,19 @@ impl Subscriber {
         }
     }
 
-    fn cache(&self) -> Option<Cache> {
-        self.cache.upgrade().map(|inner| Cache { inner })
+    fn listener(&self) -> Option<Arc<dyn Listener>> {
+        self.listener.upgrade()
+    }
+
+    /// Measures the offset to the store's clock (best of three readings).
+    async fn measure_clock(&self, listener: &dyn Listener) {
+        for _ in 0..3 {
+            let sent = Instant::now();
+            match self.store.server_time().await {
+                Ok(time) => listener.clock_sample(sent, Instant::now(), time),
+                Err(_) => return,
+            }
+        }
     }
 
     /// One subscription: connect, subscribe, measure the clock, then apply messages until the
@@ -316,12 +345,12 @@ impl Subscriber {
         let connected = tokio::select! {
             result = tokio::time::timeout(
                 self.connect_timeout,
-                connect(&self.client, &self.channel),
+                self.store.subscribe(&self.channel),
             ) => result,
             _ = self.shutdown.changed() => return Ended::Shutdown,
         };
-        let pubsub = match connected {
-            Ok(Ok(pubsub)) => pubsub,
+        let mut subscription: Subscription = match connected {
+            Ok(Ok(subscription)) => subscription,
             Ok(Err(err)) => {
                 tracing::debug!(channel = %self.channel, error = %err, "bus: subscribe failed");
                 self.shared.attempts.send_modify(|n| *n += 1);
@@ -333,33 +362,32 @@ impl Subscriber {
                 return Ended::Lost;
             }
         };
-        let Some(cache) = self.cache() else {
+        let Some(listener) = self.listener() else {
             return Ended::Shutdown;
         };
-        cache.measure_clock().await;
+        self.measure_clock(&*listener).await;
         // Subscribed: from now on every change is delivered. Everything learned before may have
         // missed messages, so L1 starts empty and in-flight L1 fills are dropped.
-        cache.on_bus_subscribed();
+        listener.clone().start_over();
         let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.shared.up.store(true, Ordering::Release);
         self.shared.attempts.send_modify(|n| *n += 1);
         tracing::debug!(channel = %self.channel, generation, "bus: subscribed");
-        drop(cache);
+        drop(listener);
 
-        let (mut sink, mut stream) = pubsub.split();
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
         let mut resync =
             tokio::time::interval_at(tokio::time::Instant::now() + CLOCK_RESYNC, CLOCK_RESYNC);
         let ended = loop {
             tokio::select! {
-                message = stream.next() => {
+                message = subscription.next() => {
                     let Some(message) = message else { break Ended::Lost };
-                    let Some(cache) = self.cache() else { break Ended::Shutdown };
-                    match serde_json::from_slice::<Message>(message.get_payload_bytes()) {
+                    let Some(listener) = self.listener() else { break Ended::Shutdown };
+                    match serde_json::from_slice::<Message>(&message) {
                         Ok(message) => {
-                            if message.origin != cache.inner.bus.origin {
-                                cache.apply_bus_message(message);
+                            if message.origin != self.origin {
+                                listener.apply(message);
                             }
                         }
                         Err(err) => tracing::debug!(channel = %self.channel, error = %err,
@@ -369,15 +397,15 @@ impl Subscriber {
                 _ = ping.tick() => {
                     let pong = tokio::time::timeout(
                         self.connect_timeout,
-                        sink.ping::<redis::Value>(),
+                        subscription.ping(),
                     ).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         break Ended::Lost;
                     }
                 }
                 _ = resync.tick() => {
-                    let Some(cache) = self.cache() else { break Ended::Shutdown };
-                    cache.measure_clock().await;
+                    let Some(listener) = self.listener() else { break Ended::Shutdown };
+                    self.measure_clock(&*listener).await;
                 }
                 _ = self.shutdown.changed() => break Ended::Shutdown,
             }
@@ -388,15 +416,6 @@ impl Subscriber {
         }
         ended
     }
-}
-
-async fn connect(
-    client: &redis::Client,
-    channel: &str,
-) -> Result<redis::aio::PubSub, redis::RedisError> {
-    let mut pubsub = client.get_async_pubsub().await?;
-    pubsub.subscribe(channel).await?;
-    Ok(pubsub)
 }
 
 #[cfg(test)]
@@ -442,10 +461,11 @@ mod tests {
 
     #[test]
     fn while_down_facts_live_only_the_fallback_ttl() {
-        let client = redis::Client::open("redis://127.0.0.1:1").unwrap();
+        let store =
+            crate::store::RedisStore::new("redis://127.0.0.1:1", Default::default()).unwrap();
         let bus = Bus::new(
             "c".into(),
-            Some(client),
+            Some(Backend::Redis(store)),
             Duration::from_millis(200),
             Duration::ZERO,
         );

@@ -71,3 +71,8 @@ fn describe(err: &redis::RedisError) -> String {
 
 const AUTH_FAILED: &str =
     "redis authentication failed (check the user name and password in the redis URL)";
+
+/// The error of a write-behind increment whose accumulated delta would overflow `i64`.
+pub(crate) fn counter_overflow() -> Error {
+    Error::Encode("write-behind counter delta overflows i64".to_owned())
+}

@@ -20,6 +20,10 @@
 //! The layout is injective: a namespace may contain neither braces nor `":__"`, so the namespace
 //! of any key is the text before its first `"{"` (entries) or first `":__"` (bookkeeping), and an
 //! entry key ends in `}` (version 0), `:v<digits>` or `:lock`.
+//!
+//! The user key of a `#[cached]` fn without `key = "..."` is built by [`args`].
+
+pub(crate) mod args;
 
 use sha2::{Digest, Sha256};
 

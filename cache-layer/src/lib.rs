@@ -27,9 +27,28 @@
 //! assert_eq!(cache.get::<String>("product:42").await?, Some(name));
 //! # Ok(()) }
 //! ```
+//!
+//! # Layers
+//!
+//! For contributors: each layer uses only the ones below it, and no two modules import each other
+//! (the life of a call, file by file, and the coherence invariants are in `docs/ARCHITECTURE.md`).
+//!
+//! 1. `util`, `error`, `value`: shared helpers, the error type, the one `Value` trait.
+//! 2. [`store`]: every Redis-level operation as a domain operation, for Redis, Redis Cluster and
+//!    the in-memory store (all Lua in `store/scripts.rs`).
+//! 3. `envelope`, `keys`, `l1`, `tags`, `metrics`, `breaker`, `policy`: the entry format, key
+//!    layout, the L1 map, tag and namespace books with the store clock, counters, the circuit
+//!    breaker, [`Policy`].
+//! 4. `bus`, `stampede`: the invalidation bus between instances; single-flight, the distributed
+//!    lock and early refresh.
+//! 5. `cache`: the engine: `read` → `write` → `coherence` → the `Cache` state.
+//! 6. `write_behind`: write-behind [`Counters`], built on the engine.
+//! 7. `api` (every public method of [`Cache`]), [`http`] ([`CacheLayer`]) and `__private` (what
+//!    [`cached`] expands to): the front doors.
 #![deny(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+mod api;
 mod breaker;
 mod bus;
 mod cache;
@@ -38,12 +57,14 @@ mod error;
 #[cfg(feature = "http")]
 pub mod http;
 mod keys;
-mod local;
+mod l1;
 mod metrics;
 mod policy;
 mod stampede;
 pub mod store;
 mod tags;
+mod util;
+mod value;
 mod write_behind;
 
 #[doc(hidden)]

@@ -144,13 +144,6 @@ impl Policy {
         self
     }
 
-    /// Marks calls as made by `#[cached]` fns (the `door="fn"` metrics label).
-    #[doc(hidden)]
-    pub fn __from_cached_fn(mut self) -> Self {
-        self.door = Door::Fn;
-        self
-    }
-
     /// The configured TTL.
     pub fn ttl_duration(&self) -> Duration {
         self.ttl

@@ -53,31 +53,10 @@ pub(crate) struct Trust {
     pub(crate) at: Instant,
 }
 
-/// The invalidation times of one tag (Redis server milliseconds; 0 = never).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct TagTimes {
-    /// Entries created at or before this are invalid.
-    pub(crate) hard_ms: u64,
-    /// Entries created at or before this are stale (servable under their grace period only).
-    pub(crate) soft_ms: u64,
-}
+pub(crate) use crate::store::TagTimes;
 
 impl TagTimes {
-    /// Parses the stored form `"<hard>:<soft>"`; anything else reads as "never invalidated".
-    pub(crate) fn parse(bytes: &[u8]) -> Option<TagTimes> {
-        let text = std::str::from_utf8(bytes).ok()?;
-        let (hard, soft) = text.split_once(':')?;
-        Some(TagTimes {
-            hard_ms: hard.parse().ok()?,
-            soft_ms: soft.parse().ok()?,
-        })
-    }
-
-    /// The stored form.
-    pub(crate) fn render(self) -> String {
-        format!("{}:{}", self.hard_ms, self.soft_ms)
-    }
-
+    /// The later of each time.
     fn max(self, other: TagTimes) -> TagTimes {
         TagTimes {
             hard_ms: self.hard_ms.max(other.hard_ms),
@@ -195,7 +174,7 @@ impl NamespaceBook {
     /// Merges a version learned from the store, a message or our own bump. Returns whether the
     /// version moved forward.
     pub(crate) fn merge(&self, version: u64, bumped_ms: u64, trust: Trust) -> bool {
-        let _writing = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _writing = crate::util::lock(&self.writer);
         let mut record = self.get();
         let advanced = version > record.version;
         if advanced {
@@ -206,6 +185,15 @@ impl NamespaceBook {
         self.current.store(Arc::new(record));
         advanced
     }
+}
+
+/// Whose clock a cache's entry stamps and tag times follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClockReference {
+    /// The store lives in this process: its clock is the local one (nothing to measure).
+    Local,
+    /// A shared store: its clock, estimated from `TIME` readings (see the module docs).
+    Store,
 }
 
 /// One measurement of the Redis clock against the local monotonic clock.
@@ -221,25 +209,25 @@ pub(crate) struct RedisClock {
     sample: Mutex<Option<Sample>>,
     /// Assumed worst-case skew before a measurement exists.
     unmeasured_skew_ms: u64,
-    /// In-memory store: the local clock is the reference.
-    local: bool,
+    /// Whose clock entry stamps follow.
+    reference: ClockReference,
 }
 
 /// Drift allowance of the local monotonic clock against the Redis clock (100 ppm).
 const DRIFT: f64 = 1e-4;
 
 impl RedisClock {
-    pub(crate) fn new(local: bool, unmeasured_skew: Duration) -> Self {
+    pub(crate) fn new(reference: ClockReference, unmeasured_skew: Duration) -> Self {
         RedisClock {
             sample: Mutex::new(None),
             unmeasured_skew_ms: u64::try_from(unmeasured_skew.as_millis()).unwrap_or(u64::MAX),
-            local,
+            reference,
         }
     }
 
     /// The current Redis time estimate and its error bound.
     fn estimate(&self) -> Option<(f64, f64)> {
-        let sample = (*self.sample.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let sample = (*crate::util::lock(&self.sample))?;
         let elapsed = sample.at.elapsed().as_secs_f64() * 1000.0;
         Some((
             sample.redis_ms + elapsed,
@@ -249,8 +237,8 @@ impl RedisClock {
 
     /// A lower bound of the Redis clock now: what load starts are stamped with.
     pub(crate) fn lower_ms(&self) -> u64 {
-        let wall = crate::cache::now_ms();
-        if self.local {
+        let wall = crate::util::now_ms();
+        if self.reference == ClockReference::Local {
             return wall;
         }
         match self.estimate() {
@@ -261,8 +249,8 @@ impl RedisClock {
 
     /// An upper bound of the Redis clock now: used for invalidations recorded without Redis.
     pub(crate) fn upper_ms(&self) -> u64 {
-        let wall = crate::cache::now_ms();
-        if self.local {
+        let wall = crate::util::now_ms();
+        if self.reference == ClockReference::Local {
             return wall;
         }
         match self.estimate() {
@@ -280,7 +268,7 @@ impl RedisClock {
             redis_ms: redis_us as f64 / 1000.0,
             err_ms: rtt.as_secs_f64() * 1000.0 / 2.0 + 1.0,
         };
-        let mut slot = self.sample.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = crate::util::lock(&self.sample);
         let keep_old = slot.is_some_and(|old| {
             let aged = old.err_ms
                 + candidate.at.saturating_duration_since(old.at).as_secs_f64() * 1000.0 * DRIFT;
@@ -293,7 +281,7 @@ impl RedisClock {
 
     /// The current error bound in milliseconds (for diagnostics); `None` before a measurement.
     pub(crate) fn error_ms(&self) -> Option<f64> {
-        if self.local {
+        if self.reference == ClockReference::Local {
             return Some(0.0);
         }
         self.estimate().map(|(_, err)| err)
@@ -364,8 +352,8 @@ mod tests {
 
     #[test]
     fn clock_bounds_bracket_the_measured_time() {
-        let clock = RedisClock::new(false, Duration::from_secs(1));
-        let wall = crate::cache::now_ms();
+        let clock = RedisClock::new(ClockReference::Store, Duration::from_secs(1));
+        let wall = crate::util::now_ms();
         assert!(clock.lower_ms() <= wall - 999);
         assert!(clock.upper_ms() >= wall + 999);
         // Redis is 10 s ahead of this host; measured with a 4 ms round trip.

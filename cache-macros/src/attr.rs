@@ -1,31 +1,23 @@
 //! Parsing of the attribute arguments: `#[cached(ttl = 300, key = "user:{id}", ...)]` and
 //! `#[invalidate(tags = [...], keys = [...])]`.
 //!
-//! Every `key = value` pair is parsed on its own, so one bad pair does not hide the errors of the
-//! others: all errors are collected with [`syn::Error::combine`].
+//! [`KEYS`] is the one list of keys: parsing looks keys up in it, "did you mean" hints and the
+//! "valid keys are" lists come from it, and a unit test checks that the rustdoc and the README
+//! document exactly these keys, in this order.
+//!
+//! Each `key = value` pair is read with `syn` (a value is an expression, so
+//! `cache = REG.get::<A, B>()` keeps its generic arguments together) and checked on its own, so
+//! one bad pair does not hide the errors of the others: all errors are collected with
+//! [`syn::Error::combine`].
 
 use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::ToTokens;
 use syn::ext::IdentExt;
 use syn::parse::{ParseStream, Parser};
 use syn::punctuated::Punctuated;
-use syn::spanned::Spanned;
 use syn::{Expr, Ident, Lit, LitBool, LitStr, Path, Token};
 
 use crate::template::Template;
-
-mod kw {
-    syn::custom_keyword!(ttl);
-    syn::custom_keyword!(key);
-    syn::custom_keyword!(tags);
-    syn::custom_keyword!(stampede);
-    syn::custom_keyword!(stale);
-    syn::custom_keyword!(jitter);
-    syn::custom_keyword!(cache);
-    syn::custom_keyword!(skip);
-    syn::custom_keyword!(none);
-    syn::custom_keyword!(keys);
-    syn::custom_keyword!(companions);
-}
 
 /// Which attribute is being parsed; decides the valid keys.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -42,31 +34,93 @@ impl Macro {
         }
     }
 
-    fn valid_keys(self) -> &'static [&'static str] {
-        match self {
-            Macro::Cached => &[
-                "ttl",
-                "key",
-                "tags",
-                "stampede",
-                "stale",
-                "jitter",
-                "cache",
-                "skip",
-                "none",
-                "companions",
-                "crate",
-            ],
-            Macro::Invalidate => &["tags", "keys", "cache", "crate"],
-        }
+    /// The keys this macro takes, in table order.
+    fn keys(self) -> impl Iterator<Item = &'static KeySpec> {
+        KEYS.iter().filter(move |spec| spec.macros.contains(&self))
     }
 
     fn valid_keys_list(self) -> String {
-        self.valid_keys()
-            .iter()
-            .map(|k| format!("`{k}`"))
+        self.keys()
+            .map(|spec| format!("`{}`", spec.name))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// What a key sets; decides how its value is read.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum KeyKind {
+    Ttl,
+    Key,
+    Tags,
+    Stampede,
+    Stale,
+    Jitter,
+    Cache,
+    Skip,
+    None,
+    Keys,
+    Companions,
+    Crate,
+}
+
+/// One attribute key.
+#[derive(Debug)]
+pub(crate) struct KeySpec {
+    /// As written in the attribute.
+    pub(crate) name: &'static str,
+    kind: KeyKind,
+    /// The macros that take it.
+    pub(crate) macros: &'static [Macro],
+    /// An example value, for "as in `name = ...`" hints.
+    example: &'static str,
+    /// Whether the key alone (`none`) means `key = true`.
+    flag: bool,
+}
+
+const CACHED: &[Macro] = &[Macro::Cached];
+const INVALIDATE: &[Macro] = &[Macro::Invalidate];
+const BOTH: &[Macro] = &[Macro::Cached, Macro::Invalidate];
+
+/// Every key of both macros, in the order the docs list them (each macro's keys keep this order).
+pub(crate) const KEYS: &[KeySpec] = &[
+    KeySpec::new("ttl", KeyKind::Ttl, CACHED, "300` or `ttl = \"5m\""),
+    KeySpec::new("key", KeyKind::Key, CACHED, "\"user:{id}\""),
+    KeySpec::new("tags", KeyKind::Tags, BOTH, "[\"user:{id}\", \"users\"]"),
+    KeySpec::new("keys", KeyKind::Keys, INVALIDATE, "[\"user:{id}\"]"),
+    KeySpec::new("stampede", KeyKind::Stampede, CACHED, "\"lock\""),
+    KeySpec::new("stale", KeyKind::Stale, CACHED, "60` or `stale = \"1m\""),
+    KeySpec::new("jitter", KeyKind::Jitter, CACHED, "0.1"),
+    KeySpec::new("cache", KeyKind::Cache, BOTH, "&self.cache"),
+    KeySpec::new("skip", KeyKind::Skip, CACHED, "[conn]"),
+    KeySpec::new("none", KeyKind::None, CACHED, "true").flag(),
+    KeySpec::new("companions", KeyKind::Companions, CACHED, "false").flag(),
+    KeySpec::new("crate", KeyKind::Crate, BOTH, "::cache_layer"),
+];
+
+impl KeySpec {
+    const fn new(
+        name: &'static str,
+        kind: KeyKind,
+        macros: &'static [Macro],
+        example: &'static str,
+    ) -> Self {
+        KeySpec {
+            name,
+            kind,
+            macros,
+            example,
+            flag: false,
+        }
+    }
+
+    /// A key that may stand alone for `key = true`.
+    const fn flag(self) -> Self {
+        KeySpec { flag: true, ..self }
+    }
+
+    fn lookup(name: &str) -> Option<&'static KeySpec> {
+        KEYS.iter().find(|spec| spec.name == name)
     }
 }
 
@@ -112,19 +166,32 @@ pub(crate) struct Args {
     pub(crate) none: Option<WithSpan<bool>>,
     pub(crate) companions: Option<WithSpan<bool>>,
     pub(crate) krate: Option<Path>,
-    /// `tags` given (even as an empty list), for the `#[invalidate]` "nothing to do" check.
-    pub(crate) tags_given: bool,
 }
 
 /// Parses the attribute arguments of `mac`, collecting every error.
 pub(crate) fn parse(mac: Macro, tokens: TokenStream) -> Result<Args, syn::Error> {
     let mut args = Args::default();
     let mut errors: Option<syn::Error> = None;
-    let mut seen: Vec<String> = Vec::new();
-    for entry in split_top_level_commas(tokens) {
-        if let Err(e) = parse_entry(mac, entry, &mut args, &mut seen) {
-            push_error(&mut errors, e);
+    let mut seen: Vec<&'static str> = Vec::new();
+    let parser = |input: ParseStream| -> syn::Result<()> {
+        while !input.is_empty() {
+            if let Err(e) = parse_entry(mac, input, &mut args, &mut seen) {
+                push_error(&mut errors, e);
+                skip_entry(input);
+            }
+            if input.is_empty() {
+                break;
+            }
+            if let Err(e) = input.parse::<Token![,]>() {
+                push_error(&mut errors, e);
+                skip_entry(input);
+                input.parse::<Option<Token![,]>>()?;
+            }
         }
+        Ok(())
+    };
+    if let Err(e) = parser.parse2(tokens) {
+        push_error(&mut errors, e);
     }
     match errors {
         Some(e) => Err(e),
@@ -139,320 +206,286 @@ pub(crate) fn push_error(errors: &mut Option<syn::Error>, e: syn::Error) {
     }
 }
 
-/// Splits `a = 1, b = [x, y], c = f(1, 2)` at the commas that are not inside a group.
-fn split_top_level_commas(tokens: TokenStream) -> Vec<TokenStream> {
-    let mut entries = Vec::new();
-    let mut current = Vec::new();
-    for tt in tokens {
-        match &tt {
-            TokenTree::Punct(p) if p.as_char() == ',' => {
-                entries.push(current.drain(..).collect());
-            }
-            _ => current.push(tt),
+/// Skips what is left of a bad entry: everything up to the next top-level comma.
+fn skip_entry(input: ParseStream) {
+    while !input.is_empty() && !input.peek(Token![,]) {
+        if input.parse::<TokenTree>().is_err() {
+            return;
         }
     }
-    if !current.is_empty() {
-        entries.push(current.into_iter().collect());
-    }
-    entries
 }
 
-/// The key of one entry, parsed through the custom keywords.
-enum KeyKind {
-    Ttl,
-    Key,
-    Tags,
-    Stampede,
-    Stale,
-    Jitter,
-    Cache,
-    Skip,
-    None,
-    Keys,
-    Companions,
-    Crate,
-}
-
-fn parse_key(input: ParseStream) -> syn::Result<Option<(KeyKind, Span)>> {
-    let span = input.span();
-    macro_rules! try_kw {
-        ($($kw:ident => $kind:ident),*) => {
-            $(if input.peek(kw::$kw) {
-                input.parse::<kw::$kw>()?;
-                return Ok(Some((KeyKind::$kind, span)));
-            })*
-        };
-    }
-    try_kw!(ttl => Ttl, key => Key, tags => Tags, stampede => Stampede, stale => Stale,
-        jitter => Jitter, cache => Cache, skip => Skip, none => None, keys => Keys,
-        companions => Companions);
-    if input.peek(Token![crate]) {
-        input.parse::<Token![crate]>()?;
-        return Ok(Some((KeyKind::Crate, span)));
-    }
-    Ok(None)
-}
-
-fn key_name(kind: &KeyKind) -> &'static str {
-    match kind {
-        KeyKind::Ttl => "ttl",
-        KeyKind::Key => "key",
-        KeyKind::Tags => "tags",
-        KeyKind::Stampede => "stampede",
-        KeyKind::Stale => "stale",
-        KeyKind::Jitter => "jitter",
-        KeyKind::Cache => "cache",
-        KeyKind::Skip => "skip",
-        KeyKind::None => "none",
-        KeyKind::Keys => "keys",
-        KeyKind::Companions => "companions",
-        KeyKind::Crate => "crate",
-    }
-}
-
+/// One `key = value` (or a lone flag key): look the key up, read the value, store it in `args`.
 fn parse_entry(
     mac: Macro,
-    entry: TokenStream,
+    input: ParseStream,
     args: &mut Args,
-    seen: &mut Vec<String>,
+    seen: &mut Vec<&'static str>,
 ) -> syn::Result<()> {
-    let parser = |input: ParseStream| -> syn::Result<()> {
-        let Some((kind, key_span)) = parse_key(input)? else {
-            return Err(unknown_key(mac, input));
-        };
-        let name = key_name(&kind);
-        if !mac.valid_keys().contains(&name) {
-            return Err(syn::Error::new(
-                key_span,
+    let (spec, key_span) = parse_key(mac, input)?;
+    if seen.contains(&spec.name) {
+        return Err(syn::Error::new(
+            key_span,
+            format!("duplicate key `{}`: each key may be given once", spec.name),
+        ));
+    }
+    seen.push(spec.name);
+    match parse_value(spec, key_span, input)? {
+        Some(value) => apply(spec, value, args),
+        None => {
+            set_flag(
+                spec.kind,
+                args,
+                WithSpan {
+                    value: true,
+                    span: key_span,
+                },
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The key of an entry, checked against the table and the macro.
+fn parse_key(mac: Macro, input: ParseStream) -> syn::Result<(&'static KeySpec, Span)> {
+    let span = input.span();
+    let Ok(ident) = input.call(Ident::parse_any) else {
+        return Err(syn::Error::new(
+            span,
+            format!(
+                "expected `key = value`; valid keys for {} are: {}",
+                mac.name(),
+                mac.valid_keys_list()
+            ),
+        ));
+    };
+    let name = ident.unraw().to_string();
+    match KeySpec::lookup(&name) {
+        Some(spec) if spec.macros.contains(&mac) => Ok((spec, ident.span())),
+        Some(_) => Err(syn::Error::new(
+            ident.span(),
+            format!(
+                "unknown key `{name}` for {}; valid keys are: {}",
+                mac.name(),
+                mac.valid_keys_list()
+            ),
+        )),
+        None => {
+            let hint = closest(&name, mac.keys().map(|spec| spec.name))
+                .map(|k| format!("; did you mean `{k}`?"))
+                .unwrap_or_default();
+            Err(syn::Error::new(
+                ident.span(),
                 format!(
-                    "unknown key `{name}` for {}; valid keys are: {}",
+                    "unknown key `{name}` for {}{hint}\nvalid keys are: {}",
                     mac.name(),
                     mac.valid_keys_list()
                 ),
-            ));
+            ))
         }
-        if seen.iter().any(|s| s == name) {
-            return Err(syn::Error::new(
-                key_span,
-                format!("duplicate key `{name}`: each key may be given once"),
-            ));
-        }
-        seen.push(name.to_owned());
+    }
+}
 
-        if input.is_empty() && matches!(kind, KeyKind::None | KeyKind::Companions) {
-            // Flag style: `none` means `none = true`.
-            let flag = WithSpan {
-                value: true,
-                span: key_span,
+/// `= value` after a key, as tokens: an expression where it is one, else everything up to the
+/// next comma (so a malformed value still gets a "`key` expects ..." error at its tokens).
+/// `None` for a flag key standing alone.
+fn parse_value(
+    spec: &KeySpec,
+    key_span: Span,
+    input: ParseStream,
+) -> syn::Result<Option<TokenStream>> {
+    let at_end = input.is_empty() || input.peek(Token![,]);
+    if at_end && spec.flag {
+        return Ok(None);
+    }
+    let name = spec.name;
+    if !input.peek(Token![=]) {
+        return Err(syn::Error::new(
+            if at_end { key_span } else { input.span() },
+            format!(
+                "expected `=` after `{name}`, as in `{name} = {}`",
+                spec.example
+            ),
+        ));
+    }
+    input.parse::<Token![=]>()?;
+    let fork = input.fork();
+    let value = match fork.parse::<Expr>() {
+        Ok(expr) if fork.is_empty() || fork.peek(Token![,]) => {
+            input.parse::<Expr>()?;
+            expr.into_token_stream()
+        }
+        _ => {
+            let mut raw = TokenStream::new();
+            while !input.is_empty() && !input.peek(Token![,]) {
+                raw.extend([input.parse::<TokenTree>()?]);
+            }
+            raw
+        }
+    };
+    if value.is_empty() {
+        return Err(syn::Error::new(
+            key_span,
+            format!(
+                "missing value for `{name}`, as in `{name} = {}`",
+                spec.example
+            ),
+        ));
+    }
+    Ok(Some(value))
+}
+
+/// Reads `value` as what `spec` expects and stores it in `args`.
+fn apply(spec: &KeySpec, value: TokenStream, args: &mut Args) -> syn::Result<()> {
+    let span = syn::spanned::Spanned::span(&value);
+    let wrong = |what: &str| {
+        syn::Error::new_spanned(
+            &value,
+            format!(
+                "`{name}` expects {what}, as in `{name} = {example}`",
+                name = spec.name,
+                example = spec.example
+            ),
+        )
+    };
+    match spec.kind {
+        KeyKind::Ttl => {
+            let ms = duration(&value, wrong)?;
+            if ms == 0 {
+                return Err(syn::Error::new_spanned(
+                    &value,
+                    "`ttl` must be greater than zero",
+                ));
+            }
+            args.ttl_ms = Some(WithSpan { value: ms, span });
+        }
+        KeyKind::Stale => {
+            let ms = duration(&value, wrong)?;
+            args.stale_ms = Some(WithSpan { value: ms, span });
+        }
+        KeyKind::Key => {
+            let lit: LitStr = syn::parse2(value.clone()).map_err(|_| wrong("a string template"))?;
+            args.key = Some(Template::parse(&lit)?);
+        }
+        KeyKind::Tags => {
+            args.tags = templates(value.clone())
+                .map_err(|e| e.unwrap_or_else(|| wrong("a list of string templates")))?;
+        }
+        KeyKind::Keys => {
+            args.keys = templates(value.clone())
+                .map_err(|e| e.unwrap_or_else(|| wrong("a list of string templates")))?;
+        }
+        KeyKind::Stampede => {
+            let lit: LitStr = syn::parse2(value.clone())
+                .map_err(|_| wrong("one of \"none\", \"coalesce\", \"lock\", \"early\""))?;
+            let mode = stampede_mode(&lit)?;
+            args.stampede = Some(WithSpan { value: mode, span });
+        }
+        KeyKind::Jitter => {
+            let fraction = match syn::parse2::<Lit>(value.clone()) {
+                Ok(Lit::Float(f)) => f.base10_parse::<f64>()?,
+                Ok(Lit::Int(i)) => i.base10_parse::<u32>()? as f64,
+                _ => return Err(wrong("a fraction between 0.0 and 0.5")),
             };
-            match kind {
-                KeyKind::None => args.none = Some(flag),
-                _ => args.companions = Some(flag),
+            if !(0.0..=0.5).contains(&fraction) {
+                return Err(syn::Error::new_spanned(
+                    &value,
+                    "`jitter` must be between 0.0 and 0.5 (a fraction of the TTL)",
+                ));
             }
-            return Ok(());
+            args.jitter = Some(WithSpan {
+                value: fraction,
+                span,
+            });
         }
-        if !input.peek(Token![=]) {
-            return Err(syn::Error::new(
-                if input.is_empty() {
-                    key_span
-                } else {
-                    input.span()
-                },
-                format!(
-                    "expected `=` after `{name}`, as in `{name} = {}`",
-                    example(&kind)
-                ),
-            ));
+        KeyKind::Cache => {
+            let expr: Expr = syn::parse2(value.clone())
+                .map_err(|_| wrong("an expression yielding a `&Cache`"))?;
+            args.cache = Some(expr);
         }
-        input.parse::<Token![=]>()?;
-        let value: TokenStream = input.parse()?;
-        if value.is_empty() {
-            return Err(syn::Error::new(
-                key_span,
-                format!(
-                    "missing value for `{name}`, as in `{name} = {}`",
-                    example(&kind)
-                ),
-            ));
+        KeyKind::Skip => {
+            args.skip = ident_list(value.clone()).map_err(|_| wrong("a list of argument names"))?;
         }
-        let span = value.span();
-        let wrong = |what: &str| {
-            syn::Error::new_spanned(
-                &value,
-                format!(
-                    "`{name}` expects {what}, as in `{name} = {}`",
-                    example(&kind)
-                ),
-            )
-        };
-        match kind {
-            KeyKind::Ttl | KeyKind::Stale => {
-                let ms = duration_value(value.clone()).map_err(|msg| match msg {
-                    Some(msg) => syn::Error::new_spanned(&value, msg),
-                    None => {
-                        wrong("integer seconds or a duration string like \"90s\", \"5m\", \"1h\"")
-                    }
-                })?;
-                if matches!(kind, KeyKind::Ttl) {
-                    if ms == 0 {
-                        return Err(syn::Error::new_spanned(
-                            &value,
-                            "`ttl` must be greater than zero",
-                        ));
-                    }
-                    args.ttl_ms = Some(WithSpan { value: ms, span });
-                } else {
-                    args.stale_ms = Some(WithSpan { value: ms, span });
-                }
-            }
-            KeyKind::Key => {
-                let lit: LitStr =
-                    syn::parse2(value.clone()).map_err(|_| wrong("a string template"))?;
-                args.key = Some(Template::parse(&lit)?);
-            }
-            KeyKind::Tags | KeyKind::Keys => {
-                let lits =
-                    string_list(value.clone()).map_err(|_| wrong("a list of string templates"))?;
-                let mut templates = Vec::new();
-                let mut errors = None;
-                for lit in lits {
-                    match Template::parse(&lit) {
-                        Ok(t) => templates.push(t),
-                        Err(e) => push_error(&mut errors, e),
-                    }
-                }
-                if let Some(e) = errors {
-                    return Err(e);
-                }
-                if matches!(kind, KeyKind::Tags) {
-                    args.tags = templates;
-                    args.tags_given = true;
-                } else {
-                    args.keys = templates;
-                }
-            }
-            KeyKind::Stampede => {
-                let lit: LitStr = syn::parse2(value.clone())
-                    .map_err(|_| wrong("one of \"none\", \"coalesce\", \"lock\", \"early\""))?;
-                let mode = match lit.value().as_str() {
-                    "none" => StampedeMode::None,
-                    "coalesce" => StampedeMode::Coalesce,
-                    "lock" => StampedeMode::Lock,
-                    "early" => StampedeMode::Early,
-                    other => {
-                        return Err(syn::Error::new(
-                            lit.span(),
-                            format!(
-                                "unknown stampede mode {other:?}; expected one of \"none\", \
-                                 \"coalesce\", \"lock\", \"early\""
-                            ),
-                        ))
-                    }
-                };
-                args.stampede = Some(WithSpan { value: mode, span });
-            }
-            KeyKind::Jitter => {
-                let fraction = match syn::parse2::<Lit>(value.clone()) {
-                    Ok(Lit::Float(f)) => f.base10_parse::<f64>()?,
-                    Ok(Lit::Int(i)) => i.base10_parse::<u32>()? as f64,
-                    _ => return Err(wrong("a fraction between 0.0 and 0.5")),
-                };
-                if !(0.0..=0.5).contains(&fraction) {
-                    return Err(syn::Error::new_spanned(
-                        &value,
-                        "`jitter` must be between 0.0 and 0.5 (a fraction of the TTL)",
-                    ));
-                }
-                args.jitter = Some(WithSpan {
-                    value: fraction,
-                    span,
-                });
-            }
-            KeyKind::Cache => {
-                let expr: Expr = syn::parse2(value.clone())
-                    .map_err(|_| wrong("an expression yielding a `&Cache`"))?;
-                args.cache = Some(expr);
-            }
-            KeyKind::Skip => {
-                let idents =
-                    ident_list(value.clone()).map_err(|_| wrong("a list of argument names"))?;
-                args.skip = idents;
-            }
-            KeyKind::None | KeyKind::Companions => {
-                let lit: LitBool =
-                    syn::parse2(value.clone()).map_err(|_| wrong("`true` or `false`"))?;
-                let flag = WithSpan {
+        KeyKind::None | KeyKind::Companions => {
+            let lit: LitBool =
+                syn::parse2(value.clone()).map_err(|_| wrong("`true` or `false`"))?;
+            set_flag(
+                spec.kind,
+                args,
+                WithSpan {
                     value: lit.value,
                     span,
-                };
-                if matches!(kind, KeyKind::None) {
-                    args.none = Some(flag);
-                } else {
-                    args.companions = Some(flag);
-                }
-            }
-            KeyKind::Crate => {
-                let path = match syn::parse2::<LitStr>(value.clone()) {
-                    Ok(lit) => lit.parse_with(Path::parse_mod_style),
-                    Err(_) => Path::parse_mod_style.parse2(value.clone()),
-                }
-                .map_err(|_| wrong("a path to the runtime crate"))?;
-                args.krate = Some(path);
-            }
+                },
+            );
         }
-        Ok(())
-    };
-    parser.parse2(entry)
+        KeyKind::Crate => {
+            let path = match syn::parse2::<LitStr>(value.clone()) {
+                Ok(lit) => lit.parse_with(Path::parse_mod_style),
+                Err(_) => Path::parse_mod_style.parse2(value.clone()),
+            }
+            .map_err(|_| wrong("a path to the runtime crate"))?;
+            args.krate = Some(path);
+        }
+    }
+    Ok(())
 }
 
-fn example(kind: &KeyKind) -> &'static str {
+fn set_flag(kind: KeyKind, args: &mut Args, flag: WithSpan<bool>) {
     match kind {
-        KeyKind::Ttl => "300` or `ttl = \"5m\"",
-        KeyKind::Key => "\"user:{id}\"",
-        KeyKind::Tags => "[\"user:{id}\", \"users\"]",
-        KeyKind::Keys => "[\"user:{id}\"]",
-        KeyKind::Stampede => "\"lock\"",
-        KeyKind::Stale => "60` or `stale = \"1m\"",
-        KeyKind::Jitter => "0.1",
-        KeyKind::Cache => "&self.cache",
-        KeyKind::Skip => "[conn]",
-        KeyKind::None => "true",
-        KeyKind::Companions => "false",
-        KeyKind::Crate => "::cache_layer",
+        KeyKind::None => args.none = Some(flag),
+        KeyKind::Companions => args.companions = Some(flag),
+        _ => unreachable!("only `none` and `companions` are flags"),
     }
 }
 
-fn unknown_key(mac: Macro, input: ParseStream) -> syn::Error {
-    let valid = mac.valid_keys_list();
-    match input.call(Ident::parse_any) {
-        Ok(ident) => {
-            let name = ident.unraw().to_string();
-            let hint = closest(&name, mac.valid_keys())
-                .map(|k| format!("; did you mean `{k}`?"))
-                .unwrap_or_default();
-            syn::Error::new(
-                ident.span(),
-                format!(
-                    "unknown key `{name}` for {}{hint}\nvalid keys are: {valid}",
-                    mac.name()
-                ),
-            )
+/// Integer seconds or a duration string, in milliseconds.
+fn duration(value: &TokenStream, wrong: impl Fn(&str) -> syn::Error) -> syn::Result<u64> {
+    duration_value(value.clone()).map_err(|msg| match msg {
+        Some(msg) => syn::Error::new_spanned(value, msg),
+        None => wrong("integer seconds or a duration string like \"90s\", \"5m\", \"1h\""),
+    })
+}
+
+/// A list of templates; `Err(None)` when the value is not a list of strings, `Err(Some(e))` with
+/// every template error otherwise.
+fn templates(value: TokenStream) -> Result<Vec<Template>, Option<syn::Error>> {
+    let lits = string_list(value).map_err(|_| None)?;
+    let mut templates = Vec::new();
+    let mut errors = None;
+    for lit in lits {
+        match Template::parse(&lit) {
+            Ok(t) => templates.push(t),
+            Err(e) => push_error(&mut errors, e),
         }
-        Err(_) => syn::Error::new(
-            input.span(),
-            format!(
-                "expected `key = value`; valid keys for {} are: {valid}",
-                mac.name()
-            ),
-        ),
     }
+    match errors {
+        Some(e) => Err(Some(e)),
+        None => Ok(templates),
+    }
+}
+
+fn stampede_mode(lit: &LitStr) -> syn::Result<StampedeMode> {
+    Ok(match lit.value().as_str() {
+        "none" => StampedeMode::None,
+        "coalesce" => StampedeMode::Coalesce,
+        "lock" => StampedeMode::Lock,
+        "early" => StampedeMode::Early,
+        other => {
+            return Err(syn::Error::new(
+                lit.span(),
+                format!(
+                    "unknown stampede mode {other:?}; expected one of \"none\", \"coalesce\", \
+                     \"lock\", \"early\""
+                ),
+            ))
+        }
+    })
 }
 
 /// The valid key closest to a misspelt one (edit distance at most 2).
-fn closest(name: &str, valid: &[&'static str]) -> Option<&'static str> {
+fn closest(name: &str, valid: impl Iterator<Item = &'static str>) -> Option<&'static str> {
     valid
-        .iter()
-        .map(|k| (edit_distance(name, k), *k))
+        .map(|k| (edit_distance(name, k), k))
         .filter(|(d, _)| *d <= 2)
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
@@ -566,6 +599,14 @@ mod tests {
     use super::*;
     use quote::quote;
 
+    /// Every error message of parsing `tokens`, in order (none when it parses).
+    fn errors(mac: Macro, tokens: TokenStream) -> Vec<String> {
+        parse(mac, tokens)
+            .err()
+            .map(|e| e.into_iter().map(|e| e.to_string()).collect())
+            .unwrap_or_default()
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("90s"), Ok(90_000));
@@ -614,18 +655,91 @@ mod tests {
 
     #[test]
     fn collects_all_errors() {
-        let err = parse(
+        let err = errors(
             Macro::Cached,
             quote!(tll = 1, ttl = "5 min", ttl = 3, keys = []),
-        )
-        .err()
-        .map(|e| e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>())
-        .unwrap_or_default();
+        );
         assert_eq!(err.len(), 4, "{err:#?}");
         assert!(err[0].contains("did you mean `ttl`"));
         assert!(err[1].contains("invalid duration"));
         assert!(err[2].contains("duplicate key `ttl`"));
         assert!(err[3].contains("unknown key `keys` for #[cached]"));
+    }
+
+    /// The `## `key`` headings of a doc block, in order.
+    fn doc_headings(doc: &str) -> Vec<&str> {
+        doc.lines()
+            .filter_map(|line| line.trim().strip_prefix("/// ## `"))
+            .filter_map(|rest| rest.strip_suffix('`'))
+            .collect()
+    }
+
+    fn table_keys(mac: Macro) -> Vec<&'static str> {
+        mac.keys().map(|spec| spec.name).collect()
+    }
+
+    #[test]
+    fn rustdoc_documents_every_key_of_the_table() {
+        let lib = include_str!("lib.rs");
+        let (cached_doc, rest) = lib
+            .split_once("pub fn cached(")
+            .unwrap_or_else(|| panic!("no `pub fn cached` in lib.rs"));
+        let invalidate_doc = rest
+            .split_once("pub fn invalidate(")
+            .map_or("", |(doc, _)| doc);
+        assert_eq!(doc_headings(cached_doc), table_keys(Macro::Cached));
+        assert_eq!(doc_headings(invalidate_doc), table_keys(Macro::Invalidate));
+    }
+
+    #[test]
+    fn readme_lists_every_key_of_the_table() {
+        let readme = include_str!("../README.md");
+        // `#[cached]`: one table row per key, "| `ttl` | ...".
+        let cached: Vec<&str> = readme
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .filter_map(|rest| rest.split_once("` |").map(|(name, _)| name))
+            .collect();
+        assert_eq!(cached, table_keys(Macro::Cached));
+        // `#[invalidate]`: "Keys: `tags = [...]`, `keys = [...]`, ...".
+        let line = readme
+            .lines()
+            .find(|line| line.starts_with("Keys: `"))
+            .unwrap_or_else(|| panic!("no \"Keys: \" line for #[invalidate] in the README"));
+        let invalidate: Vec<&str> = line
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter_map(|code| code.split(" =").next())
+            .collect();
+        assert_eq!(invalidate, table_keys(Macro::Invalidate));
+    }
+
+    #[test]
+    fn did_you_mean_comes_from_the_table() {
+        let message = |tokens| errors(Macro::Invalidate, tokens).join("\n");
+        assert!(message(quote!(tag = ["a"])).contains("did you mean `tags`?"));
+        assert!(message(quote!(kes = ["a"])).contains("did you mean `keys`?"));
+        // `ttl` is a key, but not one of #[invalidate]'s: no hint towards it.
+        assert!(!message(quote!(tll = 1)).contains("did you mean"));
+    }
+
+    #[test]
+    fn values_are_expressions_commas_in_generics_included() {
+        let args = parse(
+            Macro::Cached,
+            quote!(cache = REG.get::<A, B>(), ttl = 5, skip = [a, b], key = "k"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let cache = args.cache.map(|c| c.to_token_stream().to_string());
+        assert_eq!(cache.as_deref(), Some("REG . get :: < A , B > ()"));
+        assert_eq!(args.ttl_ms.map(|t| t.value), Some(5_000));
+        assert_eq!(args.skip.len(), 2);
+        // A malformed value is an error at its own tokens; the pairs after it are still read.
+        let err = errors(Macro::Cached, quote!(tags = ["a" "b"], ttl = 0));
+        assert_eq!(err.len(), 2, "{err:#?}");
+        assert!(err[0].contains("`tags` expects a list of string templates"));
+        assert!(err[1].contains("`ttl` must be greater than zero"));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use syn::{
     Receiver, ReturnType, Type,
 };
 
-use crate::attr::{self, push_error, Args, Macro};
+use crate::attr::{self, push_error, Args, Macro, WithSpan};
 use crate::template::Template;
 
 /// Entry point of `#[cached]`.
@@ -103,15 +103,47 @@ enum Shape {
     ResultOption,
 }
 
+impl Shape {
+    /// The `__private` marker type that tells the engine entry points this shape.
+    fn marker(self) -> &'static str {
+        match self {
+            Shape::Plain => "Plain",
+            Shape::Option => "Optional",
+            Shape::Result => "Fallible",
+            Shape::ResultOption => "FallibleOptional",
+        }
+    }
+}
+
+/// Whether the loader may outlive the call, which decides the `__private` loader kind.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum LoaderKind {
+    /// Free fn, owned argument types: the loader is `'static` and a stale entry can refresh in
+    /// the background.
+    Owned,
+    /// A method, a generic fn or a borrowed argument: the loader runs in the calling task.
+    Scoped,
+}
+
+impl LoaderKind {
+    /// The `__private` read-through for this kind.
+    fn entry_point(self) -> &'static str {
+        match self {
+            LoaderKind::Owned => "fetch",
+            LoaderKind::Scoped => "fetch_scoped",
+        }
+    }
+}
+
 struct Info {
     receiver: Option<Receiver>,
     args: Vec<Arg>,
     ret: Option<Type>,
     shape: Shape,
-    /// The loader can be `'static` (free fn, owned argument types): background refresh possible.
-    is_static: bool,
+    loader: LoaderKind,
 }
 
+/// Reads the fn: arguments, return shape, loader kind; pushes every misuse into `errors`.
 fn analyze(
     mac: Macro,
     func: &ItemFn,
@@ -131,106 +163,131 @@ fn analyze(
             ),
         );
     }
-    let receiver = sig.receiver().cloned();
-    let mut out_args = Vec::new();
-    for (i, input) in sig.inputs.iter().enumerate() {
-        let FnArg::Typed(pat_type) = input else {
-            continue;
-        };
-        let (binding, name, rebind) = match &*pat_type.pat {
-            Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => (
-                p.ident.clone(),
-                Some(p.ident.clone()),
-                p.mutability.is_some(),
-            ),
-            _ => (format_ident!("__cache_arg{}", i), None, true),
-        };
-        out_args.push(Arg {
-            binding,
-            name,
-            pat: (*pat_type.pat).clone(),
-            rebind,
-            ty: (*pat_type.ty).clone(),
-            attrs: pat_type.attrs.clone(),
-            skipped: false,
-        });
-    }
-
     let ret = match &sig.output {
         ReturnType::Type(_, ty) if !is_unit(ty) => Some((**ty).clone()),
         _ => None,
     };
     let none = args.and_then(|a| a.none.as_ref());
-    let shape = match ret.as_ref().map(classify) {
-        Some(Classified::Option) if none.is_some_and(|n| n.value) => Shape::Plain,
-        Some(Classified::Option) => Shape::Option,
-        Some(Classified::ResultOption) if none.is_some_and(|n| n.value) => Shape::Result,
-        Some(Classified::ResultOption) => Shape::ResultOption,
-        Some(Classified::Result) => Shape::Result,
-        Some(Classified::Plain) | None => Shape::Plain,
-    };
-
     if mac == Macro::Cached {
-        match &ret {
-            None => push_error(
-                errors,
-                syn::Error::new(
-                    match &sig.output {
-                        ReturnType::Type(_, ty) => ty.span(),
-                        ReturnType::Default => sig.ident.span(),
-                    },
-                    format!(
-                        "#[cached] needs a return type: `{}` returns `()`, so there is nothing to \
-                         cache (use #[invalidate] for fns that write)",
-                        sig.ident
-                    ),
-                ),
-            ),
-            Some(ty) if contains_impl(ty.to_token_stream()) => push_error(
-                errors,
-                syn::Error::new_spanned(
-                    ty,
-                    "#[cached] cannot store an `impl Trait` return type: name the concrete type",
-                ),
-            ),
-            Some(_) => {}
-        }
-        if let Some(none) = none {
-            let is_optional = ret.as_ref().map(classify);
-            if !matches!(
-                is_optional,
-                Some(Classified::Option | Classified::ResultOption)
-            ) {
-                push_error(
-                    errors,
-                    syn::Error::new(
-                        none.span,
-                        "`none` only applies to fns returning `Option<T>` or `Result<Option<T>, E>`",
-                    ),
-                );
-            }
-        }
+        check_return(sig, ret.as_ref(), none, errors);
     }
-
     let mut info = Info {
-        receiver,
-        args: out_args,
+        receiver: sig.receiver().cloned(),
+        args: typed_args(sig),
+        shape: shape_of(ret.as_ref(), none.is_some_and(|n| n.value)),
         ret,
-        shape,
-        is_static: false,
+        loader: LoaderKind::Scoped,
     };
     if let Some(args) = args {
         check_args(mac, func, args, &mut info, errors);
     }
-    info.is_static = info.receiver.is_none()
-        && !func
-            .sig
-            .generics
-            .params
-            .iter()
-            .any(|p| !matches!(p, GenericParam::Const(_)))
-        && info.args.iter().all(|a| !borrows(a.ty.to_token_stream()));
+    info.loader = loader_kind(func, &info);
     info
+}
+
+/// The typed arguments, each with the name generated signatures use for it.
+fn typed_args(sig: &syn::Signature) -> Vec<Arg> {
+    let typed = sig
+        .inputs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, input)| match input {
+            FnArg::Typed(pat_type) => Some((i, pat_type)),
+            FnArg::Receiver(_) => None,
+        });
+    typed
+        .map(|(i, pat_type)| {
+            let plain = match &*pat_type.pat {
+                Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => Some(p),
+                _ => None,
+            };
+            Arg {
+                binding: plain
+                    .map_or_else(|| format_ident!("__cache_arg{}", i), |p| p.ident.clone()),
+                name: plain.map(|p| p.ident.clone()),
+                pat: (*pat_type.pat).clone(),
+                // `mut x` and destructuring patterns are rebound from the plain binding.
+                rebind: plain.is_none_or(|p| p.mutability.is_some()),
+                ty: (*pat_type.ty).clone(),
+                attrs: pat_type.attrs.clone(),
+                skipped: false,
+            }
+        })
+        .collect()
+}
+
+/// What the return type caches; `none = true` caches `None` too.
+fn shape_of(ret: Option<&Type>, cache_none: bool) -> Shape {
+    match ret.map(classify) {
+        Some(Classified::Option) if cache_none => Shape::Plain,
+        Some(Classified::Option) => Shape::Option,
+        Some(Classified::ResultOption) if cache_none => Shape::Result,
+        Some(Classified::ResultOption) => Shape::ResultOption,
+        Some(Classified::Result) => Shape::Result,
+        Some(Classified::Plain) | None => Shape::Plain,
+    }
+}
+
+/// `#[cached]` needs a nameable return type, and `none` an optional one.
+fn check_return(
+    sig: &syn::Signature,
+    ret: Option<&Type>,
+    none: Option<&WithSpan<bool>>,
+    errors: &mut Option<syn::Error>,
+) {
+    match ret {
+        None => push_error(
+            errors,
+            syn::Error::new(
+                match &sig.output {
+                    ReturnType::Type(_, ty) => ty.span(),
+                    ReturnType::Default => sig.ident.span(),
+                },
+                format!(
+                    "#[cached] needs a return type: `{}` returns `()`, so there is nothing to \
+                     cache (use #[invalidate] for fns that write)",
+                    sig.ident
+                ),
+            ),
+        ),
+        Some(ty) if contains_impl(ty.to_token_stream()) => push_error(
+            errors,
+            syn::Error::new_spanned(
+                ty,
+                "#[cached] cannot store an `impl Trait` return type: name the concrete type",
+            ),
+        ),
+        Some(_) => {}
+    }
+    let optional = matches!(
+        ret.map(classify),
+        Some(Classified::Option | Classified::ResultOption)
+    );
+    if let (Some(none), false) = (none, optional) {
+        push_error(
+            errors,
+            syn::Error::new(
+                none.span,
+                "`none` only applies to fns returning `Option<T>` or `Result<Option<T>, E>`",
+            ),
+        );
+    }
+}
+
+/// [`LoaderKind::Owned`] for free fns without type parameters whose arguments own their data.
+fn loader_kind(func: &ItemFn, info: &Info) -> LoaderKind {
+    let type_params = func
+        .sig
+        .generics
+        .params
+        .iter()
+        .any(|p| !matches!(p, GenericParam::Const(_)));
+    let borrowed = info.args.iter().any(|a| borrows(a.ty.to_token_stream()));
+    if info.receiver.is_none() && !type_params && !borrowed {
+        LoaderKind::Owned
+    } else {
+        LoaderKind::Scoped
+    }
 }
 
 /// Checks `skip` and the templates against the arguments, and marks the skipped arguments.
@@ -531,7 +588,7 @@ fn key_expr(p: &TokenStream, func: &ItemFn, args: &Args, info: &Info) -> TokenSt
 /// The policy; `observe` names the fn's `FunctionStats` static (the main fn has one).
 fn policy_expr(p: &TokenStream, args: &Args, observe: Option<&Ident>) -> TokenStream {
     let ttl = args.ttl_ms.as_ref().map_or(300_000, |t| t.value);
-    let mut policy = quote!(#p::Policy::ttl(#p::Duration::from_millis(#ttl)).__from_cached_fn());
+    let mut policy = quote!(#p::policy(#p::Duration::from_millis(#ttl)));
     if let Some(stats) = observe {
         policy.extend(quote!(.observe(&#stats)));
     }
@@ -580,11 +637,12 @@ fn companion_attrs(attrs: &[Attribute]) -> Vec<&Attribute> {
         .collect()
 }
 
-/// The main fn's parameters: the receiver, then `binding: Type` per argument.
-fn main_inputs(info: &Info, keep_mut_self: bool) -> TokenStream {
+/// The main fn's parameters: the receiver, then `binding: Type` per argument. A `mut self` stays
+/// `mut` only where the body is inlined (with companions, `{fn}_uncached` takes it `mut`).
+fn main_inputs(info: &Info, companions: Companions) -> TokenStream {
     let receiver = info.receiver.as_ref().map(|r| {
         let mut r = r.clone();
-        if !keep_mut_self && matches!(r.kind, syn::ReceiverKind::Value) {
+        if companions == Companions::Generated && matches!(r.kind, syn::ReceiverKind::Value) {
             r.mutability = None;
         }
         quote!(#r,)
@@ -669,172 +727,246 @@ fn turbofish(func: &ItemFn, info: &Info) -> TokenStream {
 // ---------------------------------------------------------------------------------------------
 
 fn expand_cached(func: &ItemFn, args: &Args, info: &Info) -> TokenStream {
-    let p = private(args);
-    let companions = args.companions.as_ref().is_none_or(|c| c.value);
-    let name = &func.sig.ident;
-    let name_str = name.to_string();
-    let vis = &func.vis;
-    let uncached = format_ident!("{}_uncached", name);
-    let bindings: Vec<&Ident> = info.args.iter().map(|a| &a.binding).collect();
-    let fish = turbofish(func, info);
+    let cx = Cached::new(func, args, info);
+    let main = cx.main_fn();
+    match cx.companions {
+        Companions::Omitted => main,
+        Companions::Generated => {
+            let uncached = cx.uncached_fn();
+            let refresh = cx.refresh_fn();
+            let invalidate = cx.invalidate_fn();
+            quote!(#main #uncached #refresh #invalidate)
+        }
+    }
+}
 
-    // How to call the body.
-    let call_body = if info.receiver.is_some() {
-        quote!(Self::#uncached #fish (self, #(#bindings),*))
-    } else if knows_self(func, info) {
-        quote!(Self::#uncached #fish (#(#bindings),*))
-    } else {
-        quote!(#uncached #fish (#(#bindings),*))
-    };
-    let loader = if companions && info.receiver.is_some() {
-        // Move the receiver into the call, so the closure is `FnOnce` and a `&mut self` is not
-        // reborrowed from the closure's state.
-        quote!(move || {
-            let __cache_self = self;
-            Self::#uncached #fish (__cache_self, #(#bindings),*)
-        })
-    } else if companions {
-        quote!(move || #call_body)
-    } else {
-        let hint = output_type_hint(info.ret.as_ref());
-        let rebinds = rebinds(info);
-        let block = &func.block;
-        quote!(move || async move { #hint #(#rebinds)* #block })
-    };
+/// Whether `{fn}_uncached`, `{fn}_refresh` and `{fn}_invalidate` are generated (`companions`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Companions {
+    /// The default: the body lives in `{fn}_uncached`, which the loader calls.
+    Generated,
+    /// `companions = false`: the body is inlined into the loader.
+    Omitted,
+}
 
-    let scoped = if info.is_static { "" } else { "_scoped" };
-    let fetch = match info.shape {
-        Shape::Plain => "fetch",
-        Shape::Option => "fetch_some",
-        Shape::Result => "try_fetch",
-        Shape::ResultOption => "try_fetch_some",
-    };
-    let fetch = format_ident!("{}{}", fetch, scoped);
-    // Errors about the cached type (not `Serialize`, body not `Send`, ...) point at the return type.
-    let ret_span = info.ret.as_ref().map_or_else(Span::call_site, |r| r.span());
-    let p_ret = respan(p.clone(), ret_span);
-    let call_engine = quote_spanned!(ret_span=>
-        #p_ret::#fetch(&__cache_handle, &__cache_key, &__cache_policy, __cache_loader).await
-    );
+/// What the fns generated for one `#[cached]` fn share.
+struct Cached<'a> {
+    func: &'a ItemFn,
+    args: &'a Args,
+    info: &'a Info,
+    companions: Companions,
+    /// `<crate>::__private`.
+    p: TokenStream,
+    /// `p` spanned at the return type, so errors about the cached type (not `Serialize`, body not
+    /// `Send`, ...) point there.
+    p_ret: TokenStream,
+    ret_span: Span,
+    /// The `__private` shape marker of the return type.
+    shape: Ident,
+    name_str: String,
+    /// How generated docs name the fn: `get`, or `Self::get` for methods.
+    what: String,
+}
 
-    let resolve = resolve_cache(&p, args, name);
-    let key = key_expr(&p, func, args, info);
-    let stats = Ident::new("__CACHE_STATS", Span::call_site());
-    let policy = policy_expr(&p, args, Some(&stats));
-    let mut sig = func.sig.clone();
-    let inputs = main_inputs(info, !companions);
-    sig.inputs = syn::parse_quote!(#inputs);
-    let attrs = outer_attrs(&func.attrs);
+impl<'a> Cached<'a> {
+    fn new(func: &'a ItemFn, args: &'a Args, info: &'a Info) -> Self {
+        let p = private(args);
+        let ret_span = info.ret.as_ref().map_or_else(Span::call_site, |r| r.span());
+        let name_str = func.sig.ident.to_string();
+        let what = if info.receiver.is_some() {
+            format!("Self::{name_str}")
+        } else {
+            name_str.clone()
+        };
+        Cached {
+            func,
+            args,
+            info,
+            companions: match &args.companions {
+                Some(flag) if !flag.value => Companions::Omitted,
+                _ => Companions::Generated,
+            },
+            p_ret: respan(p.clone(), ret_span),
+            p,
+            ret_span,
+            shape: Ident::new(info.shape.marker(), ret_span),
+            name_str,
+            what,
+        }
+    }
 
-    let main = quote! {
-        #(#attrs)*
-        #vis #sig {
-            #resolve
-            static #stats: #p::FunctionStats =
-                #p::FunctionStats::new(::core::concat!(::core::module_path!(), "::", #name_str));
-            let __cache_key: ::core::option::Option<#p::String> = #key;
-            let __cache_policy: #p::Policy = #policy;
-            let __cache_loader = #loader;
-            match (__cache_handle, __cache_key) {
-                (::core::option::Option::Some(__cache_handle), ::core::option::Option::Some(__cache_key)) => {
-                    #call_engine
+    fn uncached_ident(&self) -> Ident {
+        format_ident!("{}_uncached", self.func.sig.ident)
+    }
+
+    /// `{fn}_uncached(args..)`, as `Self::` where the fn is in an impl.
+    fn call_body(&self) -> TokenStream {
+        let uncached = self.uncached_ident();
+        let fish = turbofish(self.func, self.info);
+        let bindings = self.info.args.iter().map(|a| &a.binding);
+        if self.info.receiver.is_some() {
+            quote!(Self::#uncached #fish (self, #(#bindings),*))
+        } else if knows_self(self.func, self.info) {
+            quote!(Self::#uncached #fish (#(#bindings),*))
+        } else {
+            quote!(#uncached #fish (#(#bindings),*))
+        }
+    }
+
+    /// The closure that runs the body on a miss.
+    fn loader(&self) -> TokenStream {
+        let info = self.info;
+        match self.companions {
+            Companions::Generated if info.receiver.is_some() => {
+                // Move the receiver into the call, so the closure is `FnOnce` and a `&mut self`
+                // is not reborrowed from the closure's state.
+                let uncached = self.uncached_ident();
+                let fish = turbofish(self.func, info);
+                let bindings = info.args.iter().map(|a| &a.binding);
+                quote!(move || {
+                    let __cache_self = self;
+                    Self::#uncached #fish (__cache_self, #(#bindings),*)
+                })
+            }
+            Companions::Generated => {
+                let call_body = self.call_body();
+                quote!(move || #call_body)
+            }
+            Companions::Omitted => {
+                let hint = output_type_hint(info.ret.as_ref());
+                let rebinds = rebinds(info);
+                let block = &self.func.block;
+                quote!(move || async move { #hint #(#rebinds)* #block })
+            }
+        }
+    }
+
+    /// The cached fn itself: cache, key, policy, then one engine call (or the body, uncached).
+    fn main_fn(&self) -> TokenStream {
+        let (p, p_ret, shape) = (&self.p, &self.p_ret, &self.shape);
+        let fetch = Ident::new(self.info.loader.entry_point(), self.ret_span);
+        let call_engine = quote_spanned!(self.ret_span=>
+            #p_ret::#fetch(#p::Entry { cache: &__cache_handle, key: &__cache_key, policy: &__cache_policy }, #p_ret::#shape, __cache_loader).await
+        );
+        let resolve = resolve_cache(p, self.args, &self.func.sig.ident);
+        let key = key_expr(p, self.func, self.args, self.info);
+        let stats = Ident::new("__CACHE_STATS", Span::call_site());
+        let policy = policy_expr(p, self.args, Some(&stats));
+        let loader = self.loader();
+        let mut sig = self.func.sig.clone();
+        let inputs = main_inputs(self.info, self.companions);
+        sig.inputs = syn::parse_quote!(#inputs);
+        let attrs = outer_attrs(&self.func.attrs);
+        let (vis, name_str) = (&self.func.vis, &self.name_str);
+        quote! {
+            #(#attrs)*
+            #vis #sig {
+                #resolve
+                static #stats: #p::FunctionStats =
+                    #p::FunctionStats::new(::core::concat!(::core::module_path!(), "::", #name_str));
+                let __cache_key: ::core::option::Option<#p::String> = #key;
+                let __cache_policy: #p::Policy = #policy;
+                let __cache_loader = #loader;
+                match (__cache_handle, __cache_key) {
+                    (::core::option::Option::Some(__cache_handle), ::core::option::Option::Some(__cache_key)) => {
+                        #call_engine
+                    }
+                    _ => __cache_loader().await,
                 }
-                _ => __cache_loader().await,
             }
         }
-    };
-    if !companions {
-        return main;
     }
 
-    let shared_attrs = companion_attrs(&func.attrs);
-    let what = if info.receiver.is_some() {
-        format!("Self::{name_str}")
-    } else {
-        name_str.clone()
-    };
-
-    // {fn}_uncached: the original fn, renamed.
-    let mut body_fn = func.clone();
-    body_fn.sig.ident = uncached.clone();
-    // Arguments only the attribute uses (`cache = cache`, `key = "{id}"`) are used, as far as the
-    // user is concerned: no "unused variable" warning from the body.
-    let mut used_by_attr = HashSet::new();
-    if let Some(expr) = &args.cache {
-        idents_in(expr.to_token_stream(), &mut used_by_attr);
-    }
-    for template in args.key.iter().chain(&args.tags) {
-        used_by_attr.extend(template.placeholders().map(|(root, _)| root.to_owned()));
-    }
-    let touches: Vec<syn::Stmt> = info
-        .args
-        .iter()
-        .filter_map(|a| a.name.as_ref())
-        .filter(|name| used_by_attr.contains(&name.to_string()))
-        .map(|name| syn::parse_quote!(let _ = &#name;))
-        .collect();
-    body_fn.block.stmts.splice(0..0, touches);
-    body_fn
-        .attrs
-        .retain(|a| matches!(a.style, AttrStyle::Inner(_)));
-    let uncached_doc = format!(
-        "The body of [`{what}`], without the cache: always runs, never reads or writes an entry.\n\n\
-         Generated by `#[cached]`."
-    );
-    let uncached_fn = quote! {
-        #[doc = #uncached_doc]
-        #(#shared_attrs)*
-        #body_fn
-    };
-
-    // {fn}_refresh: runs the body and stores the result.
-    let refresh = format_ident!("{}_refresh", name);
-    let mut refresh_sig = func.sig.clone();
-    refresh_sig.ident = refresh;
-    refresh_sig.inputs = syn::parse_quote!(#inputs);
-    let store = format_ident!(
-        "{}",
-        match info.shape {
-            Shape::Plain => "store",
-            Shape::Option => "store_some",
-            Shape::Result => "store_ok",
-            Shape::ResultOption => "store_ok_some",
+    /// `{fn}_uncached`: the original fn, renamed.
+    fn uncached_fn(&self) -> TokenStream {
+        let mut body_fn = self.func.clone();
+        body_fn.sig.ident = self.uncached_ident();
+        // Arguments only the attribute uses (`cache = cache`, `key = "{id}"`) are used, as far as
+        // the user is concerned: no "unused variable" warning from the body.
+        let mut used_by_attr = HashSet::new();
+        if let Some(expr) = &self.args.cache {
+            idents_in(expr.to_token_stream(), &mut used_by_attr);
         }
-    );
-    let store_call = quote_spanned!(ret_span=>
-        #p_ret::#store(__cache_handle, __cache_key, &__cache_policy, &__cache_out, ::core::concat!(::core::module_path!(), "::", #name_str)).await
-    );
-    let refresh_doc = format!(
-        "Runs the body of [`{what}`] and stores its result as the entry for these arguments \
-         (replacing a cached one), then returns it. What is stored follows the same rules as a \
-         miss: `Err` is never stored; `None` is not stored (and drops the entry) unless \
-         `none = true`.\n\nGenerated by `#[cached]`."
-    );
-    let refresh_policy = policy_expr(&p, args, None);
-    let refresh_fn = quote! {
-        #[doc = #refresh_doc]
-        #[allow(dead_code)]
-        #(#shared_attrs)*
-        #vis #refresh_sig {
-            #resolve
-            let __cache_key: ::core::option::Option<#p::String> = #key;
-            let __cache_policy: #p::Policy = #refresh_policy;
-            let __cache_out = #call_body.await;
-            if let (::core::option::Option::Some(__cache_handle), ::core::option::Option::Some(__cache_key)) =
-                (&__cache_handle, &__cache_key)
-            {
-                #store_call;
+        for template in self.args.key.iter().chain(&self.args.tags) {
+            used_by_attr.extend(template.placeholders().map(|(root, _)| root.to_owned()));
+        }
+        let touches: Vec<syn::Stmt> = self
+            .info
+            .args
+            .iter()
+            .filter_map(|a| a.name.as_ref())
+            .filter(|name| used_by_attr.contains(&name.to_string()))
+            .map(|name| syn::parse_quote!(let _ = &#name;))
+            .collect();
+        body_fn.block.stmts.splice(0..0, touches);
+        body_fn
+            .attrs
+            .retain(|a| matches!(a.style, AttrStyle::Inner(_)));
+        let doc = format!(
+            "The body of [`{}`], without the cache: always runs, never reads or writes an entry.\n\n\
+             Generated by `#[cached]`.",
+            self.what
+        );
+        let shared_attrs = companion_attrs(&self.func.attrs);
+        quote! {
+            #[doc = #doc]
+            #(#shared_attrs)*
+            #body_fn
+        }
+    }
+
+    /// `{fn}_refresh`: runs the body and stores the result.
+    fn refresh_fn(&self) -> TokenStream {
+        let (p, p_ret, shape, name_str) = (&self.p, &self.p_ret, &self.shape, &self.name_str);
+        let mut sig = self.func.sig.clone();
+        sig.ident = format_ident!("{}_refresh", self.func.sig.ident);
+        let inputs = main_inputs(self.info, self.companions);
+        sig.inputs = syn::parse_quote!(#inputs);
+        let store_call = quote_spanned!(self.ret_span=>
+            #p_ret::store(#p::Entry { cache: __cache_handle, key: __cache_key, policy: &__cache_policy }, #p_ret::#shape, &__cache_out, ::core::concat!(::core::module_path!(), "::", #name_str)).await
+        );
+        let doc = format!(
+            "Runs the body of [`{}`] and stores its result as the entry for these arguments \
+             (replacing a cached one), then returns it. What is stored follows the same rules as a \
+             miss: `Err` is never stored; `None` is not stored (and drops the entry) unless \
+             `none = true`.\n\nGenerated by `#[cached]`.",
+            self.what
+        );
+        let resolve = resolve_cache(p, self.args, &self.func.sig.ident);
+        let key = key_expr(p, self.func, self.args, self.info);
+        let policy = policy_expr(p, self.args, None);
+        let call_body = self.call_body();
+        let shared_attrs = companion_attrs(&self.func.attrs);
+        let vis = &self.func.vis;
+        quote! {
+            #[doc = #doc]
+            #[allow(dead_code)]
+            #(#shared_attrs)*
+            #vis #sig {
+                #resolve
+                let __cache_key: ::core::option::Option<#p::String> = #key;
+                let __cache_policy: #p::Policy = #policy;
+                let __cache_out = #call_body.await;
+                if let (::core::option::Option::Some(__cache_handle), ::core::option::Option::Some(__cache_key)) =
+                    (&__cache_handle, &__cache_key)
+                {
+                    #store_call;
+                }
+                __cache_out
             }
-            __cache_out
         }
-    };
+    }
 
-    let invalidate_fn = invalidate_companion(&p, func, args, info, &shared_attrs, &what);
-    quote! {
-        #main
-        #uncached_fn
-        #refresh_fn
-        #invalidate_fn
+    fn invalidate_fn(&self) -> TokenStream {
+        let shared_attrs = companion_attrs(&self.func.attrs);
+        invalidate_companion(
+            &self.p,
+            self.func,
+            self.args,
+            self.info,
+            &shared_attrs,
+            &self.what,
+        )
     }
 }
 

@@ -11,7 +11,9 @@ pub const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bounded wait for `redis-cli --cluster create`.
 const CLUSTER_CREATE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Arguments every cluster node is started with (see DESIGN.md, "Redis Cluster").
+/// Arguments every cluster node is started with: cluster mode with its own config file, a 1 s node
+/// timeout (failover tests finish quickly) and diskless replication without delay (replicas sync
+/// at once, nothing touches the disk).
 pub const CLUSTER_NODE_ARGS: &[&str] = &[
     "--cluster-enabled",
     "yes",

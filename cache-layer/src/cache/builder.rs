@@ -8,13 +8,13 @@ use std::{
 use super::{Cache, Inner};
 use crate::{
     breaker::Breaker,
-    bus::Bus,
+    bus::{Bus, Listener},
     keys::KeySpace,
-    local::LocalTier,
-    metrics::{Counters, HotKeys},
+    l1::L1Tier,
+    metrics::{CacheMetrics, HotKeys},
     stampede::{flight::Flights, lock::LandedSignals},
-    store::{Backend, ClusterStore, MemoryStore, RedisStore, RedisStoreConfig},
-    tags::{NamespaceBook, RedisClock, TagBook},
+    store::{Backend, ClusterStore, MemoryStore, RedisStore, RedisStoreConfig, Store},
+    tags::{ClockReference, NamespaceBook, RedisClock, TagBook},
     BreakerConfig, BreakerState, Codec, Error,
 };
 
@@ -41,7 +41,7 @@ pub struct CacheBuilder {
     cluster_nodes: Option<Vec<String>>,
     namespace: String,
     name: Option<String>,
-    local_entries: Option<u64>,
+    l1_entries: Option<u64>,
     redis: RedisStoreConfig,
     breaker: BreakerConfig,
     codec: Codec,
@@ -60,7 +60,7 @@ impl Default for CacheBuilder {
             cluster_nodes: None,
             namespace: "cache".to_owned(),
             name: None,
-            local_entries: None,
+            l1_entries: None,
             redis: RedisStoreConfig::default(),
             breaker: BreakerConfig::default(),
             codec: Codec::default(),
@@ -116,7 +116,7 @@ impl CacheBuilder {
 
     /// Adds an in-process L1 tier holding at most `max_entries` decoded values.
     pub fn local(mut self, max_entries: u64) -> Self {
-        self.local_entries = Some(max_entries);
+        self.l1_entries = Some(max_entries);
         self
     }
 
@@ -239,16 +239,23 @@ impl CacheBuilder {
             (None, None) => Backend::Memory(MemoryStore::new(self.memory_max_bytes)),
         };
         let name = self.name.unwrap_or_else(|| self.namespace.clone());
-        let counters = Arc::new(Counters::new(&name));
-        let hook_counters = counters.clone();
-        let local = store.is_remote();
+        let metrics = Arc::new(CacheMetrics::new(&name));
+        let hook_metrics = metrics.clone();
+        let shared = store.is_shared();
+        let clock_reference = if shared {
+            ClockReference::Store
+        } else {
+            ClockReference::Local
+        };
+        // Pub/sub only when other processes share the store (otherwise this one knows everything).
+        let pubsub = shared.then(|| store.clone());
         let bus = Bus::new(
             keys.bus_channel(),
-            store.redis_client(),
+            pubsub.clone(),
             self.bus_fallback_ttl,
             self.redis.connect_timeout + self.redis.op_timeout,
         );
-        let landed = LandedSignals::new(keys.meta("landed"), store.redis_client());
+        let landed = LandedSignals::new(keys.meta("landed"), pubsub);
         let refresh_failures = moka::sync::Cache::builder()
             .max_capacity(10_000)
             .time_to_live(crate::cache::REFRESH_RETRY_AFTER)
@@ -257,10 +264,11 @@ impl CacheBuilder {
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let weak = weak.clone();
             let on_transition = move |to| {
-                hook_counters.breaker_transition(to);
+                hook_metrics.breaker_transition(to);
                 if to == BreakerState::Closed {
+                    // Redis was skipped for a while: L1 starts over, missed invalidations replay.
                     if let Some(inner) = weak.upgrade() {
-                        Cache { inner }.breaker_closed();
+                        inner.start_over();
                     }
                 }
             };
@@ -268,25 +276,25 @@ impl CacheBuilder {
                 name: name.clone(),
                 keys,
                 store,
-                local: self.local_entries.map(|max| {
-                    let counters = counters.clone();
-                    LocalTier::new(max, move || counters.l1_eviction())
+                l1: self.l1_entries.map(|max| {
+                    let metrics = metrics.clone();
+                    L1Tier::new(max, move || metrics.l1_eviction())
                 }),
                 breaker: Breaker::new(breaker_config, name, Some(Arc::new(on_transition))),
                 flights: Arc::new(Flights::default()),
-                counters,
+                metrics,
                 codec: self.codec,
                 corrupt_logged: Default::default(),
                 tag_book: TagBook::new(self.max_tags),
                 namespace: NamespaceBook::new(),
-                clock: RedisClock::new(!local, self.clock_skew),
+                clock: RedisClock::new(clock_reference, self.clock_skew),
                 bus,
                 tag_ttl: self.tag_ttl,
-                pending: Default::default(),
+                missed: Default::default(),
                 landed,
                 refresh_failures,
                 hot_keys: self.hot_keys.map(HotKeys::new),
-                write_behind: Default::default(),
+                extensions: Default::default(),
             }
         });
         Ok(Cache { inner })

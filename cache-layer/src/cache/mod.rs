@@ -2,17 +2,19 @@
 //! The read-through engine (`get_or_fetch` and friends) lives in [`engine`].
 
 mod builder;
-mod engine;
-mod invalidate;
+pub(crate) mod coherence;
+pub(crate) mod read;
+pub(crate) mod write;
 
-pub(crate) use self::engine::REFRESH_RETRY_AFTER;
+pub(crate) use self::read::Loaded;
 #[cfg(feature = "http")]
-pub(crate) use self::engine::{Loaded, Origin};
+pub(crate) use self::read::Origin;
+pub(crate) use self::read::REFRESH_RETRY_AFTER;
 
 use std::{
     future::Future,
     sync::{atomic::AtomicBool, Arc, RwLock},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use serde::Serialize;
@@ -24,12 +26,13 @@ use crate::{
     bus::Bus,
     envelope::{self, DecodeError, Timing},
     keys::KeySpace,
-    local::LocalTier,
-    metrics::{Counters, HotKeys, RedisOutcome},
+    l1::L1Tier,
+    metrics::{CacheMetrics, HotKeys, RedisOutcome},
     stampede::{flight::Flights, lock::LandedSignals},
     store::Backend,
     tags::{NamespaceBook, RedisClock, TagBook},
-    Codec, Error, Policy, Stats,
+    util::{self, millis, now_ms},
+    Codec, Error, Policy,
 };
 
 /// A read-through cache: Redis (or the embedded in-memory store), an optional L1 tier, single-flight
@@ -60,10 +63,11 @@ pub(crate) struct Inner {
     pub(crate) name: String,
     pub(crate) keys: KeySpace,
     pub(crate) store: Backend,
-    pub(crate) local: Option<LocalTier>,
+    pub(crate) l1: Option<L1Tier>,
     pub(crate) breaker: Breaker,
     pub(crate) flights: Arc<Flights>,
-    pub(crate) counters: Arc<Counters>,
+    /// Hit/miss/load/store counters and histograms (the `metrics` facade plus [`Stats`](crate::Stats)).
+    pub(crate) metrics: Arc<CacheMetrics>,
     pub(crate) codec: Codec,
     pub(crate) corrupt_logged: AtomicBool,
     /// Tag times this process knows (bounded; refreshed by the bus).
@@ -77,15 +81,17 @@ pub(crate) struct Inner {
     /// How long tag keys live in Redis (and the longest a tagged entry lives there).
     pub(crate) tag_ttl: Duration,
     /// Invalidations Redis did not take, replayed when it is back.
-    pub(crate) pending: std::sync::Mutex<invalidate::Pending>,
+    pub(crate) missed: std::sync::Mutex<write::MissedInvalidations>,
     /// "Value landed" signals for `Stampede::Lock` waiters.
     pub(crate) landed: LandedSignals,
     /// Keys whose last load failed recently: background refreshes of them are held off.
     pub(crate) refresh_failures: moka::sync::Cache<String, ()>,
     /// Top-N keys by hits, when enabled.
     pub(crate) hot_keys: Option<HotKeys>,
-    /// Write-behind counter sets by name.
-    pub(crate) write_behind: crate::write_behind::Registry,
+    /// The write-behind counter sets, owned by [`write_behind`](crate::write_behind) (which is
+    /// built on the cache, so the cache holds its state without naming its type); dropped, and
+    /// their pushers stopped, with the cache.
+    pub(crate) extensions: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -94,13 +100,13 @@ impl std::fmt::Debug for Cache {
             .field("name", &self.inner.name)
             .field("namespace", &self.inner.keys.namespace())
             .field("store", &self.inner.store)
-            .field("local", &self.inner.local.is_some())
+            .field("l1", &self.inner.l1.is_some())
             .field("breaker", &self.inner.breaker.state())
             .finish()
     }
 }
 
-static GLOBAL: RwLock<Option<Cache>> = RwLock::new(None);
+pub(crate) static GLOBAL: RwLock<Option<Cache>> = RwLock::new(None);
 
 /// Installs `cache` as the process-wide default, used by `#[cached]` functions that name no
 /// `cache = ...`. Replaces any previously installed cache.
@@ -111,22 +117,8 @@ static GLOBAL: RwLock<Option<Cache>> = RwLock::new(None);
 /// assert!(cache_layer::Cache::global().is_some());
 /// ```
 pub fn install(cache: Cache) {
-    let mut global = GLOBAL
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut global = util::write(&GLOBAL);
     *global = Some(cache);
-}
-
-/// Milliseconds since the Unix epoch (entry timestamps are wall-clock so processes agree).
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Whether a failed Redis operation says something about Redis' health (and so counts against the
@@ -199,63 +191,48 @@ impl Drop for AdmissionGuard<'_> {
     }
 }
 
+/// A handle that does not keep the cache alive (for background tasks built on the cache, which
+/// end when it is dropped).
+#[derive(Clone)]
+pub(crate) struct WeakCache(std::sync::Weak<Inner>);
+
+impl std::fmt::Debug for WeakCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakCache")
+            .field("alive", &(self.0.strong_count() > 0))
+            .finish()
+    }
+}
+
+impl WeakCache {
+    /// The cache, if it is still alive.
+    pub(crate) fn upgrade(&self) -> Option<Cache> {
+        self.0.upgrade().map(|inner| Cache { inner })
+    }
+}
+
+/// What the features built on the cache (write-behind counters) use of it: its store, run through
+/// the breaker with [`Cache::store_op`], its key space and a slot for their own state.
 impl Cache {
-    /// A builder; with no `.redis(..)` the cache uses the embedded in-memory store.
-    pub fn builder() -> CacheBuilder {
-        CacheBuilder::default()
+    pub(crate) fn downgrade(&self) -> WeakCache {
+        WeakCache(Arc::downgrade(&self.inner))
     }
 
-    /// A cache on the embedded in-memory store (no Redis at all), namespace `"cache"`.
-    pub fn in_memory() -> Cache {
-        CacheBuilder::default()
-            .build()
-            .unwrap_or_else(|_| unreachable!("the default configuration is valid"))
+    pub(crate) fn store(&self) -> &Backend {
+        &self.inner.store
     }
 
-    /// The cache installed with [`install`], if any.
-    pub fn global() -> Option<Cache> {
-        GLOBAL
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+    pub(crate) fn keys(&self) -> &KeySpace {
+        &self.inner.keys
     }
 
-    /// The cache's name (metrics label).
-    pub fn name(&self) -> &str {
-        &self.inner.name
+    /// State a feature built on the cache keeps per cache (dropped with it).
+    pub(crate) fn extension(&self) -> &std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>> {
+        &self.inner.extensions
     }
+}
 
-    /// The namespace every Redis key of this cache starts with.
-    pub fn namespace(&self) -> &str {
-        self.inner.keys.namespace()
-    }
-
-    /// The Redis key under which `key` is stored (for operators and tests), with the namespace
-    /// version this cache knows (`<namespace>:{<key>}` before the first
-    /// [`invalidate_namespace`](Cache::invalidate_namespace), then `<namespace>:{<key>}:v<N>`).
-    ///
-    /// ```
-    /// let cache = cache_layer::Cache::builder().namespace("shop").build()?;
-    /// assert_eq!(cache.redis_key("product:42"), "shop:{product:42}");
-    /// # Ok::<(), cache_layer::Error>(())
-    /// ```
-    pub fn redis_key(&self, key: &str) -> String {
-        let inner = &self.inner;
-        inner.keys.entry(key, inner.namespace.get().version)
-    }
-
-    /// A snapshot of the counters since the cache was built.
-    pub fn stats(&self) -> Stats {
-        let inner = &self.inner;
-        let mut stats = inner
-            .counters
-            .snapshot(inner.breaker.state(), inner.breaker.transitions());
-        if let Some(hot_keys) = &inner.hot_keys {
-            stats.hot_keys = hot_keys.top();
-        }
-        stats
-    }
-
+impl Cache {
     /// Runs one store operation through the breaker, counting failures. `op` is not polled when
     /// the breaker rejects the call (futures are lazy), so nothing reaches Redis.
     pub(crate) async fn store_op<R>(
@@ -266,7 +243,7 @@ impl Cache {
         let admission = inner.breaker.admit();
         if admission == Admission::Rejected {
             inner
-                .counters
+                .metrics
                 .redis_op(Duration::ZERO, RedisOutcome::BreakerOpen);
             return Err(Error::BreakerOpen);
         }
@@ -281,7 +258,7 @@ impl Cache {
             .instrument(tracing::trace_span!("cache.redis", cache = %inner.name))
             .await;
         inner
-            .counters
+            .metrics
             .redis_op(started.elapsed(), redis_outcome(&result));
         match &result {
             Ok(_) => guard.settle(None),
@@ -296,7 +273,7 @@ impl Cache {
     /// Notes an undecodable entry: counted, logged once per cache at `warn`, then at `debug`.
     pub(crate) fn note_corrupt(&self, key: &str, why: DecodeError) {
         let inner = &self.inner;
-        inner.counters.corrupt();
+        inner.metrics.corrupt();
         if !inner
             .corrupt_logged
             .swap(true, std::sync::atomic::Ordering::Relaxed)
@@ -326,7 +303,7 @@ impl Cache {
         };
         let codec = policy.codec.unwrap_or(self.inner.codec);
         let bytes = envelope::encode(value, codec, timing, &policy.tags)?;
-        self.inner.counters.value_size(bytes.len());
+        self.inner.metrics.value_size(bytes.len());
         Ok((bytes, timing))
     }
 }

@@ -41,7 +41,8 @@ use super::{
     CacheTags,
 };
 use crate::{
-    cache::{now_ms, Loaded, Origin},
+    cache::{Loaded, Origin},
+    util::{self, now_ms},
     Cache, Policy, Stampede,
 };
 
@@ -199,13 +200,11 @@ enum Deferred<B: Body> {
 }
 
 fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
-    slot.lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .take()
+    util::lock(slot).take()
 }
 
 fn put<T>(slot: &Mutex<Option<T>>, value: T) {
-    *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(value);
+    *util::lock(slot) = Some(value);
 }
 
 /// What a request to the origin needs.
@@ -325,7 +324,7 @@ where
                 None => respond(&entry, CacheStatus::Miss { stored: false }),
             })
         }
-        Origin::Hit | Origin::LocalHit | Origin::Stale | Origin::Coalesced => {}
+        Origin::Hit | Origin::L1Hit | Origin::Stale | Origin::Coalesced => {}
     }
     // Always here: the loader is the only other taker, and it runs only when the engine returns
     // no entry (the layer never enables `Stampede::Early`, whose refresh would take it).

@@ -169,7 +169,7 @@ impl Striped {
 }
 
 /// The live counters of one cache.
-pub(crate) struct Counters {
+pub(crate) struct CacheMetrics {
     name: String,
     handles: Handles,
     hits: Striped,
@@ -188,9 +188,9 @@ pub(crate) struct Counters {
     l1_evictions: AtomicU64,
 }
 
-impl std::fmt::Debug for Counters {
+impl std::fmt::Debug for CacheMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Counters")
+        f.debug_struct("CacheMetrics")
             .field("name", &self.name)
             .finish_non_exhaustive()
     }
@@ -201,12 +201,12 @@ fn bump(counter: &AtomicU64, handle: &metrics::Counter) {
     handle.increment(1);
 }
 
-impl Counters {
+impl CacheMetrics {
     pub(crate) fn new(name: &str) -> Self {
         let zero = || AtomicU64::new(0);
         let handles = Handles::register(name);
         handles.breaker_state.set(0.0);
-        Counters {
+        CacheMetrics {
             name: name.to_owned(),
             handles,
             hits: Striped::new(),
@@ -230,7 +230,7 @@ impl Counters {
         &self.handles.doors[door.index()]
     }
 
-    pub(crate) fn local_hit(&self, door: Door) {
+    pub(crate) fn l1_hit(&self, door: Door) {
         self.local_hits.increment();
         self.hits.increment();
         self.door(door).l1_hits.increment(1);

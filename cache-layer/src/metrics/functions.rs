@@ -72,10 +72,7 @@ impl FunctionStats {
     fn register(&'static self) {
         if !self.registered.load(Ordering::Relaxed) && !self.registered.swap(true, Ordering::AcqRel)
         {
-            REGISTRY
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(self);
+            crate::util::lock(&REGISTRY).push(self);
         }
     }
 
@@ -111,7 +108,7 @@ impl FunctionStats {
 
 /// Counters of every cached function that has been called in this process, by name.
 pub fn function_stats() -> Vec<FunctionStatsSnapshot> {
-    let registry = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    let registry = crate::util::lock(&REGISTRY);
     let mut all: Vec<_> = registry.iter().map(|stats| stats.snapshot()).collect();
     all.sort_by(|a, b| a.name.cmp(b.name));
     all

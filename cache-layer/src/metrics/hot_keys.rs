@@ -41,7 +41,7 @@ impl HotKeys {
         {
             return;
         }
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = crate::util::lock(&self.counts);
         if let Some(count) = counts.get_mut(key) {
             *count += 1;
             return;
@@ -64,7 +64,7 @@ impl HotKeys {
 
     /// The top keys with their estimated lookup counts, highest first.
     pub(crate) fn top(&self) -> Vec<(String, u64)> {
-        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = crate::util::lock(&self.counts);
         let mut all: Vec<(String, u64)> = counts
             .iter()
             .map(|(k, c)| (k.clone(), c * self.sample_every))

@@ -24,7 +24,8 @@ use tokio::sync::watch;
 /// The result of a flight as seen by followers.
 #[derive(Clone)]
 pub(crate) enum Outcome {
-    Pending,
+    /// The leader is still loading.
+    Running,
     Value(Arc<dyn Any + Send + Sync>),
     Failed,
     Abandoned,
@@ -56,9 +57,7 @@ impl Flights {
     fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Flight>>> {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts and
         // removes), so a poisoned lock is still usable.
-        self.map
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::util::lock(&self.map)
     }
 
     /// Joins the running flight for `key`, or starts one and becomes its leader.
@@ -69,7 +68,7 @@ impl Flights {
                 outcome: flight.outcome.subscribe(),
             });
         }
-        let (outcome, _) = watch::channel(Outcome::Pending);
+        let (outcome, _) = watch::channel(Outcome::Running);
         let flight = Arc::new(Flight {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             outcome,
@@ -160,7 +159,7 @@ impl Follower {
     pub(crate) async fn wait(mut self) -> Outcome {
         match self
             .outcome
-            .wait_for(|o| !matches!(o, Outcome::Pending))
+            .wait_for(|o| !matches!(o, Outcome::Running))
             .await
         {
             Ok(outcome) => outcome.clone(),

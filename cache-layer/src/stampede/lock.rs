@@ -15,21 +15,16 @@ use std::{
     time::Duration,
 };
 
-use bb8_redis::redis;
-use futures_util::StreamExt;
 use tokio::sync::{broadcast, watch};
 
-use crate::{envelope::Timing, Policy};
+use crate::{
+    envelope::Timing,
+    store::{Backend, Store},
+    Policy,
+};
 
 /// How often a waiter re-checks the entry when no signal arrives.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(100);
-
-/// A held lock: the key and our token (only the holder's token releases it).
-#[derive(Debug)]
-pub(crate) struct HeldLock {
-    pub(crate) lock_key: String,
-    pub(crate) token: Vec<u8>,
-}
 
 /// A random token identifying one lock holder.
 pub(crate) fn new_token() -> Vec<u8> {
@@ -52,7 +47,8 @@ pub(crate) fn lock_ttl(policy: &Policy, hint: Option<&Timing>) -> Duration {
 /// Process-local fan-out of "value landed" messages from one pub/sub subscription per cache.
 pub(crate) struct LandedSignals {
     channel: String,
-    client: Option<redis::Client>,
+    /// The store to subscribe on; `None` when no other process shares it.
+    store: Option<Backend>,
     tx: broadcast::Sender<Arc<str>>,
     started: AtomicBool,
     /// Dropped with the cache; the subscriber task sees the channel close and exits.
@@ -60,12 +56,12 @@ pub(crate) struct LandedSignals {
 }
 
 impl LandedSignals {
-    pub(crate) fn new(channel: String, client: Option<redis::Client>) -> Self {
+    pub(crate) fn new(channel: String, store: Option<Backend>) -> Self {
         let (tx, _) = broadcast::channel(1024);
         let (shutdown, _) = watch::channel(());
         LandedSignals {
             channel,
-            client,
+            store,
             tx,
             started: AtomicBool::new(false),
             shutdown,
@@ -79,10 +75,10 @@ impl LandedSignals {
     /// Subscribes to landed keys, starting the pub/sub task on first use.
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
         let rx = self.tx.subscribe();
-        if let Some(client) = &self.client {
+        if let Some(store) = &self.store {
             if !self.started.swap(true, Ordering::AcqRel) {
                 tokio::spawn(run_subscriber(
-                    client.clone(),
+                    store.clone(),
                     self.channel.clone(),
                     self.tx.clone(),
                     self.shutdown.subscribe(),
@@ -114,22 +110,20 @@ pub(crate) async fn wait_for_landing(
 }
 
 async fn run_subscriber(
-    client: redis::Client,
+    store: Backend,
     channel: String,
     tx: broadcast::Sender<Arc<str>>,
     mut shutdown: watch::Receiver<()>,
 ) {
     loop {
         let session = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            let mut messages = pubsub.on_message();
-            while let Some(message) = messages.next().await {
-                if let Ok(key) = message.get_payload::<String>() {
+            let mut subscription = store.subscribe(&channel).await?;
+            while let Some(message) = subscription.next().await {
+                if let Ok(key) = String::from_utf8(message) {
                     let _ = tx.send(Arc::from(key));
                 }
             }
-            Ok::<(), redis::RedisError>(())
+            Ok::<(), crate::Error>(())
         };
         tokio::select! {
             _ = shutdown.changed() => return,

@@ -19,7 +19,10 @@ use bb8_redis::redis::{
 };
 use tokio::sync::Mutex;
 
-use super::{commands, redis::RedisStoreConfig, Store};
+use super::{
+    commands::{self, impl_store, Raw, Resend},
+    redis::RedisStoreConfig,
+};
 use crate::Error;
 
 /// A Redis Cluster [`Store`].
@@ -77,7 +80,7 @@ impl ClusterStore {
     }
 
     /// A client for one node, for pub/sub (cluster pub/sub messages reach every node).
-    pub(crate) fn pubsub_client(&self) -> Option<redis::Client> {
+    fn node_client(&self) -> Option<redis::Client> {
         self.nodes
             .iter()
             .find_map(|url| redis::Client::open(url.as_str()).ok())
@@ -128,55 +131,42 @@ impl ClusterStore {
         }
         result
     }
+}
 
-    /// Runs one command.
-    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Error> {
+/// The cluster connection never resends on its own: redis-rs already retries a command whose
+/// node moved or failed over, so `Resend` is not needed here.
+impl Raw for ClusterStore {
+    async fn query<T: FromRedisValue + Send>(
+        &self,
+        cmd: &redis::Cmd,
+        _resend: Resend,
+    ) -> Result<T, Error> {
         self.run(|mut conn| async move { cmd.query_async(&mut conn).await })
             .await
     }
 
-    /// Runs one pipeline (all its keys must share a slot).
-    pub(crate) async fn query_pipeline<T: FromRedisValue>(
-        &self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, Error> {
-        self.run(|mut conn| async move { pipe.query_async(&mut conn).await })
-            .await
-    }
-
-    /// Invokes a Lua script (all its keys must share a slot).
-    pub(crate) async fn invoke<T: FromRedisValue>(
+    async fn invoke<T: FromRedisValue + Send>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
+        _resend: Resend,
     ) -> Result<T, Error> {
         self.run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
             .await
     }
-}
 
-impl Store for ClusterStore {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.query(&commands::get(key)).await
+    /// Keys live in different slots: one `GET` each, concurrently (no cross-slot command).
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        let reads = keys.iter().map(|key| commands::get(self, key));
+        futures_util::future::join_all(reads)
+            .await
+            .into_iter()
+            .collect()
     }
 
-    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), Error> {
-        self.query(&commands::set_px(key, value, ttl)).await
-    }
-
-    async fn delete(&self, key: &str) -> Result<bool, Error> {
-        let removed: u64 = self.query(&commands::del(key)).await?;
-        Ok(removed > 0)
-    }
-
-    async fn set_if_absent(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool, Error> {
-        let reply: Option<String> = self.query(&commands::set_nx_px(key, value, ttl)).await?;
-        Ok(reply.is_some())
-    }
-
-    async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, Error> {
-        let removed: u64 = self
-            .invoke(&commands::compare_and_delete(key, expected))
-            .await?;
-        Ok(removed > 0)
+    fn pubsub_client(&self) -> Result<redis::Client, Error> {
+        self.node_client()
+            .ok_or_else(|| Error::Config("no cluster node URL to subscribe on".into()))
     }
 }
+
+impl_store!(ClusterStore);

@@ -1,30 +1,181 @@
 //! Where entries live: the [`Store`] trait and its implementations.
 //!
-//! - [`RedisStore`]: a bb8 pool of multiplexed redis-rs connections (see DESIGN.md "Redis access").
+//! - [`RedisStore`]: a bb8 pool of multiplexed redis-rs connections (one Redis server).
 //! - [`ClusterStore`]: Redis Cluster through redis-rs' multiplexed async cluster connection.
 //! - [`MemoryStore`]: an embedded, bounded in-memory store with TTLs; the default when no Redis is
 //!   configured, so an application (and its tests) run anywhere.
 //!
-//! Stores work on raw bytes; the [`Cache`](crate::Cache) owns encoding, tags and stampede logic.
+//! The store owns every Redis-level operation, as a domain operation: entries (get, set, delete,
+//! get-many, conditional fill), tag records, namespace versions, entry locks, pub/sub, the server
+//! clock and the write-behind counters' protocol. Nothing outside this module builds a Redis
+//! command or names a redis-rs type (except the error conversion in `error.rs`); all Lua lives in
+//! [`scripts`]. The three stores implement the whole trait; the in-memory store keeps the same
+//! semantics in process (its clock is the local one, its pub/sub reaches this process only).
+//!
+//! Stores work on raw bytes; the [`Cache`](crate::Cache) owns encoding, validity and stampede
+//! logic.
 
 mod cluster;
+mod commands;
 mod memory;
 mod redis;
+mod scripts;
+mod subscription;
 
 use std::{future::Future, time::Duration};
 
 pub use self::cluster::ClusterStore;
 pub use self::memory::MemoryStore;
 pub use self::redis::{default_pool_size, RedisStore, RedisStoreConfig};
+pub use self::subscription::Subscription;
 use crate::Error;
 
-/// A key-value backend with per-key TTLs.
+/// The two times of a tag record: the last hard invalidation and the last soft expiry (ms since
+/// the Unix epoch, on the store's clock; 0 when never).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TagTimes {
+    /// The last `invalidate_tag`: entries created before it are invalid.
+    pub hard_ms: u64,
+    /// The last `expire_tag`: entries created before it are stale.
+    pub soft_ms: u64,
+}
+
+impl TagTimes {
+    /// Parses a tag record as stored (`"<hard>:<soft>"`).
+    pub(crate) fn parse(bytes: &[u8]) -> Option<TagTimes> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let (hard, soft) = text.split_once(':')?;
+        Some(TagTimes {
+            hard_ms: hard.parse().ok()?,
+            soft_ms: soft.parse().ok()?,
+        })
+    }
+
+    /// The stored form of a tag record.
+    pub(crate) fn render(self) -> String {
+        format!("{}:{}", self.hard_ms, self.soft_ms)
+    }
+}
+
+/// Which of a tag's two times an operation raises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagField {
+    /// Invalidation: tagged entries created before it are not served.
+    Hard,
+    /// Soft expiry: tagged entries created before it are served only within their grace period.
+    Soft,
+}
+
+/// A namespace version after a bump, with the store's time of the bump (ms since the Unix epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NamespaceBump {
+    /// The new version.
+    pub version: u64,
+    /// When it was bumped, on the store's clock.
+    pub bumped_ms: u64,
+}
+
+/// The keys of one write-behind counter set (all in one cluster hash slot): the live hash that
+/// increments go to, the index of sealed batches, their leases, and the prefixes of batch and
+/// writer keys.
+#[derive(Debug, Clone)]
+pub struct CounterKeys {
+    live: String,
+    index: String,
+    leases: String,
+    batch_prefix: String,
+    writer_prefix: String,
+}
+
+impl CounterKeys {
+    /// The keys derived from the live hash's key (which must carry the set's hash tag).
+    pub(crate) fn new(live: String) -> Self {
+        CounterKeys {
+            index: format!("{live}:batches"),
+            leases: format!("{live}:leases"),
+            batch_prefix: format!("{live}:batch:"),
+            writer_prefix: format!("{live}:writer:"),
+            live,
+        }
+    }
+
+    /// The live hash (`id -> accumulated delta`).
+    pub fn live(&self) -> &str {
+        &self.live
+    }
+
+    pub(crate) fn index(&self) -> &str {
+        &self.index
+    }
+
+    pub(crate) fn leases(&self) -> &str {
+        &self.leases
+    }
+
+    /// The key of sealed batch `id`.
+    pub(crate) fn batch(&self, id: &str) -> String {
+        format!("{}{id}", self.batch_prefix)
+    }
+
+    /// The key holding the last push sequence number applied for writer `token`.
+    pub(crate) fn writer(&self, token: &str) -> String {
+        format!("{}{token}", self.writer_prefix)
+    }
+}
+
+/// What a push of counter increments did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// `false`: this sequence number had landed already (a resend after a lost reply); nothing
+    /// was applied again.
+    pub applied: bool,
+    /// Ids whose stored value would have overflowed `i64` (not incremented).
+    pub rejected: Vec<String>,
+}
+
+/// A lock on one entry held by one loader: its key and the holder's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockToken {
+    /// The lock's key.
+    pub key: String,
+    /// Identifies the holder: only it renews or releases the lock.
+    pub token: Vec<u8>,
+}
+
+/// A backend with per-key TTLs and the operations the cache runs on it.
 ///
-/// Every method is one round trip on a networked store. Implementations apply their own timeouts
-/// and never block a caller longer than that.
+/// Every method is one logical operation (one round trip on a networked store, except
+/// [`counters_read`](Store::counters_read), which pages). Implementations apply their own
+/// timeouts and never block a caller longer than that.
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_layer::store::{MemoryStore, Store, TagField};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cache_layer::Error> {
+/// let store = MemoryStore::default();
+/// store.set("k", b"v".to_vec(), Duration::from_secs(60)).await?;
+/// assert_eq!(store.get_many(&["k".into(), "none".into()]).await?, vec![Some(b"v".to_vec()), None]);
+/// let times = store.bump_tag("tag:t", TagField::Hard, Duration::from_secs(60)).await?;
+/// assert_eq!(store.tag_times(&["tag:t".into()]).await?, vec![times]);
+/// # Ok(()) }
+/// ```
 pub trait Store: Send + Sync + 'static {
+    /// Whether other processes share this store (Redis, Cluster): then invalidations must be
+    /// announced on its pub/sub and facts cached in this process may go out of date.
+    fn is_shared(&self) -> bool;
+
+    // ----- entries ------------------------------------------------------------------------------
+
     /// The bytes stored under `key`, if any and not expired.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, Error>> + Send;
+
+    /// The bytes stored under each of `keys` (any hash slots), in order.
+    fn get_many(
+        &self,
+        keys: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<Vec<u8>>>, Error>> + Send;
 
     /// Stores `value` under `key` for `ttl` (`SET key value PX ttl`).
     fn set(
@@ -37,7 +188,8 @@ pub trait Store: Send + Sync + 'static {
     /// Removes `key`; `true` when something was removed.
     fn delete(&self, key: &str) -> impl Future<Output = Result<bool, Error>> + Send;
 
-    /// Stores `value` only if `key` does not exist (`SET NX PX`); `true` when stored.
+    /// Conditional fill: stores `value` only if `key` does not exist (`SET NX PX`); `true` when
+    /// stored.
     fn set_if_absent(
         &self,
         key: &str,
@@ -45,12 +197,129 @@ pub trait Store: Send + Sync + 'static {
         ttl: Duration,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
 
-    /// Removes `key` only if it currently holds `expected` (compare-and-delete); `true` when removed.
-    fn delete_if_equals(
+    // ----- entry locks (`Stampede::Lock`) ------------------------------------------------------
+
+    /// Takes `lock` for `ttl` if nobody holds it; `true` when taken.
+    fn lock_acquire(
+        &self,
+        lock: &LockToken,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Extends `lock` to `ttl` from now if its holder still holds it; `true` when extended.
+    fn lock_renew(
+        &self,
+        lock: &LockToken,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Releases `lock` if its holder still holds it (never another holder's); `true` when
+    /// released.
+    fn lock_release(&self, lock: &LockToken) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    // ----- tags and namespace versions ----------------------------------------------------------
+
+    /// Raises one time of the tag record at `key` to `max(previous + 1, store time)` and keeps the
+    /// record for `ttl`; returns the record.
+    fn bump_tag(
         &self,
         key: &str,
-        expected: &[u8],
+        field: TagField,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<TagTimes, Error>> + Send;
+
+    /// The tag records at `keys`, in order (absent or unreadable: both times 0).
+    fn tag_times(
+        &self,
+        keys: &[String],
+    ) -> impl Future<Output = Result<Vec<TagTimes>, Error>> + Send;
+
+    /// Increments the namespace version at `key`.
+    fn bump_namespace(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<NamespaceBump, Error>> + Send;
+
+    /// The namespace version at `key` (0 before the first bump).
+    fn namespace_version(&self, key: &str) -> impl Future<Output = Result<u64, Error>> + Send;
+
+    // ----- clock and pub/sub --------------------------------------------------------------------
+
+    /// The store's clock: time since the Unix epoch (`TIME`; the local clock for a store in this
+    /// process).
+    fn server_time(&self) -> impl Future<Output = Result<Duration, Error>> + Send;
+
+    /// Sends `message` to every subscriber of `channel`.
+    fn publish(
+        &self,
+        channel: &str,
+        message: &[u8],
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Subscribes to `channel` on a connection of its own.
+    fn subscribe(&self, channel: &str) -> impl Future<Output = Result<Subscription, Error>> + Send;
+
+    // ----- write-behind counters ---------------------------------------------------------------
+
+    /// Applies one push of `(id, delta)` increments from writer `token` exactly once per `seq`
+    /// (the writer's record lives for `writer_ttl`).
+    fn counters_push(
+        &self,
+        keys: &CounterKeys,
+        token: &str,
+        seq: u64,
+        writer_ttl: Duration,
+        entries: &[(String, i64)],
+    ) -> impl Future<Output = Result<PushOutcome, Error>> + Send;
+
+    /// Seals the live hash into batch `id`, leased to `token` for `lease`; `false` when there was
+    /// nothing to seal.
+    fn counters_seal(
+        &self,
+        keys: &CounterKeys,
+        id: &str,
+        token: &str,
+        lease: Duration,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Claims the oldest sealed batch nobody else holds, leased to `token` for `lease`.
+    fn counters_claim(
+        &self,
+        keys: &CounterKeys,
+        token: &str,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Option<String>, Error>> + Send;
+
+    /// Extends `token`'s lease on batch `id`; `false` when it no longer holds it.
+    fn counters_renew(
+        &self,
+        keys: &CounterKeys,
+        id: &str,
+        token: &str,
+        lease: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Gives batch `id` back (if `token` holds it) so any flusher may retry it.
+    fn counters_release(
+        &self,
+        keys: &CounterKeys,
+        id: &str,
+        token: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Deletes delivered batch `id`.
+    fn counters_complete(
+        &self,
+        keys: &CounterKeys,
+        id: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The `(id, delta)` pairs of sealed batch `id` (any order).
+    fn counters_read(
+        &self,
+        keys: &CounterKeys,
+        id: &str,
+    ) -> impl Future<Output = Result<Vec<(String, i64)>, Error>> + Send;
 }
 
 /// The store a [`Cache`](crate::Cache) was built with (static dispatch, no boxing on the hot path).
@@ -74,156 +343,142 @@ macro_rules! delegate {
 }
 
 impl Backend {
-    pub(crate) fn is_remote(&self) -> bool {
-        !matches!(self, Backend::Memory(_))
+    /// The store when it lives in this process (write-behind increments apply to it directly).
+    pub(crate) fn in_process(&self) -> Option<&MemoryStore> {
+        match self {
+            Backend::Memory(store) => Some(store),
+            _ => None,
+        }
+    }
+}
+
+impl Store for Backend {
+    fn is_shared(&self) -> bool {
+        match self {
+            Backend::Memory(s) => s.is_shared(),
+            Backend::Redis(s) => s.is_shared(),
+            Backend::Cluster(s) => s.is_shared(),
+        }
     }
 
-    pub(crate) async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
         delegate!(self, s => s.get(key))
     }
 
-    pub(crate) async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), Error> {
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        delegate!(self, s => s.get_many(keys))
+    }
+
+    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), Error> {
         delegate!(self, s => s.set(key, value, ttl))
     }
 
-    pub(crate) async fn delete(&self, key: &str) -> Result<bool, Error> {
+    async fn delete(&self, key: &str) -> Result<bool, Error> {
         delegate!(self, s => s.delete(key))
     }
 
-    pub(crate) async fn set_if_absent(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        ttl: Duration,
-    ) -> Result<bool, Error> {
+    async fn set_if_absent(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool, Error> {
         delegate!(self, s => s.set_if_absent(key, value, ttl))
     }
 
-    pub(crate) async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, Error> {
-        delegate!(self, s => s.delete_if_equals(key, expected))
+    async fn lock_acquire(&self, lock: &LockToken, ttl: Duration) -> Result<bool, Error> {
+        delegate!(self, s => s.lock_acquire(lock, ttl))
     }
 
-    /// `PUBLISH channel message`; a no-op for the in-memory store (one process, nobody to tell).
-    pub(crate) async fn publish(&self, channel: &str, message: &str) -> Result<(), Error> {
-        if let Backend::Memory(_) = self {
-            return Ok(());
-        }
-        let mut cmd = ::redis::cmd("PUBLISH");
-        cmd.arg(channel).arg(message);
-        let _receivers: i64 = self.query(&cmd).await?;
-        Ok(())
+    async fn lock_renew(&self, lock: &LockToken, ttl: Duration) -> Result<bool, Error> {
+        delegate!(self, s => s.lock_renew(lock, ttl))
     }
 
-    /// A client for connections that are not pooled (pub/sub): for a cluster, one node's (cluster
-    /// pub/sub messages reach every node). `None` for the in-memory store.
-    pub(crate) fn redis_client(&self) -> Option<::redis::Client> {
-        match self {
-            Backend::Memory(_) => None,
-            Backend::Redis(store) => Some(store.client().clone()),
-            Backend::Cluster(store) => store.pubsub_client(),
-        }
+    async fn lock_release(&self, lock: &LockToken) -> Result<bool, Error> {
+        delegate!(self, s => s.lock_release(lock))
     }
 
-    /// Runs one raw, idempotent command on Redis or Redis Cluster (retried on another connection
-    /// when the first turns out dropped). The in-memory store has no raw commands: callers keep
-    /// their own in-process representation for it.
-    pub(crate) async fn query<T: ::redis::FromRedisValue>(
+    async fn bump_tag(&self, key: &str, field: TagField, ttl: Duration) -> Result<TagTimes, Error> {
+        delegate!(self, s => s.bump_tag(key, field, ttl))
+    }
+
+    async fn tag_times(&self, keys: &[String]) -> Result<Vec<TagTimes>, Error> {
+        delegate!(self, s => s.tag_times(keys))
+    }
+
+    async fn bump_namespace(&self, key: &str) -> Result<NamespaceBump, Error> {
+        delegate!(self, s => s.bump_namespace(key))
+    }
+
+    async fn namespace_version(&self, key: &str) -> Result<u64, Error> {
+        delegate!(self, s => s.namespace_version(key))
+    }
+
+    async fn server_time(&self) -> Result<Duration, Error> {
+        delegate!(self, s => s.server_time())
+    }
+
+    async fn publish(&self, channel: &str, message: &[u8]) -> Result<(), Error> {
+        delegate!(self, s => s.publish(channel, message))
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<Subscription, Error> {
+        delegate!(self, s => s.subscribe(channel))
+    }
+
+    async fn counters_push(
         &self,
-        cmd: &::redis::Cmd,
-    ) -> Result<T, Error> {
-        match self {
-            Backend::Memory(_) => Err(no_raw_commands()),
-            Backend::Redis(store) => store.query(cmd).await,
-            Backend::Cluster(store) => store.query(cmd).await,
-        }
+        keys: &CounterKeys,
+        token: &str,
+        seq: u64,
+        writer_ttl: Duration,
+        entries: &[(String, i64)],
+    ) -> Result<PushOutcome, Error> {
+        delegate!(self, s => s.counters_push(keys, token, seq, writer_ttl, entries))
     }
 
-    /// Runs a pipeline (all keys in one hash slot). `retry` only when it is idempotent.
-    pub(crate) async fn query_pipeline<T: ::redis::FromRedisValue>(
+    async fn counters_seal(
         &self,
-        pipe: &::redis::Pipeline,
-        retry: bool,
-    ) -> Result<T, Error> {
-        match self {
-            Backend::Memory(_) => Err(no_raw_commands()),
-            Backend::Redis(store) => store.query_pipeline(pipe, retry).await,
-            Backend::Cluster(store) => store.query_pipeline(pipe).await,
-        }
+        keys: &CounterKeys,
+        id: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, Error> {
+        delegate!(self, s => s.counters_seal(keys, id, token, lease))
     }
 
-    /// Invokes a Lua script (all keys in one hash slot). `retry` only when it is idempotent.
-    pub(crate) async fn invoke<T: ::redis::FromRedisValue>(
+    async fn counters_claim(
         &self,
-        invocation: &::redis::ScriptInvocation<'_>,
-        retry: bool,
-    ) -> Result<T, Error> {
-        match self {
-            Backend::Memory(_) => Err(no_raw_commands()),
-            Backend::Redis(store) => store.invoke(invocation, retry).await,
-            Backend::Cluster(store) => store.invoke(invocation).await,
-        }
-    }
-}
-
-/// The commands behind [`Store`] on Redis and Redis Cluster (built once here; each store decides
-/// how to run them: retries, deadlines).
-pub(crate) mod commands {
-    use std::time::Duration;
-
-    /// A TTL in whole milliseconds for `PX` (at least 1: `PX 0` is an error).
-    fn px(ttl: Duration) -> u64 {
-        u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+        keys: &CounterKeys,
+        token: &str,
+        lease: Duration,
+    ) -> Result<Option<String>, Error> {
+        delegate!(self, s => s.counters_claim(keys, token, lease))
     }
 
-    pub(crate) fn get(key: &str) -> ::redis::Cmd {
-        let mut cmd = ::redis::cmd("GET");
-        cmd.arg(key);
-        cmd
+    async fn counters_renew(
+        &self,
+        keys: &CounterKeys,
+        id: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<bool, Error> {
+        delegate!(self, s => s.counters_renew(keys, id, token, lease))
     }
 
-    pub(crate) fn set_px(key: &str, value: Vec<u8>, ttl: Duration) -> ::redis::Cmd {
-        let mut cmd = ::redis::cmd("SET");
-        cmd.arg(key).arg(value).arg("PX").arg(px(ttl));
-        cmd
+    async fn counters_release(
+        &self,
+        keys: &CounterKeys,
+        id: &str,
+        token: &str,
+    ) -> Result<(), Error> {
+        delegate!(self, s => s.counters_release(keys, id, token))
     }
 
-    pub(crate) fn set_nx_px(key: &str, value: Vec<u8>, ttl: Duration) -> ::redis::Cmd {
-        let mut cmd = ::redis::cmd("SET");
-        cmd.arg(key).arg(value).arg("NX").arg("PX").arg(px(ttl));
-        cmd
+    async fn counters_complete(&self, keys: &CounterKeys, id: &str) -> Result<(), Error> {
+        delegate!(self, s => s.counters_complete(keys, id))
     }
 
-    pub(crate) fn del(key: &str) -> ::redis::Cmd {
-        let mut cmd = ::redis::cmd("DEL");
-        cmd.arg(key);
-        cmd
+    async fn counters_read(
+        &self,
+        keys: &CounterKeys,
+        id: &str,
+    ) -> Result<Vec<(String, i64)>, Error> {
+        delegate!(self, s => s.counters_read(keys, id))
     }
-
-    /// The compare-and-delete invocation for `key` holding `expected`.
-    pub(crate) fn compare_and_delete<'a>(
-        key: &str,
-        expected: &[u8],
-    ) -> ::redis::ScriptInvocation<'a> {
-        let mut invocation = super::compare_and_delete().prepare_invoke();
-        invocation.key(key).arg(expected);
-        invocation
-    }
-}
-
-fn no_raw_commands() -> Error {
-    Error::Config("the in-memory store does not run Redis commands".into())
-}
-
-/// `DEL KEYS[1]` if it holds `ARGV[1]`: releases a lock only for its owner.
-const COMPARE_AND_DELETE: &str = r#"
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-    return redis.call("DEL", KEYS[1])
-end
-return 0
-"#;
-
-/// The compare-and-delete script (EVALSHA; redis-rs reloads it on NOSCRIPT).
-pub(crate) fn compare_and_delete() -> &'static ::redis::Script {
-    static SCRIPT: std::sync::OnceLock<::redis::Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| ::redis::Script::new(COMPARE_AND_DELETE))
 }

@@ -1,6 +1,6 @@
 //! Redis via a bb8 pool of multiplexed redis-rs connections.
 //!
-//! The pool follows the measurements in DESIGN.md "Redis access":
+//! How the pool is run (each choice measured, see BENCHMARKS.md):
 //!
 //! - no `PING` on checkout (`test_on_check_out(false)`): health comes from errors and the breaker;
 //! - the pool is built lazily (`build_unchecked`, no background tasks), so building never touches
@@ -42,7 +42,7 @@ use bb8_redis::{
 };
 use tokio::{sync::watch, time::Instant};
 
-use super::{commands, Store};
+use super::commands::{self, impl_store, Raw, Resend};
 use crate::Error;
 
 /// Connection settings of a [`RedisStore`].
@@ -413,11 +413,6 @@ impl RedisStore {
         })
     }
 
-    /// The redis-rs client (for pub/sub connections, which are not pooled).
-    pub(crate) fn client(&self) -> &redis::Client {
-        &self.client
-    }
-
     /// The store's settings.
     pub fn config(&self) -> &RedisStoreConfig {
         &self.config
@@ -500,16 +495,19 @@ impl RedisStore {
     }
 
     /// Runs one operation within `op_timeout`. When its connection turns out to be dropped and
-    /// `retry` allows, runs it again on another connection, within the same deadline: after a
+    /// `resend` allows, runs it again on another connection, within the same deadline: after a
     /// server restart or `CLIENT KILL` every pooled connection is dead, and each failed attempt
     /// retires one (a dead multiplexed connection fails at once), so at most `pool_size` retries.
-    async fn run<'s, T, F, Fut>(&'s self, retry: bool, mut op: F) -> Result<T, Error>
+    async fn run<'s, T, F, Fut>(&'s self, resend: Resend, mut op: F) -> Result<T, Error>
     where
         F: FnMut(Connection<'s>) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
         let deadline = Instant::now() + self.config.op_timeout;
-        let mut retries = if retry { self.config.pool_size } else { 0 };
+        let mut retries = match resend {
+            Resend::Safe => self.config.pool_size,
+            Resend::Never => 0,
+        };
         let mut first = true;
         loop {
             let result = op(self.connection_until(deadline, first).await?).await;
@@ -524,39 +522,6 @@ impl RedisStore {
                 other => return other,
             }
         }
-    }
-
-    /// Runs one command within the op timeout (retried on another connection if this one
-    /// turns out dropped). Only for idempotent commands.
-    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, Error> {
-        self.run(true, |mut conn| async move { conn.query(cmd).await })
-            .await
-    }
-
-    /// Runs one pipeline within the op timeout. `retry`: only when the pipeline is idempotent.
-    pub(crate) async fn query_pipeline<T: FromRedisValue>(
-        &self,
-        pipe: &redis::Pipeline,
-        retry: bool,
-    ) -> Result<T, Error> {
-        self.run(
-            retry,
-            |mut conn| async move { conn.query_pipeline(pipe).await },
-        )
-        .await
-    }
-
-    /// Invokes a Lua script within the op timeout. `retry`: only when the script is idempotent.
-    pub(crate) async fn invoke<T: FromRedisValue>(
-        &self,
-        invocation: &redis::ScriptInvocation<'_>,
-        retry: bool,
-    ) -> Result<T, Error> {
-        self.run(
-            retry,
-            |mut conn| async move { conn.invoke(invocation).await },
-        )
-        .await
     }
 }
 
@@ -579,40 +544,58 @@ fn redact_password(url: &str) -> String {
     }
 }
 
-impl Store for RedisStore {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        self.query(&commands::get(key)).await
+impl Raw for RedisStore {
+    async fn query<T: FromRedisValue + Send>(
+        &self,
+        cmd: &redis::Cmd,
+        resend: Resend,
+    ) -> Result<T, Error> {
+        self.run(resend, |mut conn| async move { conn.query(cmd).await })
+            .await
     }
 
-    async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), Error> {
-        self.query(&commands::set_px(key, value, ttl)).await
+    async fn invoke<T: FromRedisValue + Send>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        resend: Resend,
+    ) -> Result<T, Error> {
+        self.run(
+            resend,
+            |mut conn| async move { conn.invoke(invocation).await },
+        )
+        .await
     }
 
-    async fn delete(&self, key: &str) -> Result<bool, Error> {
-        let removed: u64 = self.query(&commands::del(key)).await?;
-        Ok(removed > 0)
+    /// One node holds every key: one pipelined round trip.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        match keys {
+            [] => Ok(Vec::new()),
+            [key] => Ok(vec![commands::get(self, key).await?]),
+            keys => {
+                let mut pipe = redis::pipe();
+                for key in keys {
+                    pipe.add_command(commands::get_cmd(key));
+                }
+                let pipe = &pipe;
+                self.run(Resend::Safe, |mut conn| async move {
+                    conn.query_pipeline(pipe).await
+                })
+                .await
+            }
+        }
     }
 
-    async fn set_if_absent(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool, Error> {
-        let cmd = &commands::set_nx_px(key, value, ttl);
-        // No retry: the first attempt may have taken the key before its connection dropped.
-        let reply: Option<String> = self
-            .run(false, |mut conn| async move { conn.query(cmd).await })
-            .await?;
-        Ok(reply.is_some())
-    }
-
-    async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, Error> {
-        let removed: u64 = self
-            .invoke(&commands::compare_and_delete(key, expected), true)
-            .await?;
-        Ok(removed > 0)
+    fn pubsub_client(&self) -> Result<redis::Client, Error> {
+        Ok(self.client.clone())
     }
 }
+
+impl_store!(RedisStore);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
 
     const OP: Duration = Duration::from_millis(100);
     /// Scheduling slack on a busy machine.

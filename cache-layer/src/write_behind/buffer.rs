@@ -2,7 +2,7 @@
 //! Redis in idempotent pushes (group commit), and while Redis is unavailable the map is the bounded
 //! buffer that keeps them.
 //!
-//! Life of an increment: `incr` adds it to `Pending::map` (generation `gen`) and waits. The pusher
+//! Life of an increment: `incr` adds it to `BufferState::map` (generation `gen`) and waits. The pusher
 //! freezes the map into chunks (each with the next sequence number of this writer), sends them one
 //! after the other with the `PUSH` script, and publishes `pushed = gen` when all landed; every
 //! waiter of that generation returns. A chunk that failed stays frozen, unchanged, and is sent
@@ -14,18 +14,21 @@ use std::{
     collections::{HashMap, VecDeque},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex, Weak,
+        Arc, Mutex,
     },
     time::Duration,
 };
 
 use tokio::sync::{watch, Notify};
 
-use super::{
-    storage::{self, lock, KeyNames, MemoryCounters},
-    CountersConfig,
+use super::{storage, CountersConfig};
+use crate::{
+    cache::WeakCache,
+    error::counter_overflow,
+    store::{CounterKeys, MemoryStore, PushOutcome, Store},
+    util::lock,
+    Cache, Error,
 };
-use crate::{cache::Inner, Cache, Error};
 
 /// One frozen push: a sequence number and the deltas it carries.
 #[derive(Debug)]
@@ -35,7 +38,7 @@ pub(crate) struct Chunk {
 }
 
 #[derive(Debug)]
-pub(crate) struct Pending {
+pub(crate) struct BufferState {
     /// Increments not yet frozen, coalesced per id (this is the bounded buffer).
     map: HashMap<String, i64>,
     /// Generation of the increments in `map`.
@@ -55,7 +58,7 @@ pub(crate) struct Pending {
     pushers_started: u64,
 }
 
-impl Pending {
+impl BufferState {
     fn frozen_contains(&mut self, id: &str) -> bool {
         let frozen = &self.frozen;
         self.frozen_set
@@ -69,7 +72,7 @@ impl Pending {
     }
 }
 
-/// What waiters watch. Updated only while `Pending` is locked, so updates are ordered.
+/// What waiters watch. Updated only while `BufferState` is locked, so updates are ordered.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Progress {
     /// Every increment of a generation `<= pushed` is in Redis.
@@ -108,13 +111,14 @@ pub(crate) struct SetStats {
 #[derive(Debug)]
 pub(crate) struct CounterSet {
     pub(crate) name: String,
-    pub(crate) keys: KeyNames,
+    pub(crate) keys: CounterKeys,
     pub(crate) config: CountersConfig,
     /// This process's identity: writer id for pushes and owner token for batch leases.
     pub(crate) token: String,
-    cache: Weak<Inner>,
-    remote: bool,
-    state: Mutex<Pending>,
+    cache: WeakCache,
+    /// The cache's store when it lives in this process: increments apply to it at once.
+    in_process: Option<MemoryStore>,
+    state: Mutex<BufferState>,
     progress: watch::Sender<Progress>,
     wake: Notify,
     closed: AtomicBool,
@@ -122,7 +126,6 @@ pub(crate) struct CounterSet {
     push_lock: tokio::sync::Mutex<()>,
     /// One flush cycle at a time in this process (leases are per process).
     pub(crate) flush_lock: tokio::sync::Mutex<()>,
-    pub(crate) memory: Mutex<MemoryCounters>,
     metrics: SetMetrics,
     pub(crate) stats: SetStats,
 }
@@ -145,16 +148,15 @@ impl Drop for PusherGuard {
 
 impl CounterSet {
     pub(crate) fn new(cache: &Cache, name: &str, config: CountersConfig) -> Self {
-        let inner = &cache.inner;
-        let labels = |metric: &'static str| metrics::counter!(metric, "cache" => inner.name.clone(), "counters" => name.to_owned());
+        let labels = |metric: &'static str| metrics::counter!(metric, "cache" => cache.name().to_owned(), "counters" => name.to_owned());
         CounterSet {
             name: name.to_owned(),
-            keys: KeyNames::new(&inner.keys, name),
+            keys: storage::counter_keys(cache.keys(), name),
             config,
             token: format!("{:032x}", rand::random::<u128>()),
-            cache: Arc::downgrade(inner),
-            remote: inner.store.is_remote(),
-            state: Mutex::new(Pending {
+            cache: cache.downgrade(),
+            in_process: cache.store().in_process().cloned(),
+            state: Mutex::new(BufferState {
                 map: HashMap::new(),
                 gen: 1,
                 frozen: VecDeque::new(),
@@ -171,14 +173,13 @@ impl CounterSet {
             closed: AtomicBool::new(false),
             push_lock: tokio::sync::Mutex::new(()),
             flush_lock: tokio::sync::Mutex::new(()),
-            memory: Mutex::new(MemoryCounters::default()),
             metrics: SetMetrics {
                 overflow: labels("cache_counter_overflow_total"),
                 push_failures: labels("cache_counter_push_failures_total"),
                 pushes: labels("cache_counter_pushes_total"),
                 rejected_fields: labels("cache_counter_rejected_total"),
                 buffered: metrics::gauge!("cache_counter_buffered_ids",
-                    "cache" => inner.name.clone(), "counters" => name.to_owned()),
+                    "cache" => cache.name().to_owned(), "counters" => name.to_owned()),
                 batches: labels("cache_counter_batches_total"),
                 sink_failures: labels("cache_counter_sink_failures_total"),
             },
@@ -212,14 +213,14 @@ impl CounterSet {
     /// Adds `by` to `id` in the buffer. `Ok(Some(gen))`: wait for that generation's push;
     /// `Ok(None)`: done (applied in memory, or buffered while Redis is unavailable).
     pub(crate) fn add(self: &Arc<Self>, id: &str, by: i64) -> Result<Option<u64>, Error> {
-        if !self.remote {
-            lock(&self.memory).incr(id, by)?;
+        if let Some(store) = &self.in_process {
+            store.counters_incr(&self.keys, id, by)?;
             return Ok(None);
         }
         let ticket = {
             let mut st = lock(&self.state);
             match st.map.get_mut(id) {
-                Some(slot) => *slot = slot.checked_add(by).ok_or_else(storage::overflow)?,
+                Some(slot) => *slot = slot.checked_add(by).ok_or_else(counter_overflow)?,
                 None => {
                     if st.map.len() + st.frozen_ids >= self.config.max_buffered
                         && !st.frozen_contains(id)
@@ -260,7 +261,7 @@ impl CounterSet {
 
     /// Starts the pusher task if none runs (lazily: `incr` runs inside the runtime, building the
     /// cache need not). Without a Tokio runtime nothing is spawned; `sync` pushes instead.
-    fn ensure_pusher(self: &Arc<Self>, st: &mut Pending) {
+    fn ensure_pusher(self: &Arc<Self>, st: &mut BufferState) {
         if st.pusher != 0 {
             return;
         }
@@ -288,13 +289,13 @@ impl CounterSet {
     }
 
     fn cache(&self) -> Option<Cache> {
-        self.cache.upgrade().map(|inner| Cache { inner })
+        self.cache.upgrade()
     }
 
     /// Pushes everything buffered when called; `Err` when Redis is unavailable (the increments
     /// stay buffered and the pusher keeps retrying).
     pub(crate) async fn sync(self: &Arc<Self>, cache: &Cache) -> Result<(), Error> {
-        if !self.remote {
+        if self.in_process.is_some() {
             return Ok(());
         }
         let ticket = {
@@ -387,29 +388,20 @@ impl CounterSet {
 
     /// One `PUSH` script call.
     async fn push_chunk(&self, cache: &Cache, chunk: &Chunk) -> Result<(), Error> {
-        let writer_key = self.keys.writer(&self.token);
-        let ttl = storage::ms(self.config.writer_ttl);
-        let op = async {
-            let mut invocation = storage::push_script().prepare_invoke();
-            invocation
-                .key(&self.keys.live)
-                .key(&writer_key)
-                .arg(chunk.seq)
-                .arg(ttl);
-            for (id, delta) in &chunk.entries {
-                invocation.arg(id).arg(*delta);
-            }
-            // Resending is safe: the sequence number makes the push idempotent.
-            cache
-                .inner
-                .store
-                .invoke::<(i64, Vec<String>)>(&invocation, true)
-                .await
-        };
-        let (applied, failed) = cache.store_op(op).await?;
+        let push = cache.store().counters_push(
+            &self.keys,
+            &self.token,
+            chunk.seq,
+            self.config.writer_ttl,
+            &chunk.entries,
+        );
+        let PushOutcome {
+            applied,
+            rejected: failed,
+        } = cache.store_op(push).await?;
         self.stats.pushes.fetch_add(1, Ordering::Relaxed);
         self.metrics.pushes.increment(1);
-        if applied == 0 {
+        if !applied {
             self.stats.replayed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(counters = %self.name, seq = chunk.seq,
                 "write-behind push had already landed (reply lost); not applied twice");

@@ -9,12 +9,8 @@ use std::{
 
 use tokio::{sync::oneshot, task::JoinHandle};
 
-use super::{
-    buffer::CounterSet,
-    storage::{self, lock},
-    Counters,
-};
-use crate::{cache::now_ms, store::Backend, Cache, Error};
+use super::{buffer::CounterSet, Counters};
+use crate::{store::Store, util::now_ms, Cache, Error};
 
 /// The error a sink may return: anything convertible into a boxed error (`String`, `&str`, any
 /// `std::error::Error + Send + Sync`, `anyhow::Error`, ...).
@@ -178,7 +174,7 @@ impl Counters {
                         Err(_) => detached = true,
                     },
                     _ = ticker.tick() => {
-                        match counters.flush_cycle(&mut sink, true).await {
+                        match counters.flush_cycle(&mut sink, Buffered::PushFirst).await {
                             Ok(report) => total += report,
                             Err(err) => tracing::warn!(counters = %counters.set.name,
                                 error = %err, "write-behind flush failed; retrying next interval"),
@@ -187,7 +183,9 @@ impl Counters {
                 }
             }
             counters.sync().await?;
-            total += counters.flush_cycle(&mut sink, false).await?;
+            total += counters
+                .flush_cycle(&mut sink, Buffered::AlreadyPushed)
+                .await?;
             Ok(total)
         });
         Flusher {
@@ -203,7 +201,7 @@ impl Counters {
     pub(crate) async fn flush_cycle<F, Fut, E>(
         &self,
         sink: &mut F,
-        push_first: bool,
+        buffered: Buffered,
     ) -> Result<FlushReport, Error>
     where
         F: FnMut(Batch) -> Fut,
@@ -213,7 +211,7 @@ impl Counters {
         let set = &self.set;
         let cache = &self.cache;
         let _one_cycle_per_process = set.flush_lock.lock().await;
-        if push_first {
+        if buffered == Buffered::PushFirst {
             if let Err(err) = set.sync(cache).await {
                 tracing::debug!(counters = %set.name, error = %err,
                     "write-behind flush: buffered increments could not be pushed yet");
@@ -231,125 +229,53 @@ impl Counters {
     }
 }
 
-/// Runs one script on the cache's Redis (or Redis Cluster: all keys share one hash tag) through
-/// the breaker. `retry`: whether the store may resend it on another connection when the first
-/// turns out dropped (idempotent scripts only).
-macro_rules! run_script {
-    ($cache:expr, retry = $retry:expr, $script:expr, keys = [$($key:expr),*], args = [$($arg:expr),*]) => {{
-        let op = async {
-            let mut invocation = $script.prepare_invoke();
-            $(invocation.key($key);)*
-            $(invocation.arg($arg);)*
-            $cache.inner.store.invoke(&invocation, $retry).await
-        };
-        $cache.store_op(op).await
-    }};
+/// What a flush cycle does with the increments buffered in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Buffered {
+    /// Push them first (best effort), so the batch includes them.
+    PushFirst,
+    /// The caller just pushed them.
+    AlreadyPushed,
 }
 
+// Each step of the batch protocol is one store operation, through the breaker (on Redis, one
+// script on keys of one hash slot; see `store/scripts.rs`).
+
 async fn seal(set: &CounterSet, cache: &Cache, id: &str) -> Result<bool, Error> {
-    let lease = set.config.lease;
-    if let Backend::Memory(_) = &cache.inner.store {
-        return Ok(lock(&set.memory).seal(id, &set.token, lease));
-    }
-    // Not resent: a resend after it landed would fail on the batch-id check (and the next cycle
-    // claims the batch this one sealed anyway).
-    let k = &set.keys;
-    let sealed: i64 = run_script!(
-        cache,
-        retry = false,
-        storage::seal_script(),
-        keys = [&k.live, &k.index, &k.leases, k.batch(id)],
-        args = [id, &set.token, storage::ms(lease)]
-    )?;
-    Ok(sealed == 1)
+    let op = cache
+        .store()
+        .counters_seal(&set.keys, id, &set.token, set.config.lease);
+    cache.store_op(op).await
 }
 
 async fn claim(set: &CounterSet, cache: &Cache) -> Result<Option<String>, Error> {
-    let lease = set.config.lease;
-    if let Backend::Memory(_) = &cache.inner.store {
-        return Ok(lock(&set.memory).claim(&set.token, lease));
-    }
-    let k = &set.keys;
-    run_script!(
-        cache,
-        retry = false,
-        storage::claim_script(),
-        keys = [&k.index, &k.leases],
-        args = [&set.token, storage::ms(lease)]
-    )
+    let op = cache
+        .store()
+        .counters_claim(&set.keys, &set.token, set.config.lease);
+    cache.store_op(op).await
 }
 
 async fn renew(set: &CounterSet, cache: &Cache, id: &str) -> Result<bool, Error> {
-    let lease = set.config.lease;
-    if let Backend::Memory(_) = &cache.inner.store {
-        return Ok(lock(&set.memory).renew(id, &set.token, lease));
-    }
-    let held: i64 = run_script!(
-        cache,
-        retry = true,
-        storage::renew_script(),
-        keys = [&set.keys.leases],
-        args = [id, &set.token, storage::ms(lease)]
-    )?;
-    Ok(held == 1)
+    let op = cache
+        .store()
+        .counters_renew(&set.keys, id, &set.token, set.config.lease);
+    cache.store_op(op).await
 }
 
 async fn release(set: &CounterSet, cache: &Cache, id: &str) -> Result<(), Error> {
-    if let Backend::Memory(_) = &cache.inner.store {
-        lock(&set.memory).release(id, &set.token);
-        return Ok(());
-    }
-    let _: i64 = run_script!(
-        cache,
-        retry = true,
-        storage::release_script(),
-        keys = [&set.keys.leases],
-        args = [id, &set.token]
-    )?;
-    Ok(())
+    let op = cache.store().counters_release(&set.keys, id, &set.token);
+    cache.store_op(op).await
 }
 
 async fn complete(set: &CounterSet, cache: &Cache, id: &str) -> Result<(), Error> {
-    if let Backend::Memory(_) = &cache.inner.store {
-        lock(&set.memory).complete(id);
-        return Ok(());
-    }
-    let k = &set.keys;
-    let _: i64 = run_script!(
-        cache,
-        retry = true,
-        storage::complete_script(),
-        keys = [k.batch(id), &k.index, &k.leases],
-        args = [id]
-    )?;
-    Ok(())
+    let op = cache.store().counters_complete(&set.keys, id);
+    cache.store_op(op).await
 }
 
-/// Reads a sealed batch with `HSCAN` pages (no single long command for big batches).
+/// The entries of a sealed batch, sorted by id.
 async fn read(set: &CounterSet, cache: &Cache, id: &str) -> Result<Vec<(String, i64)>, Error> {
-    let mut entries = match &cache.inner.store {
-        Backend::Memory(_) => lock(&set.memory).read(id),
-        store => {
-            let key = set.keys.batch(id);
-            let mut found = std::collections::HashMap::new();
-            let mut cursor = "0".to_owned();
-            loop {
-                let cmd = redis::cmd("HSCAN")
-                    .arg(&key)
-                    .arg(&cursor)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .clone();
-                let (next, page): (String, Vec<String>) = cache.store_op(store.query(&cmd)).await?;
-                storage::collect_pairs(page, &mut found, &key)?;
-                if next == "0" {
-                    break;
-                }
-                cursor = next;
-            }
-            found.into_iter().collect()
-        }
-    };
+    let op = cache.store().counters_read(&set.keys, id);
+    let mut entries = cache.store_op(op).await?;
     entries.sort_unstable();
     Ok(entries)
 }

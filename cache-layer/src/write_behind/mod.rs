@@ -45,7 +45,11 @@ use std::{
 };
 
 pub use self::flush::{Batch, FlushReport, Flusher};
-use self::{buffer::CounterSet, flush::SinkError, storage::lock};
+use self::{
+    buffer::CounterSet,
+    flush::{Buffered, SinkError},
+};
+use crate::util::lock;
 use crate::{Cache, Error};
 
 /// Settings of one counter set (see [`Cache::counters_with`]).
@@ -236,7 +240,7 @@ impl std::fmt::Debug for Counters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Counters")
             .field("name", &self.set.name)
-            .field("live_key", &self.set.keys.live)
+            .field("live_key", &self.set.keys.live())
             .finish_non_exhaustive()
     }
 }
@@ -255,7 +259,7 @@ impl Counters {
     /// # Ok::<(), cache_layer::Error>(())
     /// ```
     pub fn redis_key(&self) -> &str {
-        &self.set.keys.live
+        self.set.keys.live()
     }
 
     /// Adds `by` (may be negative) to counter `id`.
@@ -337,8 +341,11 @@ impl Counters {
         Fut: Future<Output = Result<(), E>>,
         E: Into<SinkError>,
     {
-        self.flush_cycle(&mut |batch: Batch| sink(batch.into_entries()), true)
-            .await
+        self.flush_cycle(
+            &mut |batch: Batch| sink(batch.into_entries()),
+            Buffered::PushFirst,
+        )
+        .await
     }
 
     /// [`flush_now`](Counters::flush_now) with a sink that receives the whole [`Batch`], including
@@ -349,7 +356,7 @@ impl Counters {
         Fut: Future<Output = Result<(), E>>,
         E: Into<SinkError>,
     {
-        self.flush_cycle(&mut sink, true).await
+        self.flush_cycle(&mut sink, Buffered::PushFirst).await
     }
 
     /// Starts a background task that flushes every `interval` (the first flush runs at once, so
@@ -433,34 +440,21 @@ impl Drop for Registry {
     }
 }
 
-impl Cache {
-    /// The write-behind counter set `name` (see [`Counters`]), with default settings.
-    ///
-    /// Every call with the same name returns a handle to the same set (one buffer, one pusher per
-    /// process). Building it does no I/O.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), cache_layer::Error> {
-    /// let cache = cache_layer::Cache::in_memory();
-    /// let views = cache.counters("views");
-    /// views.incr("product:42", 1).await?;
-    /// # Ok(()) }
-    /// ```
-    pub fn counters(&self, name: &str) -> Counters {
-        self.counters_with(name, CountersConfig::default())
-    }
-
-    /// The write-behind counter set `name` with `config`. If the set already exists in this cache,
-    /// the configuration it was created with stays in effect.
-    pub fn counters_with(&self, name: &str, config: CountersConfig) -> Counters {
-        let set = lock(&self.inner.write_behind.sets)
-            .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(CounterSet::new(self, name, config)))
-            .clone();
-        Counters {
-            set,
-            cache: self.clone(),
-        }
+/// The counter set `name` of `cache` (created with `config` on first use), as a handle.
+pub(crate) fn counters(cache: &Cache, name: &str, config: CountersConfig) -> Counters {
+    let registry = cache
+        .extension()
+        .get_or_init(|| Box::new(Registry::default()))
+        .downcast_ref::<Registry>();
+    let Some(registry) = registry else {
+        unreachable!("the write-behind slot holds a Registry")
+    };
+    let set = lock(&registry.sets)
+        .entry(name.to_owned())
+        .or_insert_with(|| Arc::new(CounterSet::new(cache, name, config)))
+        .clone();
+    Counters {
+        set,
+        cache: cache.clone(),
     }
 }

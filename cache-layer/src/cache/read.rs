@@ -1,4 +1,4 @@
-//! The read-through engine shared by both front doors.
+//! The read path: `get_or_fetch` and friends, `get`, and the HTTP layer's `fetch`.
 //!
 //! ```text
 //! lookup: L1 (decoded value) ──► store GET (one round trip) ──► decode
@@ -10,41 +10,35 @@
 //!                runs the loader ──► SET PX (hard expiry) + L1 ──► followers get the value
 //! ```
 //!
-//! Two entry points share everything but how the leader runs the loader:
-//! - `'static` loaders ([`Cache::get_or_fetch`]) run in a spawned task, so a cancelled caller does
-//!   not cancel the load, and refreshes (stale-while-revalidate, early refresh) run in the
-//!   background while every caller is answered at once.
-//! - borrowing loaders ([`Cache::get_or_fetch_scoped`], used by the macro for `&self` methods and
-//!   reference arguments) run in the calling task: if that caller is cancelled, a follower takes
-//!   over; a refresh runs in the caller that triggered it while the others get the stale value.
+//! Both kinds of front door share everything but where the leader runs the loader: `'static`
+//! loaders ([`Cache::read_through`]) in a task of their own, borrowing ones
+//! ([`Cache::read_through_scoped`]) in the calling task. The read path owns L1 reads and fills through
+//! [`coherence`](super::coherence) (which says whether what is known locally may be served), the
+//! store read, envelope decoding, single-flight, refresh and the distributed lock; storing a
+//! loaded value goes through [`write`](super::write)'s `write_entry`.
 
 use std::{
-    convert::Infallible,
     future::Future,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
-use super::{now_ms, Cache};
+use super::Cache;
 use crate::{
     envelope::{Envelope, Timing},
     stampede::{
         early,
         flight::{Join, LeaderGuard, Outcome},
-        lock::{self, HeldLock},
+        lock,
     },
-    Policy, Stampede,
+    store::{LockToken, Store},
+    util::now_ms,
+    value::Value,
+    Error, Policy, Stampede,
 };
-
-/// What the engine can cache: serializable, cloneable, shareable between tasks.
-pub(crate) trait Value:
-    Serialize + DeserializeOwned + Clone + Send + Sync + 'static
-{
-}
-impl<T> Value for T where T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
 
 /// A loader's result plus per-value storage decisions (used by the HTTP layer, whose origin
 /// decides TTL, tags and cacheability per response).
@@ -73,7 +67,7 @@ impl<T> Loaded<T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Origin {
     /// Fresh, from the in-process L1 tier.
-    LocalHit,
+    L1Hit,
     /// Fresh, from the store.
     Hit,
     /// Past its TTL but within the grace period.
@@ -91,14 +85,11 @@ pub(crate) enum Origin {
 pub(crate) struct Fetched<T> {
     pub(crate) value: T,
     pub(crate) origin: Origin,
-    /// The entry's timing, when the value is (or would have been) an entry.
-    pub(crate) timing: Option<Timing>,
 }
 
 /// What a flight shares with its followers.
 struct Shared<T> {
     value: T,
-    timing: Option<Timing>,
 }
 
 /// What one lookup found.
@@ -106,7 +97,8 @@ enum Lookup<T> {
     Fresh {
         value: T,
         timing: Timing,
-        local: bool,
+        /// `L1Hit` or `Hit`.
+        origin: Origin,
         /// `Stampede::Early` decided (once, it is random) that this caller refreshes early.
         refresh_early: bool,
     },
@@ -135,6 +127,56 @@ impl<T> Lookup<T> {
     }
 }
 
+/// What a lookup's result asks for next.
+enum Step<T> {
+    /// A fresh hit: answer it.
+    Answer(Fetched<T>),
+    /// A fresh hit due for an early refresh (`Stampede::Early`).
+    RefreshEarly(Fetched<T>, Timing),
+    /// A stale hit (within its grace period): refresh it.
+    Refresh(Fetched<T>, Timing),
+    /// A miss: load (the timing of an expired entry, if one was seen, hints the load time).
+    Load(Option<Timing>),
+}
+
+impl<T> Lookup<T> {
+    fn next_step(self) -> Step<T> {
+        match self {
+            Lookup::Fresh {
+                value,
+                timing,
+                origin,
+                refresh_early,
+            } => {
+                let fresh = Fetched { value, origin };
+                if refresh_early {
+                    Step::RefreshEarly(fresh, timing)
+                } else {
+                    Step::Answer(fresh)
+                }
+            }
+            Lookup::Stale { value, timing } => {
+                let stale = Fetched {
+                    value,
+                    origin: Origin::Stale,
+                };
+                Step::Refresh(stale, timing)
+            }
+            Lookup::Miss { hint } => Step::Load(hint),
+        }
+    }
+}
+
+/// How a miss takes part in its key's flight.
+enum Part<T> {
+    /// Lead it: load and share the value.
+    Lead(LeaderGuard),
+    /// The leader's value.
+    Shared(Fetched<T>),
+    /// Load without a flight.
+    Alone,
+}
+
 /// How a caller that lost its flight continues.
 enum Next<T> {
     Done(Fetched<T>),
@@ -147,164 +189,51 @@ enum Next<T> {
 /// How long a failed refresh of a key keeps further refreshes of it from being attempted.
 pub(crate) const REFRESH_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-impl Cache {
-    /// Returns the cached value of `key`, or runs `loader` on a miss, stores its value with
-    /// `policy` and returns it.
-    ///
-    /// Concurrent misses of one key in this process share one load ([`Stampede`] selects more
-    /// protection). When Redis fails (error, timeout, breaker open) the loader's value is returned
-    /// anyway: this never fails because of the cache. The loader runs in its own task, so a caller
-    /// that is cancelled does not cancel it, and refreshes run in the background.
-    ///
-    /// ```
-    /// use std::{sync::{Arc, atomic::{AtomicUsize, Ordering}}, time::Duration};
-    /// use cache_layer::{Cache, Policy};
-    ///
-    /// # #[tokio::main]
-    /// # async fn main() {
-    /// let cache = Cache::in_memory();
-    /// let policy = Policy::ttl(Duration::from_secs(60));
-    /// let loads = Arc::new(AtomicUsize::new(0));
-    /// for _ in 0..3 {
-    ///     let loads = loads.clone();
-    ///     let price: u32 = cache
-    ///         .get_or_fetch("price:42", &policy, move || async move {
-    ///             loads.fetch_add(1, Ordering::SeqCst);
-    ///             1999
-    ///         })
-    ///         .await;
-    ///     assert_eq!(price, 1999);
-    /// }
-    /// assert_eq!(loads.load(Ordering::SeqCst), 1);
-    /// # }
-    /// ```
-    pub async fn get_or_fetch<T, F, Fut>(&self, key: &str, policy: &Policy, loader: F) -> T
-    where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = T> + Send + 'static,
-    {
-        let found = match self.lookup::<T>(key, policy).await.settled() {
-            Ok(value) => return value,
-            Err(found) => found,
-        };
-        let infallible =
-            move || async move { Ok::<_, Infallible>(Loaded::cacheable(loader().await)) };
-        match Box::pin(self.resolve(found, key, policy, infallible)).await {
-            Ok(fetched) => fetched.value,
-            Err(never) => match never {},
+/// The body of both `read_through`s (they differ only in the loader's bounds and in which
+/// `resolve` runs after a lookup that did not settle).
+macro_rules! lookup_then {
+    ($cache:ident, $key:ident, $policy:ident, $resolve:ident, $loader:ident) => {
+        match $cache.lookup::<T>($key, $policy).await.settled() {
+            Ok(value) => Ok(value),
+            Err(found) => Box::pin($cache.$resolve(found, $key, $policy, $loader))
+                .await
+                .map(|fetched| fetched.value),
         }
-    }
+    };
+}
 
-    /// Like [`get_or_fetch`](Cache::get_or_fetch) for fallible loaders: only `Ok` values are
-    /// cached; an `Err` is returned to its caller and never stored. With a
-    /// [`stale`](Policy::stale) grace period, a failing refresh keeps serving the stale value
-    /// (stale-if-error) instead of the error.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use cache_layer::{Cache, Policy};
-    ///
-    /// # #[tokio::main]
-    /// # async fn main() {
-    /// let cache = Cache::in_memory();
-    /// let policy = Policy::ttl(Duration::from_secs(60));
-    /// let failed: Result<u32, String> =
-    ///     cache.try_get_or_fetch("k", &policy, || async { Err("db down".to_string()) }).await;
-    /// assert!(failed.is_err());
-    /// // The error was not cached: the next call loads again.
-    /// let ok: Result<u32, String> = cache.try_get_or_fetch("k", &policy, || async { Ok(7) }).await;
-    /// assert_eq!(ok, Ok(7));
-    /// # }
-    /// ```
-    pub async fn try_get_or_fetch<T, E, F, Fut>(
+impl Cache {
+    /// The engine behind the `'static` front doors: a lookup awaited inline (a hit returns from
+    /// here without allocating), then, boxed, everything a miss, a stale hit or an early refresh
+    /// needs (several KiB of future). The loader runs in a task of its own.
+    pub(crate) async fn read_through<T, E, F, Fut>(
         &self,
         key: &str,
         policy: &Policy,
         loader: F,
     ) -> Result<T, E>
     where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        T: Value,
         E: Send + 'static,
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
     {
-        let found = match self.lookup::<T>(key, policy).await.settled() {
-            Ok(value) => return Ok(value),
-            Err(found) => found,
-        };
-        let loader = move || async move { loader().await.map(Loaded::cacheable) };
-        Box::pin(self.resolve(found, key, policy, loader))
-            .await
-            .map(|fetched| fetched.value)
+        lookup_then!(self, key, policy, resolve, loader)
     }
 
-    /// Read-through with a loader that may borrow (not `'static`), e.g. from `&self`.
-    ///
-    /// Same single-flight as [`get_or_fetch`](Cache::get_or_fetch), but the load runs in the calling
-    /// task; if that caller is cancelled, one of the waiting callers takes over with its own loader.
-    /// A refresh (stale-while-revalidate, early refresh) runs in the caller that triggered it while
-    /// every other caller gets the stale value.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use cache_layer::{Cache, Policy};
-    ///
-    /// struct Repo { prefix: String }
-    /// impl Repo {
-    ///     async fn name(&self, cache: &Cache, id: u32) -> String {
-    ///         let policy = Policy::ttl(Duration::from_secs(60));
-    ///         cache
-    ///             .get_or_fetch_scoped(&format!("name:{id}"), &policy, || async {
-    ///                 format!("{}-{id}", self.prefix)
-    ///             })
-    ///             .await
-    ///     }
-    /// }
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let repo = Repo { prefix: "item".into() };
-    /// assert_eq!(repo.name(&Cache::in_memory(), 7).await, "item-7");
-    /// # }
-    /// ```
-    pub async fn get_or_fetch_scoped<T, F, Fut>(&self, key: &str, policy: &Policy, loader: F) -> T
-    where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = T>,
-    {
-        let found = match self.lookup::<T>(key, policy).await.settled() {
-            Ok(value) => return value,
-            Err(found) => found,
-        };
-        let infallible =
-            move || async move { Ok::<_, Infallible>(Loaded::cacheable(loader().await)) };
-        match Box::pin(self.resolve_scoped(found, key, policy, infallible)).await {
-            Ok(fetched) => fetched.value,
-            Err(never) => match never {},
-        }
-    }
-
-    /// Fallible form of [`get_or_fetch_scoped`](Cache::get_or_fetch_scoped): only `Ok` is cached.
-    pub async fn try_get_or_fetch_scoped<T, E, F, Fut>(
+    /// [`read_through`](Self::read_through) for borrowing loaders, which run in the calling task.
+    pub(crate) async fn read_through_scoped<T, E, F, Fut>(
         &self,
         key: &str,
         policy: &Policy,
         loader: F,
     ) -> Result<T, E>
     where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        T: Value,
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        Fut: Future<Output = Result<Loaded<T>, E>>,
     {
-        let found = match self.lookup::<T>(key, policy).await.settled() {
-            Ok(value) => return Ok(value),
-            Err(found) => found,
-        };
-        let loader = move || async move { loader().await.map(Loaded::cacheable) };
-        Box::pin(self.resolve_scoped(found, key, policy, loader))
-            .await
-            .map(|fetched| fetched.value)
+        lookup_then!(self, key, policy, resolve_scoped, loader)
     }
 
     /// The engine behind every `'static` front door: lookup, refresh, single-flight, lock, fill.
@@ -324,9 +253,9 @@ impl Cache {
         self.resolve(found, key, policy, loader).await
     }
 
-    /// What [`fetch`](Self::fetch) does after the lookup. The front doors await the lookup
-    /// inline and box only this part (miss, refresh, lock: several KiB of future), so a hit never
-    /// allocates it.
+    /// What the `'static` front doors do after the lookup: the loader runs in a task of its own,
+    /// so a cancelled caller does not cancel the load, and refreshes run in the background while
+    /// every caller is answered at once.
     async fn resolve<T, E, F, Fut>(
         &self,
         found: Lookup<T>,
@@ -340,29 +269,13 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
     {
-        let hint = match found {
-            Lookup::Fresh {
-                value,
-                timing,
-                local,
-                refresh_early,
-            } => {
-                if refresh_early {
-                    self.refresh_in_background(key, policy, timing, loader);
-                }
-                let origin = if local { Origin::LocalHit } else { Origin::Hit };
-                return Ok(Fetched {
-                    value,
-                    origin,
-                    timing: Some(timing),
-                });
+        match found.next_step() {
+            Step::Answer(fresh) => Ok(fresh),
+            Step::RefreshEarly(fresh, timing) => {
+                self.refresh_in_background(key, policy, timing, loader);
+                Ok(fresh)
             }
-            Lookup::Stale { value, timing } => {
-                let stale = Fetched {
-                    value,
-                    origin: Origin::Stale,
-                    timing: Some(timing),
-                };
+            Step::Refresh(stale, timing) => {
                 let Some(soft) = policy.load_timeout else {
                     self.refresh_in_background(key, policy, timing, loader);
                     return Ok(stale);
@@ -370,36 +283,28 @@ impl Cache {
                 // Give the refresh up to `soft`; it keeps running after we answer stale.
                 let refreshed =
                     tokio::time::timeout(soft, self.refresh_and_wait(key, policy, timing, loader));
-                return Ok(match refreshed.await {
+                Ok(match refreshed.await {
                     Ok(Some(fresh)) => fresh,
                     _ => stale,
-                });
+                })
             }
-            Lookup::Miss { hint } => hint,
-        };
-        loop {
-            let guard = match self.join(key, policy) {
-                None => return self.load(None, key, policy, loader, hint).await,
-                Some(Join::Leader(guard)) => guard,
-                Some(Join::Follower(follower)) => {
-                    match self.follow::<T>(key, policy, follower.wait().await).await {
-                        Next::Done(fetched) => return Ok(fetched),
-                        Next::LoadAlone => return self.load(None, key, policy, loader, hint).await,
-                        Next::Rejoin => continue,
-                    }
+            Step::Load(hint) => match self.take_part::<T>(key, policy).await {
+                Part::Shared(fetched) => Ok(fetched),
+                Part::Alone => self.load(None, key, policy, loader, hint).await,
+                Part::Lead(guard) => {
+                    let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
+                    let task = tokio::spawn(async move {
+                        cache.load(Some(guard), &key, &policy, loader, hint).await
+                    });
+                    join_task(task).await
                 }
-            };
-            let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
-            let task =
-                tokio::spawn(
-                    async move { cache.load(Some(guard), &key, &policy, loader, hint).await },
-                );
-            return join_task(task).await;
+            },
         }
     }
 
-    /// The engine behind the borrowing front doors (loader runs in the calling task), after the
-    /// lookup (see [`resolve`](Self::resolve)).
+    /// What the borrowing front doors do after the lookup: the loader runs in the calling task; if
+    /// that caller is cancelled, a follower takes over; a refresh runs in the caller that
+    /// triggered it while the others get the stale value.
     async fn resolve_scoped<T, E, F, Fut>(
         &self,
         found: Lookup<T>,
@@ -412,45 +317,27 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded<T>, E>>,
     {
-        let hint = match found {
-            Lookup::Fresh {
-                value,
-                timing,
-                local,
-                refresh_early,
-            } => {
-                let origin = if local { Origin::LocalHit } else { Origin::Hit };
-                let fresh = Fetched {
-                    value,
-                    origin,
-                    timing: Some(timing),
-                };
-                if !refresh_early {
-                    return Ok(fresh);
-                }
-                // One caller refreshes early, inline; everyone else keeps the fresh value.
-                return Ok(match self.inner.flights.join(key, &policy.tags) {
+        match found.next_step() {
+            Step::Answer(fresh) => Ok(fresh),
+            // One caller refreshes early, inline; everyone else keeps the fresh value.
+            Step::RefreshEarly(fresh, timing) => {
+                Ok(match self.inner.flights.join(key, &policy.tags) {
                     Join::Leader(guard) => {
-                        self.inner.counters.refresh();
+                        self.inner.metrics.refresh();
                         self.load(Some(guard), key, policy, loader, Some(timing))
                             .await
                             .unwrap_or(fresh)
                     }
                     Join::Follower(_) => fresh,
-                });
+                })
             }
-            Lookup::Stale { value, timing } => {
-                let stale = Fetched {
-                    value,
-                    origin: Origin::Stale,
-                    timing: Some(timing),
-                };
+            Step::Refresh(stale, timing) => {
                 if self.refresh_throttled(key) {
                     return Ok(stale);
                 }
-                return Ok(match self.inner.flights.join(key, &policy.tags) {
+                Ok(match self.inner.flights.join(key, &policy.tags) {
                     Join::Leader(guard) => {
-                        self.inner.counters.refresh();
+                        self.inner.metrics.refresh();
                         let refresh = self.load(Some(guard), key, policy, loader, Some(timing));
                         match policy.load_timeout {
                             // A borrowing load cannot outlive its caller: past the soft timeout
@@ -463,20 +350,27 @@ impl Cache {
                         }
                     }
                     Join::Follower(_) => stale,
-                });
+                })
             }
-            Lookup::Miss { hint } => hint,
-        };
+            Step::Load(hint) => match self.take_part::<T>(key, policy).await {
+                Part::Shared(fetched) => Ok(fetched),
+                Part::Alone => self.load(None, key, policy, loader, hint).await,
+                Part::Lead(guard) => self.load(Some(guard), key, policy, loader, hint).await,
+            },
+        }
+    }
+
+    /// A miss takes part in the key's flight: it leads it, gets the leader's value, or loads
+    /// alone (no coalescing asked, or the leader's value is not shareable).
+    async fn take_part<T: Value>(&self, key: &str, policy: &Policy) -> Part<T> {
         loop {
             match self.join(key, policy) {
-                None => return self.load(None, key, policy, loader, hint).await,
-                Some(Join::Leader(guard)) => {
-                    return self.load(Some(guard), key, policy, loader, hint).await
-                }
+                None => return Part::Alone,
+                Some(Join::Leader(guard)) => return Part::Lead(guard),
                 Some(Join::Follower(follower)) => {
                     match self.follow::<T>(key, policy, follower.wait().await).await {
-                        Next::Done(fetched) => return Ok(fetched),
-                        Next::LoadAlone => return self.load(None, key, policy, loader, hint).await,
+                        Next::Done(fetched) => return Part::Shared(fetched),
+                        Next::LoadAlone => return Part::Alone,
                         Next::Rejoin => continue,
                     }
                 }
@@ -489,19 +383,19 @@ impl Cache {
     async fn lookup<T: Value>(&self, key: &str, policy: &Policy) -> Lookup<T> {
         let inner = &self.inner;
         let now = now_ms();
-        let mut local_stale = None;
-        if let Some((value, timing)) = self.local_lookup::<T>(key, now) {
+        let mut l1_stale = None;
+        if let Some((value, timing)) = self.l1_lookup::<T>(key, now) {
             if timing.fresh_until_ms > now {
-                inner.counters.local_hit(policy.door);
+                inner.metrics.l1_hit(policy.door);
                 self.observe_hit(policy, key);
                 return Lookup::Fresh {
                     refresh_early: self.early_refresh_due(policy, &timing),
                     value,
                     timing,
-                    local: true,
+                    origin: Origin::L1Hit,
                 };
             }
-            local_stale = Some((value, timing));
+            l1_stale = Some((value, timing));
         }
         let full_key = self.entry_key(key).await;
         let mut hint = None;
@@ -515,24 +409,18 @@ impl Cache {
                             match envelope.decode::<T>() {
                                 Ok(value) => {
                                     let ttl = Duration::from_millis(timing.stale_until_ms - now);
-                                    self.local_insert(
-                                        &full_key,
-                                        &value,
-                                        timing,
-                                        envelope.tags(),
-                                        ttl,
-                                    );
+                                    self.l1_insert(&full_key, &value, timing, envelope.tags(), ttl);
                                     if timing.fresh_until_ms > now {
-                                        inner.counters.hit(policy.door);
+                                        inner.metrics.hit(policy.door);
                                         self.observe_hit(policy, key);
                                         return Lookup::Fresh {
                                             refresh_early: self.early_refresh_due(policy, &timing),
                                             value,
                                             timing,
-                                            local: false,
+                                            origin: Origin::Hit,
                                         };
                                     }
-                                    inner.counters.stale_hit(policy.door);
+                                    inner.metrics.stale_hit(policy.door);
                                     self.observe_hit(policy, key);
                                     return Lookup::Stale { value, timing };
                                 }
@@ -546,18 +434,59 @@ impl Cache {
             Ok(None) => {}
             // Redis is failing: a stale L1 copy beats loading (stale-if-error).
             Err(_) => {
-                if let Some((value, timing)) = local_stale {
-                    inner.counters.stale_hit(policy.door);
+                if let Some((value, timing)) = l1_stale {
+                    inner.metrics.stale_hit(policy.door);
                     self.observe_hit(policy, key);
                     return Lookup::Stale { value, timing };
                 }
             }
         }
-        inner.counters.miss(policy.door);
+        inner.metrics.miss(policy.door);
         if let Some(observer) = policy.observer {
             observer.miss();
         }
         Lookup::Miss { hint }
+    }
+
+    /// `get`: a fresh value from L1 or the store, without loading.
+    pub(crate) async fn read_fresh<T>(&self, key: &str) -> Result<Option<T>, Error>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        if let Some(value) = self.l1_get::<T>(key, now_ms()) {
+            return Ok(Some(value));
+        }
+        let full_key = self.entry_key(key).await;
+        let bytes = match self.store_op(self.inner.store.get(&full_key)).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) | Err(Error::BreakerOpen) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let envelope = match Envelope::parse(&bytes) {
+            Ok(envelope) => envelope,
+            Err(why) => {
+                self.note_corrupt(key, why);
+                return Ok(None);
+            }
+        };
+        let now = now_ms();
+        let Some(timing) = self.current_timing(&envelope, now).await else {
+            return Ok(None);
+        };
+        if timing.fresh_until_ms <= now {
+            return Ok(None);
+        }
+        match envelope.decode::<T>() {
+            Ok(value) => {
+                let ttl = Duration::from_millis(timing.stale_until_ms.saturating_sub(now).max(1));
+                self.l1_insert(&full_key, &value, timing, envelope.tags(), ttl);
+                Ok(Some(value))
+            }
+            Err(why) => {
+                self.note_corrupt(key, why);
+                Ok(None)
+            }
+        }
     }
 
     /// Counts a hit for the policy's observer and the hot-key tracker.
@@ -595,7 +524,7 @@ impl Cache {
             return;
         }
         if let Join::Leader(guard) = self.inner.flights.join(key, &policy.tags) {
-            self.inner.counters.refresh();
+            self.inner.metrics.refresh();
             let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
             tokio::spawn(async move {
                 let _ = cache
@@ -625,7 +554,7 @@ impl Cache {
         }
         match self.inner.flights.join(key, &policy.tags) {
             Join::Leader(guard) => {
-                self.inner.counters.refresh();
+                self.inner.metrics.refresh();
                 let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
                 let task = tokio::spawn(async move {
                     cache
@@ -659,22 +588,20 @@ impl Cache {
         match outcome {
             Outcome::Value(shared) => match shared.downcast_ref::<Shared<T>>() {
                 Some(shared) => {
-                    self.inner.counters.coalesced(policy.door);
+                    self.inner.metrics.coalesced(policy.door);
                     Next::Done(Fetched {
                         value: shared.value.clone(),
                         origin: Origin::Coalesced,
-                        timing: shared.timing,
                     })
                 }
                 // Same key read as a different type: this caller loads its own.
                 None => Next::LoadAlone,
             },
             Outcome::Failed => Next::LoadAlone,
-            Outcome::Abandoned | Outcome::Pending => match self.lookup::<T>(key, policy).await {
-                Lookup::Fresh { value, timing, .. } => Next::Done(Fetched {
+            Outcome::Abandoned | Outcome::Running => match self.lookup::<T>(key, policy).await {
+                Lookup::Fresh { value, .. } => Next::Done(Fetched {
                     value,
                     origin: Origin::Hit,
-                    timing: Some(timing),
                 }),
                 _ => Next::Rejoin,
             },
@@ -697,46 +624,53 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded<T>, E>>,
     {
-        if policy.stampede != Stampede::Lock || !self.inner.store.is_remote() {
-            return self.load_and_fill(guard, key, policy, loader, true).await;
+        if policy.stampede != Stampede::Lock || !self.inner.store.is_shared() {
+            return self
+                .load_and_fill(guard, key, policy, loader, Fill::Store)
+                .await;
         }
         match self.acquire_or_wait::<T>(key, policy, hint.as_ref()).await {
             LockWait::Acquired(held) => {
-                let result = self.load_and_fill(guard, key, policy, loader, true).await;
+                let result = self
+                    .load_and_fill(guard, key, policy, loader, Fill::Store)
+                    .await;
                 self.release_lock(&held).await;
                 result
             }
-            LockWait::Landed(value, timing) => {
+            LockWait::Landed(value) => {
                 if let Some(guard) = guard {
                     let shared = Shared {
                         value: value.clone(),
-                        timing: Some(timing),
                     };
                     guard.finish(Outcome::Value(Arc::new(shared)));
                 }
                 Ok(Fetched {
                     value,
                     origin: Origin::Coalesced,
-                    timing: Some(timing),
                 })
             }
             LockWait::TimedOut => {
-                self.inner.counters.lock_timeout();
+                self.inner.metrics.lock_timeout();
                 tracing::debug!(cache = %self.inner.name, "lock wait timed out; loading without storing");
-                self.load_and_fill(guard, key, policy, loader, false).await
+                self.load_and_fill(guard, key, policy, loader, Fill::Skip)
+                    .await
             }
-            LockWait::Unavailable => self.load_and_fill(guard, key, policy, loader, true).await,
+            LockWait::Unavailable => {
+                self.load_and_fill(guard, key, policy, loader, Fill::Store)
+                    .await
+            }
         }
     }
 
-    /// Runs the loader, stores a cacheable value (when `store`), and finishes the flight.
+    /// Runs the loader, stores a cacheable value (unless `fill` says to skip it), and finishes the
+    /// flight.
     async fn load_and_fill<T, E, F, Fut>(
         &self,
         guard: Option<LeaderGuard>,
         key: &str,
         policy: &Policy,
         loader: F,
-        store: bool,
+        fill: Fill,
     ) -> Result<Fetched<T>, E>
     where
         T: Value,
@@ -747,7 +681,7 @@ impl Cache {
         let span = tracing::debug_span!("cache.load", cache = %self.inner.name, key = %super::key_hint(key));
         let result = loader().instrument(span).await;
         let took = started.elapsed();
-        self.inner.counters.load(policy.door, took, result.is_ok());
+        self.inner.metrics.load(policy.door, took, result.is_ok());
         if let Some(observer) = policy.observer {
             observer.load(result.is_ok());
         }
@@ -768,15 +702,14 @@ impl Cache {
             return Ok(Fetched {
                 value: loaded.value,
                 origin: Origin::LoadedUnstored,
-                timing: None,
             });
         }
         let detached = guard.as_ref().is_some_and(LeaderGuard::is_detached);
         let policy = effective_policy(policy, &loaded);
         let mut origin = Origin::LoadedUnstored;
-        let timing = match self.encode_entry(&loaded.value, &policy, started_ms, took) {
+        match self.encode_entry(&loaded.value, &policy, started_ms, took) {
             Ok((bytes, timing)) => {
-                if store && !detached {
+                if fill == Fill::Store && !detached {
                     match self
                         .write_entry(key, &loaded.value, bytes, timing, &policy.tags)
                         .await
@@ -789,24 +722,20 @@ impl Cache {
                         self.announce_landed(key).await;
                     }
                 }
-                Some(timing)
             }
             Err(err) => {
                 tracing::warn!(cache = %self.inner.name, error = %err, "loaded value could not be encoded; not cached");
-                None
             }
-        };
+        }
         if let Some(guard) = guard {
             let shared = Shared {
                 value: loaded.value.clone(),
-                timing,
             };
             guard.finish(Outcome::Value(Arc::new(shared)));
         }
         Ok(Fetched {
             value: loaded.value,
             origin,
-            timing,
         })
     }
 
@@ -819,24 +748,22 @@ impl Cache {
     ) -> LockWait<T> {
         let inner = &self.inner;
         let full_key = self.entry_key(key).await;
-        let held = HeldLock {
-            lock_key: inner.keys.lock(&full_key),
+        let held = LockToken {
+            key: inner.keys.lock(&full_key),
             token: lock::new_token(),
         };
         let lock_ttl = lock::lock_ttl(policy, hint);
         let deadline = Instant::now() + policy.lock_wait;
         let mut signals = None;
         loop {
-            let take = inner
-                .store
-                .set_if_absent(&held.lock_key, held.token.clone(), lock_ttl);
+            let take = inner.store.lock_acquire(&held, lock_ttl);
             match self.store_op(take).await {
                 Ok(true) => return LockWait::Acquired(held),
                 Ok(false) => {}
                 Err(_) => return LockWait::Unavailable,
             }
             if signals.is_none() {
-                inner.counters.lock_wait();
+                inner.metrics.lock_wait();
             }
             let rx = signals.get_or_insert_with(|| inner.landed.subscribe());
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -844,17 +771,14 @@ impl Cache {
                 return LockWait::TimedOut;
             }
             lock::wait_for_landing(rx, &full_key, remaining.min(lock::POLL_INTERVAL)).await;
-            if let Lookup::Fresh { value, timing, .. } = self.lookup::<T>(key, policy).await {
-                return LockWait::Landed(value, timing);
+            if let Lookup::Fresh { value, .. } = self.lookup::<T>(key, policy).await {
+                return LockWait::Landed(value);
             }
         }
     }
 
-    async fn release_lock(&self, held: &HeldLock) {
-        let release = self
-            .inner
-            .store
-            .delete_if_equals(&held.lock_key, &held.token);
+    async fn release_lock(&self, held: &LockToken) {
+        let release = self.inner.store.lock_release(held);
         if let Err(err) = self.store_op(release).await {
             tracing::debug!(cache = %self.inner.name, error = %err, "lock release failed; it will expire");
         }
@@ -865,18 +789,27 @@ impl Cache {
         let publish = self
             .inner
             .store
-            .publish(self.inner.landed.channel(), &full_key);
+            .publish(self.inner.landed.channel(), full_key.as_bytes());
         if let Err(err) = self.store_op(publish).await {
             tracing::debug!(cache = %self.inner.name, error = %err, "could not announce landed value");
         }
     }
 }
 
+/// Whether a loaded value is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// Store it (and mirror it into L1).
+    Store,
+    /// Return it without storing: the lock wait timed out, another holder may be storing.
+    Skip,
+}
+
 /// Result of trying to take an entry's distributed lock.
 enum LockWait<T> {
-    Acquired(HeldLock),
+    Acquired(LockToken),
     /// Another process stored the value while we waited.
-    Landed(T, Timing),
+    Landed(T),
     /// `lock_wait` passed: load without storing.
     TimedOut,
     /// Redis failed: load (and try to store) as if unlocked.

@@ -21,7 +21,7 @@ use crate::envelope::Timing;
 
 /// One decoded value in L1.
 #[derive(Clone)]
-pub(crate) struct LocalEntry {
+pub(crate) struct L1Entry {
     pub(crate) value: Arc<dyn Any + Send + Sync>,
     pub(crate) timing: Timing,
     pub(crate) tags: Arc<[String]>,
@@ -35,15 +35,15 @@ pub(crate) struct LocalEntry {
 
 struct UntilExpiry;
 
-impl Expiry<Arc<str>, LocalEntry> for UntilExpiry {
-    fn expire_after_create(&self, _: &Arc<str>, e: &LocalEntry, now: Instant) -> Option<Duration> {
+impl Expiry<Arc<str>, L1Entry> for UntilExpiry {
+    fn expire_after_create(&self, _: &Arc<str>, e: &L1Entry, now: Instant) -> Option<Duration> {
         Some(e.expires_at.saturating_duration_since(now))
     }
 
     fn expire_after_update(
         &self,
         _: &Arc<str>,
-        e: &LocalEntry,
+        e: &L1Entry,
         now: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
@@ -53,15 +53,15 @@ impl Expiry<Arc<str>, LocalEntry> for UntilExpiry {
 
 /// Bounded L1 tier.
 #[derive(Clone)]
-pub(crate) struct LocalTier {
-    entries: MokaCache<Arc<str>, LocalEntry>,
+pub(crate) struct L1Tier {
+    entries: MokaCache<Arc<str>, L1Entry>,
 }
 
-impl LocalTier {
+impl L1Tier {
     /// A tier of at most `max_entries`; `on_evict` is called for each entry pushed out by the
     /// size bound (not for expiries or explicit removals).
     pub(crate) fn new(max_entries: u64, on_evict: impl Fn() + Send + Sync + 'static) -> Self {
-        LocalTier {
+        L1Tier {
             entries: MokaCache::builder()
                 .max_capacity(max_entries)
                 .expire_after(UntilExpiry)
@@ -74,11 +74,11 @@ impl LocalTier {
         }
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<LocalEntry> {
+    pub(crate) fn get(&self, key: &str) -> Option<L1Entry> {
         self.entries.get(key)
     }
 
-    pub(crate) fn insert(&self, key: &str, entry: LocalEntry) {
+    pub(crate) fn insert(&self, key: &str, entry: L1Entry) {
         self.entries.insert(Arc::from(key), entry);
     }
 

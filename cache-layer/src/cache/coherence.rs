@@ -1,0 +1,400 @@
+//! Coherence: what this process knows about the store's state, and whether it may serve what it
+//! holds. It owns
+//!
+//! - the entry key with the current namespace version ([`Cache::entry_key`]), refreshing the
+//!   version from the store when it is not trusted;
+//! - the validity of an entry's tags (known tag times, or one read of the missing ones);
+//! - L1 reads and fills, checked against both (an L1 hit makes no store call);
+//! - the clock offset to the store (entry stamps) and the bus's callbacks
+//!   ([`BusListener`](crate::bus::BusListener): resubscribed, a message from another instance),
+//!   which the breaker's recovery uses too.
+//!
+//! The invariants that keep L1 and the store coherent are in `docs/ARCHITECTURE.md`
+//! ("Coherence invariants").
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::Cache;
+use crate::{
+    bus::Message,
+    envelope::{Envelope, Timing},
+    l1::L1Entry,
+    store::Store,
+    tags::{TagTimes, Trust, Validity},
+    Error,
+};
+
+/// The Redis key of an entry, resolved with the current namespace version, plus what an L1 fill
+/// after reading it needs (derefs to the Redis key).
+#[derive(Debug, Clone)]
+pub(crate) struct EntryKey {
+    redis: String,
+    version: u64,
+    /// What an L1 fill needs, only when there is an L1 tier (no allocation otherwise): the
+    /// caller's key and the eviction ticket taken before the read (see [`crate::bus::Tickets`]).
+    l1: Option<(String, u64)>,
+}
+
+impl std::ops::Deref for EntryKey {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.redis
+    }
+}
+
+impl std::fmt::Display for EntryKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redis)
+    }
+}
+
+impl Cache {
+    /// The Redis key of `key` under the current namespace version. In steady state this is a
+    /// local lookup; the first call (and calls after the bus was down for longer than its fallback
+    /// TTL) read the version with one `GET`. The first call also starts the bus.
+    pub(crate) async fn entry_key(&self, key: &str) -> EntryKey {
+        let l1 = self.inner.l1.as_ref().map(|_| {
+            let ticket = self.inner.bus.tickets.ticket(key);
+            (key.to_owned(), ticket)
+        });
+        // Steady state: no await at all. The refresh is boxed so this future (nested in every
+        // lookup) stays small — deep recursion through cached fns runs on the caller's stack.
+        let version = match self.trusted_version() {
+            Some(version) => version,
+            None => Box::pin(self.namespace_version()).await,
+        };
+        EntryKey {
+            redis: self.inner.keys.entry(key, version),
+            version,
+            l1,
+        }
+    }
+
+    /// The `created_ms` stamp for a load starting now: a lower bound of the Redis clock, so a
+    /// load that starts before an invalidation always compares as older than it.
+    pub(crate) fn load_stamp_ms(&self) -> u64 {
+        self.inner.clock.lower_ms()
+    }
+
+    /// The timing to serve an entry with, or `None` when an invalidation covers it. A soft-expired
+    /// entry (`expire_tag`) comes back with its freshness ended, so it is served only under its
+    /// `stale` grace period while it is refreshed.
+    ///
+    /// `now` is the caller's notion of the current time (its freshness checks use the same value).
+    pub(crate) async fn current_timing(&self, envelope: &Envelope<'_>, now: u64) -> Option<Timing> {
+        let created_ms = envelope.timing.created_ms;
+        let validity = match self.known_validity(envelope.tags(), created_ms) {
+            Some(validity) => validity,
+            None => Box::pin(self.entry_validity(envelope.tags(), created_ms)).await,
+        };
+        served_timing(envelope.timing, validity, now)
+    }
+
+    /// Whether the tags of an entry created at `created_ms` were invalidated or expired since.
+    /// Tag times not known locally (or no longer trusted) are fetched in one round trip; if that
+    /// fails the entry is treated as invalid.
+    pub(crate) async fn entry_validity<'a>(
+        &self,
+        tags: impl IntoIterator<Item = &'a str>,
+        created_ms: u64,
+    ) -> Validity {
+        let mut verdict = Validity::Valid;
+        let mut missing: Vec<&str> = Vec::new();
+        for tag in tags {
+            match self.inner.tag_book.get(tag) {
+                Some(record) if self.inner.bus.is_trusted(record.trust) => {
+                    verdict = verdict.and(Validity::of(record.times, created_ms));
+                }
+                _ => missing.push(tag),
+            }
+        }
+        if missing.is_empty() || verdict == Validity::Invalid {
+            return verdict;
+        }
+        match self.fetch_tags(&missing).await {
+            Ok(times) => times
+                .into_iter()
+                .fold(verdict, |v, t| v.and(Validity::of(t, created_ms))),
+            Err(err) => {
+                tracing::debug!(cache = %self.inner.name, error = %err,
+                    "could not read tag times; treating the entry as invalidated");
+                Validity::Invalid
+            }
+        }
+    }
+
+    /// The validity of an entry from local knowledge only; `None` if a tag's times are unknown or
+    /// no longer trusted.
+    pub(super) fn known_validity<'a>(
+        &self,
+        tags: impl IntoIterator<Item = &'a str>,
+        created_ms: u64,
+    ) -> Option<Validity> {
+        let mut verdict = Validity::Valid;
+        for tag in tags {
+            let record = self.inner.tag_book.get(tag)?;
+            if !self.inner.bus.is_trusted(record.trust) {
+                return None;
+            }
+            verdict = verdict.and(Validity::of(record.times, created_ms));
+        }
+        Some(verdict)
+    }
+
+    /// Reads the times of `tags` (one pipelined round trip on Redis) and remembers them.
+    async fn fetch_tags(&self, tags: &[&str]) -> Result<Vec<TagTimes>, Error> {
+        let inner = &self.inner;
+        let trust = inner.bus.trust_now();
+        let keys: Vec<String> = tags.iter().map(|tag| inner.keys.tag(tag)).collect();
+        let times = self.store_op(inner.store.tag_times(&keys)).await?;
+        for (tag, times) in tags.iter().zip(&times) {
+            inner.tag_book.merge(tag, *times, trust);
+        }
+        Ok(times)
+    }
+
+    /// The namespace version if it needs no refresh (and the bus is running).
+    fn trusted_version(&self) -> Option<u64> {
+        let inner = &self.inner;
+        let record = inner.namespace.get();
+        let trusted = !inner.bus.is_remote()
+            || (inner.bus.is_started() && record.trust.is_some_and(|t| inner.bus.is_trusted(t)));
+        trusted.then_some(record.version)
+    }
+
+    /// The namespace version, refreshed from the store when the cached one is not trusted.
+    async fn namespace_version(&self) -> u64 {
+        let inner = &self.inner;
+        if !inner.bus.is_remote() {
+            return inner.namespace.get().version;
+        }
+        let unreachable = inner.bus.ensure_started(&self.inner).await;
+        let record = inner.namespace.get();
+        if record.trust.is_some_and(|t| inner.bus.is_trusted(t)) {
+            return record.version;
+        }
+        if unreachable {
+            // The bus just failed to connect: do not spend a second attempt of this operation on
+            // the version; keep the known one for the fallback TTL (trusted by time only).
+            inner.namespace.merge(
+                record.version,
+                0,
+                Trust {
+                    generation: 0,
+                    at: Instant::now(),
+                },
+            );
+            return record.version;
+        }
+        // One refresh at a time; the others wait for it and use its result.
+        let _refreshing = inner.namespace.refresh.lock().await;
+        let record = inner.namespace.get();
+        if record.trust.is_some_and(|t| inner.bus.is_trusted(t)) {
+            return record.version;
+        }
+        let trust = inner.bus.trust_now();
+        let version_key = inner.keys.version();
+        match self
+            .store_op(inner.store.namespace_version(&version_key))
+            .await
+        {
+            Ok(version) => {
+                self.learn_namespace(version, None, trust);
+            }
+            Err(err) => {
+                // Keep the last known version for the fallback TTL instead of asking again on
+                // every operation: while Redis fails, each operation costs one attempt, not two.
+                tracing::debug!(cache = %inner.name, error = %err,
+                    "could not read the namespace version; using the last known one");
+                // Trusted by time only (generation 0), even if the bus is up: we never read it.
+                let known = inner.namespace.get().version;
+                let retry_later = Trust {
+                    generation: 0,
+                    at: Instant::now(),
+                };
+                inner.namespace.merge(known, 0, retry_later);
+            }
+        }
+        inner.namespace.get().version
+    }
+
+    /// Takes in a namespace version (from the store, a bus message or our own bump). When it moves
+    /// forward, loads in flight are detached and L1 is emptied.
+    pub(super) fn learn_namespace(&self, version: u64, bumped_ms: Option<u64>, trust: Trust) {
+        let inner = &self.inner;
+        let known = inner.namespace.get().version;
+        // Learned without a bump time (read from the store): assume it happened just now, so no
+        // load that started earlier is stored under the new version.
+        let bumped_ms = match bumped_ms {
+            Some(at) => at,
+            None if version > known => inner.clock.upper_ms(),
+            None => 0,
+        };
+        if inner.namespace.merge(version, bumped_ms, trust) {
+            inner.flights.detach_all();
+            inner.bus.tickets.bump_all();
+            if let Some(l1) = &inner.l1 {
+                l1.clear();
+            }
+        }
+    }
+
+    pub(super) fn forget_l1(&self) {
+        self.inner.bus.tickets.bump_all();
+        if let Some(l1) = &self.inner.l1 {
+            l1.clear();
+        }
+    }
+
+    /// Applies another instance's message.
+    pub(crate) fn apply_bus_message(&self, message: Message) {
+        let inner = &self.inner;
+        let trust = inner.bus.trust_now();
+        for key in &message.keys {
+            inner.flights.detach_key(key);
+            inner.bus.tickets.bump(key);
+            if let Some(l1) = &inner.l1 {
+                l1.remove(key);
+            }
+        }
+        for (tag, hard_ms, soft_ms) in &message.tags {
+            let before = inner.tag_book.get(tag).map(|r| r.times.hard_ms);
+            let times = TagTimes {
+                hard_ms: *hard_ms,
+                soft_ms: *soft_ms,
+            };
+            inner.tag_book.merge(tag, times, trust);
+            if before.is_none_or(|before| *hard_ms > before) && *hard_ms > 0 {
+                inner.flights.detach_tag(tag);
+            }
+        }
+        if let Some((version, bumped_ms)) = message.namespace {
+            self.learn_namespace(version, Some(bumped_ms), trust);
+        }
+    }
+
+    /// A fresh L1 value of type `T`, if the tier is enabled and holds one.
+    pub(crate) fn l1_get<T: Clone + 'static>(&self, key: &str, now: u64) -> Option<T> {
+        self.l1_lookup(key, now)
+            .filter(|(_, timing)| timing.fresh_until_ms > now)
+            .map(|(value, _)| value)
+    }
+
+    /// An L1 value of type `T` that no invalidation covers (fresh or within its grace period).
+    /// An L1 hit makes no Redis call: the namespace version and tag times are checked against what
+    /// this process knows; when it does not know them (or the bus is down past its fallback TTL)
+    /// this is a miss and the caller reads Redis, which refreshes that knowledge.
+    pub(crate) fn l1_lookup<T: Clone + 'static>(&self, key: &str, now: u64) -> Option<(T, Timing)> {
+        let inner = &self.inner;
+        let l1 = inner.l1.as_ref()?;
+        let entry = l1.get(key)?;
+        if entry.timing.stale_until_ms <= now {
+            return None;
+        }
+        if !inner.bus.l1_trusted(entry.inserted) {
+            l1.remove(key);
+            return None;
+        }
+        let namespace = inner.namespace.get();
+        let namespace_trusted =
+            !inner.bus.is_remote() || namespace.trust.is_some_and(|t| inner.bus.is_trusted(t));
+        if entry.version != namespace.version || !namespace_trusted {
+            return None;
+        }
+        let validity = self.known_validity(
+            entry.tags.iter().map(String::as_str),
+            entry.timing.created_ms,
+        )?;
+        let timing = served_timing(entry.timing, validity, now)?;
+        let value = entry.value.downcast_ref::<T>()?.clone();
+        Some((value, timing))
+    }
+
+    /// Mirrors a value read from (or written to) `key` into L1, unless an eviction of that key
+    /// happened since the key was resolved (the value may be the one the eviction was about).
+    pub(crate) fn l1_insert<T: Clone + Send + Sync + 'static>(
+        &self,
+        key: &EntryKey,
+        value: &T,
+        timing: Timing,
+        tags: impl IntoIterator<Item = impl AsRef<str>>,
+        ttl: Duration,
+    ) {
+        let inner = &self.inner;
+        let (Some(l1), Some((user_key, ticket))) = (&inner.l1, &key.l1) else {
+            return;
+        };
+        if inner.bus.tickets.ticket(user_key) != *ticket {
+            return;
+        }
+        let now = Instant::now();
+        let entry = L1Entry {
+            value: Arc::new(value.clone()),
+            timing,
+            tags: tags.into_iter().map(|t| t.as_ref().to_owned()).collect(),
+            expires_at: now + inner.bus.l1_ttl(ttl),
+            inserted: now,
+            version: key.version,
+        };
+        l1.insert(user_key, entry);
+    }
+}
+
+/// The timing an entry is served with at `now` under `validity`; `None` when it must not be
+/// served.
+///
+/// A soft-expired entry is no longer fresh, and stays servable (stale) for at most its grace
+/// period (`stale_until - fresh_until`) from now, never past its own hard expiry: without a grace
+/// period it is a miss. The first stale read refreshes it.
+fn served_timing(timing: Timing, validity: Validity, now: u64) -> Option<Timing> {
+    match validity {
+        Validity::Valid => Some(timing),
+        Validity::Expired => {
+            let grace = timing.stale_until_ms.saturating_sub(timing.fresh_until_ms);
+            if grace == 0 {
+                return None;
+            }
+            Some(Timing {
+                fresh_until_ms: timing.fresh_until_ms.min(now),
+                stale_until_ms: timing.stale_until_ms.min(now.saturating_add(grace)),
+                ..timing
+            })
+        }
+        Validity::Invalid => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::now_ms;
+
+    #[test]
+    fn expired_entries_keep_only_their_grace_period() {
+        let now = now_ms();
+        let timing = Timing {
+            created_ms: now - 10_000,
+            fresh_until_ms: now + 60_000,
+            stale_until_ms: now + 90_000,
+            delta_ms: 5,
+        };
+        assert_eq!(served_timing(timing, Validity::Valid, now), Some(timing));
+        assert_eq!(served_timing(timing, Validity::Invalid, now), None);
+        let expired = served_timing(timing, Validity::Expired, now).unwrap();
+        assert_eq!(expired.fresh_until_ms, now);
+        assert_eq!(expired.stale_until_ms, now + 30_000);
+        let no_grace = Timing {
+            stale_until_ms: timing.fresh_until_ms,
+            ..timing
+        };
+        assert_eq!(
+            served_timing(no_grace, Validity::Expired, now),
+            None,
+            "no grace: not servable"
+        );
+    }
+}

@@ -1,0 +1,499 @@
+//! The domain operations of [`Store`](super::Store) as Redis commands and scripts, written once
+//! for both networked stores. [`RedisStore`](super::RedisStore) and
+//! [`ClusterStore`](super::ClusterStore) only say how to run a command ([`Raw`]: retries,
+//! deadlines, routing); [`impl_store!`] turns that into the whole `Store` trait.
+
+use std::{collections::HashMap, future::Future, time::Duration};
+
+use bb8_redis::redis::{self, Cmd, FromRedisValue, ScriptInvocation};
+
+use super::{
+    scripts, CounterKeys, LockToken, NamespaceBump, PushOutcome, Subscription, TagField, TagTimes,
+};
+use crate::{util::millis_at_least_one, Error};
+
+/// Whether a command may be sent again on another connection when the first one turns out to
+/// have been dropped (its reply lost: it may or may not have run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Resend {
+    /// Running it twice has the effect of running it once (reads, `SET`, time-raising scripts).
+    Safe,
+    /// Its first attempt may have landed and a second would differ (`SET NX`, `INCR`).
+    Never,
+}
+
+/// How a networked store runs one command or script.
+pub(super) trait Raw: Send + Sync {
+    /// Runs one command within the store's op timeout.
+    fn query<T: FromRedisValue + Send>(
+        &self,
+        cmd: &Cmd,
+        resend: Resend,
+    ) -> impl Future<Output = Result<T, Error>> + Send;
+
+    /// Invokes a Lua script (all its keys in one hash slot) within the op timeout.
+    fn invoke<T: FromRedisValue + Send>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+        resend: Resend,
+    ) -> impl Future<Output = Result<T, Error>> + Send;
+
+    /// `GET` of keys that may live in different hash slots.
+    fn get_many(
+        &self,
+        keys: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<Vec<u8>>>, Error>> + Send;
+
+    /// A client for a connection of its own (pub/sub).
+    fn pubsub_client(&self) -> Result<redis::Client, Error>;
+}
+
+pub(super) fn get_cmd(key: &str) -> Cmd {
+    let mut cmd = redis::cmd("GET");
+    cmd.arg(key);
+    cmd
+}
+
+pub(super) async fn get<R: Raw>(raw: &R, key: &str) -> Result<Option<Vec<u8>>, Error> {
+    raw.query(&get_cmd(key), Resend::Safe).await
+}
+
+pub(super) async fn set<R: Raw>(
+    raw: &R,
+    key: &str,
+    value: Vec<u8>,
+    ttl: Duration,
+) -> Result<(), Error> {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(key)
+        .arg(value)
+        .arg("PX")
+        .arg(millis_at_least_one(ttl));
+    raw.query(&cmd, Resend::Safe).await
+}
+
+pub(super) async fn delete<R: Raw>(raw: &R, key: &str) -> Result<bool, Error> {
+    let mut cmd = redis::cmd("DEL");
+    cmd.arg(key);
+    let removed: u64 = raw.query(&cmd, Resend::Safe).await?;
+    Ok(removed > 0)
+}
+
+pub(super) async fn set_if_absent<R: Raw>(
+    raw: &R,
+    key: &str,
+    value: Vec<u8>,
+    ttl: Duration,
+) -> Result<bool, Error> {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(key)
+        .arg(value)
+        .arg("NX")
+        .arg("PX")
+        .arg(millis_at_least_one(ttl));
+    // Not resent: the first attempt may have taken the key before its connection dropped.
+    let reply: Option<String> = raw.query(&cmd, Resend::Never).await?;
+    Ok(reply.is_some())
+}
+
+pub(super) async fn lock_renew<R: Raw>(
+    raw: &R,
+    lock: &LockToken,
+    ttl: Duration,
+) -> Result<bool, Error> {
+    let mut invocation = scripts::COMPARE_AND_EXPIRE.script().prepare_invoke();
+    invocation
+        .key(&lock.key)
+        .arg(&lock.token[..])
+        .arg(millis_at_least_one(ttl));
+    let extended: u64 = raw.invoke(&invocation, Resend::Safe).await?;
+    Ok(extended > 0)
+}
+
+pub(super) async fn lock_release<R: Raw>(raw: &R, lock: &LockToken) -> Result<bool, Error> {
+    let mut invocation = scripts::COMPARE_AND_DELETE.script().prepare_invoke();
+    invocation.key(&lock.key).arg(&lock.token[..]);
+    let removed: u64 = raw.invoke(&invocation, Resend::Safe).await?;
+    Ok(removed > 0)
+}
+
+pub(super) async fn bump_tag<R: Raw>(
+    raw: &R,
+    key: &str,
+    field: TagField,
+    ttl: Duration,
+) -> Result<TagTimes, Error> {
+    let mut invocation = scripts::BUMP_TAG.script().prepare_invoke();
+    invocation
+        .key(key)
+        .arg(match field {
+            TagField::Hard => "hard",
+            TagField::Soft => "soft",
+        })
+        .arg(millis_at_least_one(ttl));
+    // Resending after a dropped connection only moves the time forward: safe.
+    let (hard_ms, soft_ms): (u64, u64) = raw.invoke(&invocation, Resend::Safe).await?;
+    Ok(TagTimes { hard_ms, soft_ms })
+}
+
+pub(super) async fn tag_times<R: Raw>(raw: &R, keys: &[String]) -> Result<Vec<TagTimes>, Error> {
+    let values = raw.get_many(keys).await?;
+    Ok(values
+        .iter()
+        .map(|value| {
+            value
+                .as_deref()
+                .and_then(TagTimes::parse)
+                .unwrap_or_default()
+        })
+        .collect())
+}
+
+pub(super) async fn bump_namespace<R: Raw>(raw: &R, key: &str) -> Result<NamespaceBump, Error> {
+    let mut invocation = scripts::BUMP_NAMESPACE.script().prepare_invoke();
+    invocation.key(key);
+    let (version, bumped_ms): (u64, u64) = raw.invoke(&invocation, Resend::Never).await?;
+    Ok(NamespaceBump { version, bumped_ms })
+}
+
+pub(super) async fn namespace_version<R: Raw>(raw: &R, key: &str) -> Result<u64, Error> {
+    Ok(parse_version(get(raw, key).await?.as_deref()))
+}
+
+/// A stored namespace version (absent or unreadable: 0).
+pub(super) fn parse_version(bytes: Option<&[u8]>) -> u64 {
+    bytes
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+pub(super) async fn server_time<R: Raw>(raw: &R) -> Result<Duration, Error> {
+    let (secs, micros): (u64, u64) = raw.query(&redis::cmd("TIME"), Resend::Safe).await?;
+    Ok(Duration::from_secs(secs) + Duration::from_micros(micros))
+}
+
+pub(super) async fn publish<R: Raw>(raw: &R, channel: &str, message: &[u8]) -> Result<(), Error> {
+    let mut cmd = redis::cmd("PUBLISH");
+    cmd.arg(channel).arg(message);
+    let _receivers: i64 = raw.query(&cmd, Resend::Safe).await?;
+    Ok(())
+}
+
+pub(super) async fn subscribe<R: Raw>(raw: &R, channel: &str) -> Result<Subscription, Error> {
+    let client = raw.pubsub_client()?;
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    Ok(Subscription::redis(pubsub))
+}
+
+pub(super) async fn counters_push<R: Raw>(
+    raw: &R,
+    keys: &CounterKeys,
+    token: &str,
+    seq: u64,
+    writer_ttl: Duration,
+    entries: &[(String, i64)],
+) -> Result<PushOutcome, Error> {
+    let writer = keys.writer(token);
+    let mut invocation = scripts::COUNTERS_PUSH.script().prepare_invoke();
+    invocation
+        .key(keys.live())
+        .key(&writer)
+        .arg(seq)
+        .arg(millis_at_least_one(writer_ttl));
+    for (id, delta) in entries {
+        invocation.arg(id).arg(*delta);
+    }
+    // Resending is safe: the sequence number makes the push idempotent.
+    let (applied, rejected): (i64, Vec<String>) = raw.invoke(&invocation, Resend::Safe).await?;
+    Ok(PushOutcome {
+        applied: applied != 0,
+        rejected,
+    })
+}
+
+pub(super) async fn counters_seal<R: Raw>(
+    raw: &R,
+    keys: &CounterKeys,
+    id: &str,
+    token: &str,
+    lease: Duration,
+) -> Result<bool, Error> {
+    let mut invocation = scripts::COUNTERS_SEAL.script().prepare_invoke();
+    invocation
+        .key(keys.live())
+        .key(keys.index())
+        .key(keys.leases())
+        .key(keys.batch(id))
+        .arg(id)
+        .arg(token)
+        .arg(millis_at_least_one(lease));
+    // Not resent: a resend after it landed would fail on the batch-id check (and the next cycle
+    // claims the batch this one sealed anyway).
+    let sealed: i64 = raw.invoke(&invocation, Resend::Never).await?;
+    Ok(sealed == 1)
+}
+
+pub(super) async fn counters_claim<R: Raw>(
+    raw: &R,
+    keys: &CounterKeys,
+    token: &str,
+    lease: Duration,
+) -> Result<Option<String>, Error> {
+    let mut invocation = scripts::COUNTERS_CLAIM.script().prepare_invoke();
+    invocation
+        .key(keys.index())
+        .key(keys.leases())
+        .arg(token)
+        .arg(millis_at_least_one(lease));
+    raw.invoke(&invocation, Resend::Never).await
+}
+
+pub(super) async fn counters_renew<R: Raw>(
+    raw: &R,
+    keys: &CounterKeys,
+    id: &str,
+    token: &str,
+    lease: Duration,
+) -> Result<bool, Error> {
+    let mut invocation = scripts::COUNTERS_RENEW.script().prepare_invoke();
+    invocation
+        .key(keys.leases())
+        .arg(id)
+        .arg(token)
+        .arg(millis_at_least_one(lease));
+    let held: i64 = raw.invoke(&invocation, Resend::Safe).await?;
+    Ok(held == 1)
+}
+
+pub(super) async fn counters_release<R: Raw>(
+    raw: &R,
+    keys: &CounterKeys,
+    id: &str,
+    token: &str,
+) -> Result<(), Error> {
+    let mut invocation = scripts::COUNTERS_RELEASE.script().prepare_invoke();
+    invocation.key(keys.leases()).arg(id).arg(token);
+    let _: i64 = raw.invoke(&invocation, Resend::Safe).await?;
+    Ok(())
+}
+
+pub(super) async fn counters_complete<R: Raw>(
+    raw: &R,
+    keys: &CounterKeys,
+    id: &str,
+) -> Result<(), Error> {
+    let mut invocation = scripts::COUNTERS_COMPLETE.script().prepare_invoke();
+    invocation
+        .key(keys.batch(id))
+        .key(keys.index())
+        .key(keys.leases())
+        .arg(id);
+    let _: i64 = raw.invoke(&invocation, Resend::Safe).await?;
+    Ok(())
+}
+
+/// Reads a sealed batch with `HSCAN` pages (no single long command for big batches).
+pub(super) async fn counters_read<R: Raw>(
+    raw: &R,
+    keys: &CounterKeys,
+    id: &str,
+) -> Result<Vec<(String, i64)>, Error> {
+    let key = keys.batch(id);
+    let mut found = HashMap::new();
+    let mut cursor = "0".to_owned();
+    loop {
+        let mut cmd = redis::cmd("HSCAN");
+        cmd.arg(&key).arg(&cursor).arg("COUNT").arg(1000);
+        let (next, page): (String, Vec<String>) = raw.query(&cmd, Resend::Safe).await?;
+        collect_pairs(page, &mut found, &key)?;
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    Ok(found.into_iter().collect())
+}
+
+/// Parses one page of an `HSCAN` reply's field/value list into `out` (a map: HSCAN may return a
+/// field twice while the hash is being rehashed).
+fn collect_pairs(
+    flat: Vec<String>,
+    out: &mut HashMap<String, i64>,
+    key: &str,
+) -> Result<(), Error> {
+    let mut items = flat.into_iter();
+    while let (Some(field), Some(value)) = (items.next(), items.next()) {
+        let value: i64 = value.parse().map_err(|_| {
+            Error::Redis(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "write-behind batch holds a non-integer value",
+                format!("{key} field {field:?} = {value:?}"),
+            )))
+        })?;
+        out.insert(field, value);
+    }
+    Ok(())
+}
+
+/// Implements [`Store`](super::Store) for a [`Raw`] store with the functions of this module.
+macro_rules! impl_store {
+    ($store:ty) => {
+        impl $crate::store::Store for $store {
+            fn is_shared(&self) -> bool {
+                true
+            }
+
+            async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+                commands::get(self, key).await
+            }
+
+            async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+                commands::Raw::get_many(self, keys).await
+            }
+
+            async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), Error> {
+                commands::set(self, key, value, ttl).await
+            }
+
+            async fn delete(&self, key: &str) -> Result<bool, Error> {
+                commands::delete(self, key).await
+            }
+
+            async fn set_if_absent(
+                &self,
+                key: &str,
+                value: Vec<u8>,
+                ttl: Duration,
+            ) -> Result<bool, Error> {
+                commands::set_if_absent(self, key, value, ttl).await
+            }
+
+            async fn lock_acquire(
+                &self,
+                lock: &$crate::store::LockToken,
+                ttl: Duration,
+            ) -> Result<bool, Error> {
+                commands::set_if_absent(self, &lock.key, lock.token.clone(), ttl).await
+            }
+
+            async fn lock_renew(
+                &self,
+                lock: &$crate::store::LockToken,
+                ttl: Duration,
+            ) -> Result<bool, Error> {
+                commands::lock_renew(self, lock, ttl).await
+            }
+
+            async fn lock_release(&self, lock: &$crate::store::LockToken) -> Result<bool, Error> {
+                commands::lock_release(self, lock).await
+            }
+
+            async fn bump_tag(
+                &self,
+                key: &str,
+                field: $crate::store::TagField,
+                ttl: Duration,
+            ) -> Result<$crate::store::TagTimes, Error> {
+                commands::bump_tag(self, key, field, ttl).await
+            }
+
+            async fn tag_times(
+                &self,
+                keys: &[String],
+            ) -> Result<Vec<$crate::store::TagTimes>, Error> {
+                commands::tag_times(self, keys).await
+            }
+
+            async fn bump_namespace(
+                &self,
+                key: &str,
+            ) -> Result<$crate::store::NamespaceBump, Error> {
+                commands::bump_namespace(self, key).await
+            }
+
+            async fn namespace_version(&self, key: &str) -> Result<u64, Error> {
+                commands::namespace_version(self, key).await
+            }
+
+            async fn server_time(&self) -> Result<Duration, Error> {
+                commands::server_time(self).await
+            }
+
+            async fn publish(&self, channel: &str, message: &[u8]) -> Result<(), Error> {
+                commands::publish(self, channel, message).await
+            }
+
+            async fn subscribe(&self, channel: &str) -> Result<$crate::store::Subscription, Error> {
+                commands::subscribe(self, channel).await
+            }
+
+            async fn counters_push(
+                &self,
+                keys: &$crate::store::CounterKeys,
+                token: &str,
+                seq: u64,
+                writer_ttl: Duration,
+                entries: &[(String, i64)],
+            ) -> Result<$crate::store::PushOutcome, Error> {
+                commands::counters_push(self, keys, token, seq, writer_ttl, entries).await
+            }
+
+            async fn counters_seal(
+                &self,
+                keys: &$crate::store::CounterKeys,
+                id: &str,
+                token: &str,
+                lease: Duration,
+            ) -> Result<bool, Error> {
+                commands::counters_seal(self, keys, id, token, lease).await
+            }
+
+            async fn counters_claim(
+                &self,
+                keys: &$crate::store::CounterKeys,
+                token: &str,
+                lease: Duration,
+            ) -> Result<Option<String>, Error> {
+                commands::counters_claim(self, keys, token, lease).await
+            }
+
+            async fn counters_renew(
+                &self,
+                keys: &$crate::store::CounterKeys,
+                id: &str,
+                token: &str,
+                lease: Duration,
+            ) -> Result<bool, Error> {
+                commands::counters_renew(self, keys, id, token, lease).await
+            }
+
+            async fn counters_release(
+                &self,
+                keys: &$crate::store::CounterKeys,
+                id: &str,
+                token: &str,
+            ) -> Result<(), Error> {
+                commands::counters_release(self, keys, id, token).await
+            }
+
+            async fn counters_complete(
+                &self,
+                keys: &$crate::store::CounterKeys,
+                id: &str,
+            ) -> Result<(), Error> {
+                commands::counters_complete(self, keys, id).await
+            }
+
+            async fn counters_read(
+                &self,
+                keys: &$crate::store::CounterKeys,
+                id: &str,
+            ) -> Result<Vec<(String, i64)>, Error> {
+                commands::counters_read(self, keys, id).await
+            }
+        }
+    };
+}
+pub(super) use impl_store;

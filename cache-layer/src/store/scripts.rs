@@ -1,0 +1,423 @@
+//! Every Lua script the crate runs on Redis, in one place, each with the contract it keeps and a
+//! unit test against a real Redis.
+//!
+//! Each script touches keys of one hash slot only (cluster-safe), is loaded once per connection
+//! (`EVALSHA`, redis-rs reloads it on `NOSCRIPT`) and is documented with its `KEYS`, `ARGV` and
+//! reply. Whether a script may be resent after a dropped connection is decided where it is called
+//! ([`super::commands`]).
+
+use std::sync::OnceLock;
+
+use bb8_redis::redis::Script;
+
+/// A Lua script compiled (hashed) on first use.
+pub(crate) struct Lua {
+    source: &'static str,
+    script: OnceLock<Script>,
+}
+
+impl Lua {
+    const fn new(source: &'static str) -> Self {
+        Lua {
+            source,
+            script: OnceLock::new(),
+        }
+    }
+
+    /// The script, ready for `prepare_invoke`.
+    pub(crate) fn script(&self) -> &Script {
+        self.script.get_or_init(|| Script::new(self.source))
+    }
+}
+
+/// Sets the local `now` to the Redis server time in milliseconds (prefix of scripts that need it:
+/// lease and tag clocks are Redis's, so hosts with skewed clocks agree).
+macro_rules! redis_now_ms {
+    () => {
+        "local t = redis.call('TIME')\n\
+         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    };
+}
+
+/// `DEL KEYS[1]` if it holds `ARGV[1]`: releases a lock only for its owner. Returns 1 if deleted.
+pub(crate) static COMPARE_AND_DELETE: Lua = Lua::new(
+    r#"
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+    return redis.call("DEL", KEYS[1])
+end
+return 0
+"#,
+);
+
+/// `PEXPIRE KEYS[1] ARGV[2]` if it holds `ARGV[1]`: extends a lock only for its owner. Returns 1
+/// if extended.
+pub(crate) static COMPARE_AND_EXPIRE: Lua = Lua::new(
+    r#"
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+    return redis.call("PEXPIRE", KEYS[1], ARGV[2])
+end
+return 0
+"#,
+);
+
+/// One-key script: raises a tag's hard (`ARGV[1] == "hard"`) or soft time to
+/// `max(previous + 1, Redis TIME)`, stores `"<hard>:<soft>"` with `PX ARGV[2]`, returns both.
+/// Re-running it only moves a time forward (safe to resend).
+pub(crate) static BUMP_TAG: Lua = Lua::new(concat!(
+    redis_now_ms!(),
+    r#"
+local hard, soft = 0, 0
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local h, s = string.match(cur, '^(%d+):(%d+)$')
+  if h then hard = tonumber(h); soft = tonumber(s) end
+end
+if ARGV[1] == 'soft' then soft = math.max(soft + 1, now) else hard = math.max(hard + 1, now) end
+redis.call('SET', KEYS[1], string.format('%.0f:%.0f', hard, soft), 'PX', ARGV[2])
+return {hard, soft}
+"#
+));
+
+/// One-key script: `INCR` the namespace version and return it with the Redis time in ms. Not
+/// idempotent (never resent).
+pub(crate) static BUMP_NAMESPACE: Lua = Lua::new(concat!(
+    redis_now_ms!(),
+    r#"
+local v = redis.call('INCR', KEYS[1])
+return {v, now}
+"#
+));
+
+/// Applies one push of a writer exactly once. KEYS: live hash, writer key. ARGV: sequence number,
+/// writer-key TTL (ms), then field/delta pairs. Returns `{applied (0|1), {fields that failed}}`.
+///
+/// A push whose sequence number the writer key already holds (or exceeds) is a retry of one that
+/// landed (its reply was lost): it is acknowledged without being applied again. The check, the
+/// increments and the new sequence number are one script, so they land (and reach the AOF)
+/// together or not at all. HINCRBY runs under `pcall` so one field that would overflow cannot
+/// abort the script halfway (scripts are not rolled back).
+pub(crate) static COUNTERS_PUSH: Lua = Lua::new(
+    r#"
+local seq = tonumber(ARGV[1])
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+if seq <= last then return {0, {}} end
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'hash' and kind ~= 'none' then
+  return redis.error_reply('WRONGTYPE write-behind counters key holds a ' .. kind)
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+local failed = {}
+for i = 3, #ARGV, 2 do
+  local r = redis.pcall('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+  if type(r) == 'table' and r.err then failed[#failed + 1] = ARGV[i] end
+end
+return {1, failed}
+"#,
+);
+
+/// Seals the live hash into a batch leased by the caller. KEYS: live, index, leases, batch key.
+/// ARGV: batch id, owner token, lease (ms). Returns 1 when sealed, 0 when there was nothing.
+pub(crate) static COUNTERS_SEAL: Lua = Lua::new(concat!(
+    redis_now_ms!(),
+    r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  return redis.error_reply('ERR write-behind batch id collision')
+end
+redis.call('RENAME', KEYS[1], KEYS[4])
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], string.format('%d:%s', now + tonumber(ARGV[3]), ARGV[2]))
+return 1
+"#
+));
+
+/// Claims the oldest sealed batch that nobody holds (no lease, an expired one, or one held by the
+/// caller's own token: a flush of this process that was interrupted). KEYS: index, leases.
+/// ARGV: owner token, lease (ms). Returns the batch id or nil.
+pub(crate) static COUNTERS_CLAIM: Lua = Lua::new(concat!(
+    redis_now_ms!(),
+    r#"
+local ids = redis.call('ZRANGE', KEYS[1], 0, 99)
+for _, id in ipairs(ids) do
+  local lease = redis.call('HGET', KEYS[2], id)
+  local free = true
+  if lease then
+    local sep = string.find(lease, ':', 1, true)
+    local expiry = tonumber(string.sub(lease, 1, sep - 1)) or 0
+    free = expiry <= now or string.sub(lease, sep + 1) == ARGV[1]
+  end
+  if free then
+    redis.call('HSET', KEYS[2], id, string.format('%d:%s', now + tonumber(ARGV[2]), ARGV[1]))
+    return id
+  end
+end
+return false
+"#
+));
+
+/// Extends the caller's lease. KEYS: leases. ARGV: batch id, token, lease (ms). 1 if still held.
+pub(crate) static COUNTERS_RENEW: Lua = Lua::new(concat!(
+    redis_now_ms!(),
+    r#"
+local lease = redis.call('HGET', KEYS[1], ARGV[1])
+if not lease then return 0 end
+local sep = string.find(lease, ':', 1, true)
+if string.sub(lease, sep + 1) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d:%s', now + tonumber(ARGV[3]), ARGV[2]))
+return 1
+"#
+));
+
+/// Gives a batch back (its sink failed) so any flusher may retry it. KEYS: leases.
+/// ARGV: batch id, token. Returns 1 if the caller held it.
+pub(crate) static COUNTERS_RELEASE: Lua = Lua::new(
+    r#"
+local lease = redis.call('HGET', KEYS[1], ARGV[1])
+if lease and string.sub(lease, string.find(lease, ':', 1, true) + 1) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"#,
+);
+
+/// Deletes a delivered batch. KEYS: batch key, index, leases. ARGV: batch id. Unconditional: a
+/// batch is immutable once sealed, so once any flusher delivered it nothing is lost by deleting it.
+pub(crate) static COUNTERS_COMPLETE: Lua = Lua::new(
+    r#"
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 1
+"#,
+);
+
+#[cfg(test)]
+mod tests {
+    //! Each script against a real Redis: `$REDIS_URL` or the shared `127.0.0.1:6379`, under a key
+    //! prefix unique to the test. Without a reachable Redis the tests are skipped with a message,
+    //! except under `CI=true`, where they fail.
+
+    use bb8_redis::redis::{self, aio::MultiplexedConnection, AsyncCommands};
+
+    use super::*;
+
+    async fn redis() -> Option<(MultiplexedConnection, String)> {
+        let url =
+            std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let connected = async {
+            let client = redis::Client::open(url.as_str())?;
+            client.get_multiplexed_async_connection().await
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(2), connected).await {
+            Ok(Ok(conn)) => {
+                let prefix = format!("scripts-test:{:016x}", rand::random::<u64>());
+                Some((conn, prefix))
+            }
+            _ if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("no Redis at {url}: the script tests need one under CI")
+            }
+            _ => {
+                eprintln!("skipping: no Redis at {url} (set REDIS_URL or start redis-server)");
+                None
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn compare_and_delete_removes_only_the_owners_lock() {
+        let Some((mut conn, p)) = redis().await else {
+            return;
+        };
+        let key = format!("{p}:lock");
+        let _: () = conn.set(&key, "mine").await.unwrap();
+        let run = |token: &'static str| {
+            let mut invocation = COMPARE_AND_DELETE.script().prepare_invoke();
+            invocation.key(&key).arg(token);
+            invocation
+        };
+        let removed: i64 = run("theirs").invoke_async(&mut conn).await.unwrap();
+        assert_eq!(removed, 0);
+        let removed: i64 = run("mine").invoke_async(&mut conn).await.unwrap();
+        assert_eq!(removed, 1);
+        assert!(!conn.exists::<_, bool>(&key).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn compare_and_expire_extends_only_the_owners_lock() {
+        let Some((mut conn, p)) = redis().await else {
+            return;
+        };
+        let key = format!("{p}:lock");
+        let _: () = conn.set_ex(&key, "mine", 10).await.unwrap();
+        let run = |token: &'static str| {
+            let mut invocation = COMPARE_AND_EXPIRE.script().prepare_invoke();
+            invocation.key(&key).arg(token).arg(60_000);
+            invocation
+        };
+        let extended: i64 = run("theirs").invoke_async(&mut conn).await.unwrap();
+        assert_eq!(extended, 0);
+        assert!(conn.pttl::<_, i64>(&key).await.unwrap() <= 10_000);
+        let extended: i64 = run("mine").invoke_async(&mut conn).await.unwrap();
+        assert_eq!(extended, 1);
+        assert!(conn.pttl::<_, i64>(&key).await.unwrap() > 10_000);
+        let _: () = conn.del(&key).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bump_tag_raises_one_time_monotonically_with_the_tag_ttl() {
+        let Some((mut conn, p)) = redis().await else {
+            return;
+        };
+        let key = format!("{p}:tag");
+        let bump = |field: &'static str| {
+            let mut invocation = BUMP_TAG.script().prepare_invoke();
+            invocation.key(&key).arg(field).arg(60_000);
+            invocation
+        };
+        let (hard, soft): (u64, u64) = bump("hard").invoke_async(&mut conn).await.unwrap();
+        assert!(hard > 1_600_000_000_000, "Redis time in ms: {hard}");
+        assert_eq!(soft, 0);
+        let (hard2, soft2): (u64, u64) = bump("hard").invoke_async(&mut conn).await.unwrap();
+        assert!(
+            hard2 > hard,
+            "two bumps in one millisecond still move forward"
+        );
+        assert_eq!(soft2, 0);
+        let (hard3, soft3): (u64, u64) = bump("soft").invoke_async(&mut conn).await.unwrap();
+        assert_eq!(hard3, hard2);
+        assert!(soft3 >= hard);
+        let stored: String = conn.get(&key).await.unwrap();
+        assert_eq!(stored, format!("{hard3}:{soft3}"));
+        assert!(conn.pttl::<_, i64>(&key).await.unwrap() > 0);
+        let _: () = conn.del(&key).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bump_namespace_increments_and_returns_the_redis_time() {
+        let Some((mut conn, p)) = redis().await else {
+            return;
+        };
+        let key = format!("{p}:version");
+        let script = BUMP_NAMESPACE.script();
+        let (v1, at1): (u64, u64) = script.key(&key).invoke_async(&mut conn).await.unwrap();
+        let (v2, at2): (u64, u64) = script.key(&key).invoke_async(&mut conn).await.unwrap();
+        assert_eq!((v1, v2), (1, 2));
+        assert!(at1 > 1_600_000_000_000 && at2 >= at1);
+        let _: () = conn.del(&key).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn counters_push_applies_each_sequence_number_once() {
+        let Some((mut conn, p)) = redis().await else {
+            return;
+        };
+        let (live, writer) = (format!("{p}:{{c}}"), format!("{p}:{{c}}:writer:w"));
+        let push = |seq: u64, field: &'static str, delta: i64| {
+            let mut invocation = COUNTERS_PUSH.script().prepare_invoke();
+            invocation
+                .key(&live)
+                .key(&writer)
+                .arg(seq)
+                .arg(60_000)
+                .arg(field)
+                .arg(delta);
+            invocation
+        };
+        let (applied, failed): (i64, Vec<String>) =
+            push(1, "a", 2).invoke_async(&mut conn).await.unwrap();
+        assert_eq!((applied, failed.len()), (1, 0));
+        let (applied, _): (i64, Vec<String>) =
+            push(1, "a", 2).invoke_async(&mut conn).await.unwrap();
+        assert_eq!(applied, 0, "a resent push is not applied twice");
+        let _: () = conn.hset(&live, "big", i64::MAX).await.unwrap();
+        let (applied, failed): (i64, Vec<String>) =
+            push(2, "big", 1).invoke_async(&mut conn).await.unwrap();
+        assert_eq!((applied, failed), (1, vec!["big".to_owned()]));
+        assert_eq!(conn.hget::<_, _, i64>(&live, "a").await.unwrap(), 2);
+        let _: () = conn.del(&[&live, &writer]).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn counters_batches_are_sealed_claimed_renewed_released_and_completed() {
+        let Some((mut conn, p)) = redis().await else {
+            return;
+        };
+        let live = format!("{p}:{{c}}");
+        let (index, leases, batch) = (
+            format!("{live}:batches"),
+            format!("{live}:leases"),
+            format!("{live}:batch:b1"),
+        );
+        let seal = || {
+            let mut invocation = COUNTERS_SEAL.script().prepare_invoke();
+            invocation
+                .key(&live)
+                .key(&index)
+                .key(&leases)
+                .key(&batch)
+                .arg("b1")
+                .arg("me")
+                .arg(60_000);
+            invocation
+        };
+        let sealed: i64 = seal().invoke_async(&mut conn).await.unwrap();
+        assert_eq!(sealed, 0, "nothing to seal");
+        let _: () = conn.hset(&live, "a", 5).await.unwrap();
+        let sealed: i64 = seal().invoke_async(&mut conn).await.unwrap();
+        assert_eq!(sealed, 1);
+        assert_eq!(conn.hget::<_, _, i64>(&batch, "a").await.unwrap(), 5);
+
+        let claim = |token: &'static str| {
+            let mut invocation = COUNTERS_CLAIM.script().prepare_invoke();
+            invocation.key(&index).key(&leases).arg(token).arg(60_000);
+            invocation
+        };
+        let claimed: Option<String> = claim("other").invoke_async(&mut conn).await.unwrap();
+        assert_eq!(claimed, None, "leased to me");
+        let claimed: Option<String> = claim("me").invoke_async(&mut conn).await.unwrap();
+        assert_eq!(claimed.as_deref(), Some("b1"), "own lease reclaimed");
+
+        let renew = |token: &'static str| {
+            let mut invocation = COUNTERS_RENEW.script().prepare_invoke();
+            invocation.key(&leases).arg("b1").arg(token).arg(60_000);
+            invocation
+        };
+        assert_eq!(
+            renew("other").invoke_async::<i64>(&mut conn).await.unwrap(),
+            0
+        );
+        assert_eq!(renew("me").invoke_async::<i64>(&mut conn).await.unwrap(), 1);
+
+        let release = |token: &'static str| {
+            let mut invocation = COUNTERS_RELEASE.script().prepare_invoke();
+            invocation.key(&leases).arg("b1").arg(token);
+            invocation
+        };
+        assert_eq!(
+            release("other")
+                .invoke_async::<i64>(&mut conn)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            release("me").invoke_async::<i64>(&mut conn).await.unwrap(),
+            1
+        );
+        let claimed: Option<String> = claim("other").invoke_async(&mut conn).await.unwrap();
+        assert_eq!(
+            claimed.as_deref(),
+            Some("b1"),
+            "released: anyone may claim it"
+        );
+
+        let mut complete = COUNTERS_COMPLETE.script().prepare_invoke();
+        complete.key(&batch).key(&index).key(&leases).arg("b1");
+        assert_eq!(complete.invoke_async::<i64>(&mut conn).await.unwrap(), 1);
+        assert!(!conn.exists::<_, bool>(&batch).await.unwrap());
+        let claimed: Option<String> = claim("me").invoke_async(&mut conn).await.unwrap();
+        assert_eq!(claimed, None, "completed batches are gone");
+        let _: () = conn.del(&[&live, &index, &leases]).await.unwrap();
+    }
+}
