@@ -644,6 +644,44 @@ async fn shared_layers_store_non_200_and_heuristic_responses_as_the_rfc_allows()
     assert_eq!(origin.calls("/plain"), 1);
 }
 
+#[tokio::test]
+async fn the_l1_tier_is_bounded_by_bytes_for_http_entries() {
+    let cache = Cache::builder()
+        .redis(shared_redis_url())
+        .namespace(unique_prefix("rfc_l1_bytes"))
+        .local(10_000)
+        .local_max_bytes(1024 * 1024)
+        .build()
+        .unwrap();
+    let (addr, origin) = app(CacheLayer::new(cache.clone())).await;
+    let big = "x".repeat(256 * 1024);
+    for i in 0..8 {
+        origin.script(
+            &format!("/big/{i}"),
+            vec![canned(200, &[("cache-control", "max-age=60")], &big)],
+        );
+    }
+    for i in 0..8 {
+        assert_eq!(get(addr, &format!("/big/{i}")).await.body.len(), big.len());
+    }
+    // 8 x 256 KiB cannot fit in 1 MiB: entries are pushed out by size (moka evicts during its
+    // maintenance, which reads and writes drive).
+    eventually("size evictions", || async {
+        get(addr, "/big/0").await;
+        cache.stats().l1_evictions >= 4
+    })
+    .await;
+    // Every response still comes back whole, from L1 or Redis, never from the origin.
+    for i in 0..8 {
+        let reply = get(addr, &format!("/big/{i}")).await;
+        assert!(reply.is_hit());
+        assert_eq!(reply.body.len(), big.len());
+    }
+    for i in 0..8 {
+        assert_eq!(origin.calls(&format!("/big/{i}")), 1);
+    }
+}
+
 // ---- poisoning ------------------------------------------------------------------------------
 
 #[tokio::test]

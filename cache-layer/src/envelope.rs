@@ -230,6 +230,17 @@ impl<'a> Envelope<'a> {
         })
     }
 
+    /// The payload's size once decompressed (from the size prefix; nothing is decompressed):
+    /// what a decoded value is weighed by in L1.
+    pub(crate) fn payload_len(&self) -> usize {
+        match (self.compressed, self.payload.get(..4)) {
+            (true, Some(prefix)) => {
+                u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize
+            }
+            _ => self.payload.len(),
+        }
+    }
+
     /// The (decompressed) payload bytes.
     pub(crate) fn payload(&self) -> Result<Cow<'a, [u8]>, DecodeError> {
         if !self.compressed {

@@ -323,6 +323,7 @@ impl Cache {
         timing: Timing,
         tags: impl IntoIterator<Item = impl AsRef<str>>,
         ttl: Duration,
+        serialized_len: usize,
     ) {
         let inner = &self.inner;
         let (Some(l1), Some((user_key, ticket))) = (&inner.l1, &key.l1) else {
@@ -332,13 +333,16 @@ impl Cache {
             return;
         }
         let now = Instant::now();
+        let tags: Arc<[String]> = tags.into_iter().map(|t| t.as_ref().to_owned()).collect();
+        let tag_bytes: usize = tags.iter().map(String::len).sum();
         let entry = L1Entry {
             value: Arc::new(value.clone()),
             timing,
-            tags: tags.into_iter().map(|t| t.as_ref().to_owned()).collect(),
             expires_at: now + inner.bus.l1_ttl(ttl),
             inserted: now,
             version: key.version,
+            bytes: serialized_len.saturating_add(tag_bytes) as u64,
+            tags,
         };
         l1.insert(user_key, entry);
     }

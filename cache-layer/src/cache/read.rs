@@ -409,7 +409,14 @@ impl Cache {
                             match envelope.decode::<T>() {
                                 Ok(value) => {
                                     let ttl = Duration::from_millis(timing.stale_until_ms - now);
-                                    self.l1_insert(&full_key, &value, timing, envelope.tags(), ttl);
+                                    self.l1_insert(
+                                        &full_key,
+                                        &value,
+                                        timing,
+                                        envelope.tags(),
+                                        ttl,
+                                        envelope.payload_len(),
+                                    );
                                     if timing.fresh_until_ms > now {
                                         inner.metrics.hit(policy.door);
                                         self.observe_hit(policy, key);
@@ -479,7 +486,14 @@ impl Cache {
         match envelope.decode::<T>() {
             Ok(value) => {
                 let ttl = Duration::from_millis(timing.stale_until_ms.saturating_sub(now).max(1));
-                self.l1_insert(&full_key, &value, timing, envelope.tags(), ttl);
+                self.l1_insert(
+                    &full_key,
+                    &value,
+                    timing,
+                    envelope.tags(),
+                    ttl,
+                    envelope.payload_len(),
+                );
                 Ok(Some(value))
             }
             Err(why) => {

@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::{Cache, Inner};
 use crate::{
     bus::{Listener, Message},
-    envelope::Timing,
+    envelope::{Envelope, Timing},
     store::{NamespaceBump, Store, TagField},
     tags::{TagTimes, Validity},
     util::{self, now_ms},
@@ -82,7 +82,8 @@ impl Cache {
             // A tag key must outlive every entry that carries the tag (see `tags`).
             ttl = ttl.min(inner.tag_ttl);
         }
-        self.l1_insert(&full_key, value, timing, tags, ttl);
+        let serialized_len = Envelope::parse(&bytes).map_or(bytes.len(), |e| e.payload_len());
+        self.l1_insert(&full_key, value, timing, tags, ttl, serialized_len);
         self.store_op(inner.store.set(&full_key, bytes, ttl)).await
     }
 
