@@ -100,11 +100,13 @@ async fn metrics_endpoint_reports_cache_activity() {
         ],
     );
     assert_eq!((hits, misses, loads), (4.0, 2.0, 2.0), "{metrics}");
-    // + 2 bookkeeping reads, each once per process and then kept current by the invalidation
-    // bus: the namespace version (first use) and the time of tag `product:7` (its first hit).
+    // 6 entry reads (the tag records ride along with the misses' GETs) + 2 conditional fills,
+    // + bookkeeping, once per namespace or tag and then kept current by the invalidation bus:
+    // the namespace epoch (read and created, then announced: 2 operations) and the records of
+    // the new tags `product:7` and `product:8` (created: 1 each).
     assert_eq!(
-        redis_ok, 10.0,
-        "6 GETs + 2 SETs + 2 bookkeeping GETs: {metrics}"
+        redis_ok, 12.0,
+        "6 GETs + 2 fills + 4 bookkeeping operations: {metrics}"
     );
     assert!(
         metrics.contains("cache_load_seconds"),

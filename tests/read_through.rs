@@ -450,7 +450,7 @@ async fn corrupt_truncated_foreign_and_mistyped_entries_are_misses() {
         .unwrap();
 
     let mut flipped = genuine.clone();
-    flipped[34] = 0xc1; // first payload byte (no tags): 0xc1 is never valid MessagePack
+    flipped[42] = 0xc1; // first payload byte (no tags): 0xc1 is never valid MessagePack
     let mut future_version = genuine.clone();
     future_version[2] = 200;
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -510,7 +510,7 @@ async fn corrupt_truncated_foreign_and_mistyped_entries_are_misses() {
 }
 
 #[tokio::test]
-async fn one_hit_is_one_get_and_one_fill_is_one_set_px() {
+async fn one_hit_is_one_get_and_one_fill_is_one_conditional_set_px() {
     let server = RedisServer::start();
     let cache = Cache::builder()
         .redis(server.url())
@@ -519,20 +519,29 @@ async fn one_hit_is_one_get_and_one_fill_is_one_set_px() {
         .unwrap();
     let tagged = Policy::ttl(Duration::from_secs(60)).tags(["product:1", "catalog"]);
     let plain = Policy::ttl(Duration::from_secs(60));
-    // Warm the pool so connection setup commands are not counted.
+    // Warm the pool so connection setup commands are not counted, and create the tags' records
+    // (the first miss carrying a new tag creates its record, once).
     let _ = cache.get::<u8>("warmup").await.unwrap();
+    let _: Product = cache
+        .get_or_fetch("p:0", &tagged, || async { product(0) })
+        .await;
     server.reset_stats();
 
     let v: Product = cache
         .get_or_fetch("p:1", &tagged, || async { product(1) })
         .await;
     assert_eq!(v, product(1));
-    assert_eq!(server.command_calls("get"), 1, "a miss is one GET");
-    assert_eq!(server.command_calls("set"), 1, "a fill is one SET");
+    // Two round trips: the GET, and the conditional fill (a one-key script whose own GET and
+    // SET PX Redis counts too).
+    assert_eq!(server.command_calls("evalsha"), 1, "a fill is one script");
     assert_eq!(
         server.cache_command_calls(),
-        vec![("get".to_string(), 1), ("set".to_string(), 1)],
-        "nothing else"
+        vec![
+            ("evalsha".to_string(), 1),
+            ("get".to_string(), 2),
+            ("set".to_string(), 1)
+        ],
+        "a miss is one GET and one fill, nothing else"
     );
 
     server.reset_stats();

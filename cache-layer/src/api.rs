@@ -211,11 +211,14 @@ impl Cache {
     }
 
     /// Stores `value` under `key` with `policy` (write-through after a database write), and tells
-    /// the other instances to drop their L1 copies. Loads of `key` in flight are detached.
+    /// the other instances to drop their L1 copies. Loads of `key` in flight are detached, and a
+    /// load that started before this call cannot overwrite the value afterwards.
     ///
-    /// When the write fails the key is deleted (best effort) and the error returned, so readers
-    /// fall back to the source instead of a value that may be out of date. While the breaker is
-    /// open this is a no-op (only this process's L1 is updated).
+    /// A write Redis did not take is never silently dropped: the key is removed from L1, this
+    /// process stops trusting what Redis holds for it, and its deletion is recorded and replayed
+    /// in the background until Redis takes it (readers fall back to the source instead of the
+    /// value from before the write; [`Stats::pending_invalidations`](crate::Stats) counts it).
+    /// While the breaker is open that is all (`Ok`); any other failure is also returned.
     ///
     /// ```
     /// use std::time::Duration;
@@ -239,11 +242,13 @@ impl Cache {
 
     /// Removes `key`; `Ok(true)` when an entry was removed. Loads of `key` already in flight are
     /// detached (their results are not stored and later callers start a new load), here and, via
-    /// the bus, in the other instances, which also drop their L1 copies.
+    /// the bus, in the other instances, which also drop their L1 copies. A load anywhere that
+    /// started before this call cannot put the old value back: the key holds a tombstone for
+    /// 60 s and fills are conditional on what their load saw (loads that run longer than that are
+    /// not stored).
     ///
-    /// A load in *another* process that finishes before the bus message reaches it can still
-    /// store its (older) value; tags close that window (see
-    /// [`invalidate_tag`](Cache::invalidate_tag)).
+    /// A delete Redis did not take is recorded and replayed in the background (and honoured by
+    /// this process meanwhile); errors other than an open breaker are also returned.
     ///
     /// ```
     /// use std::time::Duration;
@@ -422,7 +427,26 @@ impl Cache {
         if let Some(hot_keys) = &inner.hot_keys {
             stats.hot_keys = hot_keys.top();
         }
+        stats.pending_invalidations = self.pending_count() as u64;
         stats
+    }
+
+    /// Drains pending work before the process exits: replays every invalidation, delete and
+    /// write Redis has not taken yet (see [`Stats::pending_invalidations`]), retrying for up to
+    /// `within`. `Ok` when nothing is left; otherwise [`Error::Timeout`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_layer::Error> {
+    /// let cache = cache_layer::Cache::in_memory();
+    /// cache.invalidate_tag("catalog").await?;
+    /// cache.shutdown(Duration::from_secs(5)).await?;
+    /// assert_eq!(cache.stats().pending_invalidations, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn shutdown(&self, within: std::time::Duration) -> Result<(), Error> {
+        self.drain(within).await
     }
 
     /// Whether the invalidation bus is subscribed right now (always `false` with the in-memory

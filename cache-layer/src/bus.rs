@@ -53,8 +53,10 @@ pub(crate) struct Message {
 
 /// How often the subscriber re-measures the Redis clock.
 const CLOCK_RESYNC: Duration = Duration::from_secs(60);
-/// How often the subscriber pings its connection (detects a silently dead link).
-const PING_EVERY: Duration = Duration::from_secs(15);
+/// How often the subscriber pings its connection, and how long it waits for the answer: a
+/// silently dead link (the socket open, nothing arriving) is noticed within about two seconds.
+const PING_EVERY: Duration = Duration::from_secs(1);
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Counters that make L1 fills racing an eviction harmless: a reader takes a ticket for its key
@@ -284,8 +286,14 @@ impl Drop for RunningGuard {
 }
 
 fn mark_down(shared: &Shared) {
+    mark_down_since(shared, Instant::now());
+}
+
+/// Marks the bus down as of `since` (the last moment it was known to work: L1 copies and facts
+/// are trusted only the fallback TTL from then).
+fn mark_down_since(shared: &Shared, since: Instant) {
     if shared.up.swap(false, Ordering::AcqRel) {
-        *util::lock(&shared.down_since) = Instant::now();
+        *util::lock(&shared.down_since) = since;
     }
 }
 
@@ -379,10 +387,13 @@ impl Subscriber {
             tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
         let mut resync =
             tokio::time::interval_at(tokio::time::Instant::now() + CLOCK_RESYNC, CLOCK_RESYNC);
+        // The last moment the subscription was known to work (a message or a pong).
+        let mut alive_at = Instant::now();
         let ended = loop {
             tokio::select! {
                 message = subscription.next() => {
                     let Some(message) = message else { break Ended::Lost };
+                    alive_at = Instant::now();
                     let Some(listener) = self.listener() else { break Ended::Shutdown };
                     match serde_json::from_slice::<Message>(&message) {
                         Ok(message) => {
@@ -396,12 +407,15 @@ impl Subscriber {
                 }
                 _ = ping.tick() => {
                     let pong = tokio::time::timeout(
-                        self.connect_timeout,
+                        PING_TIMEOUT.min(self.connect_timeout.max(Duration::from_millis(100))),
                         subscription.ping(),
                     ).await;
                     if !matches!(pong, Ok(Ok(_))) {
+                        tracing::info!(channel = %self.channel, "bus: no answer to a ping; the subscription is dead");
+                        mark_down_since(&self.shared, alive_at);
                         break Ended::Lost;
                     }
+                    alive_at = Instant::now();
                 }
                 _ = resync.tick() => {
                     let Some(listener) = self.listener() else { break Ended::Shutdown };

@@ -3,13 +3,16 @@
 //! ```text
 //! offset size field
 //! 0      2    magic "CL"
-//! 2      1    format version (1)
-//! 3      1    flags: bits 0-1 codec (0 MessagePack, 1 JSON), bit 2 lz4-compressed payload
+//! 2      1    format version (2)
+//! 3      1    flags: bits 0-1 codec (0 MessagePack, 1 JSON), bit 2 lz4-compressed payload,
+//!             bit 7 tombstone (a deleted entry: no tags, no payload)
 //! 4      8    created_ms      (unix ms, big endian; the moment the load that produced it started)
 //! 12     8    fresh_until_ms
 //! 20     8    stale_until_ms  (hard expiry; Redis TTL points here)
 //! 28     4    delta_ms        (how long the load took, for early recomputation)
-//! 32     2    tag count, then per tag: u16 length + UTF-8 bytes
+//! 32     8    write id        (random per write: a fill replaces only the value its load saw)
+//! 40     2    tag count, then per tag: u16 length + UTF-8 bytes + u64 hard + u64 soft version
+//!             (the tag's versions when the load started)
 //! ..          payload (lz4 block with a u32 LE size prefix when compressed)
 //! ```
 //!
@@ -20,18 +23,25 @@ use std::borrow::Cow;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::Error;
+use crate::{tags::TagTimes, Error};
 
 const MAGIC: &[u8; 2] = b"CL";
-const FORMAT_VERSION: u8 = 1;
-const FIXED_HEADER_LEN: usize = 34;
+const FORMAT_VERSION: u8 = 2;
+/// Bytes up to and including the write id (what a tombstone consists of).
+const WRITE_ID_END: usize = 40;
+const FIXED_HEADER_LEN: usize = 42;
 const FLAG_CODEC_MASK: u8 = 0b0000_0011;
 const FLAG_LZ4: u8 = 0b0000_0100;
+const FLAG_TOMBSTONE: u8 = 0b1000_0000;
 /// Payloads larger than this are lz4-compressed.
 pub(crate) const COMPRESS_THRESHOLD: usize = 1024;
-/// Largest decompressed payload accepted (Redis' own value limit), so a corrupt size prefix cannot
-/// make us allocate gigabytes.
+/// Largest decompressed payload accepted (Redis' own value limit).
 const MAX_PAYLOAD: usize = 512 * 1024 * 1024;
+/// The most an lz4 block can expand: one literal-length/match token of the format covers at most
+/// 255 bytes per input byte (the format's limit is just under 255:1). A size prefix claiming more
+/// than this times the compressed length is corrupt (or a decompression bomb) and rejected before
+/// anything is allocated.
+const LZ4_MAX_RATIO: usize = 255;
 
 /// Payload serialization format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -89,6 +99,8 @@ pub(crate) enum DecodeError {
     Corrupt,
     /// The payload does not decode as the requested type.
     Payload,
+    /// A tombstone left by `delete` (a miss, not corruption).
+    Deleted,
 }
 
 impl std::fmt::Display for DecodeError {
@@ -98,6 +110,7 @@ impl std::fmt::Display for DecodeError {
             DecodeError::UnknownFormat => "entry written by an unknown format version or codec",
             DecodeError::Corrupt => "corrupt entry header or compressed payload",
             DecodeError::Payload => "payload does not decode as the requested type",
+            DecodeError::Deleted => "a tombstone left by delete",
         })
     }
 }
@@ -116,10 +129,66 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
     value: &T,
     codec: Codec,
     timing: Timing,
-    tags: &[String],
+    tags: &[(String, TagTimes)],
 ) -> Result<Vec<u8>, Error> {
     let payload = codec.encode(value)?;
     encode_payload(&payload, codec, timing, tags)
+}
+
+/// A tombstone: what `delete` leaves under an entry's key for a while, so a fill whose load
+/// started before the delete (and saw the old value, or nothing) is refused.
+pub(crate) fn tombstone() -> Vec<u8> {
+    let mut out = Vec::with_capacity(WRITE_ID_END);
+    out.extend_from_slice(MAGIC);
+    out.push(FORMAT_VERSION);
+    out.push(FLAG_TOMBSTONE);
+    out.extend_from_slice(&[0u8; 28]);
+    out.extend_from_slice(&rand::random::<u64>().to_be_bytes());
+    out
+}
+
+/// What a fill expects to find under its key when it writes: exactly what its load saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// Nothing.
+    Absent,
+    /// An entry or tombstone of this format with this write id.
+    Write([u8; 8]),
+    /// Bytes of another format (foreign, corrupt or older): a fill may replace them.
+    Foreign,
+}
+
+impl Seen {
+    /// What `bytes` (the value under an entry's key, if any) count as.
+    pub(crate) fn of(bytes: Option<&[u8]>) -> Seen {
+        match bytes {
+            None => Seen::Absent,
+            Some(b) if b.len() >= WRITE_ID_END && &b[..2] == MAGIC && b[2] == FORMAT_VERSION => {
+                let mut id = [0u8; 8];
+                id.copy_from_slice(&b[32..WRITE_ID_END]);
+                Seen::Write(id)
+            }
+            Some(_) => Seen::Foreign,
+        }
+    }
+
+    /// What a failed read of the key says it holds: a value of another Redis type
+    /// (`WRONGTYPE`) counts as foreign (a fill replaces it); `None` for any other failure.
+    pub(crate) fn of_failed_read(err: &Error) -> Option<Seen> {
+        match err {
+            Error::Redis(e) if e.code() == Some("WRONGTYPE") => Some(Seen::Foreign),
+            _ => None,
+        }
+    }
+
+    /// The argument of the conditional-fill script: empty (absent), the 8-byte write id, or `x`.
+    pub(crate) fn as_arg(&self) -> Vec<u8> {
+        match self {
+            Seen::Absent => Vec::new(),
+            Seen::Write(id) => id.to_vec(),
+            Seen::Foreign => b"x".to_vec(),
+        }
+    }
 }
 
 /// Wraps an already-encoded payload in an entry header.
@@ -127,10 +196,10 @@ pub(crate) fn encode_payload(
     payload: &[u8],
     codec: Codec,
     timing: Timing,
-    tags: &[String],
+    tags: &[(String, TagTimes)],
 ) -> Result<Vec<u8>, Error> {
-    let tags_len: usize = tags.iter().map(|t| 2 + t.len()).sum();
-    if tags.len() > u16::MAX as usize || tags.iter().any(|t| t.len() > u16::MAX as usize) {
+    let tags_len: usize = tags.iter().map(|(t, _)| 2 + t.len() + 16).sum();
+    if tags.len() > u16::MAX as usize || tags.iter().any(|(t, _)| t.len() > u16::MAX as usize) {
         return Err(Error::Encode(
             "too many tags or a tag longer than 65535 bytes".into(),
         ));
@@ -144,10 +213,13 @@ pub(crate) fn encode_payload(
     out.extend_from_slice(&timing.fresh_until_ms.to_be_bytes());
     out.extend_from_slice(&timing.stale_until_ms.to_be_bytes());
     out.extend_from_slice(&timing.delta_ms.to_be_bytes());
+    out.extend_from_slice(&rand::random::<u64>().to_be_bytes());
     out.extend_from_slice(&(tags.len() as u16).to_be_bytes());
-    for tag in tags {
+    for (tag, versions) in tags {
         out.extend_from_slice(&(tag.len() as u16).to_be_bytes());
         out.extend_from_slice(tag.as_bytes());
+        out.extend_from_slice(&versions.hard_ms.to_be_bytes());
+        out.extend_from_slice(&versions.soft_ms.to_be_bytes());
     }
     if compress {
         out.extend_from_slice(&lz4_flex::compress_prepend_size(payload));
@@ -155,6 +227,11 @@ pub(crate) fn encode_payload(
         out.extend_from_slice(payload);
     }
     Ok(out)
+}
+
+/// The decompressed payload size of an encoded entry (its length when it does not parse).
+pub(crate) fn payload_len(bytes: &[u8]) -> usize {
+    Envelope::parse(bytes).map_or(bytes.len(), |e| e.payload_len())
 }
 
 /// A parsed entry borrowing the stored bytes. Parsing checks the header only; the payload is
@@ -172,6 +249,13 @@ pub(crate) struct Envelope<'a> {
 impl<'a> Envelope<'a> {
     /// Parses the header of a stored entry.
     pub(crate) fn parse(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        if bytes.len() >= WRITE_ID_END
+            && &bytes[..2] == MAGIC
+            && bytes[2] == FORMAT_VERSION
+            && bytes[3] == FLAG_TOMBSTONE
+        {
+            return Err(DecodeError::Deleted);
+        }
         if bytes.len() < FIXED_HEADER_LEN || &bytes[..2] != MAGIC {
             return Err(DecodeError::Foreign);
         }
@@ -197,16 +281,16 @@ impl<'a> Envelope<'a> {
         if timing.fresh_until_ms > timing.stale_until_ms {
             return Err(DecodeError::Corrupt);
         }
-        let tag_count = u16::from_be_bytes([bytes[32], bytes[33]]);
+        let tag_count = u16::from_be_bytes([bytes[40], bytes[41]]);
         let mut at = FIXED_HEADER_LEN;
         for _ in 0..tag_count {
             let len_bytes = bytes.get(at..at + 2).ok_or(DecodeError::Corrupt)?;
             let len = u16::from_be_bytes([len_bytes[0], len_bytes[1]]) as usize;
             let tag = bytes
-                .get(at + 2..at + 2 + len)
+                .get(at + 2..at + 2 + len + 16)
                 .ok_or(DecodeError::Corrupt)?;
-            std::str::from_utf8(tag).map_err(|_| DecodeError::Corrupt)?;
-            at += 2 + len;
+            std::str::from_utf8(&tag[..len]).map_err(|_| DecodeError::Corrupt)?;
+            at += 2 + len + 16;
         }
         Ok(Envelope {
             codec,
@@ -220,13 +304,28 @@ impl<'a> Envelope<'a> {
 
     /// The entry's tags, without allocating.
     pub(crate) fn tags(&self) -> impl Iterator<Item = &'a str> + 'a {
+        self.tag_versions().map(|(tag, _)| tag)
+    }
+
+    /// The entry's tags with the versions they had when its load started.
+    pub(crate) fn tag_versions(&self) -> impl Iterator<Item = (&'a str, TagTimes)> + 'a {
         let mut rest = self.tags;
         (0..self.tag_count).filter_map(move |_| {
             let len = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize;
             let tag = rest.get(2..2 + len)?;
-            rest = &rest[2 + len..];
+            let versions = rest.get(2 + len..2 + len + 16)?;
+            let u64_at = |at: usize| {
+                let mut buf = [0u8; 8];
+                buf.copy_from_slice(&versions[at..at + 8]);
+                u64::from_be_bytes(buf)
+            };
+            let times = TagTimes {
+                hard_ms: u64_at(0),
+                soft_ms: u64_at(8),
+            };
+            rest = &rest[2 + len + 16..];
             // Validated as UTF-8 in `parse`.
-            std::str::from_utf8(tag).ok()
+            Some((std::str::from_utf8(tag).ok()?, times))
         })
     }
 
@@ -253,12 +352,15 @@ impl<'a> Envelope<'a> {
             size_prefix[2],
             size_prefix[3],
         ]) as usize;
-        if size > MAX_PAYLOAD {
+        let block = &self.payload[4..];
+        if size > MAX_PAYLOAD || size > block.len().saturating_mul(LZ4_MAX_RATIO) {
             return Err(DecodeError::Corrupt);
         }
-        lz4_flex::decompress(&self.payload[4..], size)
-            .map(Cow::Owned)
-            .map_err(|_| DecodeError::Corrupt)
+        match lz4_flex::decompress(block, size) {
+            // The prefix is the exact size: anything else is a corrupt entry.
+            Ok(payload) if payload.len() == size => Ok(Cow::Owned(payload)),
+            _ => Err(DecodeError::Corrupt),
+        }
     }
 
     /// Decodes the payload as `T`.
@@ -300,10 +402,11 @@ mod tests {
     #[test]
     fn round_trips_header_tags_and_payload_in_both_codecs() {
         for codec in [Codec::MessagePack, Codec::Json] {
+            let v = |hard_ms, soft_ms| TagTimes { hard_ms, soft_ms };
             let tags = vec![
-                "product:42".to_string(),
-                "catalog".to_string(),
-                String::new(),
+                ("product:42".to_string(), v(7, 0)),
+                ("catalog".to_string(), v(u64::MAX, 3)),
+                (String::new(), v(0, 0)),
             ];
             let bytes = encode(&product(), codec, timing(), &tags).unwrap();
             let env = Envelope::parse(&bytes).unwrap();
@@ -312,6 +415,10 @@ mod tests {
             assert_eq!(
                 env.tags().collect::<Vec<_>>(),
                 vec!["product:42", "catalog", ""]
+            );
+            assert_eq!(
+                env.tag_versions().map(|(_, v)| v).collect::<Vec<_>>(),
+                vec![v(7, 0), v(u64::MAX, 3), v(0, 0)]
             );
             assert_eq!(env.decode::<Product>().unwrap(), product());
         }
@@ -355,7 +462,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_an_error_never_a_panic() {
-        let tags = vec!["a-tag".to_string()];
+        let tags = vec![("a-tag".to_string(), TagTimes::default())];
         for value in ["short".to_string(), "z".repeat(5000)] {
             let bytes = encode(&value, Codec::MessagePack, timing(), &tags).unwrap();
             for cut in 0..bytes.len() {
@@ -374,7 +481,7 @@ mod tests {
             DecodeError::UnknownFormat
         );
         bytes[2] = FORMAT_VERSION;
-        bytes[3] = 0b1000_0000;
+        bytes[3] = 0b0100_0000;
         assert_eq!(
             Envelope::parse(&bytes).unwrap_err(),
             DecodeError::UnknownFormat
@@ -395,6 +502,19 @@ mod tests {
             Envelope::parse(&bytes).unwrap().payload().unwrap_err(),
             DecodeError::Corrupt
         );
+        // A size prefix larger than the block can expand to (a decompression bomb) is rejected
+        // before allocating; one that is merely wrong is rejected after decompressing.
+        let original = encode(&"q".repeat(4096), Codec::MessagePack, timing(), &[]).unwrap();
+        let block_len = original.len() - FIXED_HEADER_LEN - 4;
+        for claimed in [(block_len * LZ4_MAX_RATIO + 1) as u32, 4100, 4098] {
+            let mut bytes = original.clone();
+            bytes[FIXED_HEADER_LEN..FIXED_HEADER_LEN + 4].copy_from_slice(&claimed.to_le_bytes());
+            assert_eq!(
+                Envelope::parse(&bytes).unwrap().payload().unwrap_err(),
+                DecodeError::Corrupt,
+                "claimed {claimed}"
+            );
+        }
         let mut bytes = encode(&product(), Codec::MessagePack, timing(), &[]).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
@@ -426,8 +546,33 @@ mod tests {
 
     #[test]
     fn invalid_utf8_tag_is_corrupt() {
-        let mut bytes = encode(&1u8, Codec::MessagePack, timing(), &["ab".to_string()]).unwrap();
+        let mut bytes = encode(
+            &1u8,
+            Codec::MessagePack,
+            timing(),
+            &[("ab".to_string(), TagTimes::default())],
+        )
+        .unwrap();
         bytes[FIXED_HEADER_LEN + 2] = 0xff;
         assert_eq!(Envelope::parse(&bytes).unwrap_err(), DecodeError::Corrupt);
+    }
+
+    #[test]
+    fn tombstones_and_write_ids() {
+        let tomb = tombstone();
+        assert_eq!(Envelope::parse(&tomb).unwrap_err(), DecodeError::Deleted);
+        let a = encode(&1u8, Codec::MessagePack, timing(), &[]).unwrap();
+        let b = encode(&1u8, Codec::MessagePack, timing(), &[]).unwrap();
+        assert!(matches!(Seen::of(Some(&a)), Seen::Write(_)));
+        assert_ne!(
+            Seen::of(Some(&a)),
+            Seen::of(Some(&b)),
+            "every write has its own id"
+        );
+        assert_ne!(Seen::of(Some(&tomb)), Seen::of(Some(&tombstone())));
+        assert_eq!(Seen::of(None), Seen::Absent);
+        assert_eq!(Seen::of(Some(b"foreign")), Seen::Foreign);
+        assert_eq!(Seen::of(None).as_arg(), b"");
+        assert_eq!(Seen::of(Some(&a)).as_arg(), a[32..40].to_vec());
     }
 }

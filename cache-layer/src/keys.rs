@@ -105,9 +105,14 @@ impl KeySpace {
     }
 }
 
-/// Returns the key unchanged when short, else a readable head plus a digest of the whole key.
+/// Returns the key unchanged when short, else a readable head plus a digest of the whole key
+/// (`<head>#<sha256 hex>`).
+///
+/// A short key that already has that shape (ends in `#` and 64 lowercase hex digits) is digested
+/// too, so no short key can spell the stored form of a long one: every stored form of that shape
+/// is a digest of its whole key, and distinct keys have distinct digests.
 pub(crate) fn bounded(user_key: &str) -> std::borrow::Cow<'_, str> {
-    if user_key.len() <= MAX_USER_KEY {
+    if user_key.len() <= MAX_USER_KEY && !looks_digested(user_key) {
         return std::borrow::Cow::Borrowed(user_key);
     }
     let mut head_end = KEPT_HEAD;
@@ -122,6 +127,16 @@ pub(crate) fn bounded(user_key: &str) -> std::borrow::Cow<'_, str> {
         out.push_str(&format!("{byte:02x}"));
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// Whether `key` ends like a digested key: `#` followed by 64 lowercase hex digits.
+fn looks_digested(key: &str) -> bool {
+    let bytes = key.as_bytes();
+    bytes.len() >= 65
+        && bytes[bytes.len() - 65] == b'#'
+        && bytes[bytes.len() - 64..]
+            .iter()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]
@@ -177,6 +192,20 @@ mod tests {
         assert_ne!(ka, kb);
         assert!(ka.starts_with("kkkk"));
         assert_eq!(bounded("short"), "short");
+    }
+
+    #[test]
+    fn a_short_key_spelling_a_digest_is_digested_too() {
+        let long = "k".repeat(300);
+        let stored = bounded(&long).into_owned();
+        assert!(looks_digested(&stored));
+        // Spelled as a short key, the stored form is another key.
+        assert_ne!(bounded(&stored), stored.as_str());
+        assert!(looks_digested(&bounded(&stored)));
+        // Keys that merely contain '#' or hex stay readable.
+        for plain in ["a#b", "sha:#0123", &format!("x#{}", "A".repeat(64))] {
+            assert_eq!(bounded(plain), plain);
+        }
     }
 
     #[test]

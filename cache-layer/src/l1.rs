@@ -10,9 +10,9 @@
 //! can be exceeded (a 1 MiB HTTP body and a 40-byte price count for what they hold). A value
 //! larger than the whole budget is not kept in L1.
 //!
-//! An entry remembers the namespace version it was read under and its tags and load start, so a
-//! namespace bump or a tag invalidation makes it unservable at once (checked on every L1 hit
-//! against the tag times the process knows), without scanning the tier.
+//! An entry remembers the namespace version it was read under and its tags with the versions its
+//! load saw, so a namespace bump or a tag invalidation makes it unservable at once (checked on
+//! every L1 hit against the tag versions the process knows), without scanning the tier.
 
 use std::{
     any::Any,
@@ -22,14 +22,15 @@ use std::{
 
 use moka::{sync::Cache as MokaCache, Expiry};
 
-use crate::envelope::Timing;
+use crate::{envelope::Timing, tags::TagTimes};
 
 /// One decoded value in L1.
 #[derive(Clone)]
 pub(crate) struct L1Entry {
     pub(crate) value: Arc<dyn Any + Send + Sync>,
     pub(crate) timing: Timing,
-    pub(crate) tags: Arc<[String]>,
+    /// Its tags with the versions its load saw.
+    pub(crate) tags: Arc<[(String, TagTimes)]>,
     /// When this copy stops being trusted (hard expiry, or sooner while the bus is down).
     pub(crate) expires_at: Instant,
     /// When it was inserted (while the bus is down, copies live only the fallback TTL).
@@ -112,6 +113,16 @@ impl L1Tier {
 
     pub(crate) fn remove(&self, key: &str) {
         self.entries.invalidate(key);
+    }
+
+    /// Removes the entry of `key` only if it is the one inserted at `inserted` (a newer copy stays).
+    pub(crate) fn remove_if_inserted_at(&self, key: &str, inserted: Instant) {
+        self.entries
+            .entry(Arc::from(key))
+            .and_compute_with(|current| match current {
+                Some(entry) if entry.value().inserted == inserted => moka::ops::compute::Op::Remove,
+                _ => moka::ops::compute::Op::Nop,
+            });
     }
 
     pub(crate) fn clear(&self) {

@@ -1,39 +1,49 @@
 //! Tag and namespace invalidation state, and the clock entries are stamped with.
 //!
-//! # How an invalidation reaches readers
+//! # How an invalidation reaches readers: versions
 //!
-//! `invalidate_tag(t)` runs a one-key Lua script on `<namespace>:__tag:<t>` that sets the tag's
-//! *hard* time to `max(previous + 1, Redis TIME in ms)` and returns it (`expire_tag` does the same
-//! for the *soft* time). An entry carries its tags and `created_ms`, a timestamp taken **before its
-//! loader started**. A reader treats the entry as
+//! Each tag has a record `<namespace>:__tag:<t>` holding two versions, `"<hard>:<soft>"`.
+//! `invalidate_tag(t)` raises the hard one (`expire_tag` the soft one) to
+//! `max(previous + 1, Redis TIME in ms)` in a one-key Lua script. A load records the versions of
+//! its tags **when it starts** (read with the lookup's `GET`, in the same round trip, or taken
+//! from what this process knows), and the entry carries them. A reader treats the entry as
 //!
-//! - invalid when `created_ms <= hard(t)` for one of its tags (never served), else
-//! - expired when `created_ms <= soft(t)` (stale: servable only under the policy's `stale` grace),
-//! - valid otherwise.
+//! - invalid when a tag's hard version is now higher than the entry's (never served), else
+//! - expired when a soft version is higher (stale: servable only under the policy's `stale`
+//!   grace),
+//! - valid when both equal the entry's;
+//! - unknown when the record it knows is *older* than the entry's (this process is behind): the
+//!   record is read again, and if it is still older it went back (a failover), so invalid.
 //!
-//! So a load that started before an invalidation and finished after it cannot resurrect old data:
-//! its `created_ms` is older than the tag time, whenever it is written.
+//! So a load that started before an invalidation cannot resurrect old data, whenever it is
+//! written; and no clock is compared: the first reload after an invalidation is stored, and host
+//! clock skew does not matter. (Versions are Redis times only so that a recreated record is
+//! above every version an older entry can carry.)
 //!
-//! # Clock skew (the choice made here)
+//! # Lost bookkeeping is unknown, never "never invalidated"
 //!
-//! Tag times come from the Redis server clock (`TIME` inside the script), never from an
-//! application host. Each process measures its offset to that clock on the bus connection (best of
-//! a few `TIME` round trips, refreshed every minute) and stamps `created_ms` with a **lower bound**
-//! of the Redis time at load start: `local monotonic clock + offset − (rtt/2 + 1 ms + drift)`.
-//! Comparing a lower bound of the load start with the exact invalidation time errs only one way:
-//! an entry loaded within a few milliseconds *after* an invalidation may be dropped once more
-//! (one extra load), but an entry loaded before it is never kept — whatever the hosts' wall clocks
-//! say. Before the offset was measured (Redis never reached yet), stamps subtract the configured
-//! worst-case skew instead (`CacheBuilder::clock_skew`, default 1 s). The embedded in-memory store
-//! has a single process and uses the local clock. On Redis Cluster the tag keys live on several
-//! masters; their clocks are assumed NTP-synchronised to well under the skew bound.
+//! A missing tag record (evicted, expired, a restart without persistence, a failover to a replica
+//! that missed the write) is repaired by whoever reads it: recreated as if invalidated just now
+//! (both versions = Redis TIME), so every entry written before the loss is invalid. The namespace
+//! epoch (`<namespace>:__ver`, folded into every entry key) is monotonic: a bump raises it by one;
+//! a missing or regressed epoch is repaired to `max(known + 1, Redis TIME in ms)` by any instance
+//! that notices, announced on the bus, and merged with `max` by everyone, so all instances
+//! converge on one epoch above every epoch used before.
+//!
+//! # The clock
+//!
+//! Entry stamps (`created_ms`, the base of `Age` and early refresh) are a lower bound of the Redis
+//! clock: each process measures its offset to it (best of a few `TIME` round trips) on first use,
+//! with or without a bus, and the bus re-measures it every minute. Before a measurement exists
+//! stamps subtract the configured worst-case skew (`CacheBuilder::clock_skew`, default 1 s).
+//! Validity never depends on it.
 //!
 //! # Bounded bookkeeping
 //!
-//! Tag keys expire after the tag TTL (default 7 days); entries carrying tags never live longer in
-//! Redis than that, so an expired tag key can only be missing for entries that are gone too. The
-//! tag times a process knows are cached in a bounded moka map; entries not in it are fetched with
-//! one round trip (all missing tags of an entry pipelined) and then kept current by the bus.
+//! Tag records expire after the tag TTL (default 7 days); tagged entries never live longer in
+//! Redis than that. A record that expired before an entry carrying it makes that entry invalid
+//! (repaired, see above): a reload, never a stale read. The tag versions a process knows are
+//! cached in a bounded moka map and kept current by the bus.
 
 use std::{
     sync::{Arc, Mutex},
@@ -56,7 +66,7 @@ pub(crate) struct Trust {
 pub(crate) use crate::store::TagTimes;
 
 impl TagTimes {
-    /// The later of each time.
+    /// The later of each version.
     fn max(self, other: TagTimes) -> TagTimes {
         TagTimes {
             hard_ms: self.hard_ms.max(other.hard_ms),
@@ -87,14 +97,21 @@ impl Validity {
         }
     }
 
-    /// The verdict of one tag's times for an entry created at `created_ms`.
-    pub(crate) fn of(times: TagTimes, created_ms: u64) -> Validity {
-        if created_ms <= times.hard_ms {
-            Validity::Invalid
-        } else if created_ms <= times.soft_ms {
-            Validity::Expired
-        } else {
-            Validity::Valid
+    /// The verdict for an entry whose load started when the tag's record was `recorded`, now that
+    /// the record is `current`. `None` when `current` is older than what the entry saw: this
+    /// process's knowledge is behind (read the record again); if the record read from the store is
+    /// still older, it went back (lost and repaired, a failover): the entry is invalid.
+    pub(crate) fn of(current: TagTimes, recorded: TagTimes) -> Option<Validity> {
+        use std::cmp::Ordering::*;
+        match (
+            current.hard_ms.cmp(&recorded.hard_ms),
+            current.soft_ms.cmp(&recorded.soft_ms),
+        ) {
+            (Greater, _) => Some(Validity::Invalid),
+            (Less, _) => None,
+            (Equal, Greater) => Some(Validity::Expired),
+            (Equal, Less) => None,
+            (Equal, Equal) => Some(Validity::Valid),
         }
     }
 }
@@ -169,6 +186,19 @@ impl NamespaceBook {
 
     pub(crate) fn get(&self) -> NamespaceRecord {
         **self.current.load()
+    }
+
+    /// Stops trusting the known version (it is read again by the next operation).
+    pub(crate) fn distrust(&self) {
+        let _writing = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut record = self.get();
+        if let Some(trust) = record.trust.as_mut() {
+            trust.generation = 0;
+            trust.at = Instant::now()
+                .checked_sub(Duration::from_secs(24 * 3600))
+                .unwrap_or(trust.at);
+        }
+        self.current.store(Arc::new(record));
     }
 
     /// Merges a version learned from the store, a message or our own bump. Returns whether the
@@ -300,17 +330,25 @@ mod tests {
     }
 
     #[test]
-    fn entries_created_at_or_before_a_tag_time_are_invalid_or_expired() {
-        let times = TagTimes {
-            hard_ms: 1_000,
-            soft_ms: 2_000,
-        };
-        assert_eq!(Validity::of(times, 999), Validity::Invalid);
-        assert_eq!(Validity::of(times, 1_000), Validity::Invalid);
-        assert_eq!(Validity::of(times, 1_001), Validity::Expired);
-        assert_eq!(Validity::of(times, 2_000), Validity::Expired);
-        assert_eq!(Validity::of(times, 2_001), Validity::Valid);
-        assert_eq!(Validity::of(TagTimes::default(), 1), Validity::Valid);
+    fn entries_are_valid_only_under_the_versions_their_load_saw() {
+        let v = |hard_ms, soft_ms| TagTimes { hard_ms, soft_ms };
+        let recorded = v(1_000, 2_000);
+        assert_eq!(
+            Validity::of(v(1_000, 2_000), recorded),
+            Some(Validity::Valid)
+        );
+        assert_eq!(
+            Validity::of(v(1_001, 2_000), recorded),
+            Some(Validity::Invalid)
+        );
+        assert_eq!(Validity::of(v(1_001, 1), recorded), Some(Validity::Invalid));
+        assert_eq!(
+            Validity::of(v(1_000, 2_001), recorded),
+            Some(Validity::Expired)
+        );
+        // What this process knows is older than what the entry saw: unknown.
+        assert_eq!(Validity::of(v(999, 2_000), recorded), None);
+        assert_eq!(Validity::of(v(1_000, 1_999), recorded), None);
         assert_eq!(
             Validity::Valid.and(Validity::Expired).and(Validity::Valid),
             Validity::Expired

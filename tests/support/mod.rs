@@ -12,6 +12,7 @@
 pub mod cluster;
 pub mod http;
 pub mod ports;
+pub mod proxy;
 pub mod redis_server;
 
 // Re-exports for convenience; a test file may use only some of them.
@@ -21,6 +22,8 @@ pub use cluster::{
 };
 #[allow(unused_imports)]
 pub use ports::{free_cluster_port, free_port, port_is_free, CLUSTER_BUS_OFFSET};
+#[allow(unused_imports)]
+pub use proxy::Proxy;
 #[allow(unused_imports)]
 pub use redis_server::{info_field, parse_command_calls, RedisServer};
 

@@ -17,7 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::Cache;
+use super::{
+    write::{FetchedTag, UNKNOWN_EPOCH},
+    Cache,
+};
 use crate::{
     bus::Message,
     envelope::{Envelope, Timing},
@@ -32,7 +35,8 @@ use crate::{
 #[derive(Debug, Clone)]
 pub(crate) struct EntryKey {
     redis: String,
-    version: u64,
+    /// The namespace epoch it was resolved under ([`UNKNOWN_EPOCH`] when none could be read).
+    pub(crate) version: u64,
     /// What an L1 fill needs, only when there is an L1 tier (no allocation otherwise): the
     /// caller's key and the eviction ticket taken before the read (see [`crate::bus::Tickets`]).
     l1: Option<(String, u64)>,
@@ -57,20 +61,37 @@ impl Cache {
     /// local lookup; the first call (and calls after the bus was down for longer than its fallback
     /// TTL) read the version with one `GET`. The first call also starts the bus.
     pub(crate) async fn entry_key(&self, key: &str) -> EntryKey {
+        match self.entry_key_checked(key).await {
+            Ok(key) => key,
+            Err((key, _)) => key,
+        }
+    }
+
+    /// [`entry_key`](Self::entry_key), or (with a key under [`UNKNOWN_EPOCH`]) the error that
+    /// kept the namespace epoch from being read for the first time: what a direct operation
+    /// reports.
+    pub(crate) async fn entry_key_checked(&self, key: &str) -> Result<EntryKey, (EntryKey, Error)> {
         let l1 = self.inner.l1.as_ref().map(|_| {
             let ticket = self.inner.bus.tickets.ticket(key);
             (key.to_owned(), ticket)
         });
         // Steady state: no await at all. The refresh is boxed so this future (nested in every
         // lookup) stays small — deep recursion through cached fns runs on the caller's stack.
-        let version = match self.trusted_version() {
-            Some(version) => version,
-            None => Box::pin(self.namespace_version()).await,
+        let (version, error) = match self.trusted_version() {
+            Some(version) => (version, None),
+            None => match Box::pin(self.namespace_version()).await {
+                Ok(version) => (version, None),
+                Err(err) => (UNKNOWN_EPOCH, Some(err)),
+            },
         };
-        EntryKey {
+        let entry = EntryKey {
             redis: self.inner.keys.entry(key, version),
             version,
             l1,
+        };
+        match error {
+            None => Ok(entry),
+            Some(err) => Err((entry, err)),
         }
     }
 
@@ -86,75 +107,206 @@ impl Cache {
     ///
     /// `now` is the caller's notion of the current time (its freshness checks use the same value).
     pub(crate) async fn current_timing(&self, envelope: &Envelope<'_>, now: u64) -> Option<Timing> {
-        let created_ms = envelope.timing.created_ms;
-        let validity = match self.known_validity(envelope.tags(), created_ms) {
+        let validity = match self.known_validity(envelope.tag_versions()) {
             Some(validity) => validity,
-            None => Box::pin(self.entry_validity(envelope.tags(), created_ms)).await,
+            None => Box::pin(self.entry_validity(envelope.tag_versions())).await,
         };
+        let validity = validity.and(self.pending_validity(envelope.tags()));
         served_timing(envelope.timing, validity, now)
     }
 
-    /// Whether the tags of an entry created at `created_ms` were invalidated or expired since.
-    /// Tag times not known locally (or no longer trusted) are fetched in one round trip; if that
-    /// fails the entry is treated as invalid.
+    /// Whether the tags of an entry, with the versions its load saw, were invalidated or expired
+    /// since. Records not known locally (or no longer trusted, or older than the entry's) are read
+    /// in one round trip (lost ones repaired); if that fails the entry is treated as invalid.
     pub(crate) async fn entry_validity<'a>(
         &self,
-        tags: impl IntoIterator<Item = &'a str>,
-        created_ms: u64,
+        tags: impl IntoIterator<Item = (&'a str, TagTimes)>,
     ) -> Validity {
         let mut verdict = Validity::Valid;
-        let mut missing: Vec<&str> = Vec::new();
-        for tag in tags {
-            match self.inner.tag_book.get(tag) {
-                Some(record) if self.inner.bus.is_trusted(record.trust) => {
-                    verdict = verdict.and(Validity::of(record.times, created_ms));
-                }
-                _ => missing.push(tag),
+        let mut missing: Vec<(&str, TagTimes)> = Vec::new();
+        for (tag, recorded) in tags {
+            let known = self
+                .inner
+                .tag_book
+                .get(tag)
+                .filter(|record| self.inner.bus.is_trusted(record.trust))
+                .and_then(|record| Validity::of(record.times, recorded));
+            match known {
+                Some(v) => verdict = verdict.and(v),
+                None => missing.push((tag, recorded)),
             }
         }
         if missing.is_empty() || verdict == Validity::Invalid {
             return verdict;
         }
-        match self.fetch_tags(&missing).await {
-            Ok(times) => times
+        let names: Vec<&str> = missing.iter().map(|(tag, _)| *tag).collect();
+        match self.fetch_tags(&names).await {
+            Ok(current) => current
                 .into_iter()
-                .fold(verdict, |v, t| v.and(Validity::of(t, created_ms))),
+                .zip(&missing)
+                .fold(verdict, |v, (cur, (_, rec))| {
+                    // Still older than what the entry saw: the record went back. Not valid.
+                    v.and(Validity::of(cur.times, *rec).unwrap_or(Validity::Invalid))
+                }),
             Err(err) => {
                 tracing::debug!(cache = %self.inner.name, error = %err,
-                    "could not read tag times; treating the entry as invalidated");
+                    "could not read tag versions; treating the entry as invalidated");
                 Validity::Invalid
             }
         }
     }
 
-    /// The validity of an entry from local knowledge only; `None` if a tag's times are unknown or
-    /// no longer trusted.
+    /// The validity of an entry from local knowledge only; `None` if a tag's record is unknown,
+    /// no longer trusted, or older than the entry's.
     pub(super) fn known_validity<'a>(
         &self,
-        tags: impl IntoIterator<Item = &'a str>,
-        created_ms: u64,
+        tags: impl IntoIterator<Item = (&'a str, TagTimes)>,
     ) -> Option<Validity> {
         let mut verdict = Validity::Valid;
-        for tag in tags {
+        for (tag, recorded) in tags {
             let record = self.inner.tag_book.get(tag)?;
             if !self.inner.bus.is_trusted(record.trust) {
                 return None;
             }
-            verdict = verdict.and(Validity::of(record.times, created_ms));
+            verdict = verdict.and(Validity::of(record.times, recorded)?);
         }
         Some(verdict)
     }
 
-    /// Reads the times of `tags` (one pipelined round trip on Redis) and remembers them.
-    async fn fetch_tags(&self, tags: &[&str]) -> Result<Vec<TagTimes>, Error> {
+    /// The current versions of `tags` for a load starting now: from what this process knows when
+    /// it is trusted, else read (one round trip; lost records repaired).
+    pub(crate) async fn load_versions(
+        &self,
+        tags: &[String],
+    ) -> Result<Vec<(String, TagTimes)>, Error> {
+        let mut out = Vec::with_capacity(tags.len());
+        let mut missing = Vec::new();
+        for tag in tags {
+            match self.inner.tag_book.get(tag) {
+                Some(record) if self.inner.bus.is_trusted(record.trust) => {
+                    out.push((tag.clone(), record.times));
+                }
+                _ => {
+                    missing.push(tag.as_str());
+                    out.push((tag.clone(), TagTimes::default()));
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let fetched = self.fetch_tags(&missing).await?;
+        let mut fetched = missing.iter().zip(fetched);
+        for (tag, times) in out.iter_mut() {
+            if times == &TagTimes::default() {
+                if let Some((_, got)) = fetched.find(|(name, _)| **name == tag.as_str()) {
+                    *times = got.times;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The tags of `tags` whose records this process does not know (or no longer trusts): what a
+    /// lookup reads along with the entry.
+    pub(crate) fn untrusted_tags<'t>(&self, tags: &'t [String]) -> Vec<&'t str> {
+        tags.iter()
+            .filter(|tag| {
+                !self
+                    .inner
+                    .tag_book
+                    .get(tag)
+                    .is_some_and(|record| self.inner.bus.is_trusted(record.trust))
+            })
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// Takes in the raw records of `tags` read along with an entry (stamped `trust`, taken before
+    /// the read); missing, unreadable or regressed ones are repaired (a second round trip, only
+    /// then).
+    pub(crate) async fn learn_tag_records(
+        &self,
+        tags: &[&str],
+        records: Vec<Option<Vec<u8>>>,
+        trust: Trust,
+    ) -> Result<(), Error> {
+        let mut broken = Vec::new();
+        for (tag, raw) in tags.iter().zip(records) {
+            let known = self.inner.tag_book.get(tag).map(|r| r.times);
+            match raw.as_deref().and_then(TagTimes::parse) {
+                Some(times) if known.is_none_or(|k| times.hard_ms >= k.hard_ms) => {
+                    self.inner.tag_book.merge(tag, times, trust);
+                }
+                _ => broken.push(*tag),
+            }
+        }
+        if !broken.is_empty() {
+            self.repair(&broken, trust).await?;
+        }
+        Ok(())
+    }
+
+    /// Repairs the records of `tags` (missing, unreadable or regressed) and remembers them.
+    async fn repair(&self, tags: &[&str], trust: Trust) -> Result<Vec<FetchedTag>, Error> {
+        let inner = &self.inner;
+        let keys: Vec<String> = tags.iter().map(|tag| inner.keys.tag(tag)).collect();
+        let known: Vec<u64> = tags
+            .iter()
+            .map(|tag| inner.tag_book.get(tag).map_or(0, |r| r.times.hard_ms))
+            .collect();
+        let repaired = self
+            .store_op(inner.store.repair_tags(&keys, &known, inner.tag_ttl))
+            .await?;
+        for (tag, times) in tags.iter().zip(&repaired) {
+            inner.tag_book.merge(tag, *times, trust);
+        }
+        Ok(repaired
+            .into_iter()
+            .map(|times| FetchedTag {
+                times,
+                repaired: true,
+            })
+            .collect())
+    }
+
+    /// Reads the records of `tags` (one pipelined round trip on Redis; lost ones repaired, a
+    /// second round trip only then) and remembers them.
+    pub(crate) async fn fetch_tags(&self, tags: &[&str]) -> Result<Vec<FetchedTag>, Error> {
         let inner = &self.inner;
         let trust = inner.bus.trust_now();
         let keys: Vec<String> = tags.iter().map(|tag| inner.keys.tag(tag)).collect();
-        let times = self.store_op(inner.store.tag_times(&keys)).await?;
-        for (tag, times) in tags.iter().zip(&times) {
-            inner.tag_book.merge(tag, *times, trust);
+        // One pipelined round trip on one node; concurrent reads on a cluster (no cross-slot
+        // command).
+        let values = self.store_op(inner.store.tag_times(&keys)).await?;
+        let mut out: Vec<Option<FetchedTag>> = Vec::with_capacity(tags.len());
+        let mut broken = Vec::new();
+        for (tag, value) in tags.iter().zip(&values) {
+            let known = inner.tag_book.get(tag).map(|r| r.times);
+            match *value {
+                Some(times) if known.is_none_or(|k| times.hard_ms >= k.hard_ms) => {
+                    inner.tag_book.merge(tag, times, trust);
+                    out.push(Some(FetchedTag {
+                        times,
+                        repaired: false,
+                    }));
+                }
+                _ => {
+                    broken.push(*tag);
+                    out.push(None);
+                }
+            }
         }
-        Ok(times)
+        if !broken.is_empty() {
+            let mut repaired = self.repair(&broken, trust).await?.into_iter();
+            for slot in out.iter_mut().filter(|slot| slot.is_none()) {
+                *slot = repaired.next();
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|slot| slot.unwrap_or_default())
+            .collect())
     }
 
     /// The namespace version if it needs no refresh (and the bus is running).
@@ -167,19 +319,20 @@ impl Cache {
     }
 
     /// The namespace version, refreshed from the store when the cached one is not trusted.
-    async fn namespace_version(&self) -> u64 {
+    pub(super) async fn namespace_version(&self) -> Result<u64, Error> {
         let inner = &self.inner;
         if !inner.bus.is_remote() {
-            return inner.namespace.get().version;
+            return Ok(inner.namespace.get().version);
         }
         let unreachable = inner.bus.ensure_started(&self.inner).await;
         let record = inner.namespace.get();
         if record.trust.is_some_and(|t| inner.bus.is_trusted(t)) {
-            return record.version;
+            return Ok(record.version);
         }
-        if unreachable {
+        if unreachable && record.trust.is_some() {
             // The bus just failed to connect: do not spend a second attempt of this operation on
-            // the version; keep the known one for the fallback TTL (trusted by time only).
+            // the version; keep the known one for the fallback TTL (trusted by time only). A
+            // version never read is not known at all: read it.
             inner.namespace.merge(
                 record.version,
                 0,
@@ -188,22 +341,54 @@ impl Cache {
                     at: Instant::now(),
                 },
             );
-            return record.version;
+            return Ok(record.version);
         }
         // One refresh at a time; the others wait for it and use its result.
         let _refreshing = inner.namespace.refresh.lock().await;
         let record = inner.namespace.get();
         if record.trust.is_some_and(|t| inner.bus.is_trusted(t)) {
-            return record.version;
+            return Ok(record.version);
         }
         let trust = inner.bus.trust_now();
-        let version_key = inner.keys.version();
-        match self
-            .store_op(inner.store.namespace_version(&version_key))
-            .await
-        {
-            Ok(version) => {
+        let known = record.version;
+        let key = inner.keys.version();
+        let read = async {
+            match inner.store.namespace_version(&key).await? {
+                Some(epoch) if epoch >= known => Ok((epoch, false)),
+                // Missing (lost: evicted, a restart without persistence, a failover) or behind
+                // what this process knows: repaired to a fresh epoch, never read as 0.
+                stored => {
+                    tracing::info!(cache = %inner.name, known, ?stored,
+                        "namespace epoch missing or regressed in redis; repairing it");
+                    let repaired = inner.store.repair_namespace(&key, known).await?;
+                    Ok((repaired, true))
+                }
+            }
+        };
+        match self.store_op(read).await {
+            Ok((version, repaired)) => {
+                if inner.clock.error_ms().is_none() && !inner.bus.is_up() {
+                    // First use, Redis answers: entry stamps use its clock, with or without a
+                    // bus (which re-measures it every minute while subscribed).
+                    self.measure_clock().await;
+                }
                 self.learn_namespace(version, None, trust);
+                if repaired {
+                    // Tell the others (best effort: they also re-read within the fallback TTL).
+                    let _ = self
+                        .publish(Message {
+                            namespace: Some((version, inner.clock.upper_ms())),
+                            ..Message::default()
+                        })
+                        .await;
+                }
+            }
+            Err(err) if inner.namespace.get().trust.is_none() => {
+                // Never read: no epoch is known, and 0 is not a safe guess (entries from before
+                // a bump may live under it). Nothing is read from or stored to Redis meanwhile.
+                tracing::debug!(cache = %inner.name, error = %err,
+                    "could not read the namespace epoch; Redis is skipped until it can be read");
+                return Err(err);
             }
             Err(err) => {
                 // Keep the last known version for the fallback TTL instead of asking again on
@@ -219,7 +404,7 @@ impl Cache {
                 inner.namespace.merge(known, 0, retry_later);
             }
         }
-        inner.namespace.get().version
+        Ok(inner.namespace.get().version)
     }
 
     /// Takes in a namespace version (from the store, a bus message or our own bump). When it moves
@@ -241,6 +426,26 @@ impl Cache {
                 l1.clear();
             }
         }
+    }
+
+    /// Measures the offset to the Redis clock (best of three `TIME` round trips).
+    pub(crate) async fn measure_clock(&self) {
+        let inner = &self.inner;
+        if !inner.store.is_shared() {
+            return;
+        }
+        for _ in 0..3 {
+            let sent = Instant::now();
+            match inner.store.server_time().await {
+                Ok(time) => {
+                    let us = u64::try_from(time.as_micros()).unwrap_or(u64::MAX);
+                    inner.clock.record(sent, Instant::now(), us);
+                }
+                Err(_) => return,
+            }
+        }
+        tracing::debug!(cache = %inner.name, error_ms = ?inner.clock.error_ms(),
+            "measured the offset to the redis clock");
     }
 
     pub(super) fn forget_l1(&self) {
@@ -305,10 +510,12 @@ impl Cache {
         if entry.version != namespace.version || !namespace_trusted {
             return None;
         }
-        let validity = self.known_validity(
-            entry.tags.iter().map(String::as_str),
-            entry.timing.created_ms,
-        )?;
+        if self.pending_covers(key) {
+            return None;
+        }
+        let validity = self
+            .known_validity(entry.tags.iter().map(|(tag, v)| (tag.as_str(), *v)))?
+            .and(self.pending_validity(entry.tags.iter().map(|(tag, _)| tag.as_str())));
         let timing = served_timing(entry.timing, validity, now)?;
         let value = entry.value.downcast_ref::<T>()?.clone();
         Some((value, timing))
@@ -316,12 +523,15 @@ impl Cache {
 
     /// Mirrors a value read from (or written to) `key` into L1, unless an eviction of that key
     /// happened since the key was resolved (the value may be the one the eviction was about).
-    pub(crate) fn l1_insert<T: Clone + Send + Sync + 'static>(
+    ///
+    /// The ticket is checked again after the insert: an eviction that slipped in between the
+    /// first check and the insert would otherwise be undone by it, so the copy is taken out again.
+    pub(crate) fn l1_insert<'a, T: Clone + Send + Sync + 'static>(
         &self,
         key: &EntryKey,
         value: &T,
         timing: Timing,
-        tags: impl IntoIterator<Item = impl AsRef<str>>,
+        tags: impl IntoIterator<Item = (&'a str, TagTimes)>,
         ttl: Duration,
         serialized_len: usize,
     ) {
@@ -333,8 +543,9 @@ impl Cache {
             return;
         }
         let now = Instant::now();
-        let tags: Arc<[String]> = tags.into_iter().map(|t| t.as_ref().to_owned()).collect();
-        let tag_bytes: usize = tags.iter().map(String::len).sum();
+        let tags: Arc<[(String, TagTimes)]> =
+            tags.into_iter().map(|(t, v)| (t.to_owned(), v)).collect();
+        let tag_bytes: usize = tags.iter().map(|(t, _)| t.len() + 16).sum();
         let entry = L1Entry {
             value: Arc::new(value.clone()),
             timing,
@@ -345,6 +556,9 @@ impl Cache {
             tags,
         };
         l1.insert(user_key, entry);
+        if inner.bus.tickets.ticket(user_key) != *ticket {
+            l1.remove_if_inserted_at(user_key, now);
+        }
     }
 }
 

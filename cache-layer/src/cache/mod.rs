@@ -80,8 +80,8 @@ pub(crate) struct Inner {
     pub(crate) bus: Bus,
     /// How long tag keys live in Redis (and the longest a tagged entry lives there).
     pub(crate) tag_ttl: Duration,
-    /// Invalidations Redis did not take, replayed when it is back.
-    pub(crate) missed: std::sync::Mutex<write::MissedInvalidations>,
+    /// Invalidations and writes Redis did not take, honoured here and replayed until it does.
+    pub(crate) missed: write::MissedBook,
     /// "Value landed" signals for `Stampede::Lock` waiters.
     pub(crate) landed: LandedSignals,
     /// Keys whose last load failed recently: background refreshes of them are held off.
@@ -285,25 +285,40 @@ impl Cache {
         }
     }
 
-    /// Encodes `value` as an entry with the policy's TTL (plus jitter) and grace period.
-    pub(crate) fn encode_entry<T: Serialize>(
+    /// The timing of an entry whose load started at `created_ms` and took `load_time`, with the
+    /// policy's TTL (plus jitter) and grace period.
+    pub(crate) fn entry_timing(
         &self,
-        value: &T,
         policy: &Policy,
         created_ms: u64,
         load_time: Duration,
-    ) -> Result<(Vec<u8>, Timing), Error> {
+    ) -> Timing {
         let now = now_ms();
         let fresh_until_ms = now.saturating_add(millis(policy.jittered_ttl()));
-        let timing = Timing {
+        Timing {
             created_ms,
             fresh_until_ms,
             stale_until_ms: fresh_until_ms.saturating_add(millis(policy.stale)),
             delta_ms: u32::try_from(load_time.as_millis()).unwrap_or(u32::MAX),
-        };
+        }
+    }
+
+    /// Encodes `value` as an entry with `timing` and its tags' versions at load start.
+    pub(crate) fn encode_entry<T: Serialize>(
+        &self,
+        value: &T,
+        policy: &Policy,
+        timing: Timing,
+        tags: &[(String, crate::tags::TagTimes)],
+    ) -> Result<Vec<u8>, Error> {
         let codec = policy.codec.unwrap_or(self.inner.codec);
-        let bytes = envelope::encode(value, codec, timing, &policy.tags)?;
+        let bytes = envelope::encode(value, codec, timing, tags)?;
         self.inner.metrics.value_size(bytes.len());
-        Ok((bytes, timing))
+        Ok(bytes)
+    }
+
+    /// Invalidations and writes waiting to be replayed into Redis.
+    pub(crate) fn pending_count(&self) -> usize {
+        self.inner.missed.len()
     }
 }

@@ -26,12 +26,15 @@ use std::{
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
-use super::Cache;
+use super::{
+    write::{LoadStart, UNKNOWN_EPOCH},
+    Cache,
+};
 use crate::{
-    envelope::{Envelope, Timing},
+    envelope::{DecodeError, Envelope, Seen, Timing},
     stampede::{
         early,
-        flight::{Join, LeaderGuard, Outcome},
+        flight::{Follower, Join, LeaderGuard, Outcome},
         lock,
     },
     store::{LockToken, Store},
@@ -101,15 +104,27 @@ enum Lookup<T> {
         origin: Origin,
         /// `Stampede::Early` decided (once, it is random) that this caller refreshes early.
         refresh_early: bool,
+        /// What the key held in Redis (`None`: answered from L1, not read).
+        seen: Option<Seen>,
     },
     Stale {
         value: T,
         timing: Timing,
+        seen: Option<Seen>,
     },
     /// Nothing usable; the timing of an expired entry, if one was seen (load-time hint).
     Miss {
         hint: Option<Timing>,
+        seen: Option<Seen>,
     },
+}
+
+/// What a load knows from the lookup before it: the last entry's timing (its load time sizes
+/// the lock) and what the key held (the conditional fill replaces only that; `None`: not read).
+#[derive(Debug, Clone, Default)]
+struct Prior {
+    hint: Option<Timing>,
+    seen: Option<Seen>,
 }
 
 impl<T> Lookup<T> {
@@ -132,11 +147,11 @@ enum Step<T> {
     /// A fresh hit: answer it.
     Answer(Fetched<T>),
     /// A fresh hit due for an early refresh (`Stampede::Early`).
-    RefreshEarly(Fetched<T>, Timing),
+    RefreshEarly(Fetched<T>, Prior),
     /// A stale hit (within its grace period): refresh it.
-    Refresh(Fetched<T>, Timing),
+    Refresh(Fetched<T>, Prior),
     /// A miss: load (the timing of an expired entry, if one was seen, hints the load time).
-    Load(Option<Timing>),
+    Load(Prior),
 }
 
 impl<T> Lookup<T> {
@@ -147,22 +162,35 @@ impl<T> Lookup<T> {
                 timing,
                 origin,
                 refresh_early,
+                seen,
             } => {
                 let fresh = Fetched { value, origin };
                 if refresh_early {
-                    Step::RefreshEarly(fresh, timing)
+                    let prior = Prior {
+                        hint: Some(timing),
+                        seen,
+                    };
+                    Step::RefreshEarly(fresh, prior)
                 } else {
                     Step::Answer(fresh)
                 }
             }
-            Lookup::Stale { value, timing } => {
+            Lookup::Stale {
+                value,
+                timing,
+                seen,
+            } => {
                 let stale = Fetched {
                     value,
                     origin: Origin::Stale,
                 };
-                Step::Refresh(stale, timing)
+                let prior = Prior {
+                    hint: Some(timing),
+                    seen,
+                };
+                Step::Refresh(stale, prior)
             }
-            Lookup::Miss { hint } => Step::Load(hint),
+            Lookup::Miss { hint, seen } => Step::Load(Prior { hint, seen }),
         }
     }
 }
@@ -175,6 +203,9 @@ enum Part<T> {
     Shared(Fetched<T>),
     /// Load without a flight.
     Alone,
+    /// The leader took longer than the policy's lock wait: load without storing (the leader's
+    /// result will be stored).
+    AloneUnstored,
 }
 
 /// How a caller that lost its flight continues.
@@ -184,6 +215,8 @@ enum Next<T> {
     LoadAlone,
     /// The leader vanished (cancelled or panicked): try to lead or follow again.
     Rejoin,
+    /// The leader took longer than the policy's lock wait.
+    LoadUnstored,
 }
 
 /// How long a failed refresh of a key keeps further refreshes of it from being attempted.
@@ -271,30 +304,34 @@ impl Cache {
     {
         match found.next_step() {
             Step::Answer(fresh) => Ok(fresh),
-            Step::RefreshEarly(fresh, timing) => {
-                self.refresh_in_background(key, policy, timing, loader);
+            Step::RefreshEarly(fresh, prior) => {
+                self.refresh_in_background(key, policy, prior, loader);
                 Ok(fresh)
             }
-            Step::Refresh(stale, timing) => {
+            Step::Refresh(stale, prior) => {
                 let Some(soft) = policy.load_timeout else {
-                    self.refresh_in_background(key, policy, timing, loader);
+                    self.refresh_in_background(key, policy, prior, loader);
                     return Ok(stale);
                 };
                 // Give the refresh up to `soft`; it keeps running after we answer stale.
                 let refreshed =
-                    tokio::time::timeout(soft, self.refresh_and_wait(key, policy, timing, loader));
+                    tokio::time::timeout(soft, self.refresh_and_wait(key, policy, prior, loader));
                 Ok(match refreshed.await {
                     Ok(Some(fresh)) => fresh,
                     _ => stale,
                 })
             }
-            Step::Load(hint) => match self.take_part::<T>(key, policy).await {
+            Step::Load(prior) => match self.take_part::<T>(key, policy).await {
                 Part::Shared(fetched) => Ok(fetched),
-                Part::Alone => self.load(None, key, policy, loader, hint).await,
+                Part::Alone => self.load(None, key, policy, loader, prior).await,
+                Part::AloneUnstored => {
+                    self.load_and_fill(None, key, policy, loader, Fill::Skip)
+                        .await
+                }
                 Part::Lead(guard) => {
                     let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
                     let task = tokio::spawn(async move {
-                        cache.load(Some(guard), &key, &policy, loader, hint).await
+                        cache.load(Some(guard), &key, &policy, loader, prior).await
                     });
                     join_task(task).await
                 }
@@ -320,25 +357,25 @@ impl Cache {
         match found.next_step() {
             Step::Answer(fresh) => Ok(fresh),
             // One caller refreshes early, inline; everyone else keeps the fresh value.
-            Step::RefreshEarly(fresh, timing) => {
+            Step::RefreshEarly(fresh, prior) => {
                 Ok(match self.inner.flights.join(key, &policy.tags) {
                     Join::Leader(guard) => {
                         self.inner.metrics.refresh();
-                        self.load(Some(guard), key, policy, loader, Some(timing))
+                        self.load(Some(guard), key, policy, loader, prior)
                             .await
                             .unwrap_or(fresh)
                     }
                     Join::Follower(_) => fresh,
                 })
             }
-            Step::Refresh(stale, timing) => {
+            Step::Refresh(stale, prior) => {
                 if self.refresh_throttled(key) {
                     return Ok(stale);
                 }
                 Ok(match self.inner.flights.join(key, &policy.tags) {
                     Join::Leader(guard) => {
                         self.inner.metrics.refresh();
-                        let refresh = self.load(Some(guard), key, policy, loader, Some(timing));
+                        let refresh = self.load(Some(guard), key, policy, loader, prior);
                         match policy.load_timeout {
                             // A borrowing load cannot outlive its caller: past the soft timeout
                             // it is dropped and the stale value answered.
@@ -352,10 +389,14 @@ impl Cache {
                     Join::Follower(_) => stale,
                 })
             }
-            Step::Load(hint) => match self.take_part::<T>(key, policy).await {
+            Step::Load(prior) => match self.take_part::<T>(key, policy).await {
                 Part::Shared(fetched) => Ok(fetched),
-                Part::Alone => self.load(None, key, policy, loader, hint).await,
-                Part::Lead(guard) => self.load(Some(guard), key, policy, loader, hint).await,
+                Part::Alone => self.load(None, key, policy, loader, prior).await,
+                Part::AloneUnstored => {
+                    self.load_and_fill(None, key, policy, loader, Fill::Skip)
+                        .await
+                }
+                Part::Lead(guard) => self.load(Some(guard), key, policy, loader, prior).await,
             },
         }
     }
@@ -368,9 +409,10 @@ impl Cache {
                 None => return Part::Alone,
                 Some(Join::Leader(guard)) => return Part::Lead(guard),
                 Some(Join::Follower(follower)) => {
-                    match self.follow::<T>(key, policy, follower.wait().await).await {
+                    match self.follow_within::<T>(key, policy, follower).await {
                         Next::Done(fetched) => return Part::Shared(fetched),
                         Next::LoadAlone => return Part::Alone,
+                        Next::LoadUnstored => return Part::AloneUnstored,
                         Next::Rejoin => continue,
                     }
                 }
@@ -393,13 +435,32 @@ impl Cache {
                     value,
                     timing,
                     origin: Origin::L1Hit,
+                    seen: None,
                 };
             }
             l1_stale = Some((value, timing));
         }
         let full_key = self.entry_key(key).await;
         let mut hint = None;
-        match self.store_op(inner.store.get(&full_key)).await {
+        // The policy's tags whose versions this process does not know ride along with the GET
+        // (one pipelined round trip): a hit needs them to be checked, a miss to start its load.
+        let untrusted = self.untrusted_tags(&policy.tags);
+        let read = if full_key.version == UNKNOWN_EPOCH {
+            // The namespace epoch could not be read: nothing under any epoch is trusted.
+            Err(Error::BreakerOpen)
+        } else if untrusted.is_empty() {
+            self.store_op(inner.store.get(&full_key)).await
+        } else {
+            // Boxed: a hit in steady state never takes this path, and the lookup future (nested
+            // in every cached call, recursion included) stays small.
+            Box::pin(self.read_with_tags(&full_key, &untrusted)).await
+        };
+        let seen = match &read {
+            Ok(bytes) => Some(Seen::of(bytes.as_deref())),
+            Err(err) => Seen::of_failed_read(err),
+        };
+        match read {
+            Ok(Some(_)) if self.pending_covers(key) => {}
             Ok(Some(bytes)) => match Envelope::parse(&bytes) {
                 Ok(envelope) => {
                     // `None`: an invalidation covers the entry (tags; the namespace is in the key).
@@ -409,14 +470,9 @@ impl Cache {
                             match envelope.decode::<T>() {
                                 Ok(value) => {
                                     let ttl = Duration::from_millis(timing.stale_until_ms - now);
-                                    self.l1_insert(
-                                        &full_key,
-                                        &value,
-                                        timing,
-                                        envelope.tags(),
-                                        ttl,
-                                        envelope.payload_len(),
-                                    );
+                                    let tags = envelope.tag_versions();
+                                    let size = envelope.payload_len();
+                                    self.l1_insert(&full_key, &value, timing, tags, ttl, size);
                                     if timing.fresh_until_ms > now {
                                         inner.metrics.hit(policy.door);
                                         self.observe_hit(policy, key);
@@ -425,17 +481,23 @@ impl Cache {
                                             value,
                                             timing,
                                             origin: Origin::Hit,
+                                            seen,
                                         };
                                     }
                                     inner.metrics.stale_hit(policy.door);
                                     self.observe_hit(policy, key);
-                                    return Lookup::Stale { value, timing };
+                                    return Lookup::Stale {
+                                        value,
+                                        timing,
+                                        seen,
+                                    };
                                 }
                                 Err(why) => self.note_corrupt(key, why),
                             }
                         }
                     }
                 }
+                Err(DecodeError::Deleted) => {}
                 Err(why) => self.note_corrupt(key, why),
             },
             Ok(None) => {}
@@ -444,7 +506,11 @@ impl Cache {
                 if let Some((value, timing)) = l1_stale {
                     inner.metrics.stale_hit(policy.door);
                     self.observe_hit(policy, key);
-                    return Lookup::Stale { value, timing };
+                    return Lookup::Stale {
+                        value,
+                        timing,
+                        seen: None,
+                    };
                 }
             }
         }
@@ -452,7 +518,32 @@ impl Cache {
         if let Some(observer) = policy.observer {
             observer.miss();
         }
-        Lookup::Miss { hint }
+        Lookup::Miss { hint, seen }
+    }
+
+    /// Reads the entry at `full_key` and the records of `tags` in one round trip, and takes the
+    /// records in (missing ones repaired).
+    async fn read_with_tags(
+        &self,
+        full_key: &str,
+        tags: &[&str],
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let inner = &self.inner;
+        let trust = inner.bus.trust_now();
+        let mut keys = Vec::with_capacity(tags.len() + 1);
+        keys.push(full_key.to_owned());
+        keys.extend(tags.iter().map(|t| inner.keys.tag(t)));
+        let mut values = self.store_op(inner.store.get_many(&keys)).await?;
+        if values.len() != keys.len() {
+            return Err(Error::Config(
+                "a multi-key read answered the wrong number of values".into(),
+            ));
+        }
+        let records = values.split_off(1);
+        if let Err(err) = self.learn_tag_records(tags, records, trust).await {
+            tracing::debug!(cache = %inner.name, error = %err, "could not repair tag records");
+        }
+        Ok(values.pop().flatten())
     }
 
     /// `get`: a fresh value from L1 or the store, without loading.
@@ -463,14 +554,22 @@ impl Cache {
         if let Some(value) = self.l1_get::<T>(key, now_ms()) {
             return Ok(Some(value));
         }
-        let full_key = self.entry_key(key).await;
+        let full_key = match self.entry_key_checked(key).await {
+            Ok(full_key) => full_key,
+            Err((_, Error::BreakerOpen)) => return Ok(None),
+            Err((_, err)) => return Err(err),
+        };
         let bytes = match self.store_op(self.inner.store.get(&full_key)).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) | Err(Error::BreakerOpen) => return Ok(None),
             Err(err) => return Err(err),
         };
+        if self.pending_covers(key) {
+            return Ok(None);
+        }
         let envelope = match Envelope::parse(&bytes) {
             Ok(envelope) => envelope,
+            Err(DecodeError::Deleted) => return Ok(None),
             Err(why) => {
                 self.note_corrupt(key, why);
                 return Ok(None);
@@ -486,14 +585,9 @@ impl Cache {
         match envelope.decode::<T>() {
             Ok(value) => {
                 let ttl = Duration::from_millis(timing.stale_until_ms.saturating_sub(now).max(1));
-                self.l1_insert(
-                    &full_key,
-                    &value,
-                    timing,
-                    envelope.tags(),
-                    ttl,
-                    envelope.payload_len(),
-                );
+                let tags = envelope.tag_versions();
+                let size = envelope.payload_len();
+                self.l1_insert(&full_key, &value, timing, tags, ttl, size);
                 Ok(Some(value))
             }
             Err(why) => {
@@ -526,7 +620,7 @@ impl Cache {
         &self,
         key: &str,
         policy: &Policy,
-        timing: Timing,
+        prior: Prior,
         loader: F,
     ) where
         T: Value,
@@ -541,9 +635,7 @@ impl Cache {
             self.inner.metrics.refresh();
             let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
             tokio::spawn(async move {
-                let _ = cache
-                    .load(Some(guard), &key, &policy, loader, Some(timing))
-                    .await;
+                let _ = cache.load(Some(guard), &key, &policy, loader, prior).await;
             });
         }
     }
@@ -554,7 +646,7 @@ impl Cache {
         &self,
         key: &str,
         policy: &Policy,
-        timing: Timing,
+        prior: Prior,
         loader: F,
     ) -> Option<Fetched<T>>
     where
@@ -571,9 +663,7 @@ impl Cache {
                 self.inner.metrics.refresh();
                 let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
                 let task = tokio::spawn(async move {
-                    cache
-                        .load(Some(guard), &key, &policy, loader, Some(timing))
-                        .await
+                    cache.load(Some(guard), &key, &policy, loader, prior).await
                 });
                 match task.await {
                     Ok(Ok(fetched)) => Some(fetched),
@@ -581,9 +671,9 @@ impl Cache {
                 }
             }
             Join::Follower(follower) => {
-                match self.follow::<T>(key, policy, follower.wait().await).await {
+                match self.follow_within::<T>(key, policy, follower).await {
                     Next::Done(fetched) => Some(fetched),
-                    Next::LoadAlone | Next::Rejoin => None,
+                    Next::LoadAlone | Next::LoadUnstored | Next::Rejoin => None,
                 }
             }
         }
@@ -594,6 +684,25 @@ impl Cache {
         match policy.stampede {
             Stampede::None => None,
             _ => Some(self.inner.flights.join(key, &policy.tags)),
+        }
+    }
+
+    /// Waits for the flight's leader at most the policy's lock wait (a hung loader holds its
+    /// followers no longer than a lock holder in another process would), then turns the outcome
+    /// into the follower's next step.
+    async fn follow_within<T: Value>(
+        &self,
+        key: &str,
+        policy: &Policy,
+        follower: Follower,
+    ) -> Next<T> {
+        match tokio::time::timeout(policy.lock_wait, follower.wait()).await {
+            Ok(outcome) => self.follow::<T>(key, policy, outcome).await,
+            Err(_) => {
+                self.inner.metrics.lock_timeout();
+                tracing::debug!(cache = %self.inner.name, "the load this caller waited for is taking longer than the lock wait; loading without storing");
+                Next::LoadUnstored
+            }
         }
     }
 
@@ -631,7 +740,7 @@ impl Cache {
         key: &str,
         policy: &Policy,
         loader: F,
-        hint: Option<Timing>,
+        prior: Prior,
     ) -> Result<Fetched<T>, E>
     where
         T: Value,
@@ -640,16 +749,18 @@ impl Cache {
     {
         if policy.stampede != Stampede::Lock || !self.inner.store.is_shared() {
             return self
-                .load_and_fill(guard, key, policy, loader, Fill::Store)
+                .load_and_fill(guard, key, policy, loader, Fill::Store(prior.seen))
                 .await;
         }
-        match self.acquire_or_wait::<T>(key, policy, hint.as_ref()).await {
-            LockWait::Acquired(held) => {
-                let result = self
-                    .load_and_fill(guard, key, policy, loader, Fill::Store)
-                    .await;
-                self.release_lock(&held).await;
-                result
+        match self
+            .acquire_or_wait::<T>(key, policy, prior.hint.as_ref())
+            .await
+        {
+            LockWait::Acquired(held, ttl) => {
+                // Boxed: the lock-holding path is rare, and its state stays off the stack of
+                // recursive cached calls.
+                let fill = Fill::Store(prior.seen);
+                Box::pin(self.load_holding(guard, key, policy, loader, fill, (held, ttl))).await
             }
             LockWait::Landed(value) => {
                 if let Some(guard) = guard {
@@ -670,8 +781,54 @@ impl Cache {
                     .await
             }
             LockWait::Unavailable => {
-                self.load_and_fill(guard, key, policy, loader, Fill::Store)
+                self.load_and_fill(guard, key, policy, loader, Fill::Store(prior.seen))
                     .await
+            }
+        }
+    }
+
+    /// Runs the load while holding the lock `held` (taken for its TTL), renewing it (checked by
+    /// token) every third of the TTL so nobody takes it from a slow load, then releases it.
+    async fn load_holding<T, E, F, Fut>(
+        &self,
+        guard: Option<LeaderGuard>,
+        key: &str,
+        policy: &Policy,
+        loader: F,
+        fill: Fill,
+        (held, ttl): (LockToken, Duration),
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Value,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Loaded<T>, E>>,
+    {
+        let load = self.load_and_fill(guard, key, policy, loader, fill);
+        let mut load = std::pin::pin!(load);
+        let result = tokio::select! {
+            biased;
+            result = &mut load => result,
+            () = self.keep_lock(&held, ttl) => load.await,
+        };
+        self.release_lock(&held).await;
+        result
+    }
+
+    /// Renews `held` every third of `ttl` for as long as its holder still holds it; returns when
+    /// a renewal fails (lost, or Redis failing), never otherwise.
+    async fn keep_lock(&self, held: &LockToken, ttl: Duration) {
+        loop {
+            tokio::time::sleep(ttl / 3).await;
+            match self.store_op(self.inner.store.lock_renew(held, ttl)).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!(cache = %self.inner.name, "lock lost while loading (expired and taken)");
+                    return;
+                }
+                Err(err) => {
+                    tracing::debug!(cache = %self.inner.name, error = %err, "lock renewal failed");
+                    return;
+                }
             }
         }
     }
@@ -691,7 +848,25 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Loaded<T>, E>>,
     {
-        let (started_ms, started) = (self.load_stamp_ms(), Instant::now());
+        // What the fill will be conditional on, taken before the loader runs. Without it (Redis
+        // failing) the value is served but not stored.
+        let start: Option<LoadStart> = match fill {
+            Fill::Store(seen) => match Box::pin(self.load_start(key, &policy.tags, seen)).await {
+                Ok(start) => Some(start),
+                Err(err) => {
+                    tracing::debug!(cache = %self.inner.name, error = %err,
+                        "could not read what the load starts from; its value will not be stored");
+                    None
+                }
+            },
+            Fill::Skip => None,
+        };
+        let (started_ms, started) = (
+            start
+                .as_ref()
+                .map_or_else(|| self.load_stamp_ms(), |s| s.stamp_ms),
+            Instant::now(),
+        );
         let span = tracing::debug_span!("cache.load", cache = %self.inner.name, key = %super::key_hint(key));
         let result = loader().instrument(span).await;
         let took = started.elapsed();
@@ -719,26 +894,20 @@ impl Cache {
             });
         }
         let detached = guard.as_ref().is_some_and(LeaderGuard::is_detached);
+        let late_tags = loaded.tags.clone();
         let policy = effective_policy(policy, &loaded);
         let mut origin = Origin::LoadedUnstored;
-        match self.encode_entry(&loaded.value, &policy, started_ms, took) {
-            Ok((bytes, timing)) => {
-                if fill == Fill::Store && !detached {
-                    match self
-                        .write_entry(key, &loaded.value, bytes, timing, &policy.tags)
-                        .await
-                    {
-                        Ok(()) => origin = Origin::Loaded,
-                        Err(err) => tracing::debug!(cache = %self.inner.name, error = %err,
-                            "could not store loaded value"),
-                    }
-                    if policy.stampede == Stampede::Lock {
-                        self.announce_landed(key).await;
-                    }
-                }
+        let timing = self.entry_timing(&policy, started_ms, took);
+        if let (Some(start), false) = (&start, detached) {
+            let fill = self.fill_entry(start, &loaded.value, &policy, timing, &late_tags);
+            match Box::pin(fill).await {
+                Ok(true) => origin = Origin::Loaded,
+                Ok(false) => {}
+                Err(err) => tracing::debug!(cache = %self.inner.name, error = %err,
+                    "could not store loaded value"),
             }
-            Err(err) => {
-                tracing::warn!(cache = %self.inner.name, error = %err, "loaded value could not be encoded; not cached");
+            if policy.stampede == Stampede::Lock {
+                self.announce_landed(&start.key).await;
             }
         }
         if let Some(guard) = guard {
@@ -772,7 +941,7 @@ impl Cache {
         loop {
             let take = inner.store.lock_acquire(&held, lock_ttl);
             match self.store_op(take).await {
-                Ok(true) => return LockWait::Acquired(held),
+                Ok(true) => return LockWait::Acquired(held, lock_ttl),
                 Ok(false) => {}
                 Err(_) => return LockWait::Unavailable,
             }
@@ -798,8 +967,7 @@ impl Cache {
         }
     }
 
-    async fn announce_landed(&self, key: &str) {
-        let full_key = self.entry_key(key).await;
+    async fn announce_landed(&self, full_key: &str) {
         let publish = self
             .inner
             .store
@@ -811,17 +979,19 @@ impl Cache {
 }
 
 /// Whether a loaded value is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Fill {
-    /// Store it (and mirror it into L1).
-    Store,
+    /// Store it (and mirror it into L1), if the key still holds what the lookup saw (`None`: not
+    /// read; the load reads it before it starts).
+    Store(Option<Seen>),
     /// Return it without storing: the lock wait timed out, another holder may be storing.
     Skip,
 }
 
 /// Result of trying to take an entry's distributed lock.
 enum LockWait<T> {
-    Acquired(LockToken),
+    /// Taken, for this TTL.
+    Acquired(LockToken, Duration),
     /// Another process stored the value while we waited.
     Landed(T),
     /// `lock_wait` passed: load without storing.

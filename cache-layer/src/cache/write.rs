@@ -13,20 +13,22 @@ use std::{
 
 use serde::Serialize;
 
-use super::{Cache, Inner};
+use super::{coherence::EntryKey, Cache, Inner};
 use crate::{
     bus::{Listener, Message},
-    envelope::{Envelope, Timing},
+    envelope::{self, Seen, Timing},
     store::{NamespaceBump, Store, TagField},
     tags::{TagTimes, Validity},
-    util::{self, now_ms},
+    util::now_ms,
+    value::Value,
     Error, Policy,
 };
 
-/// Invalidations Redis did not take (breaker open, timeout, lost `PUBLISH`): this process honours
-/// them at once; they are replayed when the breaker closes or the bus resubscribes, so the other
-/// instances (and this one, once its local record is gone) follow. Bounded: past
-/// [`MAX_PENDING`] entries the replay becomes one namespace bump, which covers everything.
+/// Invalidations and writes Redis did not take (breaker open, timeout, lost `PUBLISH`): this
+/// process honours them at once (entries they cover are not served from L1 or Redis here, and
+/// loads covered by them are not stored), and a background task replays them with backoff until
+/// Redis takes them, whether or not the breaker opened, so the other instances follow. Bounded:
+/// past [`MAX_PENDING`] entries the replay becomes one namespace bump, which covers everything.
 #[derive(Debug, Default)]
 pub(crate) struct MissedInvalidations {
     hard: std::collections::BTreeSet<String>,
@@ -37,13 +39,23 @@ pub(crate) struct MissedInvalidations {
 
 const MAX_PENDING: usize = 10_000;
 
+/// The epoch an entry key carries while the namespace epoch could not be read yet: no entry
+/// lives under it and nothing is stored under it.
+pub(crate) const UNKNOWN_EPOCH: u64 = u64::MAX;
+
+/// How often a write is redone when the namespace epoch moved under it.
+const EPOCH_ATTEMPTS: usize = 3;
+
+/// How long a tombstone left by `delete` stays; a load that runs longer is not stored.
+pub(crate) const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+
 impl MissedInvalidations {
     fn is_empty(&self) -> bool {
         !self.namespace && self.hard.is_empty() && self.soft.is_empty() && self.keys.is_empty()
     }
 
     fn len(&self) -> usize {
-        self.hard.len() + self.soft.len() + self.keys.len()
+        self.hard.len() + self.soft.len() + self.keys.len() + usize::from(self.namespace)
     }
 
     fn overflowed(&mut self) {
@@ -56,38 +68,174 @@ impl MissedInvalidations {
     }
 }
 
-impl Cache {
-    /// Writes an encoded entry to the store (TTL = its hard expiry, capped by the tag TTL for
-    /// tagged entries) and mirrors it into L1. A value whose load started before a namespace bump
-    /// or an invalidation of one of its tags (as far as this process knows) is not stored.
-    pub(crate) async fn write_entry<T: Clone + Send + Sync + 'static>(
-        &self,
-        key: &str,
-        value: &T,
-        bytes: Vec<u8>,
-        timing: Timing,
-        tags: &[String],
-    ) -> Result<(), Error> {
-        let inner = &self.inner;
-        let full_key = self.entry_key(key).await;
-        if timing.created_ms <= inner.namespace.get().bumped_ms
-            || self.known_validity(tags.iter().map(String::as_str), timing.created_ms)
-                == Some(Validity::Invalid)
-        {
-            tracing::debug!(cache = %inner.name, "an invalidation raced this load; not storing it");
-            return Ok(());
-        }
-        let mut ttl = Duration::from_millis(timing.stale_until_ms.saturating_sub(now_ms()).max(1));
-        if !tags.is_empty() {
-            // A tag key must outlive every entry that carries the tag (see `tags`).
-            ttl = ttl.min(inner.tag_ttl);
-        }
-        let serialized_len = Envelope::parse(&bytes).map_or(bytes.len(), |e| e.payload_len());
-        self.l1_insert(&full_key, value, timing, tags, ttl, serialized_len);
-        self.store_op(inner.store.set(&full_key, bytes, ttl)).await
+/// The pending set with a lock-free "anything pending?" for the read path.
+#[derive(Debug, Default)]
+pub(crate) struct MissedBook {
+    set: std::sync::Mutex<MissedInvalidations>,
+    len: std::sync::atomic::AtomicUsize,
+    replaying: std::sync::atomic::AtomicBool,
+}
+
+impl MissedBook {
+    /// How many invalidations and writes wait for Redis.
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// `set`: encodes and stores `value`, tells the other instances; on failure deletes the key.
+    fn with<R>(&self, f: impl FnOnce(&mut MissedInvalidations) -> R) -> R {
+        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        let out = f(&mut set);
+        self.len
+            .store(set.len(), std::sync::atomic::Ordering::Release);
+        out
+    }
+}
+
+/// What a load knew when it started (see [`Cache::load_start`]).
+#[derive(Debug, Clone)]
+pub(crate) struct LoadStart {
+    /// The entry key under the namespace epoch at load start.
+    pub(crate) key: EntryKey,
+    /// What the key held.
+    pub(crate) seen: Seen,
+    /// The policy's tags with their versions.
+    pub(crate) versions: Vec<(String, TagTimes)>,
+    /// A lower bound of the Redis clock at load start (the entry's `created_ms`).
+    pub(crate) stamp_ms: u64,
+    pub(crate) started: Instant,
+}
+
+/// A tag record as read for a validity check or a load start.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FetchedTag {
+    pub(crate) times: TagTimes,
+    /// It was missing (or went back) and was recreated just now.
+    pub(crate) repaired: bool,
+}
+
+impl Cache {
+    /// What a load knew when it started: the entry key (namespace epoch), what the key held, and
+    /// the versions of the policy's tags. A fill is stored only under that key, only if the key
+    /// still holds what it held, and with those versions (so an invalidation during the load makes
+    /// the entry invalid, and a delete or set during the load refuses the fill).
+    pub(crate) async fn load_start(
+        &self,
+        key: &str,
+        tags: &[String],
+        seen: Option<Seen>,
+    ) -> Result<LoadStart, Error> {
+        let full_key = self.entry_key(key).await;
+        let seen = match seen {
+            Some(seen) => seen,
+            None => match self.store_op(self.inner.store.get(&full_key)).await {
+                Ok(bytes) => Seen::of(bytes.as_deref()),
+                Err(err) => Seen::of_failed_read(&err).ok_or(err)?,
+            },
+        };
+        let versions = self.load_versions(tags).await?;
+        Ok(LoadStart {
+            key: full_key,
+            seen,
+            versions,
+            stamp_ms: self.load_stamp_ms(),
+            started: Instant::now(),
+        })
+    }
+
+    /// Fills an entry after a load (conditional, see [`load_start`](Self::load_start)) and
+    /// mirrors it into L1. `late_tags` are tags only known after the load (an HTTP response's
+    /// `Cache-Tag`): their versions are read now, and the fill is dropped if one of them was
+    /// invalidated after the load started. Returns whether it was stored.
+    pub(crate) async fn fill_entry<T: Value>(
+        &self,
+        start: &LoadStart,
+        value: &T,
+        policy: &Policy,
+        timing: Timing,
+        late_tags: &[String],
+    ) -> Result<bool, Error> {
+        let inner = &self.inner;
+        if start.started.elapsed() >= TOMBSTONE_TTL {
+            // A delete during this load may have left a tombstone that has expired by now.
+            return Ok(false);
+        }
+        let mut versions = start.versions.clone();
+        // Late tags known (and kept current by the bus) since before the load started: their
+        // versions then are the ones known now. The others are read now, and a record raised
+        // after the load started (Redis time against a lower bound of it) means an
+        // invalidation may have raced the load: not stored.
+        let mut unknown: Vec<&str> = Vec::new();
+        for tag in late_tags {
+            match inner.tag_book.get(tag) {
+                Some(record)
+                    if inner.bus.is_trusted(record.trust) && record.trust.at <= start.started =>
+                {
+                    versions.push((tag.clone(), record.times));
+                }
+                _ => unknown.push(tag),
+            }
+        }
+        if !unknown.is_empty() {
+            let fetched = self.fetch_tags(&unknown).await?;
+            for (tag, fetched) in unknown.iter().zip(fetched) {
+                if !fetched.repaired && fetched.times.hard_ms >= start.stamp_ms {
+                    tracing::debug!(cache = %inner.name, "a tag of this response was invalidated during its load; not storing it");
+                    return Ok(false);
+                }
+                versions.push(((*tag).to_owned(), fetched.times));
+            }
+        }
+        if self.superseded(&start.key, &versions) {
+            tracing::debug!(cache = %inner.name, "an invalidation raced this load; not storing it");
+            return Ok(false);
+        }
+        let bytes = self.encode_entry(value, policy, timing, &versions)?;
+        let size = envelope::payload_len(&bytes);
+        let ttl = self.entry_ttl(&timing, !versions.is_empty());
+        let stored = self
+            .store_op(
+                inner
+                    .store
+                    .fill_if(&start.key, bytes, ttl, &start.seen.as_arg()),
+            )
+            .await?;
+        if stored {
+            let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
+            self.l1_insert(&start.key, value, timing, tags, ttl, size);
+        } else {
+            tracing::debug!(cache = %inner.name, "a write or delete raced this load; not storing it");
+        }
+        Ok(stored)
+    }
+
+    /// Whether something this process knows already makes an entry with `versions` under `key`
+    /// invalid (a newer namespace epoch, a newer tag version, an invalidation not yet in Redis).
+    fn superseded(&self, key: &EntryKey, versions: &[(String, TagTimes)]) -> bool {
+        let inner = &self.inner;
+        if key.version == UNKNOWN_EPOCH || key.version != inner.namespace.get().version {
+            return true;
+        }
+        if self.has_pending_tags(versions.iter().map(|(tag, _)| tag.as_str())) {
+            return true;
+        }
+        versions.iter().any(|(tag, recorded)| {
+            inner
+                .tag_book
+                .get(tag)
+                .is_some_and(|record| record.times.hard_ms > recorded.hard_ms)
+        })
+    }
+
+    /// An entry's Redis TTL: its hard expiry, capped by the tag TTL for tagged entries.
+    fn entry_ttl(&self, timing: &Timing, tagged: bool) -> Duration {
+        let mut ttl = Duration::from_millis(timing.stale_until_ms.saturating_sub(now_ms()).max(1));
+        if tagged {
+            ttl = ttl.min(self.inner.tag_ttl);
+        }
+        ttl
+    }
+
+    /// `set`: stores `value` (see [`Cache::set`]).
     pub(crate) async fn write_through<T>(
         &self,
         key: &str,
@@ -97,52 +245,103 @@ impl Cache {
     where
         T: Serialize + Clone + Send + Sync + 'static,
     {
-        self.inner.flights.detach_key(key);
-        let (bytes, timing) =
-            self.encode_entry(value, policy, self.load_stamp_ms(), Duration::ZERO)?;
-        let written = self
-            .write_entry(key, value, bytes, timing, &policy.tags)
-            .await;
-        match written {
-            Ok(()) => {
-                self.publish(Message {
-                    keys: vec![key.to_owned()],
-                    ..Message::default()
-                })
-                .await
-            }
-            Err(Error::BreakerOpen) => Ok(()),
-            Err(err) => {
-                self.inner.bus.tickets.bump(key);
-                if let Some(l1) = &self.inner.l1 {
-                    l1.remove(key);
+        let inner = &self.inner;
+        inner.flights.detach_key(key);
+        inner.bus.tickets.bump(key);
+        let written = async {
+            for _ in 0..EPOCH_ATTEMPTS {
+                let full_key = self.entry_key_checked(key).await.map_err(|(_, err)| err)?;
+                let versions = self.load_versions(&policy.tags).await?;
+                let timing = self.entry_timing(policy, self.load_stamp_ms(), Duration::ZERO);
+                let bytes = self.encode_entry(value, policy, timing, &versions)?;
+                let size = envelope::payload_len(&bytes);
+                let ttl = self.entry_ttl(&timing, !versions.is_empty());
+                self.store_op(inner.store.set(&full_key, bytes, ttl))
+                    .await?;
+                if self.epoch_still(full_key.version).await? {
+                    let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
+                    self.l1_insert(&full_key, value, timing, tags, ttl, size);
+                    return Ok::<_, Error>(());
                 }
-                let full_key = self.entry_key(key).await;
-                let _ = self.store_op(self.inner.store.delete(&full_key)).await;
-                let _ = self
+            }
+            Err(Error::BreakerOpen)
+        };
+        match written.await {
+            Ok(()) => {
+                self.forget_pending_key(key);
+                let published = self
                     .publish(Message {
                         keys: vec![key.to_owned()],
                         ..Message::default()
                     })
                     .await;
+                if published.is_err() {
+                    // Stored but not announced: the replay deletes it and announces that.
+                    self.remember_missed(|pending| {
+                        pending.keys.insert(key.to_owned());
+                    });
+                }
+                match published {
+                    Err(Error::BreakerOpen) => Ok(()),
+                    other => other,
+                }
+            }
+            Err(Error::BreakerOpen) => {
+                // Not written: whatever Redis holds for the key is from before this write.
+                if let Some(l1) = &inner.l1 {
+                    l1.remove(key);
+                }
+                self.remember_missed(|pending| {
+                    pending.keys.insert(key.to_owned());
+                });
+                Ok(())
+            }
+            Err(err) => {
+                // Not written, and Redis answers: the old value goes now (or, if even that
+                // fails, is recorded and replayed by `delete`).
+                if let Some(l1) = &inner.l1 {
+                    l1.remove(key);
+                }
+                let _ = Box::pin(self.remove(key)).await;
                 Err(err)
             }
         }
     }
 
-    /// `delete`: removes the entry here, in the store and (via the bus) in the other instances.
+    /// `delete` (see [`Cache::delete`]).
     pub(crate) async fn remove(&self, key: &str) -> Result<bool, Error> {
         let inner = &self.inner;
         inner.metrics.invalidation();
         inner.flights.detach_key(key);
-        inner.bus.tickets.bump(key);
-        if let Some(l1) = &inner.l1 {
-            l1.remove(key);
+        self.evict_l1(key);
+        let removed = async {
+            for _ in 0..EPOCH_ATTEMPTS {
+                let full_key = self.entry_key_checked(key).await.map_err(|(_, err)| err)?;
+                let tombstone = envelope::tombstone();
+                let delete = inner
+                    .store
+                    .delete_to_tombstone(&full_key, tombstone, TOMBSTONE_TTL);
+                let removed = match self.store_op(delete).await {
+                    // Out of memory (`noeviction`): no tombstone can be written, but a plain
+                    // DEL frees memory and is accepted (fills are rejected meanwhile anyway).
+                    Err(Error::Redis(e)) if e.code() == Some("OOM") => {
+                        self.store_op(inner.store.delete(&full_key)).await?
+                    }
+                    other => other?,
+                };
+                if self.epoch_still(full_key.version).await? {
+                    return Ok(removed);
+                }
+            }
+            Err(Error::BreakerOpen)
         }
-        let full_key = self.entry_key(key).await;
-        let removed = self.store_op(inner.store.delete(&full_key)).await;
+        .await;
+        // A reader that read the old value before the tombstone landed may be inserting it into
+        // L1 right now: its ticket is stale after this, and the copy goes.
+        self.evict_l1(key);
         let published = match &removed {
             Ok(_) => {
+                self.forget_pending_key(key);
                 self.publish(Message {
                     keys: vec![key.to_owned()],
                     ..Message::default()
@@ -164,6 +363,37 @@ impl Cache {
         }
     }
 
+    /// After a write under namespace epoch `epoch`: whether that is still the epoch in Redis.
+    /// If it is not (bumped, or lost and repaired, while this process still used the old one),
+    /// the write went where nobody reads: the epoch is read again and the caller writes again.
+    async fn epoch_still(&self, epoch: u64) -> Result<bool, Error> {
+        let inner = &self.inner;
+        if !inner.store.is_shared() {
+            return Ok(true);
+        }
+        let bytes = self
+            .store_op(inner.store.get(&inner.keys.version()))
+            .await?;
+        let stored = bytes
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|s| s.parse::<u64>().ok());
+        if stored == Some(epoch) {
+            return Ok(true);
+        }
+        inner.namespace.distrust();
+        self.namespace_version().await?;
+        Ok(false)
+    }
+
+    fn evict_l1(&self, key: &str) {
+        self.inner.bus.tickets.bump(key);
+        if let Some(l1) = &self.inner.l1 {
+            l1.remove(key);
+        }
+    }
+
+    /// `invalidate_tags` / `expire_tag`: raises the tags' versions, announces them.
     pub(crate) async fn bump_tags<I, S>(&self, tags: I, field: TagField) -> Result<(), Error>
     where
         I: IntoIterator<Item = S>,
@@ -187,34 +417,27 @@ impl Cache {
             let times = match result {
                 Ok(times) => {
                     published.push((tag.clone(), times.hard_ms, times.soft_ms));
-                    times
+                    Some(times)
                 }
                 Err(err) => {
-                    // Redis did not take it: this process honours it now, with an upper bound of
-                    // the Redis clock as its time, and replays it when Redis is back.
+                    // Redis did not take it: this process honours it now (pending tags make
+                    // entries invalid or expired here) and replays it until Redis takes it.
                     self.remember_missed(|pending| {
                         match field {
                             TagField::Hard => pending.hard.insert(tag.clone()),
                             TagField::Soft => pending.soft.insert(tag.clone()),
                         };
                     });
-                    let at = inner.clock.upper_ms();
                     if !matches!(err, Error::BreakerOpen) {
                         first_error.get_or_insert(err);
                     }
-                    match field {
-                        TagField::Hard => TagTimes {
-                            hard_ms: at,
-                            soft_ms: 0,
-                        },
-                        TagField::Soft => TagTimes {
-                            hard_ms: 0,
-                            soft_ms: at,
-                        },
-                    }
+                    None
                 }
             };
-            inner.tag_book.merge(tag, times, trust);
+            if let Some(times) = times {
+                inner.tag_book.merge(tag, times, trust);
+                self.forget_pending_tag(tag, field);
+            }
             if field == TagField::Hard {
                 inner.flights.detach_tag(tag);
             }
@@ -252,49 +475,53 @@ impl Cache {
             .await
     }
 
-    /// `invalidate_namespace`: bumps the namespace version in the store and announces it.
+    /// `invalidate_namespace` (see [`Cache::invalidate_namespace`]).
     pub(crate) async fn bump_namespace(&self) -> Result<(), Error> {
         let inner = &self.inner;
         inner.bus.ensure_started(&self.inner).await;
-        let trust = inner.bus.trust_now();
         inner.metrics.invalidation();
-        let version_key = inner.keys.version();
-        let NamespaceBump { version, bumped_ms } = match self
-            .store_op(inner.store.bump_namespace(&version_key))
-            .await
-        {
-            Ok(bumped) => bumped,
+        match self.bump_namespace_now().await {
+            Ok(()) => Ok(()),
             Err(err) => {
-                // Not bumped anywhere: stop serving L1 copies here, and bump it as soon as
-                // Redis is back.
+                // Not bumped (or not announced): nothing Redis holds is served here until the
+                // replay got it in.
                 self.remember_missed(|pending| pending.namespace = true);
                 inner.flights.detach_all();
                 self.forget_l1();
-                return match err {
+                match err {
                     Error::BreakerOpen => Ok(()),
                     err => Err(err),
-                };
+                }
             }
+        }
+    }
+
+    /// Bumps the namespace epoch in the store (repairing a lost or regressed one) and announces
+    /// it.
+    async fn bump_namespace_now(&self) -> Result<(), Error> {
+        let inner = &self.inner;
+        let trust = inner.bus.trust_now();
+        let known = inner.namespace.get().version;
+        let (version, bumped_ms) = match &inner.store {
+            store if store.is_shared() => {
+                let key = inner.keys.version();
+                let NamespaceBump { version, bumped_ms } =
+                    self.store_op(store.bump_namespace(&key, known)).await?;
+                (version, bumped_ms)
+            }
+            _ => (known + 1, now_ms()),
         };
         self.learn_namespace(version, Some(bumped_ms), trust);
-        let published = self
-            .publish(Message {
-                namespace: Some((version, bumped_ms)),
-                ..Message::default()
-            })
-            .await;
-        if published.is_err() {
-            self.remember_missed(|pending| pending.namespace = true);
-        }
-        match published {
-            Err(Error::BreakerOpen) => Ok(()),
-            other => other,
-        }
+        self.publish(Message {
+            namespace: Some((version, bumped_ms)),
+            ..Message::default()
+        })
+        .await
     }
 
     /// Tells the other instances (best effort is not enough: an instance whose bus is up trusts
     /// its cached tag times, so a lost message is an error for the caller).
-    async fn publish(&self, message: Message) -> Result<(), Error> {
+    pub(super) async fn publish(&self, message: Message) -> Result<(), Error> {
         let inner = &self.inner;
         if !inner.bus.is_remote() {
             return Ok(());
@@ -319,44 +546,171 @@ impl Cache {
         if !self.inner.bus.is_remote() {
             return;
         }
-        let mut pending = util::lock(&self.inner.missed);
-        add(&mut pending);
-        pending.overflowed();
+        self.inner.missed.with(|pending| {
+            add(pending);
+            pending.overflowed();
+        });
+        self.inner.metrics.pending(self.inner.missed.len());
+        self.replay_missed();
     }
 
-    /// Replays the invalidations Redis did not take, in the background (Redis just came back).
-    fn replay_missed(&self) {
-        let pending = {
-            let mut pending = util::lock(&self.inner.missed);
-            if pending.is_empty() {
-                return;
+    fn forget_pending_key(&self, key: &str) {
+        if self.inner.missed.len() > 0 {
+            self.inner.missed.with(|pending| pending.keys.remove(key));
+            self.inner.metrics.pending(self.inner.missed.len());
+        }
+    }
+
+    fn forget_pending_tag(&self, tag: &str, field: TagField) {
+        if self.inner.missed.len() > 0 {
+            self.inner.missed.with(|pending| match field {
+                TagField::Hard => pending.hard.remove(tag),
+                TagField::Soft => pending.soft.remove(tag),
+            });
+            self.inner.metrics.pending(self.inner.missed.len());
+        }
+    }
+
+    /// Whether an invalidation this process has not got into Redis yet covers `key` itself or
+    /// the whole namespace: then nothing Redis holds for it is served here.
+    pub(crate) fn pending_covers(&self, key: &str) -> bool {
+        self.inner.missed.len() > 0
+            && self
+                .inner
+                .missed
+                .with(|pending| pending.namespace || pending.keys.contains(key))
+    }
+
+    /// Whether a hard invalidation of one of `tags` waits for Redis.
+    fn has_pending_tags<'a>(&self, tags: impl IntoIterator<Item = &'a str>) -> bool {
+        if self.inner.missed.len() == 0 {
+            return false;
+        }
+        let tags: Vec<&str> = tags.into_iter().collect();
+        self.inner
+            .missed
+            .with(|pending| pending.namespace || tags.iter().any(|tag| pending.hard.contains(*tag)))
+    }
+
+    /// The validity pending invalidations impose on an entry with `tags` (`Valid` when none).
+    pub(super) fn pending_validity<'a>(&self, tags: impl IntoIterator<Item = &'a str>) -> Validity {
+        if self.inner.missed.len() == 0 {
+            return Validity::Valid;
+        }
+        let tags: Vec<&str> = tags.into_iter().collect();
+        self.inner.missed.with(|pending| {
+            if pending.namespace || tags.iter().any(|tag| pending.hard.contains(*tag)) {
+                Validity::Invalid
+            } else if tags.iter().any(|tag| pending.soft.contains(*tag)) {
+                Validity::Expired
+            } else {
+                Validity::Valid
             }
-            std::mem::take(&mut *pending)
-        };
+        })
+    }
+
+    /// Replays, in the background and with backoff, the invalidations and writes Redis did not
+    /// take, until none is left (one replayer per cache).
+    fn replay_missed(&self) {
+        use std::sync::atomic::Ordering;
+        let inner = &self.inner;
+        if inner.missed.len() == 0 {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            *util::lock(&self.inner.missed) = pending;
             return;
         };
-        let cache = self.clone();
+        if inner
+            .missed
+            .replaying
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        // The task holds only a weak handle: a dropped cache stops replaying.
+        let weak = Arc::downgrade(&self.inner);
         runtime.spawn(async move {
-            tracing::info!(cache = %cache.inner.name, tags = pending.hard.len() + pending.soft.len(),
-                keys = pending.keys.len(), namespace = pending.namespace,
-                "replaying invalidations redis missed");
-            // Failures land in `pending` again (same code paths) for the next recovery.
-            if pending.namespace {
-                let _ = cache.bump_namespace().await;
-                return;
-            }
-            if !pending.hard.is_empty() {
-                let _ = cache.bump_tags(pending.hard, TagField::Hard).await;
-            }
-            if !pending.soft.is_empty() {
-                let _ = cache.bump_tags(pending.soft, TagField::Soft).await;
-            }
-            for key in pending.keys {
-                let _ = cache.remove(&key).await;
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let cache = Cache { inner };
+                let done = cache.replay_once().await;
+                if done {
+                    cache.inner.missed.replaying.store(false, Ordering::Release);
+                    // Something may have been added between the last check and the store.
+                    if cache.inner.missed.len() > 0 {
+                        cache.replay_missed();
+                    }
+                    return;
+                }
+                drop(cache);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         });
+    }
+
+    /// One replay attempt of everything pending; `true` when nothing is left.
+    async fn replay_once(&self) -> bool {
+        let inner = &self.inner;
+        // Taken out while replayed; failures are recorded again by the same code paths (which do
+        // not start a second replayer: this one is running).
+        let pending = inner.missed.with(|pending| MissedInvalidations {
+            hard: pending.hard.clone(),
+            soft: pending.soft.clone(),
+            keys: pending.keys.clone(),
+            namespace: pending.namespace,
+        });
+        if pending.is_empty() {
+            return true;
+        }
+        tracing::debug!(cache = %inner.name, tags = pending.hard.len() + pending.soft.len(),
+            keys = pending.keys.len(), namespace = pending.namespace,
+            "replaying invalidations redis missed");
+        if pending.namespace {
+            if self.bump_namespace_now().await.is_ok() {
+                inner.missed.with(|p| {
+                    p.namespace = false;
+                    // A namespace bump covers every key and tag.
+                    p.keys.clear();
+                    p.hard.clear();
+                    p.soft.clear();
+                });
+            }
+        } else {
+            if !pending.hard.is_empty() {
+                let _ = self.bump_tags(pending.hard, TagField::Hard).await;
+            }
+            if !pending.soft.is_empty() {
+                let _ = self.bump_tags(pending.soft, TagField::Soft).await;
+            }
+            for key in pending.keys {
+                let _ = self.remove(&key).await;
+            }
+        }
+        inner.metrics.pending(inner.missed.len());
+        inner.missed.len() == 0
+    }
+
+    /// See [`Cache::shutdown`].
+    pub(crate) async fn drain(&self, within: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + within;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            if self.inner.missed.len() == 0 {
+                return Ok(());
+            }
+            if self.replay_once().await {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout(within));
+            }
+            tokio::time::sleep(backoff.min(left)).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
     }
 }
 

@@ -107,6 +107,7 @@ struct Handles {
     invalidations: metrics::Counter,
     l1_evictions: metrics::Counter,
     breaker_state: metrics::Gauge,
+    pending: metrics::Gauge,
 }
 
 impl Handles {
@@ -125,7 +126,8 @@ impl Handles {
             value_bytes: metrics::histogram!("cache_value_bytes", "cache" => cache.clone()),
             invalidations: metrics::counter!("cache_invalidations_total", "cache" => cache.clone()),
             l1_evictions: metrics::counter!("cache_l1_evictions_total", "cache" => cache.clone()),
-            breaker_state: metrics::gauge!("cache_breaker_state", "cache" => cache),
+            breaker_state: metrics::gauge!("cache_breaker_state", "cache" => cache.clone()),
+            pending: metrics::gauge!("cache_pending_invalidations", "cache" => cache),
         }
     }
 }
@@ -302,6 +304,11 @@ impl CacheMetrics {
         bump(&self.invalidations, &self.handles.invalidations);
     }
 
+    /// The number of invalidations and writes waiting to be replayed into Redis.
+    pub(crate) fn pending(&self, pending: usize) {
+        self.handles.pending.set(pending as f64);
+    }
+
     /// An L1 entry pushed out by the tier's size bound.
     pub(crate) fn l1_eviction(&self) {
         bump(&self.l1_evictions, &self.handles.l1_evictions);
@@ -337,6 +344,7 @@ impl CacheMetrics {
             breaker,
             breaker_transitions,
             hot_keys: Vec::new(),
+            pending_invalidations: 0,
         }
     }
 }

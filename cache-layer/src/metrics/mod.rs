@@ -77,6 +77,10 @@ pub struct Stats {
     /// The most-read keys (estimated hits, highest first) when hot-key tracking is on
     /// ([`CacheBuilder::track_hot_keys`](crate::CacheBuilder::track_hot_keys)); else empty.
     pub hot_keys: Vec<(String, u64)>,
+    /// Invalidations, deletes and writes Redis has not taken yet (breaker open, timeouts): honoured
+    /// by this process and replayed in the background (gauge `cache_pending_invalidations`;
+    /// [`Cache::shutdown`](crate::Cache::shutdown) drains them).
+    pub pending_invalidations: u64,
 }
 
 impl Stats {

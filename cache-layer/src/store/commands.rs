@@ -136,36 +136,107 @@ pub(super) async fn bump_tag<R: Raw>(
     Ok(TagTimes { hard_ms, soft_ms })
 }
 
-pub(super) async fn tag_times<R: Raw>(raw: &R, keys: &[String]) -> Result<Vec<TagTimes>, Error> {
+pub(super) async fn tag_times<R: Raw>(
+    raw: &R,
+    keys: &[String],
+) -> Result<Vec<Option<TagTimes>>, Error> {
     let values = raw.get_many(keys).await?;
     Ok(values
         .iter()
-        .map(|value| {
-            value
-                .as_deref()
-                .and_then(TagTimes::parse)
-                .unwrap_or_default()
-        })
+        .map(|value| value.as_deref().and_then(TagTimes::parse))
         .collect())
 }
 
-pub(super) async fn bump_namespace<R: Raw>(raw: &R, key: &str) -> Result<NamespaceBump, Error> {
-    let mut invocation = scripts::BUMP_NAMESPACE.script().prepare_invoke();
-    invocation.key(key);
-    let (version, bumped_ms): (u64, u64) = raw.invoke(&invocation, Resend::Never).await?;
+pub(super) async fn repair_tags<R: Raw>(
+    raw: &R,
+    keys: &[String],
+    known_hard: &[u64],
+    ttl: Duration,
+) -> Result<Vec<TagTimes>, Error> {
+    let runs = keys.iter().zip(known_hard).map(|(key, &known)| async move {
+        let mut invocation = scripts::REPAIR_TAG.script().prepare_invoke();
+        invocation.key(key).arg(known).arg(millis_at_least_one(ttl));
+        // Resending finds the repaired record: safe.
+        let (hard_ms, soft_ms): (u64, u64) = raw.invoke(&invocation, Resend::Safe).await?;
+        Ok::<_, Error>(TagTimes { hard_ms, soft_ms })
+    });
+    futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .collect()
+}
+
+async fn namespace_epoch<R: Raw>(
+    raw: &R,
+    key: &str,
+    known: u64,
+    bump: bool,
+) -> Result<(u64, u64), Error> {
+    let mut invocation = scripts::NAMESPACE_EPOCH.script().prepare_invoke();
+    invocation
+        .key(key)
+        .arg(known)
+        .arg(if bump { "bump" } else { "read" });
+    // A bump resent after it landed would bump twice (harmless, but not the contract).
+    let resend = if bump { Resend::Never } else { Resend::Safe };
+    raw.invoke(&invocation, resend).await
+}
+
+pub(super) async fn bump_namespace<R: Raw>(
+    raw: &R,
+    key: &str,
+    known: u64,
+) -> Result<NamespaceBump, Error> {
+    let (version, bumped_ms) = namespace_epoch(raw, key, known, true).await?;
     Ok(NamespaceBump { version, bumped_ms })
 }
 
-pub(super) async fn namespace_version<R: Raw>(raw: &R, key: &str) -> Result<u64, Error> {
+pub(super) async fn repair_namespace<R: Raw>(raw: &R, key: &str, known: u64) -> Result<u64, Error> {
+    Ok(namespace_epoch(raw, key, known, false).await?.0)
+}
+
+pub(super) async fn namespace_version<R: Raw>(raw: &R, key: &str) -> Result<Option<u64>, Error> {
     Ok(parse_version(get(raw, key).await?.as_deref()))
 }
 
-/// A stored namespace version (absent or unreadable: 0).
-pub(super) fn parse_version(bytes: Option<&[u8]>) -> u64 {
+/// A stored namespace epoch (`None`: absent or unreadable).
+pub(super) fn parse_version(bytes: Option<&[u8]>) -> Option<u64> {
     bytes
         .and_then(|b| std::str::from_utf8(b).ok())
         .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(0)
+}
+
+pub(super) async fn fill_if<R: Raw>(
+    raw: &R,
+    key: &str,
+    value: Vec<u8>,
+    ttl: Duration,
+    seen: &[u8],
+) -> Result<bool, Error> {
+    let mut invocation = scripts::FILL_IF.script().prepare_invoke();
+    invocation
+        .key(key)
+        .arg(value)
+        .arg(seen)
+        .arg(millis_at_least_one(ttl));
+    // A resend after a lost reply finds its own write and is refused: safe.
+    let stored: i64 = raw.invoke(&invocation, Resend::Safe).await?;
+    Ok(stored == 1)
+}
+
+pub(super) async fn delete_to_tombstone<R: Raw>(
+    raw: &R,
+    key: &str,
+    tombstone: Vec<u8>,
+    ttl: Duration,
+) -> Result<bool, Error> {
+    let mut invocation = scripts::DELETE_TO_TOMBSTONE.script().prepare_invoke();
+    invocation
+        .key(key)
+        .arg(tombstone)
+        .arg(millis_at_least_one(ttl));
+    let removed: i64 = raw.invoke(&invocation, Resend::Safe).await?;
+    Ok(removed == 1)
 }
 
 pub(super) async fn server_time<R: Raw>(raw: &R) -> Result<Duration, Error> {
@@ -402,19 +473,52 @@ macro_rules! impl_store {
             async fn tag_times(
                 &self,
                 keys: &[String],
-            ) -> Result<Vec<$crate::store::TagTimes>, Error> {
+            ) -> Result<Vec<Option<$crate::store::TagTimes>>, Error> {
                 commands::tag_times(self, keys).await
+            }
+
+            async fn repair_tags(
+                &self,
+                keys: &[String],
+                known_hard: &[u64],
+                ttl: Duration,
+            ) -> Result<Vec<$crate::store::TagTimes>, Error> {
+                commands::repair_tags(self, keys, known_hard, ttl).await
             }
 
             async fn bump_namespace(
                 &self,
                 key: &str,
+                known: u64,
             ) -> Result<$crate::store::NamespaceBump, Error> {
-                commands::bump_namespace(self, key).await
+                commands::bump_namespace(self, key, known).await
             }
 
-            async fn namespace_version(&self, key: &str) -> Result<u64, Error> {
+            async fn namespace_version(&self, key: &str) -> Result<Option<u64>, Error> {
                 commands::namespace_version(self, key).await
+            }
+
+            async fn repair_namespace(&self, key: &str, known: u64) -> Result<u64, Error> {
+                commands::repair_namespace(self, key, known).await
+            }
+
+            async fn fill_if(
+                &self,
+                key: &str,
+                value: Vec<u8>,
+                ttl: Duration,
+                seen: &[u8],
+            ) -> Result<bool, Error> {
+                commands::fill_if(self, key, value, ttl, seen).await
+            }
+
+            async fn delete_to_tombstone(
+                &self,
+                key: &str,
+                tombstone: Vec<u8>,
+                ttl: Duration,
+            ) -> Result<bool, Error> {
+                commands::delete_to_tombstone(self, key, tombstone, ttl).await
             }
 
             async fn server_time(&self) -> Result<Duration, Error> {

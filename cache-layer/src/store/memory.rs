@@ -254,31 +254,107 @@ impl Store for MemoryStore {
         Ok(times.unwrap_or_default())
     }
 
-    async fn tag_times(&self, keys: &[String]) -> Result<Vec<TagTimes>, Error> {
+    async fn tag_times(&self, keys: &[String]) -> Result<Vec<Option<TagTimes>>, Error> {
         Ok(keys
             .iter()
             .map(|key| {
                 self.live(key)
                     .and_then(|value| TagTimes::parse(&value.bytes))
-                    .unwrap_or_default()
             })
             .collect())
     }
 
-    async fn bump_namespace(&self, key: &str) -> Result<NamespaceBump, Error> {
+    async fn repair_tags(
+        &self,
+        keys: &[String],
+        known_hard: &[u64],
+        ttl: Duration,
+    ) -> Result<Vec<TagTimes>, Error> {
+        Ok(keys
+            .iter()
+            .zip(known_hard)
+            .map(|(key, &known)| {
+                let mut kept = None;
+                let repaired =
+                    self.update(key, |current| match current.and_then(TagTimes::parse) {
+                        Some(times) if times.hard_ms >= known => {
+                            kept = Some(times);
+                            None
+                        }
+                        _ => {
+                            let v = known.saturating_add(1).max(now_ms());
+                            let times = TagTimes {
+                                hard_ms: v,
+                                soft_ms: v,
+                            };
+                            Some((MemoryValue::new(times.render().into_bytes(), ttl), times))
+                        }
+                    });
+                kept.or(repaired).unwrap_or_default()
+            })
+            .collect())
+    }
+
+    async fn bump_namespace(&self, key: &str, known: u64) -> Result<NamespaceBump, Error> {
+        let now = now_ms();
         let version = self.update(key, |current| {
-            let version = parse_version(current) + 1;
+            let version = match parse_version(current) {
+                Some(cur) if cur >= known => cur + 1,
+                _ => known.saturating_add(1).max(now),
+            };
             let stored = MemoryValue::new(version.to_string().into_bytes(), NO_EXPIRY);
             Some((stored, version))
         });
         Ok(NamespaceBump {
-            version: version.unwrap_or(1),
-            bumped_ms: now_ms(),
+            version: version.unwrap_or(known + 1),
+            bumped_ms: now,
         })
     }
 
-    async fn namespace_version(&self, key: &str) -> Result<u64, Error> {
+    async fn namespace_version(&self, key: &str) -> Result<Option<u64>, Error> {
         Ok(parse_version(self.live(key).as_ref().map(|v| &*v.bytes)))
+    }
+
+    async fn repair_namespace(&self, key: &str, known: u64) -> Result<u64, Error> {
+        let mut kept = None;
+        let repaired = self.update(key, |current| match parse_version(current) {
+            Some(cur) if cur >= known => {
+                kept = Some(cur);
+                None
+            }
+            _ => {
+                let version = known.saturating_add(1).max(now_ms());
+                let stored = MemoryValue::new(version.to_string().into_bytes(), NO_EXPIRY);
+                Some((stored, version))
+            }
+        });
+        Ok(kept.or(repaired).unwrap_or(known))
+    }
+
+    async fn fill_if(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+        seen: &[u8],
+    ) -> Result<bool, Error> {
+        let stored = self.update(key, |current| {
+            super::fill_matches(current, seen).then(|| (MemoryValue::new(value, ttl), ()))
+        });
+        Ok(stored.is_some())
+    }
+
+    async fn delete_to_tombstone(
+        &self,
+        key: &str,
+        tombstone: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, Error> {
+        let live = self.update(key, |current| {
+            let live = current.is_some_and(|bytes| !super::is_tombstone(bytes));
+            Some((MemoryValue::new(tombstone, ttl), live))
+        });
+        Ok(live.unwrap_or(false))
     }
 
     async fn server_time(&self) -> Result<Duration, Error> {
@@ -520,12 +596,53 @@ mod tests {
         assert!(soft.soft_ms >= first.hard_ms);
         assert_eq!(
             store.tag_times(&["t".into(), "u".into()]).await.unwrap(),
-            vec![soft, TagTimes::default()]
+            vec![Some(soft), None],
+            "a missing record is unknown, not 'never invalidated'"
         );
-        assert_eq!(store.namespace_version("v").await.unwrap(), 0);
-        assert_eq!(store.bump_namespace("v").await.unwrap().version, 1);
-        assert_eq!(store.bump_namespace("v").await.unwrap().version, 2);
-        assert_eq!(store.namespace_version("v").await.unwrap(), 2);
+        // A missing record is repaired as if invalidated now; a present one is kept.
+        let repaired = store.repair_tags(&["u".into()], &[0], ttl).await.unwrap()[0];
+        assert!(repaired.hard_ms >= first.hard_ms && repaired.hard_ms == repaired.soft_ms);
+        assert_eq!(
+            store.repair_tags(&["t".into()], &[0], ttl).await.unwrap(),
+            vec![soft]
+        );
+
+        // The namespace epoch: absent is unknown; repaired above what is known, bumped by one.
+        assert_eq!(store.namespace_version("v").await.unwrap(), None);
+        let epoch = store.repair_namespace("v", 0).await.unwrap();
+        assert!(epoch >= first.hard_ms, "repaired to the store's time");
+        assert_eq!(
+            store.bump_namespace("v", epoch).await.unwrap().version,
+            epoch + 1
+        );
+        assert_eq!(store.namespace_version("v").await.unwrap(), Some(epoch + 1));
+        let ahead = store.repair_namespace("v", epoch + 10).await.unwrap();
+        assert!(
+            ahead > epoch + 10,
+            "an epoch behind what is known is repaired upward"
+        );
+    }
+
+    #[tokio::test]
+    async fn fills_are_conditional_and_tombstones_refuse_them() {
+        let store = MemoryStore::default();
+        let ttl = Duration::from_secs(10);
+        assert!(store.fill_if("k", b"x1".to_vec(), ttl, b"").await.unwrap());
+        assert!(!store.fill_if("k", b"x2".to_vec(), ttl, b"").await.unwrap());
+        assert!(store.fill_if("k", b"x3".to_vec(), ttl, b"x").await.unwrap());
+        let mut tomb = b"CL\x02\x80".to_vec();
+        tomb.extend_from_slice(&[0; 28]);
+        tomb.extend_from_slice(b"12345678");
+        assert!(store
+            .delete_to_tombstone("k", tomb.clone(), ttl)
+            .await
+            .unwrap());
+        assert!(!store.delete_to_tombstone("k", tomb, ttl).await.unwrap());
+        assert!(!store.fill_if("k", b"x4".to_vec(), ttl, b"").await.unwrap());
+        assert!(store
+            .fill_if("k", b"x5".to_vec(), ttl, b"12345678")
+            .await
+            .unwrap());
     }
 
     #[tokio::test]

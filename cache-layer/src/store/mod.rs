@@ -30,13 +30,14 @@ pub use self::redis::{default_pool_size, RedisStore, RedisStoreConfig};
 pub use self::subscription::Subscription;
 use crate::Error;
 
-/// The two times of a tag record: the last hard invalidation and the last soft expiry (ms since
-/// the Unix epoch, on the store's clock; 0 when never).
+/// The two versions of a tag record, each raised to `max(previous + 1, store time in ms)`: hard by
+/// `invalidate_tag` (entries that recorded a lower one are invalid), soft by `expire_tag` (entries
+/// that recorded a lower one are stale).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TagTimes {
-    /// The last `invalidate_tag`: entries created before it are invalid.
+    /// Raised by `invalidate_tag`.
     pub hard_ms: u64,
-    /// The last `expire_tag`: entries created before it are stale.
+    /// Raised by `expire_tag`.
     pub soft_ms: u64,
 }
 
@@ -66,7 +67,7 @@ pub enum TagField {
     Soft,
 }
 
-/// A namespace version after a bump, with the store's time of the bump (ms since the Unix epoch).
+/// A namespace epoch after a bump, with the store's time of the bump (ms since the Unix epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NamespaceBump {
     /// The new version.
@@ -158,7 +159,7 @@ pub struct LockToken {
 /// store.set("k", b"v".to_vec(), Duration::from_secs(60)).await?;
 /// assert_eq!(store.get_many(&["k".into(), "none".into()]).await?, vec![Some(b"v".to_vec()), None]);
 /// let times = store.bump_tag("tag:t", TagField::Hard, Duration::from_secs(60)).await?;
-/// assert_eq!(store.tag_times(&["tag:t".into()]).await?, vec![times]);
+/// assert_eq!(store.tag_times(&["tag:t".into()]).await?, vec![Some(times)]);
 /// # Ok(()) }
 /// ```
 pub trait Store: Send + Sync + 'static {
@@ -228,20 +229,67 @@ pub trait Store: Send + Sync + 'static {
         ttl: Duration,
     ) -> impl Future<Output = Result<TagTimes, Error>> + Send;
 
-    /// The tag records at `keys`, in order (absent or unreadable: both times 0).
+    /// The tag records at `keys`, in order (`None`: absent or unreadable, i.e. lost).
     fn tag_times(
         &self,
         keys: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<TagTimes>>, Error>> + Send;
+
+    /// Repairs the tag records at `keys` that are missing, unreadable or below `known_hard[i]`
+    /// (the hard version the caller knows): each becomes `max(known + 1, store time in ms)` for
+    /// both versions, kept for `ttl`, as if the tag had been invalidated just now. Returns the
+    /// records as they are afterwards.
+    fn repair_tags(
+        &self,
+        keys: &[String],
+        known_hard: &[u64],
+        ttl: Duration,
     ) -> impl Future<Output = Result<Vec<TagTimes>, Error>> + Send;
 
-    /// Increments the namespace version at `key`.
+    /// Raises the namespace epoch at `key` by one; a missing epoch, or one below `known`, is
+    /// repaired to `max(known + 1, store time in ms)` instead (never reset).
     fn bump_namespace(
         &self,
         key: &str,
+        known: u64,
     ) -> impl Future<Output = Result<NamespaceBump, Error>> + Send;
 
-    /// The namespace version at `key` (0 before the first bump).
-    fn namespace_version(&self, key: &str) -> impl Future<Output = Result<u64, Error>> + Send;
+    /// The namespace epoch at `key` (`None`: absent or unreadable, i.e. never created or lost).
+    fn namespace_version(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<u64>, Error>> + Send;
+
+    /// Repairs a missing namespace epoch, or one below `known`, to
+    /// `max(known + 1, store time in ms)`; returns the epoch.
+    fn repair_namespace(
+        &self,
+        key: &str,
+        known: u64,
+    ) -> impl Future<Output = Result<u64, Error>> + Send;
+
+    // ----- conditional fills and tombstones ------------------------------------------------------
+
+    /// Stores `value` at `key` for `ttl` only if the key still holds what a load saw when it
+    /// started (`seen`: empty = nothing; 8 bytes = the write id of a format-2 entry or tombstone,
+    /// at offset 32 of a value starting `CL\x02`; `x` = a value of another format or Redis type).
+    /// `true` when stored.
+    fn fill_if(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+        seen: &[u8],
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Replaces whatever is at `key` by `tombstone` for `ttl`; `true` if a live entry (not a
+    /// tombstone) was there.
+    fn delete_to_tombstone(
+        &self,
+        key: &str,
+        tombstone: Vec<u8>,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
 
     // ----- clock and pub/sub --------------------------------------------------------------------
 
@@ -397,16 +445,48 @@ impl Store for Backend {
         delegate!(self, s => s.bump_tag(key, field, ttl))
     }
 
-    async fn tag_times(&self, keys: &[String]) -> Result<Vec<TagTimes>, Error> {
+    async fn tag_times(&self, keys: &[String]) -> Result<Vec<Option<TagTimes>>, Error> {
         delegate!(self, s => s.tag_times(keys))
     }
 
-    async fn bump_namespace(&self, key: &str) -> Result<NamespaceBump, Error> {
-        delegate!(self, s => s.bump_namespace(key))
+    async fn repair_tags(
+        &self,
+        keys: &[String],
+        known_hard: &[u64],
+        ttl: Duration,
+    ) -> Result<Vec<TagTimes>, Error> {
+        delegate!(self, s => s.repair_tags(keys, known_hard, ttl))
     }
 
-    async fn namespace_version(&self, key: &str) -> Result<u64, Error> {
+    async fn bump_namespace(&self, key: &str, known: u64) -> Result<NamespaceBump, Error> {
+        delegate!(self, s => s.bump_namespace(key, known))
+    }
+
+    async fn namespace_version(&self, key: &str) -> Result<Option<u64>, Error> {
         delegate!(self, s => s.namespace_version(key))
+    }
+
+    async fn repair_namespace(&self, key: &str, known: u64) -> Result<u64, Error> {
+        delegate!(self, s => s.repair_namespace(key, known))
+    }
+
+    async fn fill_if(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+        seen: &[u8],
+    ) -> Result<bool, Error> {
+        delegate!(self, s => s.fill_if(key, value, ttl, seen))
+    }
+
+    async fn delete_to_tombstone(
+        &self,
+        key: &str,
+        tombstone: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<bool, Error> {
+        delegate!(self, s => s.delete_to_tombstone(key, tombstone, ttl))
     }
 
     async fn server_time(&self) -> Result<Duration, Error> {
@@ -481,4 +561,21 @@ impl Store for Backend {
     ) -> Result<Vec<(String, i64)>, Error> {
         delegate!(self, s => s.counters_read(keys, id))
     }
+}
+
+/// Whether `current` (the value at a key, if any) is what a load saw (`seen`, see
+/// [`Store::fill_if`]): the in-process form of the conditional-fill script.
+pub(crate) fn fill_matches(current: Option<&[u8]>, seen: &[u8]) -> bool {
+    match current {
+        None => seen.is_empty(),
+        Some(bytes) if bytes.len() >= 40 && bytes.starts_with(b"CL\x02") => {
+            seen.len() == 8 && bytes[32..40] == *seen
+        }
+        Some(_) => seen == b"x",
+    }
+}
+
+/// Whether `bytes` is a tombstone (format 2, flags `0x80`).
+pub(crate) fn is_tombstone(bytes: &[u8]) -> bool {
+    bytes.len() >= 40 && bytes.starts_with(b"CL\x02") && bytes[3] == 0x80
 }

@@ -78,15 +78,84 @@ return {hard, soft}
 "#
 ));
 
-/// One-key script: `INCR` the namespace version and return it with the Redis time in ms. Not
-/// idempotent (never resent).
-pub(crate) static BUMP_NAMESPACE: Lua = Lua::new(concat!(
+/// The namespace epoch at `KEYS[1]`, repaired when missing, unreadable or below what the caller
+/// knows (`ARGV[1]`): it becomes `max(known + 1, Redis TIME ms)`, above every epoch used before.
+/// With `ARGV[2] == 'bump'` a present epoch is raised by one. Returns `{epoch, Redis TIME ms}`.
+/// A read is safe to resend; a bump is not (it would bump twice).
+pub(crate) static NAMESPACE_EPOCH: Lua = Lua::new(concat!(
     redis_now_ms!(),
     r#"
-local v = redis.call('INCR', KEYS[1])
+local known = tonumber(ARGV[1])
+local cur = tonumber(redis.call('GET', KEYS[1]) or '')
+local v
+if cur and cur >= known then
+  v = cur
+  if ARGV[2] == 'bump' then v = cur + 1 end
+else
+  v = math.max(known + 1, now)
+end
+if v ~= cur then redis.call('SET', KEYS[1], string.format('%.0f', v)) end
 return {v, now}
 "#
 ));
+
+/// Repairs the tag record at `KEYS[1]` when it is missing, unreadable or older than what the
+/// caller knows (`ARGV[1]` = known hard version): it becomes `"<v>:<v>"` with
+/// `v = max(known + 1, Redis TIME ms)` for `PX ARGV[2]` (as if the tag had been invalidated just
+/// now). Returns the record's two versions. Safe to resend.
+pub(crate) static REPAIR_TAG: Lua = Lua::new(concat!(
+    redis_now_ms!(),
+    r#"
+local known = tonumber(ARGV[1])
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local h, s = string.match(cur, '^(%d+):(%d+)$')
+  if h and tonumber(h) >= known then return {tonumber(h), tonumber(s)} end
+end
+local v = math.max(known + 1, now)
+redis.call('SET', KEYS[1], string.format('%.0f:%.0f', v, v), 'PX', ARGV[2])
+return {v, v}
+"#
+));
+
+/// Conditional fill: stores `ARGV[1]` at `KEYS[1]` for `PX ARGV[3]` only if the key still holds
+/// what the load saw when it started (`ARGV[2]`, see [`super::Seen`]): nothing (`''`), the entry
+/// or tombstone with that 8-byte write id (offset 32 of a value starting `CL\x02`, at least 40
+/// bytes), or something of another format or Redis type (`'x'`). Returns 1 when stored. Safe to
+/// resend (a resend finds its own write and is refused).
+pub(crate) static FILL_IF: Lua = Lua::new(
+    r#"
+local cur = redis.pcall('GET', KEYS[1])
+local seen = ARGV[2]
+local ok
+if type(cur) == 'table' then
+  ok = (seen == 'x')
+elseif not cur then
+  ok = (seen == '')
+elseif string.sub(cur, 1, 3) == 'CL\2' and #cur >= 40 then
+  ok = (#seen == 8 and string.sub(cur, 33, 40) == seen)
+else
+  ok = (seen == 'x')
+end
+if ok then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"#,
+);
+
+/// Delete that leaves the tombstone `ARGV[1]` at `KEYS[1]` for `PX ARGV[2]`, so a fill whose load
+/// started before it is refused. Returns 1 if a live entry (not a tombstone) was there.
+pub(crate) static DELETE_TO_TOMBSTONE: Lua = Lua::new(
+    r#"
+local cur = redis.pcall('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if type(cur) == 'table' or not cur then return 0 end
+if string.sub(cur, 1, 3) == 'CL\2' and #cur >= 40 and string.byte(cur, 4) == 128 then return 0 end
+return 1
+"#,
+);
 
 /// Applies one push of a writer exactly once. KEYS: live hash, writer key. ARGV: sequence number,
 /// writer-key TTL (ms), then field/delta pairs. Returns `{applied (0|1), {fields that failed}}`.
@@ -294,16 +363,92 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bump_namespace_increments_and_returns_the_redis_time() {
+    async fn namespace_epoch_is_repaired_above_what_is_known_and_bumped_by_one() {
         let Some((mut conn, p)) = redis().await else {
             return;
         };
         let key = format!("{p}:version");
-        let script = BUMP_NAMESPACE.script();
-        let (v1, at1): (u64, u64) = script.key(&key).invoke_async(&mut conn).await.unwrap();
-        let (v2, at2): (u64, u64) = script.key(&key).invoke_async(&mut conn).await.unwrap();
-        assert_eq!((v1, v2), (1, 2));
-        assert!(at1 > 1_600_000_000_000 && at2 >= at1);
+        let script = NAMESPACE_EPOCH.script();
+        let (v1, at1): (u64, u64) = script
+            .key(&key)
+            .arg(0)
+            .arg("read")
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            v1 >= at1 && at1 > 1_600_000_000_000,
+            "missing: repaired to the time"
+        );
+        let (v2, _): (u64, u64) = script
+            .key(&key)
+            .arg(v1)
+            .arg("bump")
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(v2, v1 + 1);
+        let (v3, _): (u64, u64) = script
+            .key(&key)
+            .arg(0)
+            .arg("read")
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(v3, v2, "a present epoch is kept");
+        let (v4, _): (u64, u64) = script
+            .key(&key)
+            .arg(v2 + 100)
+            .arg("read")
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            v4 > v2 + 100,
+            "an epoch behind what is known is repaired upward"
+        );
+        let _: () = conn.del(&key).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn fill_if_stores_only_over_what_the_load_saw_and_tombstones_refuse_it() {
+        let Some((mut conn, p)) = redis().await else {
+            return;
+        };
+        let key = format!("{p}:entry");
+        let fill = |value: &'static str, seen: &'static [u8]| {
+            let mut invocation = FILL_IF.script().prepare_invoke();
+            invocation.key(&key).arg(value).arg(seen).arg(60_000);
+            invocation
+        };
+        let stored: i64 = fill("a", b"").invoke_async(&mut conn).await.unwrap();
+        assert_eq!(stored, 1, "absent, as seen");
+        let stored: i64 = fill("b", b"").invoke_async(&mut conn).await.unwrap();
+        assert_eq!(stored, 0, "no longer absent");
+        let stored: i64 = fill("c", b"x").invoke_async(&mut conn).await.unwrap();
+        assert_eq!(stored, 1, "foreign bytes, as seen");
+        let mut tomb = b"CL\x02\x80".to_vec();
+        tomb.extend_from_slice(&[0; 28]);
+        tomb.extend_from_slice(b"12345678");
+        let removed: i64 = DELETE_TO_TOMBSTONE
+            .script()
+            .key(&key)
+            .arg(&tomb[..])
+            .arg(60_000)
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(removed, 1);
+        let stored: i64 = fill("d", b"").invoke_async(&mut conn).await.unwrap();
+        assert_eq!(stored, 0, "the tombstone refuses a load that saw nothing");
+        let stored: i64 = fill("e", b"12345678")
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            stored, 1,
+            "a load that started after the delete saw the tombstone"
+        );
         let _: () = conn.del(&key).await.unwrap();
     }
 
