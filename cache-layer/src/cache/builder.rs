@@ -10,7 +10,7 @@ use crate::{
     breaker::Breaker,
     bus::{Bus, Listener},
     keys::KeySpace,
-    l1::L1Tier,
+    l1::{L1Tier, DEFAULT_L1_MAX_BYTES},
     metrics::{CacheMetrics, HotKeys},
     stampede::{flight::Flights, lock::LandedSignals},
     store::{endpoint::TlsConfig, Backend, MemoryStore, RedisStore, RedisStoreConfig, Store},
@@ -48,6 +48,7 @@ pub struct CacheBuilder {
     namespace: String,
     name: Option<String>,
     l1_entries: Option<u64>,
+    l1_max_bytes: u64,
     redis: RedisStoreConfig,
     breaker: BreakerConfig,
     codec: Codec,
@@ -71,6 +72,7 @@ impl Default for CacheBuilder {
             namespace: "cache".to_owned(),
             name: None,
             l1_entries: None,
+            l1_max_bytes: DEFAULT_L1_MAX_BYTES,
             redis: RedisStoreConfig::default(),
             breaker: BreakerConfig::default(),
             codec: Codec::default(),
@@ -217,9 +219,27 @@ impl CacheBuilder {
         self
     }
 
-    /// Adds an in-process L1 tier holding at most `max_entries` decoded values.
+    /// Adds an in-process L1 tier holding at most `max_entries` decoded values, and at most
+    /// [`local_max_bytes`](Self::local_max_bytes) of them (default [`DEFAULT_L1_MAX_BYTES`],
+    /// 64 MiB), each weighed by its serialized size: HTTP responses and function results alike.
     pub fn local(mut self, max_entries: u64) -> Self {
         self.l1_entries = Some(max_entries);
+        self
+    }
+
+    /// Byte budget of the L1 tier (default [`DEFAULT_L1_MAX_BYTES`], 64 MiB): an entry weighs its
+    /// value's serialized (uncompressed) size plus its key and tags; values larger than the
+    /// budget are never kept in L1. Only used with [`local`](Self::local).
+    ///
+    /// ```
+    /// use cache_layer::Cache;
+    ///
+    /// // 10,000 entries, but never more than 256 MiB of them.
+    /// let cache = Cache::builder().local(10_000).local_max_bytes(256 * 1024 * 1024).build()?;
+    /// # Ok::<(), cache_layer::Error>(())
+    /// ```
+    pub fn local_max_bytes(mut self, bytes: u64) -> Self {
+        self.l1_max_bytes = bytes;
         self
     }
 
@@ -426,7 +446,7 @@ impl CacheBuilder {
                 store,
                 l1: self.l1_entries.map(|max| {
                     let metrics = metrics.clone();
-                    L1Tier::new(max, move || metrics.l1_eviction())
+                    L1Tier::new(max, self.l1_max_bytes, move || metrics.l1_eviction())
                 }),
                 breaker: Breaker::new(breaker_config, name, Some(Arc::new(on_transition))),
                 flights: Arc::new(Flights::default()),

@@ -533,6 +533,7 @@ impl Cache {
         timing: Timing,
         tags: impl IntoIterator<Item = (&'a str, TagTimes)>,
         ttl: Duration,
+        serialized_len: usize,
     ) {
         let inner = &self.inner;
         let (Some(l1), Some((user_key, ticket))) = (&inner.l1, &key.l1) else {
@@ -542,13 +543,17 @@ impl Cache {
             return;
         }
         let now = Instant::now();
+        let tags: Arc<[(String, TagTimes)]> =
+            tags.into_iter().map(|(t, v)| (t.to_owned(), v)).collect();
+        let tag_bytes: usize = tags.iter().map(|(t, _)| t.len() + 16).sum();
         let entry = L1Entry {
             value: Arc::new(value.clone()),
             timing,
-            tags: tags.into_iter().map(|(t, v)| (t.to_owned(), v)).collect(),
             expires_at: now + inner.bus.l1_ttl(ttl),
             inserted: now,
             version: key.version,
+            bytes: serialized_len.saturating_add(tag_bytes) as u64,
+            tags,
         };
         l1.insert(user_key, entry);
         if inner.bus.tickets.ticket(user_key) != *ticket {

@@ -90,15 +90,11 @@ pub(crate) struct Fetched<T> {
     // Read by the HTTP front door (`Cache-Status`, `Age`) only.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) origin: Origin,
-    /// The entry's timing, when the value is (or would have been) an entry.
-    #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    pub(crate) timing: Option<Timing>,
 }
 
 /// What a flight shares with its followers.
 struct Shared<T> {
     value: T,
-    timing: Option<Timing>,
 }
 
 /// What one lookup found.
@@ -170,11 +166,7 @@ impl<T> Lookup<T> {
                 refresh_early,
                 seen,
             } => {
-                let fresh = Fetched {
-                    value,
-                    origin,
-                    timing: Some(timing),
-                };
+                let fresh = Fetched { value, origin };
                 if refresh_early {
                     let prior = Prior {
                         hint: Some(timing),
@@ -193,7 +185,6 @@ impl<T> Lookup<T> {
                 let stale = Fetched {
                     value,
                     origin: Origin::Stale,
-                    timing: Some(timing),
                 };
                 let prior = Prior {
                     hint: Some(timing),
@@ -484,7 +475,8 @@ impl Cache {
                                 Ok(value) => {
                                     let ttl = Duration::from_millis(timing.stale_until_ms - now);
                                     let tags = envelope.tag_versions();
-                                    self.l1_insert(&full_key, &value, timing, tags, ttl);
+                                    let size = envelope.payload_len();
+                                    self.l1_insert(&full_key, &value, timing, tags, ttl, size);
                                     if timing.fresh_until_ms > now {
                                         inner.metrics.hit(policy.door);
                                         self.observe_hit(policy, key);
@@ -597,7 +589,9 @@ impl Cache {
         match envelope.decode::<T>() {
             Ok(value) => {
                 let ttl = Duration::from_millis(timing.stale_until_ms.saturating_sub(now).max(1));
-                self.l1_insert(&full_key, &value, timing, envelope.tag_versions(), ttl);
+                let tags = envelope.tag_versions();
+                let size = envelope.payload_len();
+                self.l1_insert(&full_key, &value, timing, tags, ttl, size);
                 Ok(Some(value))
             }
             Err(why) => {
@@ -725,7 +719,6 @@ impl Cache {
                     Next::Done(Fetched {
                         value: shared.value.clone(),
                         origin: Origin::Coalesced,
-                        timing: shared.timing,
                     })
                 }
                 // Same key read as a different type: this caller loads its own.
@@ -733,10 +726,9 @@ impl Cache {
             },
             Outcome::Failed => Next::LoadAlone,
             Outcome::Abandoned | Outcome::Running => match self.lookup::<T>(key, policy).await {
-                Lookup::Fresh { value, timing, .. } => Next::Done(Fetched {
+                Lookup::Fresh { value, .. } => Next::Done(Fetched {
                     value,
                     origin: Origin::Hit,
-                    timing: Some(timing),
                 }),
                 _ => Next::Rejoin,
             },
@@ -774,18 +766,16 @@ impl Cache {
                 let fill = Fill::Store(prior.seen);
                 Box::pin(self.load_holding(guard, key, policy, loader, fill, (held, ttl))).await
             }
-            LockWait::Landed(value, timing) => {
+            LockWait::Landed(value) => {
                 if let Some(guard) = guard {
                     let shared = Shared {
                         value: value.clone(),
-                        timing: Some(timing),
                     };
                     guard.finish(Outcome::Value(Arc::new(shared)));
                 }
                 Ok(Fetched {
                     value,
                     origin: Origin::Coalesced,
-                    timing: Some(timing),
                 })
             }
             LockWait::TimedOut => {
@@ -905,7 +895,6 @@ impl Cache {
             return Ok(Fetched {
                 value: loaded.value,
                 origin: Origin::LoadedUnstored,
-                timing: None,
             });
         }
         let detached = guard.as_ref().is_some_and(LeaderGuard::is_detached);
@@ -928,14 +917,12 @@ impl Cache {
         if let Some(guard) = guard {
             let shared = Shared {
                 value: loaded.value.clone(),
-                timing: Some(timing),
             };
             guard.finish(Outcome::Value(Arc::new(shared)));
         }
         Ok(Fetched {
             value: loaded.value,
             origin,
-            timing: Some(timing),
         })
     }
 
@@ -971,8 +958,8 @@ impl Cache {
                 return LockWait::TimedOut;
             }
             lock::wait_for_landing(rx, &full_key, remaining.min(lock::POLL_INTERVAL)).await;
-            if let Lookup::Fresh { value, timing, .. } = self.lookup::<T>(key, policy).await {
-                return LockWait::Landed(value, timing);
+            if let Lookup::Fresh { value, .. } = self.lookup::<T>(key, policy).await {
+                return LockWait::Landed(value);
             }
         }
     }
@@ -1010,7 +997,7 @@ enum LockWait<T> {
     /// Taken, for this TTL.
     Acquired(LockToken, Duration),
     /// Another process stored the value while we waited.
-    Landed(T, Timing),
+    Landed(T),
     /// `lock_wait` passed: load without storing.
     TimedOut,
     /// Redis failed: load (and try to store) as if unlocked.

@@ -190,6 +190,7 @@ impl Cache {
             return Ok(false);
         }
         let bytes = self.encode_entry(value, policy, timing, &versions)?;
+        let size = envelope::payload_len(&bytes);
         let ttl = self.entry_ttl(&timing, !versions.is_empty());
         let stored = self
             .store_op(
@@ -200,7 +201,7 @@ impl Cache {
             .await?;
         if stored {
             let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
-            self.l1_insert(&start.key, value, timing, tags, ttl);
+            self.l1_insert(&start.key, value, timing, tags, ttl, size);
         } else {
             tracing::debug!(cache = %inner.name, "a write or delete raced this load; not storing it");
         }
@@ -253,12 +254,13 @@ impl Cache {
                 let versions = self.load_versions(&policy.tags).await?;
                 let timing = self.entry_timing(policy, self.load_stamp_ms(), Duration::ZERO);
                 let bytes = self.encode_entry(value, policy, timing, &versions)?;
+                let size = envelope::payload_len(&bytes);
                 let ttl = self.entry_ttl(&timing, !versions.is_empty());
                 self.store_op(inner.store.set(&full_key, bytes, ttl))
                     .await?;
                 if self.epoch_still(full_key.version).await? {
                     let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
-                    self.l1_insert(&full_key, value, timing, tags, ttl);
+                    self.l1_insert(&full_key, value, timing, tags, ttl, size);
                     return Ok::<_, Error>(());
                 }
             }

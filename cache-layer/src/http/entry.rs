@@ -5,13 +5,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{
     header::{self, HeaderName},
-    response, HeaderMap, HeaderValue, Response, StatusCode,
+    HeaderMap, HeaderValue, Response, StatusCode,
 };
 use http_body::Body;
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
-use super::body::CacheBody;
-use crate::envelope::Timing;
+use super::{
+    body::CacheBody,
+    directives::SURROGATE_CONTROL,
+    policy::{http_date, Freshness},
+};
 
 /// The RFC 9211 `Cache-Status` response header.
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -31,7 +34,22 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// A cached response: status, end-to-end headers (with `Content-Length` and `ETag`), body.
+/// Response headers never stored: this cache's own bookkeeping and the origin's view of age.
+const NOT_STORED: [HeaderName; 2] = [header::AGE, CACHE_STATUS];
+
+/// Response headers a `304` never replaces in the stored response (RFC 9111 §3.2: the stored
+/// content's own metadata), plus `Set-Cookie`, which a shared entry must never pick up.
+const NOT_FRESHENED: [HeaderName; 6] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    HeaderName::from_static("content-md5"),
+    header::CONTENT_RANGE,
+    header::ETAG,
+    header::SET_COOKIE,
+];
+
+/// A cached response: status, end-to-end headers (with `Content-Length`), body, and what the
+/// cache needs to age, match and revalidate it.
 ///
 /// Cheap to clone (shared), which is what an L1 hit or a coalesced waiter does.
 #[derive(Clone, Debug)]
@@ -42,39 +60,45 @@ struct Stored {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
-    /// The origin's `Age` (seconds) when it was stored; added to ours on hits.
-    upstream_age: u64,
+    meta: Meta,
+}
+
+/// What the cache records about a stored response besides the response itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Meta {
+    /// When the response (or the `304` that last freshened it) was received, ms since the epoch.
+    pub(crate) received_ms: u64,
+    pub(crate) freshness: Freshness,
+    /// The request's values of the headers the response's `Vary` names (`None`: absent),
+    /// normalised; a later request is served this response only if its values are the same.
+    pub(crate) vary: Vec<(String, Option<Bytes>)>,
+    /// The entry's tags (kept so that a freshened entry is stored with them again).
+    pub(crate) tags: Vec<String>,
+    /// The `ETag` was computed by this layer, not sent by the origin: never sent upstream.
+    pub(crate) synthetic_etag: bool,
 }
 
 impl StoredResponse {
-    /// Builds the entry from an origin response whose body was read whole.
-    pub(crate) fn new(parts: &response::Parts, body: Bytes, upstream_age: u64) -> Self {
-        let mut headers = parts.headers.clone();
-        for name in &HOP_BY_HOP {
-            headers.remove(name);
-        }
-        // Headers named by `Connection` are hop-by-hop too.
-        let named: Vec<HeaderName> = parts
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-        headers.remove(header::AGE);
+    /// Builds the entry from an origin response whose body was read whole. With
+    /// `synthesize_etag`, a response without `ETag` gets one computed from the body.
+    pub(crate) fn new(
+        status: StatusCode,
+        origin_headers: &HeaderMap,
+        body: Bytes,
+        mut meta: Meta,
+        synthesize_etag: bool,
+    ) -> Self {
+        let mut headers = end_to_end(origin_headers);
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        if !headers.contains_key(header::ETAG) {
+        if synthesize_etag && !headers.contains_key(header::ETAG) {
             headers.insert(header::ETAG, strong_etag(&body));
+            meta.synthetic_etag = true;
         }
         StoredResponse(Arc::new(Stored {
-            status: parts.status,
+            status,
             headers,
             body,
-            upstream_age,
+            meta,
         }))
     }
 
@@ -84,29 +108,106 @@ impl StoredResponse {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             body: Bytes::new(),
-            upstream_age: 0,
+            meta: Meta::default(),
         }))
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        self.0.status
+    }
+
+    #[cfg(test)]
+    fn headers(&self) -> &HeaderMap {
+        &self.0.headers
+    }
+
+    pub(crate) fn meta(&self) -> &Meta {
+        &self.0.meta
     }
 
     pub(crate) fn etag(&self) -> Option<&HeaderValue> {
         self.0.headers.get(header::ETAG)
     }
 
-    /// The client response: `304 Not Modified` when `if_none_match` matches the entry's ETag,
-    /// else the stored one (without a body for HEAD). `age_ms` (hits) becomes an `Age` header.
+    /// The entry's current age (RFC 9111 §4.2.3), in ms.
+    pub(crate) fn age_ms(&self, now_ms: u64) -> u64 {
+        let meta = &self.0.meta;
+        meta.freshness
+            .initial_age_ms
+            .saturating_add(now_ms.saturating_sub(meta.received_ms))
+    }
+
+    /// Remaining freshness in ms: negative once stale.
+    pub(crate) fn fresh_ms(&self, now_ms: u64) -> i64 {
+        let lifetime = i128::from(self.0.meta.freshness.lifetime_ms);
+        let age = i128::from(self.age_ms(now_ms));
+        i64::try_from(lifetime - age).unwrap_or(i64::MIN)
+    }
+
+    /// Whether `request` selects this response under the `Vary` it was stored with.
+    pub(crate) fn vary_matches(&self, request: &HeaderMap) -> bool {
+        self.0.meta.vary.iter().all(|(name, stored)| {
+            let current = HeaderName::from_bytes(name.as_bytes())
+                .ok()
+                .and_then(|name| vary_value(request, &name));
+            current == *stored
+        })
+    }
+
+    /// The validators to send upstream: the origin's `ETag` and `Last-Modified`.
+    pub(crate) fn validators(&self) -> (Option<&HeaderValue>, Option<&HeaderValue>) {
+        let etag = if self.0.meta.synthetic_etag {
+            None
+        } else {
+            self.etag()
+        };
+        (etag, self.0.headers.get(header::LAST_MODIFIED))
+    }
+
+    /// This entry with the headers of a `304` merged in (RFC 9111 §3.2) and `meta` (the new
+    /// freshness) recorded.
+    pub(crate) fn freshened(&self, not_modified: &HeaderMap, meta: Meta) -> Self {
+        let mut headers = self.0.headers.clone();
+        let update = end_to_end(not_modified);
+        for name in update.keys() {
+            if NOT_FRESHENED.contains(name) {
+                continue;
+            }
+            headers.remove(name);
+            for value in update.get_all(name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        StoredResponse(Arc::new(Stored {
+            status: self.0.status,
+            headers,
+            body: self.0.body.clone(),
+            meta,
+        }))
+    }
+
+    /// The headers a freshened entry would have (to compute its freshness before building it).
+    pub(crate) fn merged_headers(&self, not_modified: &HeaderMap) -> HeaderMap {
+        self.freshened(not_modified, Meta::default())
+            .0
+            .headers
+            .clone()
+    }
+
+    /// The client response: `304 Not Modified` when the request's `If-None-Match` (or, without
+    /// it, `If-Modified-Since`) matches, else the stored one (without a body for HEAD). `age_ms`
+    /// becomes the `Age` header: always on a response served from the cache (`from_cache`),
+    /// else (a response just received) when it is at least a second.
     pub(crate) fn to_response<B: Body>(
         &self,
         head: bool,
-        if_none_match: Option<&HeaderValue>,
+        conditions: &Conditions,
         status: &CacheStatus,
-        age_ms: Option<u64>,
+        age_ms: u64,
+        from_cache: bool,
     ) -> Response<CacheBody<B>> {
         let stored = &*self.0;
-        let not_modified = match (if_none_match, self.etag()) {
-            (Some(condition), Some(etag)) => etag_matches(condition, etag),
-            _ => false,
-        };
-        let mut response = if not_modified {
+        let mut response = if conditions.not_modified(self) {
             let mut response = Response::new(CacheBody::empty());
             *response.status_mut() = StatusCode::NOT_MODIFIED;
             // RFC 9110 §15.4.5: the fields a 200 would have carried that describe validators and
@@ -133,18 +234,95 @@ impl StoredResponse {
             let mut response = Response::new(body);
             *response.status_mut() = stored.status;
             *response.headers_mut() = stored.headers.clone();
+            response.headers_mut().remove(SURROGATE_CONTROL);
             response
         };
         let headers = response.headers_mut();
-        if let Some(age_ms) = age_ms {
-            headers.insert(
-                header::AGE,
-                HeaderValue::from(stored.upstream_age.saturating_add(age_ms / 1000)),
-            );
+        if from_cache || age_ms >= 1000 {
+            headers.insert(header::AGE, HeaderValue::from(age_ms / 1000));
         }
         status.append_to(headers);
         response
     }
+}
+
+/// The request's conditional headers, answered from the entry.
+#[derive(Debug, Default)]
+pub(crate) struct Conditions {
+    pub(crate) if_none_match: Option<HeaderValue>,
+    pub(crate) if_modified_since: Option<HeaderValue>,
+}
+
+impl Conditions {
+    /// Takes the conditionals out of a request (the origin is asked for the full response).
+    pub(crate) fn take(headers: &mut HeaderMap) -> Self {
+        Conditions {
+            if_none_match: headers.remove(header::IF_NONE_MATCH),
+            if_modified_since: headers.remove(header::IF_MODIFIED_SINCE),
+        }
+    }
+
+    /// RFC 9110 §13.2.2: `If-None-Match` when present, else `If-Modified-Since`; only for 200.
+    fn not_modified(&self, entry: &StoredResponse) -> bool {
+        if entry.0.status != StatusCode::OK {
+            return false;
+        }
+        if let Some(condition) = &self.if_none_match {
+            return entry
+                .etag()
+                .is_some_and(|etag| etag_matches(condition, etag));
+        }
+        // RFC 9111 §4.3.2: without `Last-Modified`, the stored response's `Date`.
+        let modified = entry
+            .0
+            .headers
+            .get(header::LAST_MODIFIED)
+            .or_else(|| entry.0.headers.get(header::DATE))
+            .and_then(http_date);
+        let since = self.if_modified_since.as_ref().and_then(http_date);
+        match (since, modified) {
+            (Some(since), Some(modified)) => modified <= since,
+            _ => false,
+        }
+    }
+}
+
+/// The end-to-end headers of an origin response: without hop-by-hop fields (and those named by
+/// `Connection`), `Age` and `Cache-Status`.
+fn end_to_end(origin: &HeaderMap) -> HeaderMap {
+    let mut headers = origin.clone();
+    for name in HOP_BY_HOP.iter().chain(&NOT_STORED) {
+        headers.remove(name);
+    }
+    let named: Vec<HeaderName> = origin
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    headers
+}
+
+/// A request header's value for `Vary` matching (RFC 9111 §4.1): all field lines combined, with
+/// the whitespace around commas normalised; `None` when absent.
+pub(crate) fn vary_value(headers: &HeaderMap, name: &HeaderName) -> Option<Bytes> {
+    let mut values = headers.get_all(name).iter().peekable();
+    values.peek()?;
+    let mut out: Vec<u8> = Vec::new();
+    for value in values {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            if !out.is_empty() {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(part);
+        }
+    }
+    Some(Bytes::from(out))
 }
 
 /// A strong ETag computed from the body (xxh3-128; `"cl-<32 hex digits>"`).
@@ -195,8 +373,14 @@ fn opaque_tag(etag: &[u8]) -> Option<&[u8]> {
 pub(crate) enum CacheStatus {
     /// `hit; ttl=N`
     Hit { ttl: i64 },
-    /// `fwd=stale; ttl=-N`
+    /// `hit; ttl=-N`: served stale (stale-while-revalidate, stale-if-error, `max-stale`).
     Stale { ttl: i64 },
+    /// `fwd=stale; fwd-status=N[; stored]`: a stale entry was revalidated with the origin.
+    Revalidated { status: u16, stored: bool },
+    /// `fwd=vary-miss[; stored]`: an entry exists but for other values of its `Vary` headers.
+    VaryMiss { stored: bool },
+    /// `fwd=request[; stored]`: the request's `Cache-Control` sent it to the origin.
+    Requested { stored: bool },
     /// `fwd=miss; collapsed`: answered by another request's load.
     Collapsed,
     /// `fwd=miss; stored` or `fwd=miss`
@@ -208,16 +392,27 @@ pub(crate) enum CacheStatus {
 }
 
 impl CacheStatus {
-    /// The status of a value from the engine with `timing`, at `now_ms`.
-    pub(crate) fn ttl_seconds(timing: &Timing, now_ms: u64) -> i64 {
-        let remaining = i128::from(timing.fresh_until_ms) - i128::from(now_ms);
-        i64::try_from(remaining.div_euclid(1000)).unwrap_or(0)
+    /// Remaining freshness in whole seconds (rounded down, so a stale entry is negative).
+    pub(crate) fn ttl_seconds(fresh_ms: i64) -> i64 {
+        fresh_ms.div_euclid(1000)
     }
 
     pub(crate) fn header_value(&self) -> HeaderValue {
         match self {
             CacheStatus::Hit { ttl } => value(format!("cache-layer; hit; ttl={ttl}")),
-            CacheStatus::Stale { ttl } => value(format!("cache-layer; fwd=stale; ttl={ttl}")),
+            CacheStatus::Stale { ttl } => value(format!("cache-layer; hit; ttl={ttl}")),
+            CacheStatus::Revalidated { status, stored } => value(format!(
+                "cache-layer; fwd=stale; fwd-status={status}{}",
+                if *stored { "; stored" } else { "" }
+            )),
+            CacheStatus::VaryMiss { stored } => value(format!(
+                "cache-layer; fwd=vary-miss{}",
+                if *stored { "; stored" } else { "" }
+            )),
+            CacheStatus::Requested { stored } => value(format!(
+                "cache-layer; fwd=request{}",
+                if *stored { "; stored" } else { "" }
+            )),
             CacheStatus::Collapsed => HeaderValue::from_static("cache-layer; fwd=miss; collapsed"),
             CacheStatus::Miss { stored: true } => {
                 HeaderValue::from_static("cache-layer; fwd=miss; stored")
@@ -243,8 +438,9 @@ fn value(text: String) -> HeaderValue {
 
 // ---- storage format -------------------------------------------------------------------------
 
-/// Version of the stored response layout (inside the engine's envelope).
-const LAYOUT: u8 = 1;
+/// Version of the stored response layout (inside the engine's envelope). Entries of another
+/// layout read as misses.
+const LAYOUT: u8 = 2;
 
 /// Serializes a byte slice as bytes (not as a sequence of numbers).
 struct AsBytes<'a>(&'a [u8]);
@@ -255,13 +451,19 @@ impl Serialize for AsBytes<'_> {
     }
 }
 
+/// [`Meta`] on the wire: `(received_ms, lifetime_ms, initial_age_ms, must_revalidate, swr_ms,
+/// sie_ms, keep_ms, synthetic_etag)`.
+type WireMeta = (u64, u64, u64, bool, u64, u64, u64, bool);
+
 #[derive(Serialize)]
 struct WireRef<'a> {
     layout: u8,
     status: u16,
     headers: Vec<(&'a str, AsBytes<'a>)>,
     body: AsBytes<'a>,
-    upstream_age: u64,
+    meta: WireMeta,
+    vary: Vec<(&'a str, Option<AsBytes<'a>>)>,
+    tags: &'a [String],
 }
 
 #[derive(Deserialize)]
@@ -270,12 +472,16 @@ struct Wire {
     status: u16,
     headers: Vec<(String, Bytes)>,
     body: Bytes,
-    upstream_age: u64,
+    meta: WireMeta,
+    vary: Vec<(String, Option<Bytes>)>,
+    tags: Vec<String>,
 }
 
 impl Serialize for StoredResponse {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let stored = &*self.0;
+        let m = &stored.meta;
+        let f = &m.freshness;
         WireRef {
             layout: LAYOUT,
             status: stored.status.as_u16(),
@@ -285,7 +491,22 @@ impl Serialize for StoredResponse {
                 .map(|(name, value)| (name.as_str(), AsBytes(value.as_bytes())))
                 .collect(),
             body: AsBytes(&stored.body),
-            upstream_age: stored.upstream_age,
+            meta: (
+                m.received_ms,
+                f.lifetime_ms,
+                f.initial_age_ms,
+                f.must_revalidate,
+                f.swr_ms,
+                f.sie_ms,
+                f.keep_ms,
+                m.synthetic_etag,
+            ),
+            vary: m
+                .vary
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_deref().map(AsBytes)))
+                .collect(),
+            tags: &m.tags,
         }
         .serialize(serializer)
     }
@@ -304,11 +525,34 @@ impl<'de> Deserialize<'de> for StoredResponse {
             let value = HeaderValue::from_maybe_shared(value).map_err(de::Error::custom)?;
             headers.append(name, value);
         }
+        let (
+            received_ms,
+            lifetime_ms,
+            initial_age_ms,
+            must_revalidate,
+            swr_ms,
+            sie_ms,
+            keep_ms,
+            synthetic_etag,
+        ) = wire.meta;
         Ok(StoredResponse(Arc::new(Stored {
             status,
             headers,
             body: wire.body,
-            upstream_age: wire.upstream_age,
+            meta: Meta {
+                received_ms,
+                freshness: Freshness {
+                    lifetime_ms,
+                    initial_age_ms,
+                    must_revalidate,
+                    swr_ms,
+                    sie_ms,
+                    keep_ms,
+                },
+                vary: wire.vary,
+                tags: wire.tags,
+                synthetic_etag,
+            },
         })))
     }
 }
@@ -347,21 +591,23 @@ mod tests {
         );
         assert_eq!(
             CacheStatus::Stale { ttl: -3 }.header_value(),
-            "cache-layer; fwd=stale; ttl=-3"
+            "cache-layer; hit; ttl=-3"
         );
         assert_eq!(
             CacheStatus::Bypass.header_value(),
             "cache-layer; fwd=bypass"
         );
-        let timing = Timing {
-            created_ms: 0,
-            fresh_until_ms: 10_000,
-            stale_until_ms: 20_000,
-            delta_ms: 0,
-        };
-        assert_eq!(CacheStatus::ttl_seconds(&timing, 9_999), 0);
-        assert_eq!(CacheStatus::ttl_seconds(&timing, 1_000), 9);
-        assert_eq!(CacheStatus::ttl_seconds(&timing, 12_500), -3);
+        assert_eq!(CacheStatus::ttl_seconds(1), 0);
+        assert_eq!(CacheStatus::ttl_seconds(9_000), 9);
+        assert_eq!(CacheStatus::ttl_seconds(-2_500), -3);
+        assert_eq!(
+            CacheStatus::Revalidated {
+                status: 304,
+                stored: true
+            }
+            .header_value(),
+            "cache-layer; fwd=stale; fwd-status=304; stored"
+        );
     }
 
     #[test]
@@ -377,30 +623,154 @@ mod tests {
             .body(())
             .unwrap();
         let (parts, ()) = response.into_parts();
-        let entry = StoredResponse::new(&parts, Bytes::from_static(b"\x00\xffbody"), 3);
+        let meta = Meta {
+            received_ms: 7,
+            freshness: Freshness {
+                initial_age_ms: 3_000,
+                ..Freshness::default()
+            },
+            vary: vec![
+                ("accept".into(), None),
+                ("x-v".into(), Some(Bytes::from_static(b"a, b"))),
+            ],
+            tags: vec!["t".into()],
+            synthetic_etag: false,
+        };
+        let entry = StoredResponse::new(
+            parts.status,
+            &parts.headers,
+            Bytes::from_static(b"\x00\xffbody"),
+            meta.clone(),
+            true,
+        );
         assert!(entry.0.headers.get("x-hop").is_none());
         assert!(entry.0.headers.get("transfer-encoding").is_none());
         assert_eq!(entry.0.headers["content-length"], "6");
         assert!(entry.etag().is_some());
+        assert!(entry.meta().synthetic_etag);
+        assert_eq!(
+            entry.validators().0,
+            None,
+            "a computed ETag is never sent upstream"
+        );
         for codec in [crate::Codec::MessagePack, crate::Codec::Json] {
             let bytes = codec.encode(&entry).unwrap();
             let back: StoredResponse = codec.decode(&bytes).unwrap();
             assert_eq!(back.0.status, entry.0.status);
             assert_eq!(back.0.headers, entry.0.headers);
             assert_eq!(back.0.body, entry.0.body);
-            assert_eq!(back.0.upstream_age, 3);
+            assert_eq!(back.0.meta, StoredResponse::meta(&entry).clone());
         }
+    }
+
+    fn entry(headers: &[(&str, &str)], vary: Vec<(String, Option<Bytes>)>) -> StoredResponse {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let meta = Meta {
+            vary,
+            ..Meta::default()
+        };
+        StoredResponse::new(
+            StatusCode::OK,
+            &map,
+            Bytes::from_static(b"body"),
+            meta,
+            false,
+        )
+    }
+
+    #[test]
+    fn vary_is_matched_on_normalised_values() {
+        let stored = entry(
+            &[],
+            vec![(
+                "accept-language".into(),
+                Some(Bytes::from_static(b"en, de")),
+            )],
+        );
+        let request = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append("accept-language", HeaderValue::from_str(value).unwrap());
+            }
+            headers
+        };
+        assert!(stored.vary_matches(&request(&["en, de"])));
+        assert!(stored.vary_matches(&request(&["en,de"])));
+        assert!(
+            stored.vary_matches(&request(&["en", " de"])),
+            "field lines combine"
+        );
+        assert!(!stored.vary_matches(&request(&["de, en"])));
+        assert!(!stored.vary_matches(&request(&[])));
+        let absent = entry(&[], vec![("accept-language".into(), None)]);
+        assert!(absent.vary_matches(&request(&[])));
+        assert!(!absent.vary_matches(&request(&[""])), "empty is not absent");
+    }
+
+    #[test]
+    fn a_304_freshens_all_but_the_contents_metadata() {
+        let stored = entry(
+            &[
+                ("etag", "\"a\""),
+                ("x-v", "1"),
+                ("content-type", "text/plain"),
+                ("cache-status", "inner; hit"),
+            ],
+            Vec::new(),
+        );
+        assert!(
+            stored.headers().get("cache-status").is_none(),
+            "never replayed"
+        );
+        let mut update = HeaderMap::new();
+        for (name, value) in [
+            ("etag", "\"b\""),
+            ("x-v", "2"),
+            ("content-length", "99"),
+            ("set-cookie", "s=1"),
+            ("connection", "close"),
+        ] {
+            update.insert(name, HeaderValue::from_static(value));
+        }
+        let fresh = stored.freshened(&update, Meta::default());
+        assert_eq!(fresh.headers()["x-v"], "2");
+        assert_eq!(fresh.headers()["etag"], "\"a\"");
+        assert_eq!(fresh.headers()["content-length"], "4");
+        assert_eq!(fresh.headers()["content-type"], "text/plain");
+        assert!(fresh.headers().get("set-cookie").is_none());
+        assert!(fresh.headers().get("connection").is_none());
     }
 
     #[test]
     fn malformed_entries_do_not_decode() {
         let codec = crate::Codec::Json;
-        let bad_header =
-            br#"{"layout":1,"status":200,"headers":[["bad name",[]]],"body":[],"upstream_age":0}"#;
-        assert!(codec.decode::<StoredResponse>(bad_header).is_err());
-        let bad_status = br#"{"layout":1,"status":1000,"headers":[],"body":[],"upstream_age":0}"#;
-        assert!(codec.decode::<StoredResponse>(bad_status).is_err());
-        let future = br#"{"layout":9,"status":200,"headers":[],"body":[],"upstream_age":0}"#;
-        assert!(codec.decode::<StoredResponse>(future).is_err());
+        let meta = r#""meta":[0,0,0,false,0,0,0,false],"vary":[],"tags":[]"#;
+        let doc = |layout: u8, status: u16, headers: &str| {
+            format!(
+                r#"{{"layout":{layout},"status":{status},"headers":{headers},"body":[],{meta}}}"#
+            )
+        };
+        assert!(codec
+            .decode::<StoredResponse>(doc(2, 200, "[]").as_bytes())
+            .is_ok());
+        let bad_header = doc(2, 200, r#"[["bad name",[]]]"#);
+        assert!(codec
+            .decode::<StoredResponse>(bad_header.as_bytes())
+            .is_err());
+        assert!(codec
+            .decode::<StoredResponse>(doc(2, 1000, "[]").as_bytes())
+            .is_err());
+        assert!(codec
+            .decode::<StoredResponse>(doc(1, 200, "[]").as_bytes())
+            .is_err());
+        assert!(codec
+            .decode::<StoredResponse>(doc(9, 200, "[]").as_bytes())
+            .is_err());
     }
 }

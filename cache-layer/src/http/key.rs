@@ -9,7 +9,8 @@
 //! - method class: `GET` for GET and HEAD (HEAD is answered from the GET entry), else the method;
 //! - `a`/`c`: anonymous or credentialed request (only differs with `cache_authorized`), so a
 //!   response to a logged-in request is never served to an anonymous one;
-//! - host: the request's authority (HTTP/2) or `Host` header, lowercased;
+//! - host: the `Host` header the application reads, else the target's authority (HTTP/2
+//!   `:authority`), lowercased, after the scheme when the target has one (`https://shop.example`);
 //! - path: exactly as received, never decoded or normalised: `/a%2Fb`, `/a/b`, `/x/../a` and
 //!   `/a.css` are four different keys, whatever the router makes of them;
 //! - query: as received; parameters are stably sorted by name only when every name is plain
@@ -36,7 +37,7 @@ pub(crate) const MAX_KEY_LEN: usize = 200;
 /// Request headers always part of the key when present: frameworks use them to build absolute
 /// URLs, redirects and links, so leaving them out of the key would let one request poison the
 /// entry of every other (unkeyed header poisoning).
-pub(crate) const FORWARDING_HEADERS: [HeaderName; 10] = [
+pub(crate) const FORWARDING_HEADERS: [HeaderName; 17] = [
     HeaderName::from_static("forwarded"),
     HeaderName::from_static("x-forwarded-host"),
     HeaderName::from_static("x-forwarded-proto"),
@@ -44,19 +45,43 @@ pub(crate) const FORWARDING_HEADERS: [HeaderName; 10] = [
     HeaderName::from_static("x-forwarded-prefix"),
     HeaderName::from_static("x-forwarded-port"),
     HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("front-end-https"),
+    HeaderName::from_static("x-url-scheme"),
     HeaderName::from_static("x-host"),
+    HeaderName::from_static("x-original-host"),
+    HeaderName::from_static("x-http-host-override"),
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-forwarded-path"),
 ];
 
 /// The primary part of a key (before request headers): method class, credential class, target.
 pub(crate) fn primary(parts: &request::Parts, credentialed: bool, custom: Option<&str>) -> String {
+    primary_for(
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        credentialed,
+        custom,
+    )
+}
+
+/// [`primary`] for a method and target given separately (invalidation of `Location` targets).
+pub(crate) fn primary_for(
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    credentialed: bool,
+    custom: Option<&str>,
+) -> String {
     let mut out = String::with_capacity(64);
     out.push_str("http:");
-    let class = if parts.method == Method::HEAD {
+    let class = if method == Method::HEAD {
         Method::GET.as_str()
     } else {
-        parts.method.as_str()
+        method.as_str()
     };
     field(&mut out, class.as_bytes());
     field(&mut out, if credentialed { b"c" } else { b"a" });
@@ -66,16 +91,23 @@ pub(crate) fn primary(parts: &request::Parts, credentialed: bool, custom: Option
             field(&mut out, custom.as_bytes());
         }
         None => {
-            let host = parts
-                .uri
-                .authority()
-                .map(|a| a.as_str().as_bytes())
-                .or_else(|| parts.headers.get(header::HOST).map(|h| h.as_bytes()))
+            // The host the application reads: `Host`, else the target's authority (HTTP/2
+            // `:authority`). Requests where both are present and differ are never cached.
+            let host = headers
+                .get(header::HOST)
+                .map(|h| h.as_bytes())
+                .or_else(|| uri.authority().map(|a| a.as_str().as_bytes()))
                 .unwrap_or_default()
                 .to_ascii_lowercase();
-            field(&mut out, &host);
-            field(&mut out, parts.uri.path().as_bytes());
-            match parts.uri.query() {
+            let mut scheme_host = Vec::with_capacity(host.len() + 8);
+            if let Some(scheme) = uri.scheme_str() {
+                scheme_host.extend_from_slice(scheme.to_ascii_lowercase().as_bytes());
+                scheme_host.extend_from_slice(b"://");
+            }
+            scheme_host.extend_from_slice(&host);
+            field(&mut out, &scheme_host);
+            field(&mut out, uri.path().as_bytes());
+            match uri.query() {
                 None => field(&mut out, b"-"),
                 Some(query) => {
                     // Prefixed so "no query" and "empty query" differ.
@@ -117,6 +149,11 @@ pub(crate) fn full(mut primary: String, headers: &HeaderMap, keyed: &[HeaderName
         return hashed;
     }
     primary
+}
+
+/// A 64-bit hash of a key, for the layer's in-process maps (which never hold keys themselves).
+pub(crate) fn hash(key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
 }
 
 /// `Write` into a byte vector (for length prefixes).

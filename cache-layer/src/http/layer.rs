@@ -12,7 +12,10 @@ use std::{
 use http::{request, HeaderName, Method, StatusCode};
 use tower_layer::Layer;
 
-use super::{key::FORWARDING_HEADERS, service::CacheService};
+use super::{
+    key::{hash, FORWARDING_HEADERS},
+    service::CacheService,
+};
 use crate::{metrics::Door, Cache, Policy, Stampede};
 
 /// A custom key function (see [`CacheLayer::key_fn`]).
@@ -50,12 +53,22 @@ pub struct CacheLayer {
 /// Everything a [`CacheService`] needs besides the cache and the inner service.
 #[derive(Clone)]
 pub(crate) struct Config {
+    /// TTL (for responses without freshness), stampede, tags. Its `stale` is always zero: the
+    /// layer decides staleness per response (see `grace`).
     pub(crate) policy: Policy,
     /// Configured vary headers plus the forwarding headers; sorted, deduplicated.
     pub(crate) keyed: Arc<[HeaderName]>,
     pub(crate) key_fn: Option<KeyFn>,
     pub(crate) max_body_bytes: usize,
     pub(crate) statuses: Vec<StatusCode>,
+    /// Any status RFC 9111 allows is storable (not only `statuses`).
+    pub(crate) rfc_statuses: bool,
+    /// Responses without `ETag` get one computed from the body.
+    pub(crate) synthesize_etag: bool,
+    /// Origin requests announce `Surrogate-Capability` (so `Surrogate-Control` can target us).
+    pub(crate) surrogate: bool,
+    /// Stale grace period (stale-while-revalidate and stale-if-error) for every response.
+    pub(crate) grace: Duration,
     pub(crate) cache_authorized: bool,
     pub(crate) respect_request_no_cache: bool,
     pub(crate) methods: Vec<Method>,
@@ -63,25 +76,39 @@ pub(crate) struct Config {
     pub(crate) learned: Arc<Learned>,
     /// Keys whose last response was not cacheable (see [`HitForMiss`]).
     pub(crate) hit_for_miss: Arc<HitForMiss>,
+    /// Keys being revalidated in the background (one refresh at a time per key; a failed one
+    /// is retried after [`REFRESH_RETRY`]).
+    pub(crate) refreshing: Arc<moka::sync::Cache<u64, ()>>,
 }
+
+/// How long a background revalidation of a key keeps others from starting.
+pub(crate) const REFRESH_RETRY: Duration = Duration::from_secs(1);
+
+/// Byte budget of each in-process map of the layer (learned `Vary` headers, hit-for-miss keys,
+/// refreshes): keys are 64-bit hashes, values are weighed, so none grows past this.
+pub(crate) const MAP_BUDGET_BYTES: u64 = 1024 * 1024;
 
 /// Keys whose last origin response was not cacheable ("hit-for-miss", as in Varnish): for a while,
 /// requests for them skip single-flight and go to the origin at once instead of queueing behind
 /// each other's uncacheable responses. They still look the cache up first and store a response
 /// that has become cacheable.
 pub(crate) struct HitForMiss {
-    map: moka::sync::Cache<String, ()>,
+    map: moka::sync::Cache<u64, ()>,
     any: AtomicBool,
 }
 
 /// How long a key is remembered as uncacheable.
 pub(crate) const HIT_FOR_MISS_TTL: Duration = Duration::from_secs(10);
 
+/// Approximate bytes of one map entry with a 64-bit key (key, value, moka's bookkeeping).
+const ENTRY_OVERHEAD: u32 = 64;
+
 impl HitForMiss {
     fn new() -> Self {
         HitForMiss {
             map: moka::sync::Cache::builder()
-                .max_capacity(LEARNED_VARY_CAPACITY)
+                .max_capacity(MAP_BUDGET_BYTES)
+                .weigher(|_, _| ENTRY_OVERHEAD)
                 .time_to_live(HIT_FOR_MISS_TTL)
                 .build(),
             any: AtomicBool::new(false),
@@ -89,48 +116,78 @@ impl HitForMiss {
     }
 
     pub(crate) fn contains(&self, key: &str) -> bool {
-        self.any.load(Ordering::Relaxed) && self.map.contains_key(key)
+        self.any.load(Ordering::Relaxed) && self.map.contains_key(&hash(key))
     }
 
-    pub(crate) fn insert(&self, key: String) {
-        self.map.insert(key, ());
+    pub(crate) fn insert(&self, key: &str) {
+        self.map.insert(hash(key), ());
         self.any.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn remove(&self, key: &str) {
         if self.any.load(Ordering::Relaxed) {
-            self.map.invalidate(key);
+            self.map.invalidate(&hash(key));
         }
     }
 }
 
-/// Keyed request headers learned from origin `Vary` headers, per primary key (bounded).
+/// Keyed request headers learned from origin `Vary` headers, per primary key (hashed; bounded
+/// by bytes). Only an optimisation: it lets each variant have its own entry. Every entry records
+/// the `Vary` it was stored with and is matched against the request on every reuse, so an
+/// instance that has not learned (or forgot) a URL's `Vary` still never serves another variant.
 pub(crate) struct Learned {
-    map: moka::sync::Cache<String, Arc<[HeaderName]>>,
+    map: moka::sync::Cache<u64, Arc<[HeaderName]>>,
     any: AtomicBool,
 }
 
-/// At most this many headers are learned for one URL (beyond it responses are not stored).
+/// At most this many headers are learned for one URL (beyond it, variants share one entry,
+/// still matched on reuse).
 const MAX_LEARNED_HEADERS: usize = 16;
 
 impl Learned {
+    fn new() -> Self {
+        Learned {
+            map: moka::sync::Cache::builder()
+                .max_capacity(MAP_BUDGET_BYTES)
+                .weigher(|_, names: &Arc<[HeaderName]>| {
+                    let bytes: usize = names.iter().map(|n| n.as_str().len() + 16).sum();
+                    ENTRY_OVERHEAD.saturating_add(u32::try_from(bytes).unwrap_or(u32::MAX))
+                })
+                .build(),
+            any: AtomicBool::new(false),
+        }
+    }
+
     /// The keyed headers for `primary`: `configured` plus whatever was learned for it.
     pub(crate) fn keyed(&self, primary: &str, configured: &Arc<[HeaderName]>) -> Arc<[HeaderName]> {
         if !self.any.load(Ordering::Relaxed) {
             return configured.clone();
         }
-        self.map.get(primary).unwrap_or_else(|| configured.clone())
+        self.map
+            .get(&hash(primary))
+            .unwrap_or_else(|| configured.clone())
     }
 
-    /// Records that responses for `primary` vary on `names` as well as on `keyed`.
-    pub(crate) fn learn(&self, primary: String, keyed: &[HeaderName], names: &[HeaderName]) {
+    /// The headers to key `primary` on given a response that varies on `names`, remembered for
+    /// the next requests; `None` when `keyed` already covers them (or there are too many).
+    pub(crate) fn learn(
+        &self,
+        primary: &str,
+        keyed: &[HeaderName],
+        names: &[HeaderName],
+    ) -> Option<Arc<[HeaderName]>> {
+        if names.iter().all(|name| keyed.contains(name)) {
+            return None;
+        }
         let mut all: Vec<HeaderName> = keyed.iter().chain(names).cloned().collect();
         sort_names(&mut all);
         if all.len() > keyed.len() + MAX_LEARNED_HEADERS {
-            return;
+            return None;
         }
-        self.map.insert(primary, all.into());
+        let all: Arc<[HeaderName]> = all.into();
+        self.map.insert(hash(primary), all.clone());
         self.any.store(true, Ordering::Relaxed);
+        Some(all)
     }
 }
 
@@ -144,15 +201,16 @@ impl fmt::Debug for CacheLayer {
             .field("key_fn", &c.key_fn.is_some())
             .field("max_body_bytes", &c.max_body_bytes)
             .field("statuses", &c.statuses)
+            .field("rfc_statuses", &c.rfc_statuses)
+            .field("synthesize_etag", &c.synthesize_etag)
+            .field("surrogate", &c.surrogate)
+            .field("grace", &c.grace)
             .field("cache_authorized", &c.cache_authorized)
             .field("respect_request_no_cache", &c.respect_request_no_cache)
             .field("methods", &c.methods)
             .finish()
     }
 }
-
-/// How many URLs' learned `Vary` headers are remembered.
-const LEARNED_VARY_CAPACITY: u64 = 10_000;
 
 fn sort_names(names: &mut Vec<HeaderName>) {
     names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
@@ -177,18 +235,54 @@ impl CacheLayer {
                 key_fn: None,
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                 statuses: vec![StatusCode::OK],
+                rfc_statuses: false,
+                synthesize_etag: true,
+                surrogate: false,
+                grace: Duration::ZERO,
                 cache_authorized: false,
                 respect_request_no_cache: false,
                 methods: vec![Method::GET, Method::HEAD],
-                learned: Arc::new(Learned {
-                    map: moka::sync::Cache::builder()
-                        .max_capacity(LEARNED_VARY_CAPACITY)
-                        .build(),
-                    any: AtomicBool::new(false),
-                }),
+                learned: Arc::new(Learned::new()),
                 hit_for_miss: Arc::new(HitForMiss::new()),
+                refreshing: Arc::new(
+                    moka::sync::Cache::builder()
+                        .max_capacity(MAP_BUDGET_BYTES)
+                        .weigher(|_, _| ENTRY_OVERHEAD)
+                        .time_to_live(REFRESH_RETRY)
+                        .build(),
+                ),
             }),
         }
+    }
+
+    /// A layer that behaves as a shared HTTP cache (RFC 9111) in front of an origin it does not
+    /// control, as a reverse proxy or CDN does (see `examples/reverse_proxy.rs`):
+    ///
+    /// - only the origin's freshness counts: `Cache-Control` (or `CDN-Cache-Control` /
+    ///   `Surrogate-Control`), `Expires`, else a heuristic from `Last-Modified`; the TTL is zero;
+    /// - every status RFC 9111 allows is storable (any with explicit freshness; the heuristically
+    ///   cacheable ones with `Last-Modified`), not only 200;
+    /// - requests' `Cache-Control` is honoured ([`respect_request_no_cache`](Self::respect_request_no_cache));
+    /// - no `ETag` is made up for responses that have none;
+    /// - origin requests carry `Surrogate-Capability: cache-layer="Surrogate/1.0"`, so that
+    ///   `Surrogate-Control: max-age=60;cache-layer` can address this cache.
+    ///
+    /// Every builder method still applies on top.
+    ///
+    /// ```
+    /// use cache_layer::{Cache, CacheLayer};
+    ///
+    /// let layer = CacheLayer::shared(Cache::in_memory()).max_body_bytes(8 * 1024 * 1024);
+    /// ```
+    pub fn shared(cache: Cache) -> Self {
+        let mut layer = CacheLayer::new(cache)
+            .ttl(Duration::ZERO)
+            .respect_request_no_cache(true);
+        let config = layer.config();
+        config.rfc_statuses = true;
+        config.synthesize_etag = false;
+        config.surrogate = true;
+        layer
     }
 
     fn config(&mut self) -> &mut Config {
@@ -202,18 +296,25 @@ impl CacheLayer {
         self
     }
 
-    /// Grace period after expiry: a stale response is served (with `Cache-Status: ...; fwd=stale`)
-    /// while one request refreshes it in the background, and while the origin fails (5xx or an
-    /// error): stale-while-revalidate and stale-if-error.
+    /// Grace period after expiry: a stale response is served (with `Cache-Status: ...; hit;
+    /// ttl=-N`) while one request refreshes it in the background, and while the origin fails (5xx
+    /// or an error): stale-while-revalidate and stale-if-error for every response, on top of the
+    /// origin's own `stale-while-revalidate` / `stale-if-error`. Never for responses marked
+    /// `must-revalidate`, `proxy-revalidate`, `s-maxage` or `no-cache`.
     pub fn stale(mut self, grace: Duration) -> Self {
-        let config = self.config();
-        config.policy = config.policy.clone().stale(grace);
+        self.config().grace = grace;
         self
     }
 
     /// Stampede protection for misses (default [`Stampede::Coalesce`]: concurrent misses of one key
     /// in this process make one origin request; [`Stampede::Lock`]: one per fleet).
+    /// [`Stampede::Early`] acts as `Coalesce` here: HTTP entries are refreshed by revalidation
+    /// when they go stale (see [`stale`](Self::stale) for refreshing ahead of clients).
     pub fn stampede(mut self, stampede: Stampede) -> Self {
+        let stampede = match stampede {
+            Stampede::Early => Stampede::Coalesce,
+            other => other,
+        };
         let config = self.config();
         config.policy = config.policy.clone().stampede(stampede);
         self

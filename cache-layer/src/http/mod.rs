@@ -7,38 +7,71 @@
 //!
 //! # What is cached
 //!
-//! GET (and HEAD, answered from the GET entry) requests without `Authorization`/`Cookie`, whose
-//! responses have a configured status (default 200, never 5xx), no `Set-Cookie`, no
-//! `Cache-Control: private | no-store | no-cache`, no `Vary: *`, and a body of at most
-//! [`max_body_bytes`](CacheLayer::max_body_bytes). The origin's `s-maxage` / `max-age` / `Expires`
-//! set the TTL, else the layer's [`ttl`](CacheLayer::ttl). Everything else is passed through
-//! untouched (bodies streamed, never buffered beyond the limit) and never stored. In
-//! [`Cache::stats`](crate::Cache::stats), an uncacheable response is a successful load; a 5xx or
-//! an origin error is a failed one, for which a stale entry (with [`stale`](CacheLayer::stale))
-//! is served instead. The full rules
-//! are in the `policy` module source; the key layout in `key`.
+//! The layer is an HTTP cache in the sense of RFC 9111, shared by every client of the service.
+//! GET (and HEAD, answered from the GET entry) requests without `Authorization`/`Cookie` (unless
+//! [`cache_authorized`](CacheLayer::cache_authorized)) and without a body are answered from the
+//! cache; responses are stored when their status is configured (default 200, never 5xx) and they
+//! carry no `Set-Cookie`, no `private` / `no-store`, no `Vary: *`, and a body of at most
+//! [`max_body_bytes`](CacheLayer::max_body_bytes). Everything else is passed through untouched
+//! (bodies streamed, never buffered beyond the limit) and never stored. The full rules are in
+//! the `policy` module source; the key layout in `key`; the request flow in `service`.
+//!
+//! - **Freshness** comes from the origin: `CDN-Cache-Control` (RFC 9213) or `Surrogate-Control`
+//!   when present, else `Cache-Control` `s-maxage` / `max-age`, else `Expires`, minus the
+//!   response's `Age`; without any of them the layer's [`ttl`](CacheLayer::ttl) (a
+//!   [`shared`](CacheLayer::shared) layer, whose TTL is zero, uses a heuristic from
+//!   `Last-Modified` instead).
+//! - **Revalidation**: a stale entry with a validator is revalidated with `If-None-Match` /
+//!   `If-Modified-Since`; a `304` freshens it (its headers merged, RFC 9111 §4.3.4), a new
+//!   response replaces it, and an uncacheable one deletes it. `no-cache` responses are stored and
+//!   revalidated before every use.
+//! - **Stale content**: within the origin's `stale-while-revalidate` (or the layer's
+//!   [`stale`](CacheLayer::stale) grace) a stale entry is served while one request revalidates it
+//!   in the background; within `stale-if-error` (or the grace) it stands in for a failing origin
+//!   (5xx or an error). Never for `must-revalidate`, `proxy-revalidate`, `s-maxage` or `no-cache`
+//!   responses.
+//! - **Vary**: every entry records the request values of the headers its `Vary` names and is only
+//!   reused for requests with the same values; the layer also learns, per URL, to key entries on
+//!   those headers, so each variant gets its own entry.
+//! - **Unsafe methods** (POST, PUT, DELETE, PATCH, ...) pass through; when they succeed they
+//!   delete the entries of their target and of same-origin `Location` / `Content-Location`.
+//! - **Request directives**: `Cache-Control: no-store` bypasses the cache; with
+//!   [`respect_request_no_cache`](CacheLayer::respect_request_no_cache), `no-cache` / `Pragma:
+//!   no-cache` refresh the entry from the origin, `max-age`, `min-fresh`, `max-stale` are
+//!   obeyed, and `only-if-cached` gets a `504` when no stored response may be used.
+//!
+//! In [`Cache::stats`](crate::Cache::stats), an uncacheable response is a successful load; a 5xx
+//! or an origin error is a failed one.
 //!
 //! # Keys
 //!
-//! Method class + host + raw path + query (parameters sorted when that is safe) + keyed request
-//! headers ([`vary`](CacheLayer::vary), headers named by the origin's `Vary`, and forwarding
-//! headers such as `X-Forwarded-Host`), encoded injectively and hashed when long. Paths are never
-//! decoded or normalised, so `/account.css`, `/a%2Fb` or `/x/../account` can never be answered
-//! with another path's entry.
+//! Method class + scheme (when the target has one) + host (the `Host` the application reads;
+//! requests whose target authority differs from `Host` are not cached) + raw path + query
+//! (parameters sorted when that is safe) + keyed request headers ([`vary`](CacheLayer::vary),
+//! headers named by the origin's `Vary`, and forwarding headers such as `X-Forwarded-Host`),
+//! encoded injectively and hashed when long. Paths are never decoded or normalised, so
+//! `/account.css`, `/a%2Fb` or `/x/../account` can never be answered with another path's entry.
 //!
 //! # Response headers
 //!
-//! - `Cache-Status` (RFC 9211): `cache-layer; hit; ttl=42`, `cache-layer; fwd=miss; stored`,
-//!   `cache-layer; fwd=stale; ttl=-3`, `cache-layer; fwd=bypass` (request not cacheable),
-//!   `cache-layer; fwd=miss; collapsed` (answered by a concurrent request's load),
-//!   `cache-layer; fwd=miss; detail=<why>` (response not cacheable, e.g. `set-cookie`,
-//!   `too-large`), `cache-layer; fwd=miss` (cacheable but could not be stored, e.g. Redis down).
-//! - `Age` on hits.
-//! - `ETag`: the origin's, or a strong one computed from the body, on the miss as on hits;
-//!   `If-None-Match` is answered with `304 Not Modified` from the entry.
+//! - `Cache-Status` (RFC 9211; an inner cache's member is never replayed from the entry):
+//!   `cache-layer; hit; ttl=42` (fresh), `cache-layer; hit; ttl=-3` (served stale),
+//!   `cache-layer; fwd=miss; stored`, `cache-layer; fwd=stale; fwd-status=304; stored`
+//!   (revalidated), `cache-layer; fwd=vary-miss; stored` (an entry exists for other `Vary`
+//!   values), `cache-layer; fwd=request; stored` (the request's `no-cache`),
+//!   `cache-layer; fwd=bypass` (request not cacheable), `cache-layer; fwd=miss; collapsed`
+//!   (answered by a concurrent request's load), `cache-layer; fwd=miss; detail=<why>` (response
+//!   not cacheable, e.g. `set-cookie`, `too-large`, `authorization`), `cache-layer; fwd=miss`
+//!   (cacheable but could not be stored, e.g. Redis down).
+//! - `Age` on every response served from the cache (the origin's age included), and the
+//!   origin's own `Age` on misses.
+//! - `ETag`: the origin's, or (except for a [`shared`](CacheLayer::shared) layer) a strong one
+//!   computed from the body, on the miss as on hits; `If-None-Match` / `If-Modified-Since` are
+//!   answered with `304 Not Modified` from the entry.
 //! - `Cache-Tag` / `Surrogate-Key` from the origin become the entry's tags (for
 //!   [`Cache::invalidate_tag`](crate::Cache::invalidate_tag)) and are removed from the response;
-//!   a handler can also attach [`CacheTags`] as a response extension.
+//!   a handler can also attach [`CacheTags`] as a response extension. `Surrogate-Control` is
+//!   removed too.
 //!
 //! # Example
 //!
@@ -83,6 +116,7 @@
 //! plain hyper: wrap the service with `hyper_util::service::TowerToHyperService`.
 
 mod body;
+mod directives;
 mod entry;
 mod future;
 mod key;

@@ -1,35 +1,56 @@
 //! Cacheability rules: which requests may be answered from the cache, which responses may be
-//! stored, and for how long.
+//! stored, for how long they are fresh (RFC 9111 §4.2), and how long they are kept.
 //!
 //! Requests (any of these → bypass, straight to the inner service):
 //! - the method is not one of the configured methods (default GET and HEAD; HEAD is answered from
-//!   the GET entry);
+//!   the GET entry). Unsafe methods (POST, PUT, DELETE, PATCH and any unknown one) pass through
+//!   and, when they succeed, invalidate the target URI and the same-origin `Location` and
+//!   `Content-Location` (RFC 9111 §4.4);
 //! - `Authorization` or `Cookie` is present, unless [`cache_authorized`] is on;
-//! - a request body (`Content-Length` other than 0, or `Transfer-Encoding`): "fat GET" bodies are
-//!   not keyed;
+//! - a request body: `Content-Length` other than 0, `Transfer-Encoding`, or a body that is not
+//!   empty (an HTTP/2 DATA frame needs no length header): "fat GET" bodies are not keyed;
+//! - the target's authority and the `Host` header differ (an absolute-form target or HTTP/2
+//!   `:authority` naming another host than the one the application reads);
 //! - `Range`, `If-Match`, `If-Unmodified-Since`, `If-Range` (partial or precondition semantics the
 //!   cache does not implement), `Upgrade`, or an `X-HTTP-Method-Override`-style header;
-//! - with [`respect_request_no_cache`]: `Cache-Control: no-cache | no-store | max-age=0` or
-//!   `Pragma: no-cache`.
+//! - `Cache-Control: no-store` (RFC 9111 §5.2.1.5);
+//! - with [`respect_request_no_cache`]: `Cache-Control: no-cache` or `Pragma: no-cache` go to the
+//!   origin (conditionally, refreshing the entry), `max-age`, `min-fresh` and `max-stale` are
+//!   obeyed, and `only-if-cached` gets a `504` when no stored response may be used.
 //!
 //! Responses are stored only when all of these hold (else they are passed through untouched):
-//! - the status is one of the configured statuses (default 200) and not 5xx, 206 or 304;
-//! - no `Set-Cookie`, no `Content-Range`;
-//! - `Cache-Control` has none of `private`, `no-store`, `no-cache` (qualified forms included);
-//!   `s-maxage`, else `max-age`, else `Expires`, gives the TTL (minus the origin's `Age`); a zero
-//!   lifetime is not stored. Without any of them the layer's TTL applies;
-//! - `Vary` is not `*` and names only request headers that are part of the key (a response that
-//!   varies on more teaches the layer to key that URL on those headers too; the next response is
-//!   stored).
+//! - the status is one of the configured statuses (default 200; never 5xx, 206 or 304), or, for a
+//!   [`shared`] layer, any final status the RFC allows: any with explicit freshness, and the
+//!   heuristically cacheable ones (200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501) with a
+//!   `Last-Modified` to compute a heuristic lifetime from;
+//! - no `Set-Cookie` (deliberately stricter than the RFC: a session cookie must never be
+//!   replayed);
+//! - with `must-understand`, a status whose semantics RFC 9110 defines (`no-store` is then
+//!   ignored, RFC 9111 §5.2.2.3);
+//! - the caching field (`CDN-Cache-Control`, else `Surrogate-Control` aimed at this cache, else
+//!   `Cache-Control`) has neither `private` nor `no-store`; `no-cache` responses with a
+//!   validator are stored but revalidated before every use;
+//! - a request with `Authorization` (with [`cache_authorized`]) only stores responses marked
+//!   `public`, `s-maxage` or `must-revalidate` (RFC 9111 §3.5);
+//! - `Vary` is not `*`.
+//!
+//! Freshness: `s-maxage`, else `max-age`, else `Expires` − `Date`, else the layer's
+//! [`ttl`](super::CacheLayer::ttl), else (TTL zero) 10% of `Date` − `Last-Modified` (at most a
+//! day), minus the response's age (RFC 9111 §4.2.3). An entry is kept past its freshness for the
+//! stale windows (`stale-while-revalidate`, `stale-if-error`, the layer's
+//! [`stale`](super::CacheLayer::stale) grace) and, when it has a validator, for revalidation;
+//! `must-revalidate`, `proxy-revalidate`, `s-maxage` and `no-cache` responses are never served
+//! stale.
 //!
 //! [`cache_authorized`]: super::CacheLayer::cache_authorized
 //! [`respect_request_no_cache`]: super::CacheLayer::respect_request_no_cache
+//! [`shared`]: super::CacheLayer::shared
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{header, request, response, HeaderMap, HeaderName, Method, StatusCode};
+use http::{header, request, HeaderMap, HeaderName, Method, StatusCode};
 
-use super::layer::Config;
+use super::{directives::CacheControl, layer::Config};
 
 /// Request headers that ask the origin to act as another method: such requests are not cached.
 const METHOD_OVERRIDES: [HeaderName; 3] = [
@@ -38,17 +59,54 @@ const METHOD_OVERRIDES: [HeaderName; 3] = [
     HeaderName::from_static("x-method-override"),
 ];
 
-/// Whether a request may be answered from (and fill) the cache.
-pub(crate) fn request_is_cacheable(config: &Config, parts: &request::Parts) -> bool {
+/// Statuses a cache may give a heuristic lifetime (RFC 9110 §15.1).
+const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
+/// Heuristic lifetime: this fraction of the time since `Last-Modified` ...
+const HEURISTIC_FRACTION: u64 = 10;
+/// ... and at most this long.
+const HEURISTIC_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// How long past its freshness an entry with a validator is kept for revalidation: its lifetime,
+/// within these bounds.
+const REVALIDATION_KEEP_MIN: Duration = Duration::from_secs(60);
+const REVALIDATION_KEEP_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// What a request may do with the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestKind {
+    /// Answered from (and filling) the cache.
+    Cacheable,
+    /// Passed through; on success it invalidates what it targets (RFC 9111 §4.4).
+    Unsafe,
+    /// Passed through untouched.
+    Bypass,
+}
+
+/// Classifies a request. `body_empty` is whether the request body is known to be empty.
+pub(crate) fn classify(config: &Config, parts: &request::Parts, body_empty: bool) -> RequestKind {
     let method = &parts.method;
+    if !is_safe(method) {
+        return RequestKind::Unsafe;
+    }
     let allowed = if method == Method::HEAD {
         config.methods.contains(&Method::HEAD) && config.methods.contains(&Method::GET)
     } else {
         config.methods.contains(method)
     };
-    if !allowed {
-        return false;
+    if !allowed || !request_is_cacheable(config, parts) || !body_empty {
+        return RequestKind::Bypass;
     }
+    RequestKind::Cacheable
+}
+
+/// GET, HEAD, OPTIONS and TRACE (RFC 9110 §9.2.1).
+fn is_safe(method: &Method) -> bool {
+    [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE].contains(method)
+}
+
+/// Whether a request's headers allow answering it from (and filling) the cache.
+pub(crate) fn request_is_cacheable(config: &Config, parts: &request::Parts) -> bool {
     let headers = &parts.headers;
     if !config.cache_authorized && has_credentials(headers) {
         return false;
@@ -68,17 +126,31 @@ pub(crate) fn request_is_cacheable(config: &Config, parts: &request::Parts) -> b
     {
         return false;
     }
-    if has_body(headers) {
+    if has_body(headers) || authority_mismatch(parts) {
         return false;
     }
-    if config.respect_request_no_cache && asks_for_fresh(headers) {
-        return false;
-    }
-    true
+    !CacheControl::parse(headers).no_store
 }
 
-/// A request body ("fat GET"): not part of the key, and some frameworks read parameters from it,
-/// so a cached response could depend on it (a known cache-poisoning vector).
+/// The target names an authority other than the `Host` header: the key and the application
+/// could disagree on the host, so the request is not cached.
+fn authority_mismatch(parts: &request::Parts) -> bool {
+    let Some(authority) = parts.uri.authority() else {
+        return false;
+    };
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) => false,
+        (Some(host), None) => !host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes()),
+        // Several Host lines: invalid (RFC 9112 §3.2).
+        (Some(_), Some(_)) => true,
+    }
+}
+
+/// A request body announced by headers ("fat GET"): not part of the key, and some frameworks read
+/// parameters from it, so a cached response could depend on it (a known cache-poisoning vector).
 fn has_body(headers: &HeaderMap) -> bool {
     headers.contains_key(header::TRANSFER_ENCODING)
         || headers
@@ -91,18 +163,35 @@ pub(crate) fn has_credentials(headers: &HeaderMap) -> bool {
     headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE)
 }
 
-/// `Cache-Control: no-cache | no-store | max-age=0` or `Pragma: no-cache` on a request.
-fn asks_for_fresh(headers: &HeaderMap) -> bool {
-    let cc = CacheControl::parse(headers);
-    if cc.no_cache || cc.no_store || cc.max_age == Some(0) {
-        return true;
+/// What a request's `Cache-Control` (and `Pragma`) asks of a stored response.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RequestRules {
+    /// `no-cache` (or `Pragma: no-cache` without `Cache-Control`): go to the origin.
+    pub(crate) no_cache: bool,
+    pub(crate) max_age: Option<u64>,
+    pub(crate) min_fresh: Option<u64>,
+    pub(crate) max_stale: Option<u64>,
+    pub(crate) only_if_cached: bool,
+}
+
+impl RequestRules {
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
+        let cc = CacheControl::parse(headers);
+        let pragma = !headers.contains_key(header::CACHE_CONTROL)
+            && headers
+                .get_all(header::PRAGMA)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|d| d.trim().eq_ignore_ascii_case("no-cache"));
+        RequestRules {
+            no_cache: cc.no_cache || pragma,
+            max_age: cc.max_age,
+            min_fresh: cc.min_fresh,
+            max_stale: cc.max_stale,
+            only_if_cached: cc.only_if_cached,
+        }
     }
-    headers
-        .get_all(header::PRAGMA)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
 }
 
 /// Why a response is not stored (reported in `Cache-Status` as `detail=`).
@@ -113,9 +202,7 @@ pub(crate) enum NotStored {
     CacheControl,
     Expired,
     VaryStar,
-    /// `Vary` names request headers the key did not include (lowercase names).
-    VaryUnkeyed(Vec<HeaderName>),
-    ContentRange,
+    Authorization,
 }
 
 impl NotStored {
@@ -126,215 +213,246 @@ impl NotStored {
             NotStored::CacheControl => "cache-control",
             NotStored::Expired => "expired",
             NotStored::VaryStar => "vary",
-            NotStored::VaryUnkeyed(_) => "vary",
-            NotStored::ContentRange => "content-range",
+            NotStored::Authorization => "authorization",
         }
     }
 }
 
-/// What storing a response needs: its own TTL (when the origin gave one) and the `Age` it came
-/// with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Storable {
-    pub(crate) ttl: Option<Duration>,
-    pub(crate) upstream_age: u64,
+/// How a stored response ages and may be reused (computed when it is received or freshened).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Freshness {
+    /// Freshness lifetime (RFC 9111 §4.2.1), explicit or heuristic.
+    pub(crate) lifetime_ms: u64,
+    /// The response's age when it was received (RFC 9111 §4.2.3 `corrected_initial_age`).
+    pub(crate) initial_age_ms: u64,
+    /// Never served stale (`must-revalidate`, `proxy-revalidate`, `s-maxage`, `no-cache`).
+    pub(crate) must_revalidate: bool,
+    /// `stale-while-revalidate` / `stale-if-error` windows (the layer's grace included).
+    pub(crate) swr_ms: u64,
+    pub(crate) sie_ms: u64,
+    /// How long the store keeps the entry from now.
+    pub(crate) keep_ms: u64,
 }
 
-/// Whether an origin response may be stored, given the request headers that are part of its key.
-pub(crate) fn response_storability(
+/// Timestamps of one origin exchange (ms since the epoch).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Exchange {
+    pub(crate) request_ms: u64,
+    pub(crate) response_ms: u64,
+}
+
+/// Whether an origin response may be stored, and how it ages. `authorized`: the request carried
+/// `Authorization`.
+pub(crate) fn storability(
     config: &Config,
-    parts: &response::Parts,
-    keyed: &[HeaderName],
-) -> Result<Storable, NotStored> {
-    let status = parts.status;
-    if status.is_server_error()
+    status: StatusCode,
+    headers: &HeaderMap,
+    authorized: bool,
+    exchange: Exchange,
+) -> Result<Freshness, NotStored> {
+    if status.is_informational()
         || status == StatusCode::PARTIAL_CONTENT
         || status == StatusCode::NOT_MODIFIED
-        || !config.statuses.contains(&status)
     {
         return Err(NotStored::Status);
     }
-    let headers = &parts.headers;
     if headers.contains_key(header::SET_COOKIE) {
         return Err(NotStored::SetCookie);
     }
-    if headers.contains_key(header::CONTENT_RANGE) {
-        return Err(NotStored::ContentRange);
+    let cc = CacheControl::for_response(headers);
+    // RFC 9111 §5.2.2.3: `must-understand` stores only statuses whose semantics the cache knows,
+    // and then overrides `no-store`.
+    if cc.must_understand && !understood(status) {
+        return Err(NotStored::Status);
     }
-    let cc = CacheControl::parse(headers);
-    if cc.private || cc.no_store || cc.no_cache {
+    if cc.private || (cc.no_store && !cc.must_understand) {
         return Err(NotStored::CacheControl);
     }
-    vary_covered(headers, keyed)?;
-    let upstream_age = headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    let lifetime = match cc.s_maxage.or(cc.max_age) {
-        Some(seconds) => Some(Duration::from_secs(seconds)),
-        None => expires_lifetime(headers)?,
-    };
-    let ttl = match lifetime {
-        Some(lifetime) => {
-            let ttl = lifetime.saturating_sub(Duration::from_secs(upstream_age));
-            if ttl.is_zero() {
-                return Err(NotStored::Expired);
-            }
-            Some(ttl)
+    if authorized && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
+        return Err(NotStored::Authorization);
+    }
+    if vary_star(headers) {
+        return Err(NotStored::VaryStar);
+    }
+    let explicit = explicit_lifetime(&cc, headers, exchange.response_ms);
+    let listed = config.statuses.contains(&status) && !status.is_server_error();
+    let heuristic_status = HEURISTIC_STATUSES.contains(&status.as_u16());
+    let allowed = listed
+        || config.rfc_statuses
+            && (explicit.is_some()
+                || heuristic_status && (cc.public || headers.contains_key(header::LAST_MODIFIED)));
+    if !allowed {
+        return Err(NotStored::Status);
+    }
+    let lifetime = match explicit {
+        Some(lifetime) => lifetime,
+        None if !config.policy.ttl.is_zero() => config.policy.ttl,
+        None if HEURISTIC_STATUSES.contains(&status.as_u16()) => {
+            heuristic_lifetime(headers, exchange.response_ms)
         }
-        None => None,
+        None => Duration::ZERO,
     };
-    Ok(Storable { ttl, upstream_age })
+    let lifetime = if cc.no_cache {
+        Duration::ZERO
+    } else {
+        lifetime
+    };
+    let initial_age_ms = initial_age_ms(headers, exchange);
+    let has_validator =
+        headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
+    if cc.no_cache && !has_validator {
+        return Err(NotStored::CacheControl);
+    }
+    let must_revalidate =
+        cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some() || cc.no_cache;
+    let grace = duration_ms(config.grace);
+    let (swr_ms, sie_ms) = if must_revalidate {
+        (0, 0)
+    } else {
+        (
+            cc.stale_while_revalidate.map_or(0, secs_ms).max(grace),
+            cc.stale_if_error.map_or(0, secs_ms).max(grace),
+        )
+    };
+    let lifetime_ms = duration_ms(lifetime);
+    let remaining = lifetime_ms.saturating_sub(initial_age_ms);
+    let mut extra = swr_ms.max(sie_ms);
+    if has_validator {
+        let keep = lifetime.clamp(REVALIDATION_KEEP_MIN, REVALIDATION_KEEP_MAX);
+        extra = extra.max(duration_ms(keep));
+    }
+    let keep_ms = remaining.saturating_add(extra);
+    if keep_ms == 0 || (remaining == 0 && !has_validator && extra == 0) {
+        return Err(NotStored::Expired);
+    }
+    Ok(Freshness {
+        lifetime_ms,
+        initial_age_ms,
+        must_revalidate,
+        swr_ms,
+        sie_ms,
+        keep_ms,
+    })
 }
 
-/// `Expires` relative to `Date` (or now): `Ok(None)` without `Expires`, an error when it is in
-/// the past or invalid (RFC 9111 §5.3: an invalid date means already expired).
-fn expires_lifetime(headers: &HeaderMap) -> Result<Option<Duration>, NotStored> {
-    let Some(expires) = headers.get(header::EXPIRES) else {
-        return Ok(None);
+/// Statuses whose caching semantics RFC 9110 defines (for `must-understand`).
+fn understood(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200..=205 | 300..=305 | 307 | 308 | 400..=417 | 421..=426 | 428 | 429 | 431 | 451 | 500..=505 | 511
+    )
+}
+
+fn secs_ms(seconds: u64) -> u64 {
+    seconds.saturating_mul(1000)
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `s-maxage`, else `max-age`, else `Expires` − `Date` (an invalid `Expires` is already expired).
+fn explicit_lifetime(cc: &CacheControl, headers: &HeaderMap, response_ms: u64) -> Option<Duration> {
+    if let Some(seconds) = cc.s_maxage.or(cc.max_age) {
+        return Some(Duration::from_secs(seconds));
+    }
+    let expires = headers.get(header::EXPIRES)?;
+    let Some(expires) = http_date(expires) else {
+        return Some(Duration::ZERO);
     };
-    let parse = |v: &http::HeaderValue| {
-        v.to_str()
-            .ok()
-            .and_then(|s| httpdate::parse_http_date(s).ok())
-    };
-    let expires = parse(expires).ok_or(NotStored::Expired)?;
     let date = headers
         .get(header::DATE)
-        .and_then(parse)
-        .unwrap_or_else(SystemTime::now);
-    match expires.duration_since(date) {
-        Ok(lifetime) if !lifetime.is_zero() => Ok(Some(lifetime)),
-        _ => Err(NotStored::Expired),
-    }
+        .and_then(http_date)
+        .unwrap_or_else(|| UNIX_EPOCH + Duration::from_millis(response_ms));
+    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
 }
 
-/// Checks that every header the response `Vary`s on is part of the key.
-fn vary_covered(headers: &HeaderMap, keyed: &[HeaderName]) -> Result<(), NotStored> {
-    let mut missing = Vec::new();
-    for value in headers.get_all(header::VARY) {
-        let Ok(value) = value.to_str() else {
-            return Err(NotStored::VaryStar);
-        };
-        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            if name == "*" {
-                return Err(NotStored::VaryStar);
-            }
-            let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
-                return Err(NotStored::VaryStar);
-            };
-            if !keyed.contains(&name) && !missing.contains(&name) {
-                missing.push(name);
-            }
-        }
-    }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(NotStored::VaryUnkeyed(missing))
-    }
+/// 10% of the time between `Last-Modified` and `Date`, at most [`HEURISTIC_MAX`].
+fn heuristic_lifetime(headers: &HeaderMap, response_ms: u64) -> Duration {
+    let Some(modified) = headers.get(header::LAST_MODIFIED).and_then(http_date) else {
+        return Duration::ZERO;
+    };
+    let date = headers
+        .get(header::DATE)
+        .and_then(http_date)
+        .unwrap_or_else(|| UNIX_EPOCH + Duration::from_millis(response_ms));
+    let since = date.duration_since(modified).unwrap_or(Duration::ZERO);
+    (since / HEURISTIC_FRACTION as u32).min(HEURISTIC_MAX)
 }
 
-/// The `Cache-Control` directives the layer acts on.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(crate) struct CacheControl {
-    pub(crate) no_store: bool,
-    pub(crate) no_cache: bool,
-    pub(crate) private: bool,
-    pub(crate) max_age: Option<u64>,
-    pub(crate) s_maxage: Option<u64>,
+pub(crate) fn http_date(value: &http::HeaderValue) -> Option<SystemTime> {
+    value
+        .to_str()
+        .ok()
+        .and_then(|s| httpdate::parse_http_date(s.trim()).ok())
 }
 
-impl CacheControl {
-    /// Parses every `Cache-Control` field line. Quoted arguments may contain commas; unknown
-    /// directives are ignored; a malformed `max-age` counts as 0 (stale), and a repeated one keeps
-    /// the smallest value.
-    pub(crate) fn parse(headers: &HeaderMap) -> Self {
-        let mut cc = CacheControl::default();
-        for value in headers.get_all(header::CACHE_CONTROL) {
-            for (name, arg) in directives(value.as_bytes()) {
-                let seconds = || {
-                    std::str::from_utf8(arg.unwrap_or_default())
-                        .ok()
-                        .and_then(|s| s.parse::<u64>().ok())
-                        .unwrap_or(0)
-                };
-                let min = |old: Option<u64>, new: u64| Some(old.map_or(new, |o| o.min(new)));
-                match name.to_ascii_lowercase().as_slice() {
-                    b"no-store" => cc.no_store = true,
-                    b"no-cache" => cc.no_cache = true,
-                    b"private" => cc.private = true,
-                    b"max-age" => cc.max_age = min(cc.max_age, seconds()),
-                    b"s-maxage" => cc.s_maxage = min(cc.s_maxage, seconds()),
-                    _ => {}
-                }
-            }
-        }
-        cc
+fn system_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The `Age` field's value (RFC 9111 §5.1): the first value of the first line; `None` when it is
+/// not a non-negative integer (the response is then treated as stale).
+fn age_value(headers: &HeaderMap) -> Option<Option<u64>> {
+    let Some(line) = headers.get(header::AGE) else {
+        return Some(None);
+    };
+    let first = line
+        .as_bytes()
+        .split(|&b| b == b',')
+        .next()
+        .unwrap_or_default();
+    let first = std::str::from_utf8(first).ok()?.trim();
+    if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
+    Some(Some(first.parse::<u64>().unwrap_or(u64::MAX / 1000)))
 }
 
-/// Splits a `Cache-Control` value into `(name, argument)` pairs, honouring quoted strings.
-fn directives(value: &[u8]) -> Vec<(&[u8], Option<&[u8]>)> {
-    let mut out = Vec::new();
-    let mut rest = value;
-    while !rest.is_empty() {
-        // Name: up to '=' or ','.
-        let end = rest
-            .iter()
-            .position(|&b| b == b'=' || b == b',')
-            .unwrap_or(rest.len());
-        let name = trim(&rest[..end]);
-        rest = &rest[end..];
-        let mut arg = None;
-        if let [b'=', tail @ ..] = rest {
-            let tail = trim_start(tail);
-            if let [b'"', quoted @ ..] = tail {
-                let mut i = 0;
-                while i < quoted.len() && quoted[i] != b'"' {
-                    if quoted[i] == b'\\' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-                let close = i.min(quoted.len());
-                arg = Some(&quoted[..close]);
-                rest = quoted.get(close + 1..).unwrap_or_default();
-                // Skip anything up to the next comma.
-                let next = rest.iter().position(|&b| b == b',').unwrap_or(rest.len());
-                rest = &rest[next..];
-            } else {
-                let next = tail.iter().position(|&b| b == b',').unwrap_or(tail.len());
-                arg = Some(trim(&tail[..next]));
-                rest = &tail[next..];
-            }
-        }
-        if let [b',', tail @ ..] = rest {
-            rest = tail;
-        }
-        if !name.is_empty() {
-            out.push((name, arg));
-        }
-    }
-    out
+/// RFC 9111 §4.2.3: `corrected_initial_age = max(apparent_age, age_value + response_delay)`.
+pub(crate) fn initial_age_ms(headers: &HeaderMap, exchange: Exchange) -> u64 {
+    let apparent = headers
+        .get(header::DATE)
+        .and_then(http_date)
+        .map_or(0, |date| {
+            exchange.response_ms.saturating_sub(system_ms(date))
+        });
+    let delay = exchange.response_ms.saturating_sub(exchange.request_ms);
+    let corrected = match age_value(headers) {
+        Some(Some(age)) => age.saturating_mul(1000).saturating_add(delay),
+        Some(None) => 0,
+        None => u64::MAX / 2,
+    };
+    apparent.max(corrected)
 }
 
-fn trim_start(bytes: &[u8]) -> &[u8] {
-    let start = bytes
+/// `Vary: *` (or a malformed `Vary`): never reusable.
+fn vary_star(headers: &HeaderMap) -> bool {
+    headers.get_all(header::VARY).iter().any(|value| {
+        value.to_str().map_or(true, |v| {
+            v.split(',').map(str::trim).any(|name| {
+                name == "*"
+                    || (!name.is_empty() && HeaderName::from_bytes(name.as_bytes()).is_err())
+            })
+        })
+    })
+}
+
+/// The request headers a response's `Vary` names (lowercase, sorted, deduplicated).
+pub(crate) fn vary_names(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut names: Vec<HeaderName> = headers
+        .get_all(header::VARY)
         .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    &bytes[start..]
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let bytes = trim_start(bytes);
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(0, |i| i + 1);
-    &bytes[..end]
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect();
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    names
 }
 
 #[cfg(test)]
@@ -347,95 +465,89 @@ mod tests {
         (*CacheLayer::new(Cache::in_memory()).config).clone()
     }
 
-    fn response(headers: &[(&str, &str)]) -> response::Parts {
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut builder = Response::builder().status(200);
-        for (name, value) in headers {
+        for (name, value) in pairs {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap().into_parts().0.headers
+    }
+
+    fn request(method: &str, uri: &str, pairs: &[(&str, &str)]) -> request::Parts {
+        let mut builder = Request::builder().method(method).uri(uri);
+        for (name, value) in pairs {
             builder = builder.header(*name, *value);
         }
         builder.body(()).unwrap().into_parts().0
     }
 
-    fn request(method: &str, headers: &[(&str, &str)]) -> request::Parts {
-        let mut builder = Request::builder().method(method).uri("/x");
-        for (name, value) in headers {
-            builder = builder.header(*name, *value);
-        }
-        builder.body(()).unwrap().into_parts().0
-    }
+    const NOW: Exchange = Exchange {
+        request_ms: 1_795_773_600_000,
+        response_ms: 1_795_773_600_000,
+    };
 
-    fn cc(value: &str) -> CacheControl {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CACHE_CONTROL, value.parse().unwrap());
-        CacheControl::parse(&headers)
-    }
-
-    #[test]
-    fn cache_control_parsing() {
-        assert_eq!(cc("max-age=60").max_age, Some(60));
-        assert_eq!(cc("public, s-maxage=10, max-age=60").s_maxage, Some(10));
-        assert!(cc("PRIVATE").private);
-        assert!(cc("private=\"set-cookie, x\"").private);
-        let quoted = cc("no-cache=\"a, max-age=5\", max-age=7");
-        assert!(quoted.no_cache);
-        assert_eq!(quoted.max_age, Some(7));
-        assert_eq!(cc("max-age=abc").max_age, Some(0));
-        assert_eq!(cc("max-age=60, max-age=5").max_age, Some(5));
-        assert_eq!(cc("max-age=\"30\"").max_age, Some(30));
-        assert_eq!(cc(",,  ,").max_age, None);
-        assert!(cc("no-store").no_store);
+    fn store(config: &Config, status: u16, pairs: &[(&str, &str)]) -> Result<Freshness, NotStored> {
+        let status = StatusCode::from_u16(status).unwrap();
+        storability(config, status, &headers(pairs), false, NOW)
     }
 
     #[test]
     fn requests() {
         let config = config();
-        assert!(request_is_cacheable(&config, &request("GET", &[])));
-        assert!(request_is_cacheable(&config, &request("HEAD", &[])));
-        assert!(!request_is_cacheable(&config, &request("POST", &[])));
-        assert!(!request_is_cacheable(
-            &config,
-            &request("GET", &[("cookie", "s=1")])
-        ));
-        assert!(!request_is_cacheable(
-            &config,
-            &request("GET", &[("authorization", "Bearer x")])
-        ));
-        assert!(!request_is_cacheable(
-            &config,
-            &request("GET", &[("range", "bytes=0-1")])
-        ));
-        assert!(!request_is_cacheable(
-            &config,
-            &request("GET", &[("x-http-method-override", "DELETE")])
-        ));
+        let kind =
+            |method, pairs: &[(&str, &str)]| classify(&config, &request(method, "/x", pairs), true);
+        assert_eq!(kind("GET", &[]), RequestKind::Cacheable);
+        assert_eq!(kind("HEAD", &[]), RequestKind::Cacheable);
+        assert_eq!(kind("POST", &[]), RequestKind::Unsafe);
+        assert_eq!(kind("OPTIONS", &[]), RequestKind::Bypass);
+        assert_eq!(kind("GET", &[("cookie", "s=1")]), RequestKind::Bypass);
+        assert_eq!(
+            kind("GET", &[("authorization", "Bearer x")]),
+            RequestKind::Bypass
+        );
+        assert_eq!(kind("GET", &[("range", "bytes=0-1")]), RequestKind::Bypass);
+        assert_eq!(
+            kind("GET", &[("x-http-method-override", "DELETE")]),
+            RequestKind::Bypass
+        );
+        assert_eq!(
+            kind("GET", &[("cache-control", "no-store")]),
+            RequestKind::Bypass
+        );
+        // A body without length headers.
+        assert_eq!(
+            classify(&config, &request("GET", "/x", &[]), false),
+            RequestKind::Bypass
+        );
+        // Absolute-form target for another host than Host.
+        let poisoned = request("GET", "http://shop.test/x", &[("host", "evil.example")]);
+        assert_eq!(classify(&config, &poisoned, true), RequestKind::Bypass);
+        let same = request("GET", "http://shop.test/x", &[("host", "Shop.Test")]);
+        assert_eq!(classify(&config, &same, true), RequestKind::Cacheable);
         // no-cache is ignored unless asked for.
-        let no_cache = request("GET", &[("cache-control", "no-cache")]);
-        assert!(request_is_cacheable(&config, &no_cache));
+        assert_eq!(
+            kind("GET", &[("cache-control", "no-cache")]),
+            RequestKind::Cacheable
+        );
         let mut respecting = config.clone();
         respecting.respect_request_no_cache = true;
-        assert!(!request_is_cacheable(&respecting, &no_cache));
-        assert!(!request_is_cacheable(
-            &respecting,
-            &request("GET", &[("pragma", "no-cache")])
-        ));
+        let no_cache = request("GET", "/x", &[("pragma", "no-cache")]);
+        assert!(RequestRules::of(&no_cache.headers).no_cache);
+        assert_eq!(
+            classify(&respecting, &no_cache, true),
+            RequestKind::Cacheable
+        );
         let mut authorized = config;
         authorized.cache_authorized = true;
-        assert!(request_is_cacheable(
-            &authorized,
-            &request("GET", &[("cookie", "s=1")])
-        ));
+        let cookie = request("GET", "/x", &[("cookie", "s=1")]);
+        assert_eq!(classify(&authorized, &cookie, true), RequestKind::Cacheable);
     }
 
     #[test]
     fn responses() {
         let config = config();
-        let ok = |headers: &[(&str, &str)]| response_storability(&config, &response(headers), &[]);
-        assert_eq!(
-            ok(&[]),
-            Ok(Storable {
-                ttl: None,
-                upstream_age: 0
-            })
-        );
+        let ok = |pairs: &[(&str, &str)]| store(&config, 200, pairs);
+        assert_eq!(ok(&[]).unwrap().lifetime_ms, 60_000, "the layer's TTL");
         assert_eq!(ok(&[("set-cookie", "a=b")]), Err(NotStored::SetCookie));
         assert_eq!(
             ok(&[("cache-control", "private")]),
@@ -449,54 +561,99 @@ mod tests {
             ok(&[("cache-control", "no-cache")]),
             Err(NotStored::CacheControl)
         );
+        let no_cache = ok(&[("cache-control", "no-cache"), ("etag", "\"1\"")]).unwrap();
+        assert_eq!(no_cache.lifetime_ms, 0);
+        assert!(no_cache.must_revalidate);
         assert_eq!(
             ok(&[("cache-control", "max-age=0")]),
             Err(NotStored::Expired)
         );
+        let aged = ok(&[("cache-control", "max-age=100, s-maxage=30"), ("age", "10")]).unwrap();
+        assert_eq!(aged.lifetime_ms, 30_000);
+        assert_eq!(aged.initial_age_ms, 10_000);
+        assert!(aged.must_revalidate, "s-maxage implies proxy-revalidate");
         assert_eq!(
-            ok(&[("cache-control", "max-age=100, s-maxage=30"), ("age", "10")]),
-            Ok(Storable {
-                ttl: Some(Duration::from_secs(20)),
-                upstream_age: 10
-            })
+            ok(&[("cache-control", "max-age=100"), ("age", "abc")]),
+            Err(NotStored::Expired)
         );
         assert_eq!(ok(&[("vary", "*")]), Err(NotStored::VaryStar));
-        assert_eq!(
-            ok(&[("vary", "Accept-Language")]),
-            Err(NotStored::VaryUnkeyed(vec![HeaderName::from_static(
-                "accept-language"
-            )]))
-        );
-        let keyed = [HeaderName::from_static("accept-language")];
-        assert!(
-            response_storability(&config, &response(&[("vary", "accept-language")]), &keyed)
-                .is_ok()
-        );
+        assert!(ok(&[("vary", "Accept-Language")]).is_ok());
         assert_eq!(
             ok(&[("expires", "Thu, 01 Jan 1970 00:00:00 GMT")]),
             Err(NotStored::Expired)
         );
         assert_eq!(ok(&[("expires", "garbage")]), Err(NotStored::Expired));
+        let dated = ok(&[
+            ("date", "Fri, 27 Nov 2026 10:00:00 GMT"),
+            ("expires", "Fri, 27 Nov 2026 10:01:00 GMT"),
+        ])
+        .unwrap();
+        assert_eq!(dated.lifetime_ms, 60_000);
+        let swr = ok(&[(
+            "cache-control",
+            "max-age=1, stale-while-revalidate=9, stale-if-error=20",
+        )])
+        .unwrap();
         assert_eq!(
-            ok(&[
+            (swr.swr_ms, swr.sie_ms, swr.keep_ms),
+            (9_000, 20_000, 21_000)
+        );
+        assert_eq!(store(&config, 500, &[]), Err(NotStored::Status));
+        assert_eq!(store(&config, 404, &[]), Err(NotStored::Status));
+        let auth = storability(
+            &config,
+            StatusCode::OK,
+            &headers(&[("cache-control", "max-age=60")]),
+            true,
+            NOW,
+        );
+        assert_eq!(auth, Err(NotStored::Authorization));
+        let public = storability(
+            &config,
+            StatusCode::OK,
+            &headers(&[("cache-control", "public, max-age=60")]),
+            true,
+            NOW,
+        );
+        assert!(public.is_ok());
+    }
+
+    #[test]
+    fn shared_layers_store_what_the_rfc_allows() {
+        let config = (*CacheLayer::shared(Cache::in_memory()).config).clone();
+        assert_eq!(
+            store(&config, 200, &[]),
+            Err(NotStored::Expired),
+            "no freshness, no validator"
+        );
+        assert!(store(&config, 404, &[("cache-control", "max-age=60")]).is_ok());
+        assert!(store(&config, 500, &[("cache-control", "max-age=60")]).is_ok());
+        assert_eq!(store(&config, 302, &[]), Err(NotStored::Status));
+        let unknown = [("cache-control", "max-age=60, must-understand")];
+        assert_eq!(store(&config, 599, &unknown), Err(NotStored::Status));
+        assert!(store(
+            &config,
+            200,
+            &[("cache-control", "max-age=60, must-understand, no-store")]
+        )
+        .is_ok());
+        let heuristic = store(
+            &config,
+            200,
+            &[
                 ("date", "Fri, 27 Nov 2026 10:00:00 GMT"),
-                ("expires", "Fri, 27 Nov 2026 10:01:00 GMT")
-            ]),
-            Ok(Storable {
-                ttl: Some(Duration::from_secs(60)),
-                upstream_age: 0
-            })
-        );
-        let mut parts = response(&[]);
-        parts.status = StatusCode::INTERNAL_SERVER_ERROR;
-        assert_eq!(
-            response_storability(&config, &parts, &[]),
-            Err(NotStored::Status)
-        );
-        parts.status = StatusCode::NOT_FOUND;
-        assert_eq!(
-            response_storability(&config, &parts, &[]),
-            Err(NotStored::Status)
-        );
+                ("last-modified", "Fri, 27 Nov 2026 09:00:00 GMT"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(heuristic.lifetime_ms, 360_000, "10% of an hour");
+        // A validator keeps a zero-lifetime response for revalidation.
+        let validated = store(
+            &config,
+            200,
+            &[("cache-control", "max-age=0"), ("etag", "\"a\"")],
+        )
+        .unwrap();
+        assert_eq!((validated.lifetime_ms, validated.keep_ms), (0, 60_000));
     }
 }
