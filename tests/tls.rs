@@ -61,7 +61,10 @@ async fn rediss_with_the_generated_ca_works_and_plain_or_untrusted_fails_clearly
     cache.ping().await.expect("ping over TLS");
     // The commands arrived over the TLS port: the server counts them, and its TLS clients.
     assert!(server.command_calls("get") >= 2, "GETs reached the server");
-    assert!(server.command_calls("set") >= 1, "the fill reached the server");
+    assert!(
+        server.command_calls("set") >= 1,
+        "the fill reached the server"
+    );
     let clients: String = server.query(redis::cmd("CLIENT").arg("LIST"));
     assert!(
         clients
