@@ -432,6 +432,7 @@ impl Cache {
         let mut l1_stale = None;
         if let Some((value, timing)) = self.l1_lookup::<T>(key, now) {
             if timing.fresh_until_ms > now {
+                crate::dbgtrace::ev(&inner.name, key, || format!("lookup L1 hit {}", crate::dbgtrace::val(&value)));
                 inner.metrics.l1_hit(policy.door);
                 self.observe_hit(policy, key);
                 return Lookup::Fresh {
@@ -444,6 +445,9 @@ impl Cache {
             }
             l1_stale = Some((value, timing));
         }
+        // Taken before the epoch and the entry are read: a replay clears a pending invalidation
+        // only after Redis took it, so if none is pending now, what is read next is from after it.
+        let covered = self.pending_covers(key);
         let full_key = self.entry_key(key).await;
         let mut hint = None;
         // The policy's tags whose versions this process does not know ride along with the GET
@@ -463,8 +467,11 @@ impl Cache {
             Ok(bytes) => Some(Seen::of(bytes.as_deref())),
             Err(err) => Seen::of_failed_read(err),
         };
+        crate::dbgtrace::ev(&inner.name, key, || format!("lookup GET {} ticket {:?} -> {:?} ok={}", &*full_key, full_key.dbg_ticket(), seen, read.is_ok()));
         match read {
-            Ok(Some(_)) if self.pending_covers(key) => {}
+            Ok(Some(_)) if covered => {
+                crate::dbgtrace::ev(&inner.name, key, || "lookup: pending covers".into());
+            }
             Ok(Some(bytes)) => match Envelope::parse(&bytes) {
                 Ok(envelope) => {
                     // `None`: an invalidation covers the entry (tags; the namespace is in the key).
@@ -476,6 +483,7 @@ impl Cache {
                                     let ttl = Duration::from_millis(timing.stale_until_ms - now);
                                     let tags = envelope.tag_versions();
                                     let size = envelope.payload_len();
+                                    crate::dbgtrace::ev(&inner.name, key, || format!("lookup redis value {} fresh={}", crate::dbgtrace::val(&value), timing.fresh_until_ms > now));
                                     self.l1_insert(&full_key, &value, timing, tags, ttl, size);
                                     if timing.fresh_until_ms > now {
                                         inner.metrics.hit(policy.door);
@@ -558,6 +566,8 @@ impl Cache {
         if let Some(value) = self.l1_get::<T>(key, now_ms()) {
             return Ok(Some(value));
         }
+        // Before the epoch and the entry are read (see `lookup`).
+        let covered = self.pending_covers(key);
         let full_key = match self.entry_key_checked(key).await {
             Ok(full_key) => full_key,
             Err((_, Error::BreakerOpen)) => return Ok(None),
@@ -568,7 +578,7 @@ impl Cache {
             Ok(None) | Err(Error::BreakerOpen) => return Ok(None),
             Err(err) => return Err(err),
         };
-        if self.pending_covers(key) {
+        if covered {
             return Ok(None);
         }
         let envelope = match Envelope::parse(&bytes) {
@@ -879,7 +889,10 @@ impl Cache {
             observer.load(result.is_ok());
         }
         let loaded = match result {
-            Ok(loaded) => loaded,
+            Ok(loaded) => {
+                crate::dbgtrace::ev(&self.inner.name, key, || format!("loaded {} start={:?}", crate::dbgtrace::val(&loaded.value), start.as_ref().map(|s| (s.key.to_string(), s.seen.clone()))));
+                loaded
+            }
             Err(err) => {
                 self.inner.refresh_failures.insert(key.to_owned(), ());
                 if let Some(guard) = guard {
