@@ -46,7 +46,8 @@ pub(crate) struct Message {
     /// Tags with their new times: `(tag, hard_ms, soft_ms)`.
     #[serde(rename = "t", default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) tags: Vec<(String, u64, u64)>,
-    /// A namespace bump: `(version, bumped_ms)`.
+    /// A namespace epoch that moved (bumped, or repaired): `(epoch, Redis time ms of the move)`.
+    /// Receivers merge the epoch; the time is informational (kept so the format stays the same).
     #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
     pub(crate) namespace: Option<(u64, u64)>,
 }
@@ -84,8 +85,7 @@ impl Tickets {
     }
 
     pub(crate) fn bump(&self, key: &str) {
-        let n = self.slot(key).fetch_add(1, Ordering::AcqRel);
-        crate::dbgtrace::ev("?", &format!("*slot{}", crate::dbgtrace::slot(key)), || format!("bump by {key} -> {}", n + 1));
+        self.slot(key).fetch_add(1, Ordering::AcqRel);
     }
 
     /// Moves the ticket of `key`'s slot from `from` to the next one, if nothing bumped it since
@@ -491,9 +491,17 @@ mod tests {
         let next = tickets.advance("a", taken).expect("nothing bumped it");
         assert_eq!(tickets.ticket("a"), next);
         assert_ne!(next, taken);
-        assert_eq!(tickets.advance("a", taken), None, "a stale ticket cannot advance");
+        assert_eq!(
+            tickets.advance("a", taken),
+            None,
+            "a stale ticket cannot advance"
+        );
         tickets.bump("a");
-        assert_eq!(tickets.advance("a", next), None, "bumped since it was taken");
+        assert_eq!(
+            tickets.advance("a", next),
+            None,
+            "bumped since it was taken"
+        );
     }
 
     #[test]

@@ -50,8 +50,6 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod api;
-#[doc(hidden)]
-pub mod dbgtrace;
 mod breaker;
 mod bus;
 mod cache;

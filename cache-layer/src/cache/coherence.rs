@@ -42,15 +42,6 @@ pub(crate) struct EntryKey {
     l1: Option<(String, u64)>,
 }
 
-impl EntryKey {
-    pub(crate) fn dbg_ticket(&self) -> Option<u64> {
-        self.l1.as_ref().map(|(_, t)| *t)
-    }
-    pub(crate) fn dbg_user(&self) -> &str {
-        self.l1.as_ref().map_or("?", |(k, _)| k.as_str())
-    }
-}
-
 impl std::ops::Deref for EntryKey {
     type Target = str;
 
@@ -270,7 +261,6 @@ impl Cache {
             .store_op(inner.store.repair_tags(&keys, &known, inner.tag_ttl))
             .await?;
         for (tag, times) in tags.iter().zip(&repaired) {
-            crate::dbgtrace::ev(&inner.name, &format!("*tag:{tag}"), || format!("repaired (known {known:?}) -> {times:?}"));
             inner.tag_book.merge(tag, *times, trust);
         }
         Ok(repaired
@@ -347,7 +337,6 @@ impl Cache {
             // version never read is not known at all: read it.
             inner.namespace.merge(
                 record.version,
-                0,
                 Trust {
                     generation: 0,
                     at: Instant::now(),
@@ -384,7 +373,7 @@ impl Cache {
                     // bus (which re-measures it every minute while subscribed).
                     self.measure_clock().await;
                 }
-                self.learn_namespace(version, None, trust);
+                self.learn_namespace(version, trust);
                 if repaired {
                     // Tell the others (best effort: they also re-read within the fallback TTL).
                     let _ = self
@@ -413,7 +402,7 @@ impl Cache {
                     generation: 0,
                     at: Instant::now(),
                 };
-                inner.namespace.merge(known, 0, retry_later);
+                inner.namespace.merge(known, retry_later);
             }
         }
         Ok(inner.namespace.get().version)
@@ -421,18 +410,9 @@ impl Cache {
 
     /// Takes in a namespace version (from the store, a bus message or our own bump). When it moves
     /// forward, loads in flight are detached and L1 is emptied.
-    pub(super) fn learn_namespace(&self, version: u64, bumped_ms: Option<u64>, trust: Trust) {
+    pub(super) fn learn_namespace(&self, version: u64, trust: Trust) {
         let inner = &self.inner;
-        let known = inner.namespace.get().version;
-        // Learned without a bump time (read from the store): assume it happened just now, so no
-        // load that started earlier is stored under the new version.
-        let bumped_ms = match bumped_ms {
-            Some(at) => at,
-            None if version > known => inner.clock.upper_ms(),
-            None => 0,
-        };
-        if inner.namespace.merge(version, bumped_ms, trust) {
-            crate::dbgtrace::ev(&inner.name, "*ns", || format!("learn_namespace {known} -> {version}"));
+        if inner.namespace.merge(version, trust) {
             inner.flights.detach_all();
             inner.bus.tickets.bump_all();
             if let Some(l1) = &inner.l1 {
@@ -462,7 +442,6 @@ impl Cache {
     }
 
     pub(super) fn forget_l1(&self) {
-        crate::dbgtrace::ev(&self.inner.name, "*forget_l1", String::new);
         self.inner.bus.tickets.bump_all();
         if let Some(l1) = &self.inner.l1 {
             l1.clear();
@@ -474,7 +453,6 @@ impl Cache {
         let inner = &self.inner;
         let trust = inner.bus.trust_now();
         for key in &message.keys {
-            crate::dbgtrace::ev(&inner.name, key, || "bus message: key".into());
             inner.flights.detach_key(key);
             inner.bus.tickets.bump(key);
             if let Some(l1) = &inner.l1 {
@@ -492,8 +470,8 @@ impl Cache {
                 inner.flights.detach_tag(tag);
             }
         }
-        if let Some((version, bumped_ms)) = message.namespace {
-            self.learn_namespace(version, Some(bumped_ms), trust);
+        if let Some((version, _bumped_ms)) = message.namespace {
+            self.learn_namespace(version, trust);
         }
     }
 
@@ -559,7 +537,6 @@ impl Cache {
             return;
         };
         if inner.bus.tickets.ticket(user_key) != *ticket {
-            crate::dbgtrace::ev(&inner.name, user_key, || format!("l1_insert {} REFUSED (ticket {} now {})", crate::dbgtrace::val(value), ticket, inner.bus.tickets.ticket(user_key)));
             return;
         }
         let entry = self.l1_entry(key.version, value, timing, tags, ttl, serialized_len);
@@ -591,12 +568,10 @@ impl Cache {
         };
         match inner.bus.tickets.advance(user_key, *ticket) {
             Some(next) => {
-                crate::dbgtrace::ev(&inner.name, user_key, || format!("l1_replace {} advanced {ticket} -> {next}", crate::dbgtrace::val(value)));
                 let entry = self.l1_entry(key.version, value, timing, tags, ttl, serialized_len);
                 self.l1_put(l1, user_key, next, entry);
             }
             None => {
-                crate::dbgtrace::ev(&inner.name, user_key, || format!("l1_replace {} could not advance {ticket}: evicted", crate::dbgtrace::val(value)));
                 inner.bus.tickets.bump(user_key);
                 l1.remove(user_key);
             }
@@ -634,10 +609,7 @@ impl Cache {
         let inserted = entry.inserted;
         l1.insert(user_key, entry);
         if self.inner.bus.tickets.ticket(user_key) != ticket {
-            crate::dbgtrace::ev(&self.inner.name, user_key, || "l1_put inserted then removed".to_string());
             l1.remove_if_inserted_at(user_key, inserted);
-        } else {
-            crate::dbgtrace::ev(&self.inner.name, user_key, || format!("l1_put ok ticket {ticket}"));
         }
     }
 }

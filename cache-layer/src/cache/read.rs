@@ -432,7 +432,6 @@ impl Cache {
         let mut l1_stale = None;
         if let Some((value, timing)) = self.l1_lookup::<T>(key, now) {
             if timing.fresh_until_ms > now {
-                crate::dbgtrace::ev(&inner.name, key, || format!("lookup L1 hit {}", crate::dbgtrace::val(&value)));
                 inner.metrics.l1_hit(policy.door);
                 self.observe_hit(policy, key);
                 return Lookup::Fresh {
@@ -467,11 +466,8 @@ impl Cache {
             Ok(bytes) => Some(Seen::of(bytes.as_deref())),
             Err(err) => Seen::of_failed_read(err),
         };
-        crate::dbgtrace::ev(&inner.name, key, || format!("lookup GET {} ticket {:?} -> {:?} ok={}", &*full_key, full_key.dbg_ticket(), seen, read.is_ok()));
         match read {
-            Ok(Some(_)) if covered => {
-                crate::dbgtrace::ev(&inner.name, key, || "lookup: pending covers".into());
-            }
+            Ok(Some(_)) if covered => {}
             Ok(Some(bytes)) => match Envelope::parse(&bytes) {
                 Ok(envelope) => {
                     // `None`: an invalidation covers the entry (tags; the namespace is in the key).
@@ -483,7 +479,6 @@ impl Cache {
                                     let ttl = Duration::from_millis(timing.stale_until_ms - now);
                                     let tags = envelope.tag_versions();
                                     let size = envelope.payload_len();
-                                    crate::dbgtrace::ev(&inner.name, key, || format!("lookup redis value {} fresh={}", crate::dbgtrace::val(&value), timing.fresh_until_ms > now));
                                     self.l1_insert(&full_key, &value, timing, tags, ttl, size);
                                     if timing.fresh_until_ms > now {
                                         inner.metrics.hit(policy.door);
@@ -889,10 +884,7 @@ impl Cache {
             observer.load(result.is_ok());
         }
         let loaded = match result {
-            Ok(loaded) => {
-                crate::dbgtrace::ev(&self.inner.name, key, || format!("loaded {} start={:?}", crate::dbgtrace::val(&loaded.value), start.as_ref().map(|s| (s.key.to_string(), s.seen.clone()))));
-                loaded
-            }
+            Ok(loaded) => loaded,
             Err(err) => {
                 self.inner.refresh_failures.insert(key.to_owned(), ());
                 if let Some(guard) = guard {

@@ -199,7 +199,6 @@ impl Cache {
                     .fill_if(&start.key, bytes, ttl, &start.seen.as_arg()),
             )
             .await?;
-        crate::dbgtrace::ev(&inner.name, start.key.dbg_user(), || format!("fill {} under {} seen {:?} stored={stored}", crate::dbgtrace::val(value), &*start.key, start.seen));
         if stored {
             let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
             self.l1_insert(&start.key, value, timing, tags, ttl, size);
@@ -257,10 +256,8 @@ impl Cache {
                 let bytes = self.encode_entry(value, policy, timing, &versions)?;
                 let size = envelope::payload_len(&bytes);
                 let ttl = self.entry_ttl(&timing, !versions.is_empty());
-                crate::dbgtrace::ev(&inner.name, key, || format!("set {} writing {}", crate::dbgtrace::val(value), &*full_key));
                 self.store_op(inner.store.set(&full_key, bytes, ttl))
                     .await?;
-                crate::dbgtrace::ev(&inner.name, key, || format!("set {} written {}", crate::dbgtrace::val(value), &*full_key));
                 if self.epoch_still(full_key.version).await? {
                     let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
                     self.l1_replace(&full_key, value, timing, tags, ttl, size);
@@ -269,9 +266,7 @@ impl Cache {
             }
             Err(Error::BreakerOpen)
         };
-        let written = written.await;
-        crate::dbgtrace::ev(&inner.name, key, || format!("set {} result {:?}", crate::dbgtrace::val(value), written));
-        match written {
+        match written.await {
             Ok(()) => {
                 self.forget_pending_key(key);
                 let published = self
@@ -326,7 +321,6 @@ impl Cache {
                 let delete = inner
                     .store
                     .delete_to_tombstone(&full_key, tombstone, TOMBSTONE_TTL);
-                crate::dbgtrace::ev(&inner.name, key, || format!("delete under {}", &*full_key));
                 let removed = match self.store_op(delete).await {
                     // Out of memory (`noeviction`): no tombstone can be written, but a plain
                     // DEL frees memory and is accepted (fills are rejected meanwhile anyway).
@@ -387,7 +381,6 @@ impl Cache {
         if stored == Some(epoch) {
             return Ok(true);
         }
-        crate::dbgtrace::ev(&inner.name, "*ns", || format!("epoch_still: {epoch} but redis {stored:?}"));
         inner.namespace.distrust();
         self.namespace_version().await?;
         Ok(false)
@@ -421,7 +414,6 @@ impl Cache {
         for (tag, result) in tags.iter().zip(results) {
             inner.metrics.invalidation();
             let trust = inner.bus.trust_now();
-            crate::dbgtrace::ev(&inner.name, &format!("*tag:{tag}"), || format!("bump_tag {field:?} -> {result:?}"));
             let times = match result {
                 Ok(times) => {
                     published.push((tag.clone(), times.hard_ms, times.soft_ms));
@@ -519,7 +511,7 @@ impl Cache {
             }
             _ => (known + 1, now_ms()),
         };
-        self.learn_namespace(version, Some(bumped_ms), trust);
+        self.learn_namespace(version, trust);
         self.publish(Message {
             namespace: Some((version, bumped_ms)),
             ..Message::default()
