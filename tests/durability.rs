@@ -7,7 +7,9 @@
 //! - a write or invalidation the caller was told succeeded is never silently dropped (breaker
 //!   open, a timeout while the breaker stays closed);
 //! - a fill that raced a `delete`/`set` (every stampede mode) cannot put the old value back, in
-//!   Redis or in L1;
+//!   Redis or in L1; an L1 fill racing a `delete` does not outlive it, and the L1 copy from before
+//!   a `set` does not survive it when an eviction races the write;
+//! - a read racing the replay of an invalidation Redis missed never serves what it covered;
 //! - a distributed lock stays held while its (slow) load runs; a hung loader holds the other
 //!   callers of its key at most the policy's lock wait;
 //! - one source call per invalidation per key (the first reload is stored), with and without the
