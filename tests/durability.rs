@@ -430,7 +430,10 @@ fn key_sharing_an_l1_ticket_with(key: &str) -> String {
 /// eviction ticket moved during the write (any eviction in the same ticket slot, a bus message).
 /// The previous value then stayed in L1, valid under the current epoch and tag versions (a `set`
 /// changes neither), and the writer's own reads returned it after the `set` was acknowledged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+///
+/// Single-threaded runtime: the set, polled once, has taken its ticket and sent its write, and
+/// nothing (its reply included) is processed until this test yields.
+#[tokio::test]
 async fn a_set_is_read_back_even_when_an_eviction_in_its_l1_slot_races_it() {
     let server = RedisServer::start();
     let a = instance(&server, "set-slot");
@@ -477,7 +480,10 @@ async fn a_set_is_read_back_even_when_an_eviction_in_its_l1_slot_races_it() {
 /// invalidations came after the answer: if the replay had got the invalidation in meanwhile (and
 /// so cleared it), the read served the value it covered. Pending invalidations are now checked
 /// before the epoch and the entry are read.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+///
+/// Single-threaded runtime: the read, polled once, has sent its `GET`, and looks at the answer
+/// only when polled again.
+#[tokio::test]
 async fn a_read_racing_the_replay_of_a_missed_invalidation_never_serves_what_it_covered() {
     let server = Arc::new(RedisServer::start());
     for kind in ["invalidate_namespace", "delete", "set", "invalidate_tag"] {
