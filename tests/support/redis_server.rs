@@ -117,6 +117,47 @@ impl RedisServer {
         Self::start_spec(Spec::redis(args))
     }
 
+    /// Starts a server replicating `primary` (`--replicaof`, with extra `args`) and waits
+    /// (bounded) until the replica reports `master_link_status:up` and the primary counts it in
+    /// `connected_slaves`. Sets the primary's `repl-diskless-sync-delay` to 0 first (the default
+    /// waits 5 s for more replicas before the initial sync).
+    pub fn start_replica_of(primary: &RedisServer, args: &[&str]) -> Self {
+        let _: () = primary.query(
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("repl-diskless-sync-delay")
+                .arg(0),
+        );
+        let port = primary.port().to_string();
+        let mut all = vec!["--replicaof", "127.0.0.1", port.as_str()];
+        all.extend_from_slice(args);
+        let replica = Self::start_with(&all);
+        replica.wait_for_link_to(primary);
+        replica
+    }
+
+    /// Waits (bounded) until this replica's link to `primary` is up and `primary` counts at least
+    /// one connected replica (after [`resume`](Self::resume) or a restart of either).
+    pub fn wait_for_link_to(&self, primary: &RedisServer) {
+        let mut last = String::new();
+        let up = super::wait_until(STARTUP_TIMEOUT, POLL, || {
+            let link = self.info_field("replication", "master_link_status");
+            let replicas = primary.info_field("replication", "connected_slaves");
+            last = format!("master_link_status {link:?}, primary connected_slaves {replicas:?}");
+            link.as_deref() == Some("up")
+                && replicas
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|n| n > 0)
+        });
+        assert!(
+            up,
+            "replica on port {} did not sync with port {} within {STARTUP_TIMEOUT:?}: {last}\n{}",
+            self.port,
+            primary.port(),
+            self.log_tail(20)
+        );
+    }
+
     /// Starts a server whose port `P` satisfies the Redis Cluster constraints
     /// (`P < 55536`, `P + 10000` free). Used by [`super::RedisCluster`].
     pub fn start_cluster_node(args: &[&str]) -> Self {
