@@ -118,8 +118,8 @@ impl RedisServer {
     }
 
     /// Starts a server replicating `primary` (`--replicaof`, with extra `args`) and waits
-    /// (bounded) until the replica reports `master_link_status:up` and the primary counts it in
-    /// `connected_slaves`. Sets the primary's `repl-diskless-sync-delay` to 0 first (the default
+    /// (bounded) until it acknowledges `primary`'s writes (see
+    /// [`wait_for_link_to`](Self::wait_for_link_to)). Sets the primary's `repl-diskless-sync-delay` to 0 first (the default
     /// waits 5 s for more replicas before the initial sync).
     pub fn start_replica_of(primary: &RedisServer, args: &[&str]) -> Self {
         let _: () = primary.query(
@@ -136,18 +136,31 @@ impl RedisServer {
         replica
     }
 
-    /// Waits (bounded) until this replica's link to `primary` is up and `primary` counts at least
-    /// one connected replica (after [`resume`](Self::resume) or a restart of either).
+    /// Waits (bounded) until this replica's link to `primary` is up and a replica acknowledges
+    /// `primary`'s writes: a probe write (`SET __harness:replica-probe`) followed by `WAIT 1 50`
+    /// returns 1. (After a diskless initial sync the primary streams writes only once the
+    /// replica's first `REPLCONF ACK` arrived, up to a second after the link is up.)
     pub fn wait_for_link_to(&self, primary: &RedisServer) {
         let mut last = String::new();
         let up = super::wait_until(STARTUP_TIMEOUT, POLL, || {
             let link = self.info_field("replication", "master_link_status");
-            let replicas = primary.info_field("replication", "connected_slaves");
-            last = format!("master_link_status {link:?}, primary connected_slaves {replicas:?}");
-            link.as_deref() == Some("up")
-                && replicas
-                    .and_then(|n| n.parse::<u32>().ok())
-                    .is_some_and(|n| n > 0)
+            if link.as_deref() != Some("up") {
+                last = format!("master_link_status {link:?}");
+                return false;
+            }
+            let mut conn = primary.connection();
+            let acked: redis::RedisResult<i64> = redis::pipe()
+                .cmd("SET")
+                .arg("__harness:replica-probe")
+                .arg(1)
+                .ignore()
+                .cmd("WAIT")
+                .arg(1)
+                .arg(50)
+                .query::<(i64,)>(&mut conn)
+                .map(|(n,)| n);
+            last = format!("link up, WAIT 1 50 after a write: {acked:?}");
+            matches!(acked, Ok(n) if n >= 1)
         });
         assert!(
             up,

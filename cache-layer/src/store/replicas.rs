@@ -8,7 +8,9 @@
 //! - With replicas the script and `WAIT 1 <timeout>` go out pipelined, on a connection used by one
 //!   operation at a time: `WAIT` blocks its connection until a replica acknowledged or the
 //!   timeout passed, so it must never run on a multiplexed connection other callers' commands
-//!   queue behind. Idle such connections are kept (a few per node) for the next operation.
+//!   queue behind. The client keeps the timeout (the server's is coarse); a connection whose
+//!   `WAIT` was cut short is closed, acknowledged ones are kept idle (a few per node) for the next
+//!   operation.
 //! - The timeout is a third of the op timeout ([`ack_timeout`]), so the whole operation (script,
 //!   `WAIT`, round trips) still fits in one op timeout.
 //!
@@ -18,6 +20,7 @@
 
 use std::{
     collections::HashMap,
+    task::Poll,
     sync::{
         atomic::{AtomicBool, Ordering},
         Mutex,
@@ -25,9 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bb8_redis::redis::{
-    self, aio::MultiplexedConnection, FromRedisValue, ScriptInvocation, Value,
-};
+use bb8_redis::redis::{self, aio::MultiplexedConnection, FromRedisValue, ScriptInvocation, Value};
 
 use super::{commands::Resend, ReplicaAck};
 use crate::{util::lock, Error};
@@ -142,9 +143,11 @@ pub(super) fn may_resend(err: &redis::RedisError, resend: Resend) -> bool {
 
 /// Runs `invocation` followed by `WAIT` ([`invoke_then_wait`]) on a connection to `node` used by
 /// nothing else meanwhile: a kept idle one, or a new one from `connect`. The connection is kept
-/// for the next write when this one succeeded; after a failure it and the other idle ones to
-/// `node` are closed. No replica acknowledging makes the next write read the replica count
-/// again (maybe the replica left).
+/// for the next write only when a replica acknowledged (a `WAIT` cut short by the client may
+/// still block it on the server); after a failure it and the other idle ones to `node` are
+/// closed. `NOSCRIPT` (a restarted server): the script is loaded on a new connection and sent
+/// once more. No replica acknowledging makes the next write read the replica count again (maybe
+/// the replica left).
 pub(super) async fn invoke_on_own_connection<T, C, CF>(
     replicas: &Replicas,
     node: &str,
@@ -154,17 +157,25 @@ pub(super) async fn invoke_on_own_connection<T, C, CF>(
 ) -> redis::RedisResult<(T, ReplicaAck)>
 where
     T: FromRedisValue,
-    C: FnOnce() -> CF,
+    C: Fn() -> CF,
     CF: std::future::Future<Output = redis::RedisResult<MultiplexedConnection>>,
 {
     let mut connection = match replicas.take_idle(node) {
         Some(connection) => connection,
         None => connect().await?,
     };
-    match invoke_then_wait(&mut connection, invocation, timeout).await {
+    let mut result = invoke_then_wait(&mut connection, invocation, timeout).await;
+    if matches!(&result, Err(err) if err.code() == Some("NOSCRIPT")) {
+        // The script did not run; this connection may be blocked in the WAIT sent after it.
+        connection = connect().await?;
+        invocation.load_async(&mut connection).await?;
+        result = invoke_then_wait(&mut connection, invocation, timeout).await;
+    }
+    match result {
         Ok((reply, ack)) => {
-            replicas.put_idle(node, connection);
-            if !ack.is_settled() {
+            if let ReplicaAck::Acknowledged(_) = ack {
+                replicas.put_idle(node, connection);
+            } else {
                 replicas.forget(node);
             }
             Ok((reply, ack))
@@ -179,49 +190,56 @@ where
     }
 }
 
-/// Runs `invocation` and then `WAIT 1 <timeout>`, pipelined on `connection` (loading the script
-/// when the server answers `NOSCRIPT`); returns the script's reply and the acknowledgement.
+/// Sends `invocation` (`EVALSHA`) and `WAIT 1 <timeout>` back to back on `connection` (pipelined:
+/// the script's request is queued before `WAIT`'s, so `WAIT` covers what the script wrote), then
+/// waits for the script's reply and at most `timeout` for `WAIT`'s. The deadline is kept here,
+/// not by the server: Redis checks blocked clients' timeouts only on its cron tick (every 100 ms
+/// at the default `hz 10`), so a `WAIT 1 100` can take 200 ms. A `WAIT` cut short is
+/// [`ReplicaAck::TimedOut`]; the connection must then not be reused.
 pub(super) async fn invoke_then_wait<T: FromRedisValue>(
     connection: &mut MultiplexedConnection,
     invocation: &ScriptInvocation<'_>,
     timeout: Duration,
 ) -> redis::RedisResult<(T, ReplicaAck)> {
+    let mut pipe = redis::pipe();
+    pipe.invoke_script(invocation);
+    let Some(script) = pipe.cmd_iter().next().cloned() else {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "script invocation without a command",
+        )));
+    };
     let millis = u64::try_from(timeout.as_millis())
         .unwrap_or(u64::MAX)
         .max(1);
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors()
-        .invoke_script(invocation)
-        .cmd("WAIT")
-        .arg(1)
-        .arg(millis);
-    let mut loaded = false;
-    loop {
-        let replies: Vec<Value> = pipe.query_async(connection).await?;
-        let mut replies = replies.into_iter();
-        let (Some(script), Some(wait)) = (replies.next(), replies.next()) else {
-            return Err(redis::RedisError::from((
-                redis::ErrorKind::UnexpectedReturnType,
-                "script + WAIT pipeline: expected two replies",
-            )));
-        };
-        let script = match script.extract_error() {
-            Err(err) if err.code() == Some("NOSCRIPT") && !loaded => {
-                // The script did not run (nor did WAIT wait for anything of it): load it, resend.
-                invocation.load_async(connection).await?;
-                loaded = true;
-                continue;
-            }
-            other => other?,
-        };
-        let reply = T::from_redis_value(script)?;
-        let acknowledged = i64::from_redis_value(wait.extract_error()?)?;
-        let ack = match u32::try_from(acknowledged) {
-            Ok(n) if n > 0 => ReplicaAck::Acknowledged(n),
-            _ => ReplicaAck::TimedOut(timeout),
-        };
-        return Ok((reply, ack));
-    }
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(1).arg(millis);
+
+    let mut waiting = connection.clone();
+    let script_reply = script.query_async::<Value>(connection);
+    let wait_reply = wait.query_async::<i64>(&mut waiting);
+    tokio::pin!(script_reply, wait_reply);
+    // First polls, in this order, queue the two requests on the connection (its queue is FIFO),
+    // so they go out in this order without waiting for each other.
+    let script_early = futures_util::poll!(script_reply.as_mut());
+    let wait_early = futures_util::poll!(wait_reply.as_mut());
+    let script_value = match script_early {
+        Poll::Ready(reply) => reply,
+        Poll::Pending => script_reply.await,
+    }?;
+    let reply = T::from_redis_value(script_value)?;
+    let acknowledged = match wait_early {
+        Poll::Ready(reply) => reply?,
+        Poll::Pending => match tokio::time::timeout(timeout, wait_reply).await {
+            Ok(reply) => reply?,
+            Err(_elapsed) => 0,
+        },
+    };
+    let ack = match u32::try_from(acknowledged) {
+        Ok(n) if n > 0 => ReplicaAck::Acknowledged(n),
+        _ => ReplicaAck::TimedOut(timeout),
+    };
+    Ok((reply, ack))
 }
 
 #[cfg(test)]
