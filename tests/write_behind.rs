@@ -673,8 +673,14 @@ async fn with_a_replica_incr_returns_once_the_replica_has_the_increment() {
     let views = cache.counters("views");
     primary.reset_stats();
 
-    views.incr("a", 2).await.expect("acknowledged by the replica");
-    views.incr("a", 3).await.expect("acknowledged by the replica");
+    views
+        .incr("a", 2)
+        .await
+        .expect("acknowledged by the replica");
+    views
+        .incr("a", 3)
+        .await
+        .expect("acknowledged by the replica");
     // WAIT returned: the replica has applied the push (it acknowledges the offset it applied).
     let on_replica: i64 = replica.query(redis::cmd("HGET").arg(views.redis_key()).arg("a"));
     assert_eq!(on_replica, 5);
@@ -707,7 +713,10 @@ async fn a_stalled_replica_makes_incr_and_flush_report_it_and_nothing_is_lost_or
     tokio::task::spawn_blocking(move || paused.pause())
         .await
         .unwrap();
-    let err = views.incr("a", 10).await.expect_err("no replica acknowledges");
+    let err = views
+        .incr("a", 10)
+        .await
+        .expect_err("no replica acknowledges");
     assert!(
         matches!(err, Error::NotReplicated { timeout } if timeout == OP_TIMEOUT / 3),
         "{err:?}"
@@ -749,7 +758,10 @@ async fn a_stalled_replica_makes_incr_and_flush_report_it_and_nothing_is_lost_or
         stats.replayed >= 1,
         "the unacknowledged push was resent, not applied twice: {stats:?}"
     );
-    views.incr("a", 1).await.expect("the replica acknowledges again");
+    views
+        .incr("a", 1)
+        .await
+        .expect("the replica acknowledges again");
 }
 
 // One thread: both increments are buffered before the pusher runs, so they share one push.
@@ -770,10 +782,7 @@ async fn an_increment_that_would_overflow_is_rejected_by_name_and_the_rest_of_it
 
     let (big, small) = tokio::join!(views.incr("big", 1), views.incr("small", 3));
     match big {
-        Err(Error::CounterRejected {
-            counters,
-            rejected,
-        }) => {
+        Err(Error::CounterRejected { counters, rejected }) => {
             assert_eq!(counters, "views");
             assert_eq!(rejected, vec![("big".to_owned(), 1)]);
         }
@@ -788,9 +797,11 @@ async fn an_increment_that_would_overflow_is_rejected_by_name_and_the_rest_of_it
     assert_eq!(views.stats().rejected, 1);
     let rendered = metrics.render();
     assert!(
-        rendered.lines().any(|line| line.starts_with("cache_counter_rejected_total")
-            && line.contains("counters=\"views\"")
-            && line.ends_with(" 1")),
+        rendered
+            .lines()
+            .any(|line| line.starts_with("cache_counter_rejected_total")
+                && line.contains("counters=\"views\"")
+                && line.ends_with(" 1")),
         "{rendered}"
     );
     // Reported, not retried: later increments of other ids are unaffected.

@@ -121,7 +121,10 @@ async fn with_replicas_counters_wait_for_the_replica_of_their_slots_master() {
     master.reset_stats();
 
     for _ in 0..3 {
-        views.incr("a", 2).await.expect("acknowledged by the replica");
+        views
+            .incr("a", 2)
+            .await
+            .expect("acknowledged by the replica");
     }
     // WAIT returned on the master: its replica has applied the pushes.
     let mut on_replica = replica.connection();
@@ -132,7 +135,11 @@ async fn with_replicas_counters_wait_for_the_replica_of_their_slots_master() {
         .query(&mut on_replica)
         .unwrap();
     assert_eq!(stored, 6);
-    assert!(master.command_calls("wait") >= 3, "{:?}", master.cache_command_calls());
+    assert!(
+        master.command_calls("wait") >= 3,
+        "{:?}",
+        master.cache_command_calls()
+    );
 
     let totals: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
     let sink_totals = totals.clone();
@@ -147,6 +154,9 @@ async fn with_replicas_counters_wait_for_the_replica_of_their_slots_master() {
         .await
         .expect("flush");
     assert_eq!(report.batches, 1);
-    assert_eq!(*totals.lock().unwrap(), HashMap::from([("a".to_owned(), 6)]));
+    assert_eq!(
+        *totals.lock().unwrap(),
+        HashMap::from([("a".to_owned(), 6)])
+    );
     assert_eq!(views.stats().unreplicated, 0, "{:?}", views.stats());
 }

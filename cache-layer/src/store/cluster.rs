@@ -229,7 +229,11 @@ impl ClusterStore {
 
     /// A connection of its own to the node at `host:port`, with the settings (credentials, TLS)
     /// of the first seed URL.
-    async fn own_connection(&self, host: &str, port: u16) -> redis::RedisResult<MultiplexedConnection> {
+    async fn own_connection(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> redis::RedisResult<MultiplexedConnection> {
         let seed = self.nodes[0].as_str().into_connection_info()?;
         let addr = match seed.addr() {
             ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {
@@ -436,7 +440,11 @@ mod tests {
         assert_eq!(key_slot(b"somekey"), 11058);
         assert_eq!(key_slot(b"foo{hash_tag}"), 2515);
         assert_eq!(key_slot(b"{hash_tag}:x"), 2515);
-        assert_eq!(key_slot(b"foo{}{bar}"), 8363, "an empty tag: the whole key is hashed");
+        assert_eq!(
+            key_slot(b"foo{}{bar}"),
+            8363,
+            "an empty tag: the whole key is hashed"
+        );
         assert_eq!(key_slot(b"bar"), 5061);
     }
 
@@ -456,14 +464,28 @@ mod tests {
                 node("127.0.0.1", 30001, "a"),
                 node("127.0.0.1", 30004, "d"),
             ]),
-            Value::Array(vec![Value::Int(5461), Value::Int(16383), node("10.0.0.2", 30002, "b")]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(16383),
+                node("10.0.0.2", 30002, "b"),
+            ]),
             Value::Int(7),
         ]);
         assert_eq!(
             parse_cluster_slots(reply),
             vec![
-                SlotRange { first: 0, last: 5460, host: "127.0.0.1".into(), port: 30001 },
-                SlotRange { first: 5461, last: 16383, host: "10.0.0.2".into(), port: 30002 },
+                SlotRange {
+                    first: 0,
+                    last: 5460,
+                    host: "127.0.0.1".into(),
+                    port: 30001
+                },
+                SlotRange {
+                    first: 5461,
+                    last: 16383,
+                    host: "10.0.0.2".into(),
+                    port: 30002
+                },
             ]
         );
         assert!(parse_cluster_slots(Value::Nil).is_empty());

@@ -20,11 +20,11 @@
 
 use std::{
     collections::HashMap,
-    task::Poll,
     sync::{
         atomic::{AtomicBool, Ordering},
         Mutex,
     },
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -92,8 +92,10 @@ impl Replicas {
             }
             Err(err) => return Err(err),
         };
-        lock(&self.nodes).entry(node.to_owned()).or_default().replicas =
-            Some((Instant::now(), count));
+        lock(&self.nodes)
+            .entry(node.to_owned())
+            .or_default()
+            .replicas = Some((Instant::now(), count));
         Ok(count)
     }
 
@@ -264,6 +266,53 @@ mod tests {
             ack_timeout(Duration::from_micros(10)),
             Duration::from_millis(1)
         );
+    }
+
+    /// Against the shared Redis (`$REDIS_URL` or `127.0.0.1:6379`, no replicas): the script runs
+    /// and its reply comes back; `WAIT` is cut short by the client at the timeout.
+    #[tokio::test]
+    async fn a_script_and_wait_are_pipelined_and_the_wait_is_cut_at_the_timeout() {
+        let url =
+            std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let connected = async {
+            redis::Client::open(url.as_str())?
+                .get_multiplexed_async_connection()
+                .await
+        };
+        let mut conn = match tokio::time::timeout(Duration::from_secs(2), connected).await {
+            Ok(Ok(conn)) => conn,
+            _ if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("no Redis at {url}: this test needs one under CI")
+            }
+            _ => {
+                eprintln!("skipping: no Redis at {url}");
+                return;
+            }
+        };
+        let key = format!("replicas-test:{:016x}", rand::random::<u64>());
+        let script = redis::Script::new(
+            "redis.call('SET', KEYS[1], ARGV[1], 'PX', 60000) return redis.call('GET', KEYS[1])",
+        );
+        let mut invocation = script.prepare_invoke();
+        invocation.key(&key).arg("v");
+        invocation.load_async(&mut conn).await.unwrap();
+        let timeout = Duration::from_millis(30);
+        let started = Instant::now();
+        let (reply, ack): (String, ReplicaAck) = invoke_then_wait(&mut conn, &invocation, timeout)
+            .await
+            .unwrap();
+        assert_eq!(reply, "v");
+        assert_eq!(
+            ack,
+            ReplicaAck::TimedOut(timeout),
+            "no replica acknowledges"
+        );
+        assert!(started.elapsed() >= timeout);
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
     }
 
     #[test]

@@ -479,9 +479,14 @@ mod tests {
         let (applied, failed): (i64, Vec<String>) =
             push(1, "a", 2).invoke_async(&mut conn).await.unwrap();
         assert_eq!((applied, failed.len()), (1, 0));
+        let _: () = conn.pexpire(&writer, 1_000).await.unwrap();
         let (applied, _): (i64, Vec<String>) =
             push(1, "a", 2).invoke_async(&mut conn).await.unwrap();
         assert_eq!(applied, 0, "a resent push is not applied twice");
+        // ... but it still writes (the writer key, same value, fresh TTL), so a WAIT after it
+        // covers the original push.
+        assert_eq!(conn.get::<_, String>(&writer).await.unwrap(), "1");
+        assert!(conn.pttl::<_, i64>(&writer).await.unwrap() > 1_000);
         let _: () = conn.hset(&live, "big", i64::MAX).await.unwrap();
         let (applied, failed): (i64, Vec<String>) =
             push(2, "big", 1).invoke_async(&mut conn).await.unwrap();

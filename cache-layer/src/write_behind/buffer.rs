@@ -279,7 +279,9 @@ impl CounterSet {
         self.stats
             .rejected
             .fetch_add(rejected.len() as u64, Ordering::Relaxed);
-        self.metrics.rejected_fields.increment(rejected.len() as u64);
+        self.metrics
+            .rejected_fields
+            .increment(rejected.len() as u64);
         tracing::error!(counters = %self.name, rejected = ?rejected,
             "write-behind counters: increments refused, the stored value would overflow i64 \
              (not applied, not retried)");
