@@ -137,7 +137,8 @@ pub async fn counters(instances: &Instances<'_>) {
     });
     futures_util::future::join_all(calls).await;
     for cache in &caches {
-        until_replicated("sync", || cache.counters("views").sync()).await;
+        let views = cache.counters("views");
+        until_replicated("sync", || views.sync()).await;
     }
     let totals = std::sync::Mutex::new(std::collections::BTreeMap::<String, i64>::new());
     let views = caches[0].counters("views");

@@ -52,10 +52,13 @@ pub struct ClusterStore {
     connection: Arc<Mutex<Option<ClusterConnection>>>,
     /// Which master serves which slots (`CLUSTER SLOTS`, read at most every 10 s), for the
     /// write-behind writes that wait for a replica on a connection of their own.
-    slots: Arc<std::sync::Mutex<Option<(Instant, Vec<SlotRange>)>>>,
+    slots: Arc<std::sync::Mutex<Option<SlotMap>>>,
     /// Each master's replicas, and idle connections for writes that wait for one.
     replicas: Arc<Replicas>,
 }
+
+/// The slot ranges of the cluster and when they were read.
+type SlotMap = (Instant, Vec<SlotRange>);
 
 /// Slots `first..=last` are served by the master at `host:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
