@@ -7,7 +7,8 @@
 //!
 //! The store owns every Redis-level operation, as a domain operation: entries (get, set, delete,
 //! get-many, conditional fill), tag records, namespace versions, entry locks, pub/sub, the server
-//! clock and the write-behind counters' protocol. Nothing outside this module builds a Redis
+//! clock and the write-behind counters' protocol (with a replica's acknowledgement where the server
+//! has replicas: `replicas.rs`). Nothing outside this module builds a Redis
 //! command or names a redis-rs type (except the error conversion in `error.rs`); all Lua lives in
 //! `scripts.rs`. The three stores implement the whole trait; the in-memory store keeps the same
 //! semantics in process (its clock is the local one, its pub/sub reaches this process only).
@@ -146,6 +147,15 @@ pub struct PushOutcome {
 /// every 10 s, per node on a Cluster), the write's script is followed by `WAIT 1 <timeout>` on
 /// a connection of its own (`WAIT` blocks its connection, so it never runs on one that other
 /// callers share). Without replicas nothing is waited for and no command is added.
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_layer::store::ReplicaAck;
+///
+/// assert!(ReplicaAck::NoReplicas.is_settled());
+/// assert!(ReplicaAck::Acknowledged(1).is_settled());
+/// assert!(!ReplicaAck::TimedOut(Duration::from_millis(83)).is_settled());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplicaAck {
     /// The server has no connected replica (or a store in this process): nothing to wait for.

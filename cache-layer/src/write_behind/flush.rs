@@ -123,8 +123,9 @@ pub struct Flusher {
 impl Flusher {
     /// Stops the flusher gracefully: lets a flush in progress finish, pushes every increment still
     /// buffered in this process to Redis, runs a last flush and returns what all flushes of this
-    /// flusher delivered. `Err` when that last push or flush failed (Redis or the sink down):
-    /// nothing is lost, the increments stay in Redis (or buffered here) for the next flush.
+    /// flusher delivered. `Err` when that last push or flush failed (Redis or the sink down, or
+    /// no replica acknowledged: [`Error::NotReplicated`]): nothing is lost, the increments stay in
+    /// Redis (or buffered here) for the next flush.
     pub async fn shutdown(mut self) -> Result<FlushReport, Error> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
