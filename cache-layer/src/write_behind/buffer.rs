@@ -274,8 +274,8 @@ impl CounterSet {
         self.metrics.unreplicated.increment(1);
     }
 
-    /// Counts and logs increments Redis refused; the error for their callers.
-    fn note_rejected(&self, rejected: &[(String, i64)]) -> Error {
+    /// Counts and logs increments Redis refused.
+    fn note_rejected(&self, rejected: &[(String, i64)]) {
         self.stats
             .rejected
             .fetch_add(rejected.len() as u64, Ordering::Relaxed);
@@ -285,10 +285,6 @@ impl CounterSet {
         tracing::error!(counters = %self.name, rejected = ?rejected,
             "write-behind counters: increments refused, the stored value would overflow i64 \
              (not applied, not retried)");
-        Error::CounterRejected {
-            counters: self.name.clone(),
-            rejected: rejected.to_vec(),
-        }
     }
 
     /// Ids (distinct) held in this process: waiting to be pushed or being pushed.
@@ -302,7 +298,12 @@ impl CounterSet {
         if let Some(store) = &self.in_process {
             if store.counters_incr(&self.keys, id, by).is_err() {
                 // The stored value would overflow: what Redis refuses, refused here too.
-                return Err(self.note_rejected(&[(id.to_owned(), by)]));
+                let rejected = vec![(id.to_owned(), by)];
+                self.note_rejected(&rejected);
+                return Err(Error::CounterRejected {
+                    counters: self.name.clone(),
+                    rejected,
+                });
             }
             return Ok(Added::Done);
         }
@@ -479,7 +480,8 @@ impl CounterSet {
             }
         }
         let mut st = lock(&self.state);
-        match std::mem::replace(&mut st.health, Health::Healthy) {
+        let was = std::mem::replace(&mut st.health, Health::Healthy);
+        match was {
             Health::Healthy => {}
             Health::Degraded => {
                 tracing::info!(counters = %self.name, "write-behind counters: redis is back, buffer pushed");
@@ -488,6 +490,13 @@ impl CounterSet {
                 tracing::info!(counters = %self.name,
                     "write-behind counters: a replica acknowledges pushes again, buffer pushed");
             }
+        }
+        if was != Health::Healthy {
+            // The waiters of the buffer's generation were released (or told) already; increments
+            // from now on start a new one, so their callers wait for their own push instead of
+            // finding their generation released.
+            st.gen += 1;
+            st.current = Generation::new(st.gen);
         }
         let gen = st.frozen_gen;
         self.progress.send_if_modified(|p| {
