@@ -7,7 +7,9 @@
 //! - a write or invalidation the caller was told succeeded is never silently dropped (breaker
 //!   open, a timeout while the breaker stays closed);
 //! - a fill that raced a `delete`/`set` (every stampede mode) cannot put the old value back, in
-//!   Redis or in L1;
+//!   Redis or in L1; an L1 fill racing a `delete` does not outlive it, and the L1 copy from before
+//!   a `set` does not survive it when an eviction races the write;
+//! - a read racing the replay of an invalidation Redis missed never serves what it covered;
 //! - a distributed lock stays held while its (slow) load runs; a hung loader holds the other
 //!   callers of its key at most the policy's lock wait;
 //! - one source call per invalidation per key (the first reload is stored), with and without the
@@ -405,6 +407,185 @@ async fn a_fill_racing_a_delete_or_set_never_puts_the_old_value_back() {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// L1 racing writes, and reads racing the replay (found by tests/chaos.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// A key whose L1 eviction ticket is the one of `key`. The engine's tickets are 1024 slots picked
+/// by the xxh3 hash of the user key (`bus::Tickets`): evicting any key of a slot moves the ticket
+/// of every key in it. (Should that change, the test using this fails its precondition check
+/// instead of passing without the race.)
+fn key_sharing_an_l1_ticket_with(key: &str) -> String {
+    let slot = |k: &str| xxhash_rust::xxh3::xxh3_64(k.as_bytes()) % 1024;
+    (0u64..)
+        .map(|i| format!("neighbour:{i}"))
+        .find(|k| slot(k) == slot(key))
+        .unwrap_or_default()
+}
+
+/// Found by the chaos test (3–11 violations per 25 s run): `set` left the L1 copy from before the
+/// write in place and replaced it only with its own insert, which is refused when the key's
+/// eviction ticket moved during the write (any eviction in the same ticket slot, a bus message).
+/// The previous value then stayed in L1, valid under the current epoch and tag versions (a `set`
+/// changes neither), and the writer's own reads returned it after the `set` was acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_is_read_back_even_when_an_eviction_in_its_l1_slot_races_it() {
+    let server = RedisServer::start();
+    let a = instance(&server, "set-slot");
+    let policy = Policy::ttl(Duration::from_secs(60));
+    let neighbour = key_sharing_an_l1_ticket_with("price");
+    let read = |a: &Cache| {
+        let a = a.clone();
+        let policy = policy.clone();
+        async move { a.get_or_fetch("price", &policy, || async { 0u32 }).await }
+    };
+    let first: u32 = a.get_or_fetch("price", &policy, || async { 100 }).await;
+    assert_eq!(first, 100);
+    let hits = a.stats().local_hits;
+    assert_eq!(read(&a).await, 100);
+    assert_eq!(a.stats().local_hits, hits + 1, "L1 holds the value");
+
+    // The set takes its ticket and sends its write; before it is acknowledged, another key of
+    // the same ticket slot is deleted (an unrelated eviction).
+    let mut set = std::pin::pin!(a.set("price", &90u32, &policy));
+    assert!(
+        futures_util::poll!(set.as_mut()).is_pending(),
+        "a write to Redis takes a round trip"
+    );
+    a.delete(&neighbour).await.unwrap();
+    set.await.unwrap();
+
+    let hits = a.stats().local_hits;
+    assert_eq!(
+        read(&a).await,
+        90,
+        "the writer's own read after its acknowledged set returned the previous value"
+    );
+    assert_eq!(
+        a.stats().local_hits,
+        hits,
+        "precondition: the eviction moved the set's ticket, so its own copy was not inserted \
+         and this read came from Redis"
+    );
+}
+
+/// Found by the chaos test: an invalidation Redis did not take (here: its commands are refused,
+/// `NOPERM`) is honoured by this process at once and replayed. A read that began after the call
+/// returned read the epoch and the entry while it was pending, and its check of the pending
+/// invalidations came after the answer: if the replay had got the invalidation in meanwhile (and
+/// so cleared it), the read served the value it covered. Pending invalidations are now checked
+/// before the epoch and the entry are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_racing_the_replay_of_a_missed_invalidation_never_serves_what_it_covered() {
+    let server = Arc::new(RedisServer::start());
+    for kind in ["invalidate_namespace", "delete", "set", "invalidate_tag"] {
+        let a = instance(&server, &format!("replay-race-{kind}"));
+        let policy = tagged(&["t"]);
+        let first: u32 = a.get_or_fetch("k", &policy, || async { 1 }).await;
+        assert_eq!(first, 1);
+
+        // Redis refuses every write of this user (reads still answered): the call fails and the
+        // invalidation waits in this process to be replayed.
+        let handle = server.clone();
+        blocking(move || {
+            let () = handle.query(
+                redis::cmd("ACL")
+                    .arg("SETUSER")
+                    .arg("default")
+                    .arg("-set")
+                    .arg("-del")
+                    .arg("-unlink")
+                    .arg("-eval")
+                    .arg("-evalsha"),
+            );
+        })
+        .await;
+        let result = match kind {
+            "invalidate_namespace" => a.invalidate_namespace().await,
+            "delete" => a.delete("k").await.map(|_| ()),
+            "set" => a.set("k", &2u32, &policy).await,
+            _ => a.invalidate_tag("t").await,
+        };
+        assert!(result.is_err(), "{kind}: Redis refused it: {result:?}");
+        assert_eq!(a.stats().pending_invalidations, 1, "{kind}");
+
+        // A read begins after the call returned; its reads are answered ...
+        let mut read = std::pin::pin!(a.get_or_fetch("k", &policy, || async { 2u32 }));
+        assert!(futures_util::poll!(read.as_mut()).is_pending());
+        // ... and before it looks at the answer, Redis takes writes again and the replay gets the
+        // invalidation in.
+        let handle = server.clone();
+        blocking(move || {
+            let () = handle.query(redis::cmd("ACL").arg("SETUSER").arg("default").arg("+@all"));
+        })
+        .await;
+        a.shutdown(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(a.stats().pending_invalidations, 0, "{kind}: replayed");
+
+        assert_eq!(
+            read.await,
+            2,
+            "{kind}: a read that began after the call returned served the value it covered"
+        );
+        assert_ne!(
+            a.get_or_fetch("k", &policy, || async { 3u32 }).await,
+            1,
+            "{kind}: after the replay"
+        );
+    }
+}
+
+/// The L1 ticket race: a read that took its ticket after a `delete` began (after the delete's
+/// first eviction) but read Redis before the tombstone landed fills L1 with the pre-delete value;
+/// the delete evicts again once Redis took it, so that copy does not outlive the delete. (The other
+/// half, an eviction between a fill's ticket check and its insert, is closed by checking the ticket
+/// again after the insert.)
+///
+/// The delete is held on its way by being the first operation of its process: it waits for the
+/// bus's first subscription before it resolves its key (a single-threaded runtime, so nothing runs
+/// until this test yields).
+#[tokio::test]
+async fn an_l1_fill_racing_a_delete_never_keeps_the_pre_delete_value() {
+    let server = RedisServer::start();
+    let writer = instance(&server, "l1-ticket");
+    let policy = Policy::ttl(Duration::from_secs(60));
+    let first: u32 = writer.get_or_fetch("k", &policy, || async { 1 }).await;
+    assert_eq!(first, 1);
+
+    let a = instance(&server, "l1-ticket");
+    // The delete begins: its first eviction, then it waits for the bus ...
+    let mut delete = std::pin::pin!(a.delete("k"));
+    assert!(futures_util::poll!(delete.as_mut()).is_pending());
+    eventually(Duration::from_secs(5), "the bus subscribes", || async {
+        a.bus_connected()
+    })
+    .await;
+    // ... while reads take their tickets, read the value from before the delete and fill L1 (the
+    // first one learns the namespace epoch, which starts L1 over: the second one fills it).
+    for _ in 0..2 {
+        let during: u32 = a.get_or_fetch("k", &policy, || async { 0 }).await;
+        assert_eq!(
+            during, 1,
+            "precondition: the read saw the value from before the delete"
+        );
+    }
+    let hits = a.stats().local_hits;
+    let again: u32 = a.get_or_fetch("k", &policy, || async { 0 }).await;
+    assert_eq!(again, 1);
+    assert_eq!(
+        a.stats().local_hits,
+        hits + 1,
+        "precondition: the read filled L1 with it"
+    );
+
+    assert!(delete.await.unwrap(), "the delete removed the entry");
+    assert_eq!(
+        a.get_or_fetch("k", &policy, || async { 2u32 }).await,
+        2,
+        "a read after the acknowledged delete served the pre-delete value from L1"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

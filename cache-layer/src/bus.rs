@@ -46,7 +46,8 @@ pub(crate) struct Message {
     /// Tags with their new times: `(tag, hard_ms, soft_ms)`.
     #[serde(rename = "t", default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) tags: Vec<(String, u64, u64)>,
-    /// A namespace bump: `(version, bumped_ms)`.
+    /// A namespace epoch that moved (bumped, or repaired): `(epoch, Redis time ms of the move)`.
+    /// Receivers merge the epoch; the time is informational (kept so the format stays the same).
     #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
     pub(crate) namespace: Option<(u64, u64)>,
 }
@@ -85,6 +86,17 @@ impl Tickets {
 
     pub(crate) fn bump(&self, key: &str) {
         self.slot(key).fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Moves the ticket of `key`'s slot from `from` to the next one, if nothing bumped it since
+    /// `from` was taken; returns the new ticket. Fills holding `from` (or an older one) are
+    /// refused from then on.
+    pub(crate) fn advance(&self, key: &str, from: u64) -> Option<u64> {
+        let next = from.wrapping_add(1);
+        self.slot(key)
+            .compare_exchange(from, next, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| next)
     }
 
     pub(crate) fn bump_all(&self) {
@@ -470,6 +482,26 @@ mod tests {
         let before = tickets.ticket("b");
         tickets.bump_all();
         assert_ne!(tickets.ticket("b"), before);
+    }
+
+    #[test]
+    fn a_ticket_advances_only_from_the_current_one() {
+        let tickets = Tickets::new(64);
+        let taken = tickets.ticket("a");
+        let next = tickets.advance("a", taken).expect("nothing bumped it");
+        assert_eq!(tickets.ticket("a"), next);
+        assert_ne!(next, taken);
+        assert_eq!(
+            tickets.advance("a", taken),
+            None,
+            "a stale ticket cannot advance"
+        );
+        tickets.bump("a");
+        assert_eq!(
+            tickets.advance("a", next),
+            None,
+            "bumped since it was taken"
+        );
     }
 
     #[test]

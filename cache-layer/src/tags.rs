@@ -154,9 +154,6 @@ impl TagBook {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct NamespaceRecord {
     pub(crate) version: u64,
-    /// Redis time (upper bound) of the last bump this process knows of: a load that started at or
-    /// before it must not be stored under the new version.
-    pub(crate) bumped_ms: u64,
     /// `None` until the version was read from the store once.
     pub(crate) trust: Option<Trust>,
 }
@@ -176,7 +173,6 @@ impl NamespaceBook {
         NamespaceBook {
             current: arc_swap::ArcSwap::from_pointee(NamespaceRecord {
                 version: 0,
-                bumped_ms: 0,
                 trust: None,
             }),
             writer: Mutex::new(()),
@@ -203,14 +199,13 @@ impl NamespaceBook {
 
     /// Merges a version learned from the store, a message or our own bump. Returns whether the
     /// version moved forward.
-    pub(crate) fn merge(&self, version: u64, bumped_ms: u64, trust: Trust) -> bool {
+    pub(crate) fn merge(&self, version: u64, trust: Trust) -> bool {
         let _writing = crate::util::lock(&self.writer);
         let mut record = self.get();
         let advanced = version > record.version;
         if advanced {
             record.version = version;
         }
-        record.bumped_ms = record.bumped_ms.max(bumped_ms);
         record.trust = Some(trust);
         self.current.store(Arc::new(record));
         advanced
@@ -421,9 +416,8 @@ mod tests {
     #[test]
     fn namespace_versions_only_move_forward() {
         let book = NamespaceBook::new();
-        assert!(book.merge(3, 100, trust()));
-        assert!(!book.merge(2, 50, trust()));
-        let record = book.get();
-        assert_eq!((record.version, record.bumped_ms), (3, 100));
+        assert!(book.merge(3, trust()));
+        assert!(!book.merge(2, trust()));
+        assert_eq!(book.get().version, 3);
     }
 }

@@ -24,7 +24,7 @@ use super::{
 use crate::{
     bus::Message,
     envelope::{Envelope, Timing},
-    l1::L1Entry,
+    l1::{L1Entry, L1Tier},
     store::Store,
     tags::{TagTimes, Trust, Validity},
     Error,
@@ -107,12 +107,14 @@ impl Cache {
     ///
     /// `now` is the caller's notion of the current time (its freshness checks use the same value).
     pub(crate) async fn current_timing(&self, envelope: &Envelope<'_>, now: u64) -> Option<Timing> {
+        // Pending invalidations first: a replay raises the tag versions this process knows before
+        // it clears them, so one that is gone by now is seen in the versions read next.
+        let pending = self.pending_validity(envelope.tags());
         let validity = match self.known_validity(envelope.tag_versions()) {
             Some(validity) => validity,
             None => Box::pin(self.entry_validity(envelope.tag_versions())).await,
         };
-        let validity = validity.and(self.pending_validity(envelope.tags()));
-        served_timing(envelope.timing, validity, now)
+        served_timing(envelope.timing, validity.and(pending), now)
     }
 
     /// Whether the tags of an entry, with the versions its load saw, were invalidated or expired
@@ -335,7 +337,6 @@ impl Cache {
             // version never read is not known at all: read it.
             inner.namespace.merge(
                 record.version,
-                0,
                 Trust {
                     generation: 0,
                     at: Instant::now(),
@@ -372,7 +373,7 @@ impl Cache {
                     // bus (which re-measures it every minute while subscribed).
                     self.measure_clock().await;
                 }
-                self.learn_namespace(version, None, trust);
+                self.learn_namespace(version, trust);
                 if repaired {
                     // Tell the others (best effort: they also re-read within the fallback TTL).
                     let _ = self
@@ -401,7 +402,7 @@ impl Cache {
                     generation: 0,
                     at: Instant::now(),
                 };
-                inner.namespace.merge(known, 0, retry_later);
+                inner.namespace.merge(known, retry_later);
             }
         }
         Ok(inner.namespace.get().version)
@@ -409,17 +410,9 @@ impl Cache {
 
     /// Takes in a namespace version (from the store, a bus message or our own bump). When it moves
     /// forward, loads in flight are detached and L1 is emptied.
-    pub(super) fn learn_namespace(&self, version: u64, bumped_ms: Option<u64>, trust: Trust) {
+    pub(super) fn learn_namespace(&self, version: u64, trust: Trust) {
         let inner = &self.inner;
-        let known = inner.namespace.get().version;
-        // Learned without a bump time (read from the store): assume it happened just now, so no
-        // load that started earlier is stored under the new version.
-        let bumped_ms = match bumped_ms {
-            Some(at) => at,
-            None if version > known => inner.clock.upper_ms(),
-            None => 0,
-        };
-        if inner.namespace.merge(version, bumped_ms, trust) {
+        if inner.namespace.merge(version, trust) {
             inner.flights.detach_all();
             inner.bus.tickets.bump_all();
             if let Some(l1) = &inner.l1 {
@@ -477,8 +470,8 @@ impl Cache {
                 inner.flights.detach_tag(tag);
             }
         }
-        if let Some((version, bumped_ms)) = message.namespace {
-            self.learn_namespace(version, Some(bumped_ms), trust);
+        if let Some((version, _bumped_ms)) = message.namespace {
+            self.learn_namespace(version, trust);
         }
     }
 
@@ -504,25 +497,29 @@ impl Cache {
             l1.remove(key);
             return None;
         }
+        // Pending invalidations before the epoch and the tag versions: a replay moves those
+        // before it clears the invalidation, so one that is gone by now is seen in them.
+        if self.pending_covers(key) {
+            return None;
+        }
+        let pending = self.pending_validity(entry.tags.iter().map(|(tag, _)| tag.as_str()));
         let namespace = inner.namespace.get();
         let namespace_trusted =
             !inner.bus.is_remote() || namespace.trust.is_some_and(|t| inner.bus.is_trusted(t));
         if entry.version != namespace.version || !namespace_trusted {
             return None;
         }
-        if self.pending_covers(key) {
-            return None;
-        }
         let validity = self
             .known_validity(entry.tags.iter().map(|(tag, v)| (tag.as_str(), *v)))?
-            .and(self.pending_validity(entry.tags.iter().map(|(tag, _)| tag.as_str())));
+            .and(pending);
         let timing = served_timing(entry.timing, validity, now)?;
         let value = entry.value.downcast_ref::<T>()?.clone();
         Some((value, timing))
     }
 
-    /// Mirrors a value read from (or written to) `key` into L1, unless an eviction of that key
-    /// happened since the key was resolved (the value may be the one the eviction was about).
+    /// Mirrors a value read from `key` (or filled after a load) into L1, unless an eviction of
+    /// that key happened since the key was resolved (the value may be the one the eviction was
+    /// about).
     ///
     /// The ticket is checked again after the insert: an eviction that slipped in between the
     /// first check and the insert would otherwise be undone by it, so the copy is taken out again.
@@ -542,22 +539,77 @@ impl Cache {
         if inner.bus.tickets.ticket(user_key) != *ticket {
             return;
         }
+        let entry = self.l1_entry(key.version, value, timing, tags, ttl, serialized_len);
+        self.l1_put(l1, user_key, *ticket, entry);
+    }
+
+    /// After `set` wrote `value` to `key` in the store: the L1 copy from before the write goes,
+    /// whatever happens, and `value` takes its place unless the key was evicted since it was
+    /// resolved.
+    ///
+    /// The key's ticket is moved on (only from the one taken before the write): a reader that read
+    /// the store before the write landed holds an older ticket, so its L1 fill of the previous
+    /// value is refused from here on, even if it comes after this one. If anything else moved the
+    /// ticket meanwhile (an eviction of a key sharing the slot, a bus message, a clear), `value`
+    /// is not inserted, but the previous copy is still removed: the next read goes to the store,
+    /// which holds `value` or something newer.
+    pub(crate) fn l1_replace<'a, T: Clone + Send + Sync + 'static>(
+        &self,
+        key: &EntryKey,
+        value: &T,
+        timing: Timing,
+        tags: impl IntoIterator<Item = (&'a str, TagTimes)>,
+        ttl: Duration,
+        serialized_len: usize,
+    ) {
+        let inner = &self.inner;
+        let (Some(l1), Some((user_key, ticket))) = (&inner.l1, &key.l1) else {
+            return;
+        };
+        match inner.bus.tickets.advance(user_key, *ticket) {
+            Some(next) => {
+                let entry = self.l1_entry(key.version, value, timing, tags, ttl, serialized_len);
+                self.l1_put(l1, user_key, next, entry);
+            }
+            None => {
+                inner.bus.tickets.bump(user_key);
+                l1.remove(user_key);
+            }
+        }
+    }
+
+    /// An L1 entry for `value`, read or written under namespace epoch `version`.
+    fn l1_entry<'a, T: Clone + Send + Sync + 'static>(
+        &self,
+        version: u64,
+        value: &T,
+        timing: Timing,
+        tags: impl IntoIterator<Item = (&'a str, TagTimes)>,
+        ttl: Duration,
+        serialized_len: usize,
+    ) -> L1Entry {
         let now = Instant::now();
         let tags: Arc<[(String, TagTimes)]> =
             tags.into_iter().map(|(t, v)| (t.to_owned(), v)).collect();
         let tag_bytes: usize = tags.iter().map(|(t, _)| t.len() + 16).sum();
-        let entry = L1Entry {
+        L1Entry {
             value: Arc::new(value.clone()),
             timing,
-            expires_at: now + inner.bus.l1_ttl(ttl),
+            expires_at: now + self.inner.bus.l1_ttl(ttl),
             inserted: now,
-            version: key.version,
+            version,
             bytes: serialized_len.saturating_add(tag_bytes) as u64,
             tags,
-        };
+        }
+    }
+
+    /// Inserts `entry` for `user_key`, then takes it out again if the key's ticket is no longer
+    /// `ticket` (an eviction slipped in between the caller's check and the insert).
+    fn l1_put(&self, l1: &L1Tier, user_key: &str, ticket: u64, entry: L1Entry) {
+        let inserted = entry.inserted;
         l1.insert(user_key, entry);
-        if inner.bus.tickets.ticket(user_key) != *ticket {
-            l1.remove_if_inserted_at(user_key, now);
+        if self.inner.bus.tickets.ticket(user_key) != ticket {
+            l1.remove_if_inserted_at(user_key, inserted);
         }
     }
 }

@@ -444,6 +444,9 @@ impl Cache {
             }
             l1_stale = Some((value, timing));
         }
+        // Taken before the epoch and the entry are read: a replay clears a pending invalidation
+        // only after Redis took it, so if none is pending now, what is read next is from after it.
+        let covered = self.pending_covers(key);
         let full_key = self.entry_key(key).await;
         let mut hint = None;
         // The policy's tags whose versions this process does not know ride along with the GET
@@ -464,7 +467,7 @@ impl Cache {
             Err(err) => Seen::of_failed_read(err),
         };
         match read {
-            Ok(Some(_)) if self.pending_covers(key) => {}
+            Ok(Some(_)) if covered => {}
             Ok(Some(bytes)) => match Envelope::parse(&bytes) {
                 Ok(envelope) => {
                     // `None`: an invalidation covers the entry (tags; the namespace is in the key).
@@ -558,6 +561,8 @@ impl Cache {
         if let Some(value) = self.l1_get::<T>(key, now_ms()) {
             return Ok(Some(value));
         }
+        // Before the epoch and the entry are read (see `lookup`).
+        let covered = self.pending_covers(key);
         let full_key = match self.entry_key_checked(key).await {
             Ok(full_key) => full_key,
             Err((_, Error::BreakerOpen)) => return Ok(None),
@@ -568,7 +573,7 @@ impl Cache {
             Ok(None) | Err(Error::BreakerOpen) => return Ok(None),
             Err(err) => return Err(err),
         };
-        if self.pending_covers(key) {
+        if covered {
             return Ok(None);
         }
         let envelope = match Envelope::parse(&bytes) {

@@ -260,7 +260,7 @@ impl Cache {
                     .await?;
                 if self.epoch_still(full_key.version).await? {
                     let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
-                    self.l1_insert(&full_key, value, timing, tags, ttl, size);
+                    self.l1_replace(&full_key, value, timing, tags, ttl, size);
                     return Ok::<_, Error>(());
                 }
             }
@@ -511,7 +511,7 @@ impl Cache {
             }
             _ => (known + 1, now_ms()),
         };
-        self.learn_namespace(version, Some(bumped_ms), trust);
+        self.learn_namespace(version, trust);
         self.publish(Message {
             namespace: Some((version, bumped_ms)),
             ..Message::default()
