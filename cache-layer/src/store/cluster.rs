@@ -9,7 +9,9 @@
 //! Keys that one script or transaction touches share a hash tag (see `keys.rs`), so no command here
 //! is cross-slot.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwapOption;
 
 use bb8_redis::redis::{
     self,
@@ -41,7 +43,12 @@ pub struct ClusterStore {
     nodes: Vec<String>,
     tls: TlsConfig,
     config: RedisStoreConfig,
-    connection: std::sync::Arc<Mutex<Option<ClusterConnection>>>,
+    /// The shared connection, read lock-free by every operation (a clone of it is what runs the
+    /// command).
+    connection: Arc<ArcSwapOption<ClusterConnection>>,
+    /// Held while connecting, so concurrent first uses (or uses after a failure) make one
+    /// connection, not one each.
+    connecting: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for ClusterStore {
@@ -96,6 +103,7 @@ impl ClusterStore {
             tls: tls.clone(),
             config,
             connection: Default::default(),
+            connecting: Default::default(),
         })
     }
 
@@ -112,21 +120,31 @@ impl ClusterStore {
     }
 
     async fn connection(&self) -> Result<ClusterConnection, Error> {
-        let mut slot = self.connection.lock().await;
-        if let Some(conn) = slot.as_ref() {
+        if let Some(conn) = self.connection.load().as_deref() {
             return Ok(conn.clone());
         }
         // Rare (first use, after a failure): boxed, so every operation's future stays small.
-        let conn = Box::pin(self.client.get_async_connection())
+        Box::pin(self.connect()).await
+    }
+
+    /// Connects (or takes the connection another caller made meanwhile) and shares it.
+    async fn connect(&self) -> Result<ClusterConnection, Error> {
+        let _connecting = self.connecting.lock().await;
+        if let Some(conn) = self.connection.load().as_deref() {
+            return Ok(conn.clone());
+        }
+        let conn = self
+            .client
+            .get_async_connection()
             .await
             .map_err(Error::Redis)?;
-        *slot = Some(conn.clone());
+        self.connection.store(Some(Arc::new(conn.clone())));
         Ok(conn)
     }
 
     /// Drops the shared connection after a transport failure, so the next call reconnects.
-    async fn forget_connection(&self) {
-        *self.connection.lock().await = None;
+    fn forget_connection(&self) {
+        self.connection.store(None);
     }
 
     /// Runs `op` on the shared connection within the op timeout.
@@ -146,7 +164,7 @@ impl ClusterStore {
         };
         if let Err(Error::Redis(err)) = &result {
             if err.is_io_error() || err.is_connection_dropped() || err.is_unrecoverable_error() {
-                self.forget_connection().await;
+                self.forget_connection();
             }
         }
         result
