@@ -249,7 +249,7 @@ impl<'a> KeySerializer<'a> {
 }
 
 /// Scalar `serialize_*` methods that write their value with `Display` or `Debug`, or (integers)
-/// with [`push_unsigned`] / [`push_signed`], which write what `Display` writes.
+/// with the crate's decimal writer, which writes what `Display` writes.
 macro_rules! written_with {
     (display: $($method:ident($ty:ty)),*) => {$(
         fn $method(self, v: $ty) -> Result<(), KeyError> {
@@ -265,42 +265,16 @@ macro_rules! written_with {
     )*};
     (unsigned: $($method:ident($ty:ty)),*) => {$(
         fn $method(self, v: $ty) -> Result<(), KeyError> {
-            push_unsigned(self.out, u64::from(v));
+            crate::util::push_decimal(self.out, u64::from(v));
             Ok(())
         }
     )*};
     (signed: $($method:ident($ty:ty)),*) => {$(
         fn $method(self, v: $ty) -> Result<(), KeyError> {
-            push_signed(self.out, i64::from(v));
+            crate::util::push_signed_decimal(self.out, i64::from(v));
             Ok(())
         }
     )*};
-}
-
-/// Appends `v` in decimal, as `Display` does (without the formatting machinery: the key of a
-/// cached fn with an id argument is built on every call).
-fn push_unsigned(out: &mut String, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    for &digit in &digits[start..] {
-        out.push(char::from(digit));
-    }
-}
-
-/// Appends `v` in decimal, as `Display` does.
-fn push_signed(out: &mut String, v: i64) {
-    if v < 0 {
-        out.push('-');
-    }
-    push_unsigned(out, v.unsigned_abs());
 }
 
 /// Appends `v` quoted and escaped, as `Debug` does: a string of printable ASCII without quote or
