@@ -48,13 +48,13 @@ struct Review {
 
 /// The JSON page: a product with its five newest reviews, ~2 KiB.
 #[derive(Serialize)]
-struct JsonPage {
+pub struct JsonPage {
     product: super::Page,
     related: Vec<u64>,
     reviews: Vec<Review>,
 }
 
-fn json_page(id: u64) -> JsonPage {
+pub fn json_page(id: u64) -> JsonPage {
     JsonPage {
         product: page(id),
         related: (1..=10).map(|n| id * 10 + n).collect(),
@@ -69,7 +69,7 @@ fn json_page(id: u64) -> JsonPage {
 }
 
 /// The handler: serializes the page per request (what a JSON API does).
-async fn item(Path(id): Path<u64>) -> impl IntoResponse {
+pub async fn item(Path(id): Path<u64>) -> impl IntoResponse {
     let body = serde_json::to_vec(&json_page(id)).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body)
 }

@@ -15,7 +15,11 @@ use cache_layer::{cached, Cache, Policy};
 use super::{page, Page, KEYS};
 
 /// The operations, by name.
-pub const OPERATIONS: [&str; 7] = [
+pub const OPERATIONS: [&str; 11] = [
+    "http-handler",
+    "http-memory",
+    "http-l1",
+    "http-redis",
     "moka",
     "l1",
     "macro-l1",
@@ -134,8 +138,68 @@ pub fn run(operation: &str, n: u64) -> Result<(), String> {
                     return Err("a hit loaded".into());
                 }
             }
+            "http-handler" | "http-memory" | "http-l1" | "http-redis" => {
+                http_hits(operation, &url, n).await?;
+            }
             other => return Err(format!("unknown operation {other:?}: one of {OPERATIONS:?}")),
         }
         Ok(())
     })
+}
+
+/// `n` GETs through the axum router of the HTTP section, called as a tower service (no TCP, no
+/// HTTP parsing: what differs between the rows is the layer's own work).
+async fn http_hits(operation: &str, url: &str, n: u64) -> Result<(), String> {
+    use axum::{routing::get, Router};
+    use cache_layer::CacheLayer;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let route = Router::new().route("/items/{id}", get(super::http::item));
+    let ttl = Duration::from_secs(600);
+    let builder = Cache::builder().namespace(format!("bench-profile-http-{}", std::process::id()));
+    let (router, cache) = match operation {
+        "http-handler" => (route, None),
+        other => {
+            let builder = match other {
+                "http-memory" => builder,
+                "http-l1" => builder.redis(url).local(10_000),
+                _ => builder.redis(url),
+            };
+            let cache = builder.build().map_err(|err| err.to_string())?;
+            (route.layer(CacheLayer::new(cache.clone()).ttl(ttl)), Some(cache))
+        }
+    };
+    let get_one = |id: u64| {
+        let router = router.clone();
+        async move {
+            let request = axum::http::Request::get(format!("/items/{id}"))
+                .header("host", "bench.local")
+                .body(axum::body::Body::empty())
+                .map_err(|err| err.to_string())?;
+            let response = router.oneshot(request).await.map_err(|err| err.to_string())?;
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|err| err.to_string())?;
+            Ok::<usize, String>(body.to_bytes().len())
+        }
+    };
+    const URLS: u64 = 100;
+    for id in 0..URLS {
+        get_one(id).await?;
+    }
+    for i in 0..n {
+        let len = get_one(i % URLS).await?;
+        if len < 1000 {
+            return Err(format!("a {len}-byte body"));
+        }
+    }
+    if let Some(cache) = cache {
+        if cache.stats().loads != URLS {
+            return Err(format!("{} loads for {URLS} URLs", cache.stats().loads));
+        }
+    }
+    Ok(())
 }
