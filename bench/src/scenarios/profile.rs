@@ -29,6 +29,9 @@ pub const OPERATIONS: [&str; 11] = [
     "cluster-l2",
 ];
 
+/// Redis timeouts of the caches here (under valgrind everything runs ~50x slower).
+const SLOW: Duration = Duration::from_secs(10);
+
 #[cached(ttl = 3600, cache = cache, skip = [cache], companions = false)]
 async fn cached_page(cache: &Cache, id: u64) -> Page {
     page(id)
@@ -112,7 +115,11 @@ pub fn run(operation: &str, n: u64) -> Result<(), String> {
                 }
             }
             "l2" | "memory" | "cluster-l2" => {
-                let builder = Cache::builder().namespace("bench-profile");
+                // Generous timeouts: under valgrind everything runs ~50x slower.
+                let builder = Cache::builder()
+                    .namespace("bench-profile")
+                    .op_timeout(SLOW)
+                    .connect_timeout(SLOW);
                 let builder = match operation {
                     "l2" => builder.redis(url.as_str()),
                     "cluster-l2" => builder.redis_cluster(url.split(',')),
@@ -157,7 +164,10 @@ async fn http_hits(operation: &str, url: &str, n: u64) -> Result<(), String> {
 
     let route = Router::new().route("/items/{id}", get(super::http::item));
     let ttl = Duration::from_secs(600);
-    let builder = Cache::builder().namespace(format!("bench-profile-http-{}", std::process::id()));
+    let builder = Cache::builder()
+        .namespace(format!("bench-profile-http-{}", std::process::id()))
+        .op_timeout(SLOW)
+        .connect_timeout(SLOW);
     let (router, cache) = match operation {
         "http-handler" => (route, None),
         other => {
