@@ -51,7 +51,14 @@ impl PrivateRedis {
         ));
         std::fs::create_dir_all(&dir).ok()?;
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .args(args)
             .arg("--dir")
             .arg(&dir)

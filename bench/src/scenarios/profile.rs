@@ -65,11 +65,12 @@ pub fn run(operation: &str, n: u64) -> Result<(), String> {
                     .build()
                     .map_err(|err| err.to_string())?;
                 for id in 0..KEYS {
-                    let _: Page = cache
-                        .get_or_fetch(&format!("page:{id}"), &policy, move || async move {
-                            page(id)
-                        })
-                        .await;
+                    let _: Page =
+                        cache
+                            .get_or_fetch(&format!("page:{id}"), &policy, move || async move {
+                                page(id)
+                            })
+                            .await;
                     let _ = cached_page(&cache, id).await;
                 }
                 for i in 0..n {
@@ -134,11 +135,12 @@ pub fn run(operation: &str, n: u64) -> Result<(), String> {
                 }
                 for i in 0..n {
                     let id = i % KEYS;
-                    let v: Page = cache
-                        .get_or_fetch(&format!("page:{id}"), &policy, move || async move {
-                            page(id)
-                        })
-                        .await;
+                    let v: Page =
+                        cache
+                            .get_or_fetch(&format!("page:{id}"), &policy, move || async move {
+                                page(id)
+                            })
+                            .await;
                     assert_eq!(v.id, id);
                 }
                 if cache.stats().loads != 0 {
@@ -148,7 +150,11 @@ pub fn run(operation: &str, n: u64) -> Result<(), String> {
             "http-handler" | "http-memory" | "http-l1" | "http-redis" => {
                 http_hits(operation, &url, n).await?;
             }
-            other => return Err(format!("unknown operation {other:?}: one of {OPERATIONS:?}")),
+            other => {
+                return Err(format!(
+                    "unknown operation {other:?}: one of {OPERATIONS:?}"
+                ))
+            }
         }
         Ok(())
     })
@@ -177,7 +183,10 @@ async fn http_hits(operation: &str, url: &str, n: u64) -> Result<(), String> {
                 _ => builder.redis(url),
             };
             let cache = builder.build().map_err(|err| err.to_string())?;
-            (route.layer(CacheLayer::new(cache.clone()).ttl(ttl)), Some(cache))
+            (
+                route.layer(CacheLayer::new(cache.clone()).ttl(ttl)),
+                Some(cache),
+            )
         }
     };
     let get_one = |id: u64| {
@@ -187,7 +196,10 @@ async fn http_hits(operation: &str, url: &str, n: u64) -> Result<(), String> {
                 .header("host", "bench.local")
                 .body(axum::body::Body::empty())
                 .map_err(|err| err.to_string())?;
-            let response = router.oneshot(request).await.map_err(|err| err.to_string())?;
+            let response = router
+                .oneshot(request)
+                .await
+                .map_err(|err| err.to_string())?;
             let body = response
                 .into_body()
                 .collect()

@@ -58,7 +58,11 @@ pub async fn run(settings: &Settings, server: Option<&PrivateRedis>) -> Result<(
             .set(&ours_tagged, &value, &tagged)
             .await
             .map_err(|err| format!("set: {err}"))?;
-        let keys = [raw_key, cache.redis_key(&ours), cache.redis_key(&ours_tagged)];
+        let keys = [
+            raw_key,
+            cache.redis_key(&ours),
+            cache.redis_key(&ours_tagged),
+        ];
         for (row, key) in rows.iter_mut().zip(&keys) {
             let len: u64 = redis::cmd("STRLEN")
                 .arg(key)
@@ -169,8 +173,7 @@ pub fn probe(tier: &str, entries: u64) -> Result<(), String> {
         let policy = Policy::ttl(Duration::from_secs(3600));
         match tier {
             "moka" => {
-                let moka: moka::sync::Cache<String, Page> =
-                    moka::sync::Cache::new(entries + 1);
+                let moka: moka::sync::Cache<String, Page> = moka::sync::Cache::new(entries + 1);
                 moka.insert("warm-up".into(), page(0));
                 moka.run_pending_tasks();
                 let before = resident_bytes();
@@ -197,11 +200,12 @@ pub fn probe(tier: &str, entries: u64) -> Result<(), String> {
                     .await;
                 let before = resident_bytes();
                 for id in 0..entries {
-                    let _: Page = cache
-                        .get_or_fetch(&format!("page:{id}"), &policy, move || async move {
-                            page(id)
-                        })
-                        .await;
+                    let _: Page =
+                        cache
+                            .get_or_fetch(&format!("page:{id}"), &policy, move || async move {
+                                page(id)
+                            })
+                            .await;
                 }
                 let grown = resident_bytes().saturating_sub(before);
                 // Every entry must still answer from L1.

@@ -265,7 +265,11 @@ mod tests {
         let names = [header::HOST, header::COOKIE, FORWARDING_HEADERS[1].clone()];
         for extra in 0..20 {
             for name in &names {
-                assert_eq!(has_header(&headers, name), headers.contains_key(name), "{name}");
+                assert_eq!(
+                    has_header(&headers, name),
+                    headers.contains_key(name),
+                    "{name}"
+                );
             }
             headers.insert(
                 HeaderName::from_bytes(format!("x-extra-{extra}").as_bytes()).unwrap(),

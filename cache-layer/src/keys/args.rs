@@ -280,8 +280,7 @@ macro_rules! written_with {
 /// Appends `v` quoted and escaped, as `Debug` does: a string of printable ASCII without quote or
 /// backslash is written as is (`Debug` leaves every such character alone).
 fn push_quoted(out: &mut String, v: &str) -> Result<(), KeyError> {
-    if v
-        .bytes()
+    if v.bytes()
         .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
     {
         out.reserve(v.len() + 2);
@@ -630,7 +629,17 @@ mod tests {
 
     #[test]
     fn fast_paths_write_what_display_and_debug_write() {
-        for v in [0u64, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX] {
+        for v in [
+            0u64,
+            1,
+            9,
+            10,
+            99,
+            100,
+            12_345,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
             assert_eq!(encode(&v), v.to_string());
         }
         for v in [0i64, -1, 7, -10, i64::from(i32::MIN), i64::MIN, i64::MAX] {
@@ -640,8 +649,19 @@ mod tests {
         assert_eq!(encode(&i16::MIN), "-32768");
         assert_eq!(encode(&u128::MAX), u128::MAX.to_string());
         for s in [
-            "", "plain", "a:b c", "quote\"", "back\\slash", "tab\t", "new\nline", "\u{7f}",
-            "caf\u{e9}", "e\u{301}", "\u{200b}", "'single'", "~!@#$%^&*()_+{}|<>?",
+            "",
+            "plain",
+            "a:b c",
+            "quote\"",
+            "back\\slash",
+            "tab\t",
+            "new\nline",
+            "\u{7f}",
+            "caf\u{e9}",
+            "e\u{301}",
+            "\u{200b}",
+            "'single'",
+            "~!@#$%^&*()_+{}|<>?",
         ] {
             assert_eq!(encode(s), format!("{s:?}"), "{s:?}");
         }
