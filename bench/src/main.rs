@@ -6,6 +6,7 @@
 //! cargo run --release -p bench                 # full run (~3 min)
 //! cargo run --release -p bench -- --quick      # short run (~35 s)
 //! cargo run --release -p bench -- --only hit   # one section (see SECTIONS)
+//! cargo run --release -p bench -- --quick --only http,l1 --rounds 5   # sections, rounds
 //! cargo run --release -p bench -- --aof --only write-behind   # Redis fsyncs every write
 //! ```
 //!
@@ -22,11 +23,13 @@ mod scenarios;
 use std::time::Duration;
 
 /// The sections, in the order they run.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 9] = [
     "hit",
+    "cluster",
     "miss",
     "l1",
     "macro",
+    "size",
     "http",
     "stampede",
     "write-behind",
@@ -54,6 +57,28 @@ pub struct Settings {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, operation, n] = args.as_slice() {
+        if flag == "--ops" {
+            // One operation n times, for instruction counts (see scenarios/profile.rs).
+            let n = n.parse().unwrap_or(1);
+            if let Err(err) = scenarios::profile::run(operation, n) {
+                eprintln!("--ops failed: {err}");
+                std::process::exit(1);
+            }
+            return;
+        }
+    }
+    if let [flag, tier, entries] = args.as_slice() {
+        if flag == "--probe-l1" {
+            // The child process of the `size` section's L1 measurement.
+            let entries = entries.parse().unwrap_or(scenarios::size::PROBE_ENTRIES);
+            if let Err(err) = scenarios::size::probe(tier, entries) {
+                eprintln!("probe failed: {err}");
+                std::process::exit(1);
+            }
+            return;
+        }
+    }
     let mode = if args.iter().any(|a| a == "--smoke") {
         Mode::Smoke
     } else if args.iter().any(|a| a == "--quick") {
@@ -61,11 +86,11 @@ fn main() {
     } else {
         Mode::Full
     };
-    let only = args
+    let only: Option<Vec<String>> = args
         .windows(2)
         .find(|w| w[0] == "--only")
-        .map(|w| w[1].clone());
-    if let Some(section) = &only {
+        .map(|w| w[1].split(',').map(str::to_owned).collect());
+    for section in only.iter().flatten() {
         if !SECTIONS.contains(&section.as_str()) {
             eprintln!(
                 "unknown section {section:?}; one of: {}",
@@ -74,6 +99,10 @@ fn main() {
             std::process::exit(2);
         }
     }
+    let rounds_override: Option<usize> = args
+        .windows(2)
+        .find(|w| w[0] == "--rounds")
+        .and_then(|w| w[1].parse().ok());
     let aof = args.iter().any(|a| a == "--aof");
     let private = redis_server::PrivateRedis::start(aof);
     let redis_url = match &private {
@@ -88,7 +117,7 @@ fn main() {
     let settings = Settings {
         mode,
         duration,
-        rounds,
+        rounds: rounds_override.unwrap_or(rounds).max(1),
         redis_url,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -115,16 +144,21 @@ fn main() {
         report::fmt_duration(settings.duration),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
-    let wanted = |section: &str| only.as_deref().is_none_or(|o| o == section);
+    let wanted = |section: &str| {
+        only.as_ref()
+            .is_none_or(|only| only.iter().any(|o| o == section))
+    };
     let server = private.as_ref();
     let failures = runtime.block_on(async {
         let mut failures = Vec::new();
         for section in SECTIONS.into_iter().filter(|s| wanted(s)) {
             let result = match section {
                 "hit" => scenarios::hit::run(&settings, server).await,
+                "cluster" => scenarios::cluster::run(&settings).await,
                 "miss" => scenarios::miss::run(&settings, server).await,
                 "l1" => scenarios::local::run(&settings).await,
                 "macro" => scenarios::macros::run(&settings).await,
+                "size" => scenarios::size::run(&settings, server).await,
                 "http" => scenarios::http::run(&settings, server).await,
                 "stampede" => scenarios::stampede::run(&settings).await,
                 _ => scenarios::write_behind::run(&settings, server).await,

@@ -1,7 +1,10 @@
-//! A private redis-server for the benchmark run (killed on drop).
+//! Private redis-servers for the benchmark run: one standalone server, and a 3-master cluster for
+//! the cluster section (each a process on a free loopback port with its own temp dir, killed on
+//! drop).
 
 use std::{
     net::TcpListener,
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -10,7 +13,18 @@ use std::{
 pub struct PrivateRedis {
     child: Child,
     port: u16,
-    _dir: std::path::PathBuf,
+    dir: PathBuf,
+}
+
+/// A free loopback port (bound and released; the server binds it right after).
+fn free_port() -> Option<u16> {
+    Some(
+        TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port(),
+    )
 }
 
 impl PrivateRedis {
@@ -20,12 +34,21 @@ impl PrivateRedis {
         if std::env::var("REDIS_URL").is_ok() {
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let dir = std::env::temp_dir().join(format!("cache-layer-bench-{}", std::process::id()));
+        let appendonly = if aof { "yes" } else { "no" };
+        Self::spawn(
+            "server",
+            &["--appendonly", appendonly, "--appendfsync", "always"],
+        )
+    }
+
+    /// Starts a `redis-server` with `args` (after port, bind and `--save ""`), waits until it
+    /// answers `PING` (at most 5 s).
+    fn spawn(role: &str, args: &[&str]) -> Option<Self> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!(
+            "cache-layer-bench-{}-{role}-{port}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).ok()?;
         let child = Command::new("redis-server")
             .args([
@@ -35,22 +58,15 @@ impl PrivateRedis {
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                if aof { "yes" } else { "no" },
-                "--appendfsync",
-                "always",
             ])
+            .args(args)
             .arg("--dir")
             .arg(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .ok()?;
-        let server = PrivateRedis {
-            child,
-            port,
-            _dir: dir,
-        };
+        let server = PrivateRedis { child, port, dir };
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if server
@@ -106,6 +122,100 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self._dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A local Redis Cluster of three masters (no replicas), each a [`PrivateRedis`].
+pub struct PrivateCluster {
+    nodes: Vec<PrivateRedis>,
+}
+
+/// Bounded waits while the cluster forms.
+const CLUSTER_READY: Duration = Duration::from_secs(30);
+
+impl PrivateCluster {
+    /// Starts three cluster-mode nodes, joins them with `redis-cli --cluster create` and waits
+    /// (at most 30 s) until every node reports `cluster_state:ok`. `Err` says what failed.
+    pub fn start() -> Result<Self, String> {
+        let args = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "5000",
+            "--appendonly",
+            "no",
+        ];
+        let nodes: Vec<PrivateRedis> = (0..3)
+            .map(|_| PrivateRedis::spawn("cluster", &args))
+            .collect::<Option<_>>()
+            .ok_or("cannot start a cluster-mode redis-server")?;
+        let cluster = PrivateCluster { nodes };
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for node in &cluster.nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let mut child = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|err| format!("cannot run redis-cli --cluster create: {err}"))?;
+        let deadline = Instant::now() + CLUSTER_READY;
+        let created = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status.success(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break false;
+                }
+            }
+        };
+        if !created {
+            return Err("redis-cli --cluster create failed".into());
+        }
+        while Instant::now() < deadline {
+            let ok = cluster.nodes.iter().all(|node| {
+                node.command(&["CLUSTER", "INFO"])
+                    .is_some_and(|info| info.contains("cluster_state:ok"))
+            });
+            if ok {
+                return Ok(cluster);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err("the cluster did not reach cluster_state:ok within 30 s".into())
+    }
+
+    /// The seed URLs of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(PrivateRedis::url).collect()
+    }
+
+    /// Resets `INFO commandstats` on every node.
+    pub fn reset_stats(&self) {
+        self.nodes.iter().for_each(PrivateRedis::reset_stats);
+    }
+
+    /// Calls per command since the last reset, summed over the nodes (without `CLUSTER`, which
+    /// clients send to learn the slot map).
+    pub fn command_calls(&self) -> Vec<(String, u64)> {
+        let mut total: std::collections::BTreeMap<String, u64> = Default::default();
+        for node in &self.nodes {
+            for (command, calls) in node.command_calls() {
+                if !command.starts_with("cluster") {
+                    *total.entry(command).or_default() += calls;
+                }
+            }
+        }
+        total.into_iter().collect()
     }
 }

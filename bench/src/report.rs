@@ -158,8 +158,12 @@ pub fn print_commands_per_op(what: &str, server: Option<&PrivateRedis>, ops: u64
     let Some(server) = server else {
         return println!("\n{what}: (commands not counted on a shared server)");
     };
-    let per_op: Vec<String> = server
-        .command_calls()
+    print_calls_per_op(what, &server.command_calls(), ops);
+}
+
+/// Prints `calls` (per command, as counted by `INFO commandstats`) per operation.
+pub fn print_calls_per_op(what: &str, calls: &[(String, u64)], ops: u64) {
+    let per_op: Vec<String> = calls
         .iter()
         .map(|(cmd, n)| {
             format!(

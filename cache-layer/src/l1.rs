@@ -41,6 +41,11 @@ pub(crate) struct L1Entry {
     pub(crate) bytes: u64,
 }
 
+/// Entries of the L1 tier a cache on the embedded in-memory store keeps when
+/// [`CacheBuilder::local`](crate::CacheBuilder::local) is not given (see
+/// [`CacheBuilder::memory_max_bytes`](crate::CacheBuilder::memory_max_bytes)).
+pub const IMPLICIT_L1_ENTRIES: u64 = 100_000;
+
 /// Default byte budget of the L1 tier ([`CacheBuilder::local_max_bytes`](crate::CacheBuilder::local_max_bytes)).
 pub const DEFAULT_L1_MAX_BYTES: u64 = 64 * 1024 * 1024;
 

@@ -80,7 +80,7 @@ pub use cache::{install, Cache, CacheBuilder};
 pub use envelope::Codec;
 pub use error::Error;
 pub use health::MemoryPolicy;
-pub use l1::DEFAULT_L1_MAX_BYTES;
+pub use l1::{DEFAULT_L1_MAX_BYTES, IMPLICIT_L1_ENTRIES};
 pub use metrics::{function_stats, FunctionStats, FunctionStatsSnapshot, Stats};
 pub use policy::{Policy, Stampede};
 pub use write_behind::{Batch, CounterStats, Counters, CountersConfig, FlushReport, Flusher};

@@ -18,7 +18,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub use crate::keys::args::{KeyArg, KeyBuilder, KeyError};
+pub use crate::keys::args::{KeyArg, KeyBuilder, KeyError, KeyPrefix};
 pub use crate::{Cache, Error, FunctionStats, Policy, Stampede};
 pub use std::any::{type_name, type_name_of_val};
 pub use std::format;
@@ -78,6 +78,24 @@ pub fn policy(ttl: Duration) -> Policy {
     let mut policy = Policy::ttl(ttl);
     policy.door = crate::metrics::Door::Fn;
     policy
+}
+
+/// The policy of a cached fn whose attribute's tags name no argument: built on the fn's first
+/// call and kept in a static of the generated fn, so a call does not build it again.
+#[derive(Debug)]
+pub struct PolicyCell(std::sync::OnceLock<Policy>);
+
+impl PolicyCell {
+    /// A policy not built yet.
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        PolicyCell(std::sync::OnceLock::new())
+    }
+
+    /// The policy, built by `build` on the first call.
+    pub fn get(&self, build: impl FnOnce() -> Policy) -> &Policy {
+        self.0.get_or_init(build)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-//! Small helpers every layer uses: wall-clock milliseconds, duration conversions, and locking a
-//! std mutex that a panicking thread may have poisoned. Depends on nothing else in the crate.
+//! Small helpers every layer uses: wall-clock milliseconds, duration conversions, decimal
+//! integers written into keys and headers, and locking a std mutex that a panicking thread may
+//! have poisoned. Depends on nothing else in the crate.
 
 use std::{
     sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard},
@@ -12,6 +13,30 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(millis)
         .unwrap_or(0)
+}
+
+/// Appends `v` in decimal, as `Display` writes it, without the formatting machinery (keys and
+/// headers built on every hit carry integers).
+pub(crate) fn push_decimal(out: &mut String, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend(digits[start..].iter().map(|&digit| char::from(digit)));
+}
+
+/// [`push_decimal`] for signed integers.
+pub(crate) fn push_signed_decimal(out: &mut String, v: i64) {
+    if v < 0 {
+        out.push('-');
+    }
+    push_decimal(out, v.unsigned_abs());
 }
 
 /// `d` in whole milliseconds, saturating at `u64::MAX`.
@@ -46,6 +71,20 @@ pub(crate) fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_are_what_display_writes() {
+        for v in [0u64, 7, 10, 99, 100, 65_535, u64::MAX] {
+            let mut out = String::from("x");
+            push_decimal(&mut out, v);
+            assert_eq!(out, format!("x{v}"));
+        }
+        for v in [0i64, -1, 42, -1000, i64::MIN, i64::MAX] {
+            let mut out = String::new();
+            push_signed_decimal(&mut out, v);
+            assert_eq!(out, v.to_string());
+        }
+    }
 
     #[test]
     fn conversions_saturate_and_px_is_never_zero() {

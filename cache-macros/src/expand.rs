@@ -577,12 +577,28 @@ fn key_expr(p: &TokenStream, func: &ItemFn, args: &Args, info: &Info) -> TokenSt
     });
     quote! {{
         fn __cache_path() {}
-        let mut __cache_kb = #p::KeyBuilder::new(#p::type_name_of_val(&__cache_path), #name);
+        static __CACHE_KEY_PREFIX: #p::KeyPrefix = #p::KeyPrefix::new();
+        let mut __cache_kb = #p::KeyBuilder::with_prefix(&__CACHE_KEY_PREFIX, #p::type_name_of_val(&__cache_path), #name);
         #self_part
         #(#generic_parts)*
         #(#arg_parts)*
         __cache_kb.finish()
     }}
+}
+
+/// A `&Policy` for the call: built once and kept in a static of the generated fn when the
+/// attribute's tags name no argument (nothing in it depends on the call), else built per call.
+fn policy_ref(p: &TokenStream, args: &Args, observe: Option<&Ident>) -> TokenStream {
+    let policy = policy_expr(p, args, observe);
+    let per_call = args.tags.iter().any(|t| t.placeholders().next().is_some());
+    if per_call {
+        quote!(&#policy)
+    } else {
+        quote!({
+            static __CACHE_POLICY: #p::PolicyCell = #p::PolicyCell::new();
+            __CACHE_POLICY.get(|| #policy)
+        })
+    }
 }
 
 /// The policy; `observe` names the fn's `FunctionStats` static (the main fn has one).
@@ -846,12 +862,12 @@ impl<'a> Cached<'a> {
         let (p, p_ret, shape) = (&self.p, &self.p_ret, &self.shape);
         let fetch = Ident::new(self.info.loader.entry_point(), self.ret_span);
         let call_engine = quote_spanned!(self.ret_span=>
-            #p_ret::#fetch(#p::Entry { cache: &__cache_handle, key: &__cache_key, policy: &__cache_policy }, #p_ret::#shape, __cache_loader).await
+            #p_ret::#fetch(#p::Entry { cache: &__cache_handle, key: &__cache_key, policy: __cache_policy }, #p_ret::#shape, __cache_loader).await
         );
         let resolve = resolve_cache(p, self.args, &self.func.sig.ident);
         let key = key_expr(p, self.func, self.args, self.info);
         let stats = Ident::new("__CACHE_STATS", Span::call_site());
-        let policy = policy_expr(p, self.args, Some(&stats));
+        let policy = policy_ref(p, self.args, Some(&stats));
         let loader = self.loader();
         let mut sig = self.func.sig.clone();
         let inputs = main_inputs(self.info, self.companions);
@@ -865,7 +881,7 @@ impl<'a> Cached<'a> {
                 static #stats: #p::FunctionStats =
                     #p::FunctionStats::new(::core::concat!(::core::module_path!(), "::", #name_str));
                 let __cache_key: ::core::option::Option<#p::String> = #key;
-                let __cache_policy: #p::Policy = #policy;
+                let __cache_policy: &#p::Policy = #policy;
                 let __cache_loader = #loader;
                 match (__cache_handle, __cache_key) {
                     (::core::option::Option::Some(__cache_handle), ::core::option::Option::Some(__cache_key)) => {
@@ -923,7 +939,7 @@ impl<'a> Cached<'a> {
         let inputs = main_inputs(self.info, self.companions);
         sig.inputs = syn::parse_quote!(#inputs);
         let store_call = quote_spanned!(self.ret_span=>
-            #p_ret::store(#p::Entry { cache: __cache_handle, key: __cache_key, policy: &__cache_policy }, #p_ret::#shape, &__cache_out, ::core::concat!(::core::module_path!(), "::", #name_str)).await
+            #p_ret::store(#p::Entry { cache: __cache_handle, key: __cache_key, policy: __cache_policy }, #p_ret::#shape, &__cache_out, ::core::concat!(::core::module_path!(), "::", #name_str)).await
         );
         let doc = format!(
             "Runs the body of [`{}`] and stores its result as the entry for these arguments \
@@ -934,7 +950,7 @@ impl<'a> Cached<'a> {
         );
         let resolve = resolve_cache(p, self.args, &self.func.sig.ident);
         let key = key_expr(p, self.func, self.args, self.info);
-        let policy = policy_expr(p, self.args, None);
+        let policy = policy_ref(p, self.args, None);
         let call_body = self.call_body();
         let shared_attrs = companion_attrs(&self.func.attrs);
         let vis = &self.func.vis;
@@ -945,7 +961,7 @@ impl<'a> Cached<'a> {
             #vis #sig {
                 #resolve
                 let __cache_key: ::core::option::Option<#p::String> = #key;
-                let __cache_policy: #p::Policy = #policy;
+                let __cache_policy: &#p::Policy = #policy;
                 let __cache_out = #call_body.await;
                 if let (::core::option::Option::Some(__cache_handle), ::core::option::Option::Some(__cache_key)) =
                     (&__cache_handle, &__cache_key)

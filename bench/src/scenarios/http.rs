@@ -1,9 +1,13 @@
-//! HTTP: requests/s through `CacheLayer` on a hit vs the same axum handler without the layer.
+//! HTTP: requests/s through `CacheLayer` on a hit vs the same axum router without the layer.
 //!
-//! Each configuration is an axum server on 127.0.0.1 with one route (`/items/{id}`, ~1 KiB
-//! body); the load generator (hyper client, same process) keeps [`CONNECTIONS`] HTTP/1.1
-//! keep-alive connections busy with GETs over [`URLS`] URLs, all primed, so every measured request
-//! through the layer is a hit (checked: no load runs while measuring).
+//! Each configuration is an axum server on 127.0.0.1 with one route (`/items/{id}`, a ~2 KiB JSON
+//! page), served by **one worker** (a current-thread runtime on a thread of its own, so the
+//! server's CPU per request is what the rows compare); the load generator (hyper client, the
+//! main runtime) keeps [`CONNECTIONS`] HTTP/1.1 keep-alive connections busy with GETs over
+//! [`URLS`] URLs, all primed, so every measured request through the layer is a hit (checked: no
+//! load runs while measuring). The baseline is the handler itself, serializing the page with
+//! serde_json per request; a second row without a layer answers a prebuilt body (the floor of
+//! the server's own cost).
 
 use std::{
     net::SocketAddr,
@@ -14,14 +18,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{extract::Path, routing::get, Router};
+use axum::{extract::Path, http::header, response::IntoResponse, routing::get, Router};
 use bytes::Bytes;
 use cache_layer::{Cache, CacheLayer};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use serde::Serialize;
 use tokio::net::TcpListener;
 
+use super::page;
 use crate::{
     redis_server::PrivateRedis,
     report::{print_commands_per_op, Comparison, Measurement},
@@ -30,22 +36,62 @@ use crate::{
 
 const URLS: usize = 100;
 const CONNECTIONS: usize = 32;
+/// The page size the section is about (checked on every response).
+const PAGE_BYTES: std::ops::Range<usize> = 1800..2400;
 
-/// The handler: a ~1 KiB body (what a small JSON API returns), formatted per request.
-async fn item(Path(id): Path<u32>) -> String {
-    let mut body = format!("{{\"id\":{id},\"name\":\"item {id}\",\"description\":\"");
-    body.push_str(&"x".repeat(1000));
-    body.push_str("\"}");
-    body
+#[derive(Serialize)]
+struct Review {
+    author: String,
+    rating: u8,
+    text: String,
 }
 
+/// The JSON page: a product with its five newest reviews, ~2 KiB.
+#[derive(Serialize)]
+pub struct JsonPage {
+    product: super::Page,
+    related: Vec<u64>,
+    reviews: Vec<Review>,
+}
+
+pub fn json_page(id: u64) -> JsonPage {
+    JsonPage {
+        product: page(id),
+        related: (1..=10).map(|n| id * 10 + n).collect(),
+        reviews: (0..5)
+            .map(|n| Review {
+                author: format!("customer {}", id * 7 + n),
+                rating: (3 + n % 3) as u8,
+                text: "Does what it says; arrived on time. ".repeat(4),
+            })
+            .collect(),
+    }
+}
+
+/// The handler: serializes the page per request (what a JSON API does).
+pub async fn item(Path(id): Path<u64>) -> impl IntoResponse {
+    let body = serde_json::to_vec(&json_page(id)).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// Serves `router` from one worker: a current-thread runtime on a thread of its own.
 async fn serve(router: Router) -> Result<SocketAddr, String> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|err| format!("cannot bind loopback: {err}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|err| err.to_string())?;
     let addr = listener.local_addr().map_err(|err| err.to_string())?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| format!("cannot start the server runtime: {err}"))?;
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            if let Ok(listener) = TcpListener::from_std(listener) {
+                let _ = axum::serve(listener, router).await;
+            }
+        })
     });
     Ok(addr)
 }
@@ -94,8 +140,8 @@ async fn load(addr: SocketAddr, duration: Duration) -> Result<Measurement, Strin
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 let len = request(&mut sender, i % URLS).await?;
-                if len <= 1000 {
-                    return Err(format!("short body: {len} bytes"));
+                if !PAGE_BYTES.contains(&len) {
+                    return Err(format!("a {len}-byte body, not the ~2 KiB page"));
                 }
                 latencies.push(started.elapsed());
                 i += CONNECTIONS;
@@ -135,20 +181,37 @@ pub async fn run(settings: &Settings, server: Option<&PrivateRedis>) -> Result<(
             .map_err(|err| format!("cannot build the cache: {err}"))
     };
     let route = || Router::new().route("/items/{id}", get(item));
+    let prebuilt: Arc<Vec<Bytes>> = Arc::new(
+        (0..URLS as u64)
+            .map(|id| Bytes::from(serde_json::to_vec(&json_page(id)).unwrap_or_default()))
+            .collect(),
+    );
     let ttl = Duration::from_secs(600);
     let redis = redis_cache("redis", false)?;
     let l1 = redis_cache("l1", true)?;
     let memory = Cache::in_memory();
     let setups = vec![
         Setup {
-            name: "no layer (handler formats the body)",
+            name: "no layer, handler serializes the page",
             addr: serve(route()).await?,
             cache: None,
         },
         Setup {
-            name: "CacheLayer hit, Redis",
-            addr: serve(route().layer(CacheLayer::new(redis.clone()).ttl(ttl))).await?,
-            cache: Some(redis.clone()),
+            name: "no layer, prebuilt body (server floor)",
+            addr: serve(Router::new().route(
+                "/items/{id}",
+                get(move |Path(id): Path<usize>| {
+                    let body = prebuilt.get(id).cloned().unwrap_or_default();
+                    async move { ([(header::CONTENT_TYPE, "application/json")], body) }
+                }),
+            ))
+            .await?,
+            cache: None,
+        },
+        Setup {
+            name: "CacheLayer hit, in-memory store",
+            addr: serve(route().layer(CacheLayer::new(memory.clone()).ttl(ttl))).await?,
+            cache: Some(memory),
         },
         Setup {
             name: "CacheLayer hit, Redis + L1",
@@ -156,9 +219,9 @@ pub async fn run(settings: &Settings, server: Option<&PrivateRedis>) -> Result<(
             cache: Some(l1),
         },
         Setup {
-            name: "CacheLayer hit, in-memory store",
-            addr: serve(route().layer(CacheLayer::new(memory.clone()).ttl(ttl))).await?,
-            cache: Some(memory),
+            name: "CacheLayer hit, Redis",
+            addr: serve(route().layer(CacheLayer::new(redis.clone()).ttl(ttl))).await?,
+            cache: Some(redis.clone()),
         },
     ];
     // Prime every URL once per setup.
@@ -175,8 +238,8 @@ pub async fn run(settings: &Settings, server: Option<&PrivateRedis>) -> Result<(
         }
     }
     let mut table = Comparison::new(
-        format!("HTTP hit, {CONNECTIONS} keep-alive connections, {URLS} URLs, ~1 KiB bodies"),
-        "no layer",
+        format!("HTTP hit, 1 server worker, {CONNECTIONS} keep-alive connections, {URLS} URLs, ~2 KiB JSON"),
+        "handler",
     );
     for _ in 0..settings.rounds {
         for setup in &setups {
@@ -199,7 +262,7 @@ pub async fn run(settings: &Settings, server: Option<&PrivateRedis>) -> Result<(
     if let Some(server) = server {
         server.reset_stats();
         let before = redis.stats().hits;
-        load(setups[1].addr, settings.duration).await?;
+        load(setups[4].addr, settings.duration).await?;
         print_commands_per_op(
             "CacheLayer hit (Redis)",
             Some(server),

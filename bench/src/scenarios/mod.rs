@@ -1,10 +1,13 @@
 //! Benchmark scenarios, one module per BENCHMARKS.md section.
 
+pub mod cluster;
 pub mod hit;
 pub mod http;
 pub mod local;
 pub mod macros;
 pub mod miss;
+pub mod profile;
+pub mod size;
 pub mod stampede;
 pub mod write_behind;
 

@@ -10,7 +10,7 @@ use crate::{
     breaker::Breaker,
     bus::{Bus, Listener},
     keys::KeySpace,
-    l1::{L1Tier, DEFAULT_L1_MAX_BYTES},
+    l1::{L1Tier, DEFAULT_L1_MAX_BYTES, IMPLICIT_L1_ENTRIES},
     metrics::{CacheMetrics, HotKeys},
     stampede::{flight::Flights, lock::LandedSignals},
     store::{endpoint::TlsConfig, Backend, MemoryStore, RedisStore, RedisStoreConfig, Store},
@@ -284,6 +284,13 @@ impl CacheBuilder {
     }
 
     /// Size bound of the embedded in-memory store, when no Redis is configured (default 256 MiB).
+    ///
+    /// The embedded store keeps entries encoded, as Redis does; a cache on it also keeps the
+    /// decoded values it last served in an L1 tier (as [`local`](Self::local) would, with
+    /// [`IMPLICIT_L1_ENTRIES`] entries and a quarter of this budget, at most
+    /// [`local_max_bytes`](Self::local_max_bytes), unless `local` says otherwise), so a hit
+    /// decodes nothing: the embedded store is in-process anyway, and its entries are coherent with
+    /// the tier the same way Redis entries are.
     pub fn memory_max_bytes(mut self, bytes: u64) -> Self {
         self.memory_max_bytes = bytes;
         self
@@ -428,6 +435,15 @@ impl CacheBuilder {
             .max_capacity(10_000)
             .time_to_live(crate::cache::REFRESH_RETRY_AFTER)
             .build();
+        // The embedded store (not shared) always reads through an L1 tier of decoded values.
+        let l1_bounds = match self.l1_entries {
+            Some(max) => Some((max, self.l1_max_bytes)),
+            None if !shared => Some((
+                IMPLICIT_L1_ENTRIES,
+                (self.memory_max_bytes / 4).min(self.l1_max_bytes),
+            )),
+            None => None,
+        };
         let breaker_config = self.breaker;
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let weak = weak.clone();
@@ -444,9 +460,9 @@ impl CacheBuilder {
                 name: name.clone(),
                 keys,
                 store,
-                l1: self.l1_entries.map(|max| {
+                l1: l1_bounds.map(|(max, bytes)| {
                     let metrics = metrics.clone();
-                    L1Tier::new(max, self.l1_max_bytes, move || metrics.l1_eviction())
+                    L1Tier::new(max, bytes, move || metrics.l1_eviction())
                 }),
                 breaker: Breaker::new(breaker_config, name, Some(Arc::new(on_transition))),
                 flights: Arc::new(Flights::default()),

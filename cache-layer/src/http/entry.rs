@@ -399,8 +399,13 @@ impl CacheStatus {
 
     pub(crate) fn header_value(&self) -> HeaderValue {
         match self {
-            CacheStatus::Hit { ttl } => value(format!("cache-layer; hit; ttl={ttl}")),
-            CacheStatus::Stale { ttl } => value(format!("cache-layer; hit; ttl={ttl}")),
+            // Every hit: written without the formatting machinery.
+            CacheStatus::Hit { ttl } | CacheStatus::Stale { ttl } => {
+                let mut text = String::with_capacity(40);
+                text.push_str("cache-layer; hit; ttl=");
+                crate::util::push_signed_decimal(&mut text, *ttl);
+                value(text)
+            }
             CacheStatus::Revalidated { status, stored } => value(format!(
                 "cache-layer; fwd=stale; fwd-status={status}{}",
                 if *stored { "; stored" } else { "" }
@@ -584,6 +589,10 @@ mod tests {
         assert_eq!(
             CacheStatus::Hit { ttl: 42 }.header_value(),
             "cache-layer; hit; ttl=42"
+        );
+        assert_eq!(
+            CacheStatus::Stale { ttl: -17 }.header_value(),
+            "cache-layer; hit; ttl=-17"
         );
         assert_eq!(
             CacheStatus::Miss { stored: true }.header_value(),

@@ -97,14 +97,13 @@ pub(crate) fn primary_for(
                 .get(header::HOST)
                 .map(|h| h.as_bytes())
                 .or_else(|| uri.authority().map(|a| a.as_str().as_bytes()))
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            let mut scheme_host = Vec::with_capacity(host.len() + 8);
+                .unwrap_or_default();
+            let mut scheme_host = Vec::with_capacity(host.len() + 16);
             if let Some(scheme) = uri.scheme_str() {
-                scheme_host.extend_from_slice(scheme.to_ascii_lowercase().as_bytes());
+                scheme_host.extend(scheme.bytes().map(|b| b.to_ascii_lowercase()));
                 scheme_host.extend_from_slice(b"://");
             }
-            scheme_host.extend_from_slice(&host);
+            scheme_host.extend(host.iter().map(u8::to_ascii_lowercase));
             field(&mut out, &scheme_host);
             field(&mut out, uri.path().as_bytes());
             match uri.query() {
@@ -122,10 +121,27 @@ pub(crate) fn primary_for(
     out
 }
 
+/// Up to this many distinct header names, [`has_header`] compares names instead of hashing.
+const SCAN_LIMIT: usize = 12;
+
+/// Whether `headers` has a field `name`. A request usually carries a handful of fields while
+/// the layer asks about dozens of names it must key on or refuse (forwarding headers,
+/// conditionals, credentials): comparing names costs less than hashing each one.
+pub(crate) fn has_header(headers: &HeaderMap, name: &HeaderName) -> bool {
+    if headers.keys_len() <= SCAN_LIMIT {
+        headers.keys().any(|present| present == name)
+    } else {
+        headers.contains_key(name)
+    }
+}
+
 /// The full key: the primary part plus the values of `keyed` request headers that are present.
 /// `keyed` must be sorted and free of duplicates.
 pub(crate) fn full(mut primary: String, headers: &HeaderMap, keyed: &[HeaderName]) -> String {
     for name in keyed {
+        if !has_header(headers, name) {
+            continue;
+        }
         let mut values = headers.get_all(name).iter().peekable();
         if values.peek().is_none() {
             continue;
@@ -166,10 +182,15 @@ impl std::fmt::Write for Len<'_> {
     }
 }
 
-/// Appends `<len>:<escaped bytes>|`, where `len` is the escaped length.
+/// Appends `<len>:<escaped bytes>|`, where `len` is the escaped length (in decimal, written
+/// without the formatting machinery: a key is built for every request).
 fn field(out: &mut String, bytes: &[u8]) {
     let escaped = escape(bytes);
-    let _ = write!(out, "{}:{}|", escaped.len(), escaped);
+    out.reserve(escaped.len() + 8);
+    crate::util::push_decimal(out, escaped.len() as u64);
+    out.push(':');
+    out.push_str(&escaped);
+    out.push('|');
 }
 
 /// Escapes bytes outside visible ASCII, `%`, `{`, `}` and `|` as `%XX` (injective).
@@ -215,7 +236,7 @@ fn normalized_query(query: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::Request;
+    use http::{HeaderValue, Request};
 
     fn key(uri: &str, headers: &[(&str, &str)]) -> String {
         key_with(uri, "GET", headers, &[])
@@ -234,6 +255,40 @@ mod tests {
             .collect();
         keyed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         full(primary(&parts, false, None), &parts.headers, &keyed)
+    }
+
+    #[test]
+    fn header_presence_by_scan_and_by_hash_agree() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("a"));
+        headers.insert("x-forwarded-host", HeaderValue::from_static("b"));
+        let names = [header::HOST, header::COOKIE, FORWARDING_HEADERS[1].clone()];
+        for extra in 0..20 {
+            for name in &names {
+                assert_eq!(
+                    has_header(&headers, name),
+                    headers.contains_key(name),
+                    "{name}"
+                );
+            }
+            headers.insert(
+                HeaderName::from_bytes(format!("x-extra-{extra}").as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+        }
+    }
+
+    #[test]
+    fn fields_are_length_prefixed_in_decimal() {
+        for len in [0usize, 1, 9, 10, 99, 100, 12_345] {
+            let bytes = "a".repeat(len);
+            let mut out = String::from("x");
+            field(&mut out, bytes.as_bytes());
+            assert_eq!(out, format!("x{len}:{bytes}|"));
+        }
+        let mut out = String::new();
+        field(&mut out, b"a|b");
+        assert_eq!(out, "5:a%7Cb|");
     }
 
     #[test]

@@ -50,7 +50,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{header, request, HeaderMap, HeaderName, Method, StatusCode};
 
-use super::{directives::CacheControl, layer::Config};
+use super::{directives::CacheControl, key::has_header, layer::Config};
 
 /// Request headers that ask the origin to act as another method: such requests are not cached.
 const METHOD_OVERRIDES: [HeaderName; 3] = [
@@ -119,10 +119,10 @@ pub(crate) fn request_is_cacheable(config: &Config, parts: &request::Parts) -> b
         header::UPGRADE,
     ]
     .iter()
-    .any(|name| headers.contains_key(name))
+    .any(|name| has_header(headers, name))
         || METHOD_OVERRIDES
             .iter()
-            .any(|name| headers.contains_key(name))
+            .any(|name| has_header(headers, name))
     {
         return false;
     }
@@ -160,7 +160,7 @@ fn has_body(headers: &HeaderMap) -> bool {
 
 /// `Authorization` or `Cookie` present.
 pub(crate) fn has_credentials(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE)
+    has_header(headers, &header::AUTHORIZATION) || has_header(headers, &header::COOKIE)
 }
 
 /// What a request's `Cache-Control` (and `Pragma`) asks of a stored response.

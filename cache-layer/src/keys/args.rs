@@ -15,28 +15,68 @@ use serde::ser::{self, Serialize};
 /// written with an injective, readable encoding of its serde data model (strings quoted and
 /// escaped, every compound value delimited), so two different argument tuples of one fn never
 /// share a key: `("a:b", "c")` is `("a:b","c")` and `("a", "b:c")` is `("a","b:c")`.
+///
+/// The key is written into one buffer as it goes (path, `(`, arguments); type parameters, when
+/// there are any, are spliced in after the fn name at the end.
 #[derive(Debug)]
 pub struct KeyBuilder {
+    /// `path::fn(` and the arguments written so far.
     key: String,
+    /// Where `::<generics>` goes: right after the fn name.
+    name_end: usize,
     generics: Vec<String>,
-    args: String,
     arg_count: usize,
     failed: bool,
+}
+
+/// Room reserved for the arguments beyond the path (a few integers or a short string fit).
+const ARGS_HINT: usize = 32;
+
+/// The `path::fn` part of a cached fn's keys, computed on its first call and kept in a static of
+/// the generated fn (it depends on the fn only, never on a call's arguments or instantiation).
+#[derive(Debug)]
+pub struct KeyPrefix(std::sync::OnceLock<String>);
+
+impl KeyPrefix {
+    /// A prefix not computed yet.
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        KeyPrefix(std::sync::OnceLock::new())
+    }
+}
+
+/// `container::fn_name` (just `fn_name` at the crate root of a path-less marker).
+fn fn_path(marker_path: &str, fn_name: &str) -> String {
+    let mut path = container_path(marker_path);
+    if !path.is_empty() {
+        path.push_str("::");
+    }
+    path.push_str(fn_name);
+    path
 }
 
 impl KeyBuilder {
     /// Starts a key. `marker_path` is the `type_name_of_val` of a fn item declared inside the
     /// generated fn (or a companion of it), `fn_name` the name of the cached fn.
     pub fn new(marker_path: &str, fn_name: &str) -> Self {
-        let mut key = container_path(marker_path);
-        if !key.is_empty() {
-            key.push_str("::");
-        }
-        key.push_str(fn_name);
+        Self::starting_with(&fn_path(marker_path, fn_name))
+    }
+
+    /// [`new`](Self::new) with the path taken from (or computed once into) `prefix`: what the
+    /// generated code calls, so a call does not re-derive its fn's path.
+    pub fn with_prefix(prefix: &KeyPrefix, marker_path: &str, fn_name: &str) -> Self {
+        Self::starting_with(prefix.0.get_or_init(|| fn_path(marker_path, fn_name)))
+    }
+
+    fn starting_with(path: &str) -> Self {
+        let mut key = String::with_capacity(path.len() + 2 + ARGS_HINT);
+        key.push_str(path);
+        let name_end = key.len();
+        key.push('(');
         KeyBuilder {
             key,
+            name_end,
             generics: Vec::new(),
-            args: String::new(),
             arg_count: 0,
             failed: false,
         }
@@ -44,7 +84,7 @@ impl KeyBuilder {
 
     /// Adds `Self` when the path alone does not tell the instantiation (`Repo<_>::get`).
     pub fn self_type(&mut self, self_type: &str) {
-        if has_erased_generics(&self.key) {
+        if has_erased_generics(&self.key[..self.name_end]) {
             self.generics.push(format!("Self={self_type}"));
         }
     }
@@ -62,10 +102,10 @@ impl KeyBuilder {
     /// Adds one argument.
     pub fn arg<T: KeyArg + ?Sized>(&mut self, value: &T) {
         if self.arg_count > 0 {
-            self.args.push(',');
+            self.key.push(',');
         }
         self.arg_count += 1;
-        if value.write_key(&mut self.args).is_err() {
+        if value.write_key(&mut self.key).is_err() {
             self.failed = true;
         }
     }
@@ -76,14 +116,11 @@ impl KeyBuilder {
             return None;
         }
         let mut key = self.key;
-        if !self.generics.is_empty() {
-            key.push_str("::<");
-            key.push_str(&self.generics.join(","));
-            key.push('>');
-        }
-        key.push('(');
-        key.push_str(&self.args);
         key.push(')');
+        if !self.generics.is_empty() {
+            let generics = format!("::<{}>", self.generics.join(","));
+            key.insert_str(self.name_end, &generics);
+        }
         Some(key)
     }
 }
@@ -211,7 +248,8 @@ impl<'a> KeySerializer<'a> {
     }
 }
 
-/// Scalar `serialize_*` methods that write their value with `Display` or `Debug`.
+/// Scalar `serialize_*` methods that write their value with `Display` or `Debug`, or (integers)
+/// with the crate's decimal writer, which writes what `Display` writes.
 macro_rules! written_with {
     (display: $($method:ident($ty:ty)),*) => {$(
         fn $method(self, v: $ty) -> Result<(), KeyError> {
@@ -225,6 +263,34 @@ macro_rules! written_with {
             Ok(())
         }
     )*};
+    (unsigned: $($method:ident($ty:ty)),*) => {$(
+        fn $method(self, v: $ty) -> Result<(), KeyError> {
+            crate::util::push_decimal(self.out, u64::from(v));
+            Ok(())
+        }
+    )*};
+    (signed: $($method:ident($ty:ty)),*) => {$(
+        fn $method(self, v: $ty) -> Result<(), KeyError> {
+            crate::util::push_signed_decimal(self.out, i64::from(v));
+            Ok(())
+        }
+    )*};
+}
+
+/// Appends `v` quoted and escaped, as `Debug` does: a string of printable ASCII without quote or
+/// backslash is written as is (`Debug` leaves every such character alone).
+fn push_quoted(out: &mut String, v: &str) -> Result<(), KeyError> {
+    if v.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.reserve(v.len() + 2);
+        out.push('"');
+        out.push_str(v);
+        out.push('"');
+    } else {
+        write!(out, "{v:?}")?;
+    }
+    Ok(())
 }
 
 /// `serialize_tuple_variant` and `serialize_struct_variant`: `E::V` then the delimited fields.
@@ -253,13 +319,17 @@ impl<'a> ser::Serializer for KeySerializer<'a> {
     type SerializeStruct = Compound<'a>;
     type SerializeStructVariant = Compound<'a>;
 
-    written_with!(display: serialize_bool(bool), serialize_i8(i8), serialize_i16(i16),
-        serialize_i32(i32), serialize_i64(i64), serialize_i128(i128), serialize_u8(u8),
-        serialize_u16(u16), serialize_u32(u32), serialize_u64(u64), serialize_u128(u128));
+    written_with!(display: serialize_bool(bool), serialize_i128(i128), serialize_u128(u128));
+    written_with!(unsigned: serialize_u8(u8), serialize_u16(u16), serialize_u32(u32),
+        serialize_u64(u64));
+    written_with!(signed: serialize_i8(i8), serialize_i16(i16), serialize_i32(i32),
+        serialize_i64(i64));
     // Debug keeps `1.0` distinct from the integer `1` and `-0.0` from `0.0`, and quotes and
     // escapes chars and strings.
-    written_with!(debug: serialize_f32(f32), serialize_f64(f64), serialize_char(char),
-        serialize_str(&str));
+    written_with!(debug: serialize_f32(f32), serialize_f64(f64), serialize_char(char));
+    fn serialize_str(self, v: &str) -> Result<(), KeyError> {
+        push_quoted(self.out, v)
+    }
     fn serialize_bytes(self, v: &[u8]) -> Result<(), KeyError> {
         self.out.push('x');
         for byte in v {
@@ -555,6 +625,60 @@ mod tests {
         let mut builder = KeyBuilder::new("app::Repo::get::__cache_path", "get");
         builder.self_type("app::Repo");
         assert_eq!(builder.finish().as_deref(), Some("app::Repo::get()"));
+    }
+
+    #[test]
+    fn fast_paths_write_what_display_and_debug_write() {
+        for v in [
+            0u64,
+            1,
+            9,
+            10,
+            99,
+            100,
+            12_345,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            assert_eq!(encode(&v), v.to_string());
+        }
+        for v in [0i64, -1, 7, -10, i64::from(i32::MIN), i64::MIN, i64::MAX] {
+            assert_eq!(encode(&v), v.to_string());
+        }
+        assert_eq!(encode(&u8::MAX), "255");
+        assert_eq!(encode(&i16::MIN), "-32768");
+        assert_eq!(encode(&u128::MAX), u128::MAX.to_string());
+        for s in [
+            "",
+            "plain",
+            "a:b c",
+            "quote\"",
+            "back\\slash",
+            "tab\t",
+            "new\nline",
+            "\u{7f}",
+            "caf\u{e9}",
+            "e\u{301}",
+            "\u{200b}",
+            "'single'",
+            "~!@#$%^&*()_+{}|<>?",
+        ] {
+            assert_eq!(encode(s), format!("{s:?}"), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn a_prefix_is_computed_once_and_gives_the_same_keys() {
+        static PREFIX: KeyPrefix = KeyPrefix::new();
+        let marker = "app::m::get::{{closure}}::__cache_path";
+        for id in [1u64, 2] {
+            let mut cached = KeyBuilder::with_prefix(&PREFIX, marker, "get");
+            let mut plain = KeyBuilder::new(marker, "get");
+            cached.arg(&id);
+            plain.arg(&id);
+            assert_eq!(cached.finish(), plain.finish());
+        }
+        assert_eq!(PREFIX.0.get().map(String::as_str), Some("app::m::get"));
     }
 
     #[test]

@@ -134,8 +134,14 @@ impl Handles {
 
 /// A counter bumped by every lookup from every thread, striped over cache-line-sized cells so
 /// threads do not fight over one line (reads sum the cells; they are rare).
-struct Striped {
+pub(crate) struct Striped {
     cells: [PaddedCell; STRIPES],
+}
+
+impl std::fmt::Debug for Striped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Striped").field(&self.get()).finish()
+    }
 }
 
 const STRIPES: usize = 8;
@@ -145,13 +151,13 @@ const STRIPES: usize = 8;
 struct PaddedCell(AtomicU64);
 
 impl Striped {
-    fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Striped {
-            cells: Default::default(),
+            cells: [const { PaddedCell(AtomicU64::new(0)) }; STRIPES],
         }
     }
 
-    fn increment(&self) {
+    pub(crate) fn increment(&self) {
         thread_local! {
             static STRIPE: usize = {
                 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -162,7 +168,7 @@ impl Striped {
         self.cells[stripe].0.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.cells
             .iter()
             .map(|cell| cell.0.load(Ordering::Relaxed))

@@ -31,7 +31,9 @@ use std::sync::{
 #[derive(Debug)]
 pub struct FunctionStats {
     name: &'static str,
-    hits: AtomicU64,
+    /// Bumped on every call of a cached fn that hits: striped, so concurrent callers on several
+    /// cores do not contend for one cache line.
+    hits: super::Striped,
     misses: AtomicU64,
     loads: AtomicU64,
     load_errors: AtomicU64,
@@ -61,7 +63,7 @@ impl FunctionStats {
     pub const fn new(name: &'static str) -> Self {
         FunctionStats {
             name,
-            hits: AtomicU64::new(0),
+            hits: super::Striped::new(),
             misses: AtomicU64::new(0),
             loads: AtomicU64::new(0),
             load_errors: AtomicU64::new(0),
@@ -78,7 +80,7 @@ impl FunctionStats {
 
     pub(crate) fn hit(&'static self) {
         self.register();
-        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.hits.increment();
     }
 
     pub(crate) fn miss(&'static self) {
@@ -98,7 +100,7 @@ impl FunctionStats {
     pub fn snapshot(&self) -> FunctionStatsSnapshot {
         FunctionStatsSnapshot {
             name: self.name,
-            hits: self.hits.load(Ordering::Relaxed),
+            hits: self.hits.get(),
             misses: self.misses.load(Ordering::Relaxed),
             loads: self.loads.load(Ordering::Relaxed),
             load_errors: self.load_errors.load(Ordering::Relaxed),

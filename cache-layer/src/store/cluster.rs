@@ -15,6 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwapOption;
+
 use bb8_redis::redis::{
     self,
     aio::MultiplexedConnection,
@@ -49,7 +51,12 @@ pub struct ClusterStore {
     nodes: Vec<String>,
     tls: TlsConfig,
     config: RedisStoreConfig,
-    connection: Arc<Mutex<Option<ClusterConnection>>>,
+    /// The shared connection, read lock-free by every operation (a clone of it is what runs the
+    /// command).
+    connection: Arc<ArcSwapOption<ClusterConnection>>,
+    /// Held while connecting, so concurrent first uses (or uses after a failure) make one
+    /// connection, not one each.
+    connecting: Arc<Mutex<()>>,
     /// Which master serves which slots (`CLUSTER SLOTS`, read at most every 10 s), for the
     /// write-behind writes that wait for a replica on a connection of their own.
     slots: Arc<std::sync::Mutex<Option<SlotMap>>>,
@@ -121,6 +128,7 @@ impl ClusterStore {
             tls: tls.clone(),
             config,
             connection: Default::default(),
+            connecting: Default::default(),
             slots: Default::default(),
             replicas: Default::default(),
         })
@@ -139,21 +147,31 @@ impl ClusterStore {
     }
 
     async fn connection(&self) -> Result<ClusterConnection, Error> {
-        let mut slot = self.connection.lock().await;
-        if let Some(conn) = slot.as_ref() {
+        if let Some(conn) = self.connection.load().as_deref() {
             return Ok(conn.clone());
         }
         // Rare (first use, after a failure): boxed, so every operation's future stays small.
-        let conn = Box::pin(self.client.get_async_connection())
+        Box::pin(self.connect()).await
+    }
+
+    /// Connects (or takes the connection another caller made meanwhile) and shares it.
+    async fn connect(&self) -> Result<ClusterConnection, Error> {
+        let _connecting = self.connecting.lock().await;
+        if let Some(conn) = self.connection.load().as_deref() {
+            return Ok(conn.clone());
+        }
+        let conn = self
+            .client
+            .get_async_connection()
             .await
             .map_err(Error::Redis)?;
-        *slot = Some(conn.clone());
+        self.connection.store(Some(Arc::new(conn.clone())));
         Ok(conn)
     }
 
     /// Drops the shared connection after a transport failure, so the next call reconnects.
-    async fn forget_connection(&self) {
-        *self.connection.lock().await = None;
+    fn forget_connection(&self) {
+        self.connection.store(None);
     }
 
     /// Runs `op` on the shared connection within the op timeout.
@@ -173,7 +191,7 @@ impl ClusterStore {
         };
         if let Err(Error::Redis(err)) = &result {
             if err.is_io_error() || err.is_connection_dropped() || err.is_unrecoverable_error() {
-                self.forget_connection().await;
+                self.forget_connection();
             }
         }
         result

@@ -1,0 +1,227 @@
+//! `bench --ops <operation> <n>`: runs one operation `n` times on one task (a current-thread
+//! runtime), after one untimed warm-up call, and prints nothing else: for instruction counts
+//! under `valgrind --tool=callgrind`, which are stable on a noisy machine where wall-clock rates
+//! are not. Run it for two values of `n`: the difference divided by the difference of `n` is the
+//! cost of one operation, without the setup.
+//!
+//! ```text
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p target/release/bench --ops l1 20000
+//! ```
+
+use std::time::Duration;
+
+use cache_layer::{cached, Cache, Policy};
+
+use super::{page, Page, KEYS};
+
+/// The operations, by name.
+pub const OPERATIONS: [&str; 11] = [
+    "http-handler",
+    "http-memory",
+    "http-l1",
+    "http-redis",
+    "moka",
+    "l1",
+    "macro-l1",
+    "raw-get",
+    "l2",
+    "memory",
+    "cluster-l2",
+];
+
+/// Redis timeouts of the caches here (under valgrind everything runs ~50x slower).
+const SLOW: Duration = Duration::from_secs(10);
+
+#[cached(ttl = 3600, cache = cache, skip = [cache], companions = false)]
+async fn cached_page(cache: &Cache, id: u64) -> Page {
+    page(id)
+}
+
+/// Runs `operation` `n` times.
+pub fn run(operation: &str, n: u64) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| err.to_string())?;
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let policy = Policy::ttl(Duration::from_secs(3600));
+    runtime.block_on(async move {
+        match operation {
+            "moka" => {
+                let moka: moka::sync::Cache<String, Page> = moka::sync::Cache::new(10_000);
+                let keys: Vec<String> = (0..KEYS).map(|id| format!("page:{id}")).collect();
+                for (id, key) in keys.iter().enumerate() {
+                    moka.insert(key.clone(), page(id as u64));
+                }
+                for i in 0..n {
+                    let v = moka.get(&keys[(i % KEYS) as usize]);
+                    assert!(v.is_some());
+                }
+            }
+            "l1" | "macro-l1" => {
+                let cache = Cache::builder()
+                    .namespace("bench-profile")
+                    .local(10_000)
+                    .build()
+                    .map_err(|err| err.to_string())?;
+                for id in 0..KEYS {
+                    let _: Page =
+                        cache
+                            .get_or_fetch(&format!("page:{id}"), &policy, move || async move {
+                                page(id)
+                            })
+                            .await;
+                    let _ = cached_page(&cache, id).await;
+                }
+                for i in 0..n {
+                    let id = i % KEYS;
+                    let v = if operation == "l1" {
+                        cache
+                            .get_or_fetch(&format!("page:{id}"), &policy, move || async move {
+                                page(id)
+                            })
+                            .await
+                    } else {
+                        cached_page(&cache, id).await
+                    };
+                    assert_eq!(v.id, id);
+                }
+                if cache.stats().loads != 2 * KEYS {
+                    return Err("an L1 read loaded".into());
+                }
+            }
+            "raw-get" => {
+                let mut conn = redis::Client::open(url.as_str())
+                    .map_err(|err| err.to_string())?
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|err| err.to_string())?;
+                for id in 0..KEYS {
+                    let bytes = rmp_serde::to_vec_named(&page(id)).map_err(|e| e.to_string())?;
+                    let () = redis::cmd("SET")
+                        .arg(format!("raw:page:{id}"))
+                        .arg(bytes)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|err| err.to_string())?;
+                }
+                for i in 0..n {
+                    let bytes: Option<Vec<u8>> = redis::cmd("GET")
+                        .arg(format!("raw:page:{}", i % KEYS))
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                    let decoded: Option<Page> = bytes.and_then(|b| rmp_serde::from_slice(&b).ok());
+                    assert!(decoded.is_some());
+                }
+            }
+            "l2" | "memory" | "cluster-l2" => {
+                // Generous timeouts: under valgrind everything runs ~50x slower.
+                let builder = Cache::builder()
+                    .namespace("bench-profile")
+                    .op_timeout(SLOW)
+                    .connect_timeout(SLOW);
+                let builder = match operation {
+                    "l2" => builder.redis(url.as_str()),
+                    "cluster-l2" => builder.redis_cluster(url.split(',')),
+                    _ => builder,
+                };
+                let cache = builder.build().map_err(|err| err.to_string())?;
+                for id in 0..KEYS {
+                    cache
+                        .set(&format!("page:{id}"), &page(id), &policy)
+                        .await
+                        .map_err(|err| err.to_string())?;
+                }
+                for i in 0..n {
+                    let id = i % KEYS;
+                    let v: Page =
+                        cache
+                            .get_or_fetch(&format!("page:{id}"), &policy, move || async move {
+                                page(id)
+                            })
+                            .await;
+                    assert_eq!(v.id, id);
+                }
+                if cache.stats().loads != 0 {
+                    return Err("a hit loaded".into());
+                }
+            }
+            "http-handler" | "http-memory" | "http-l1" | "http-redis" => {
+                http_hits(operation, &url, n).await?;
+            }
+            other => {
+                return Err(format!(
+                    "unknown operation {other:?}: one of {OPERATIONS:?}"
+                ))
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `n` GETs through the axum router of the HTTP section, called as a tower service (no TCP, no
+/// HTTP parsing: what differs between the rows is the layer's own work).
+async fn http_hits(operation: &str, url: &str, n: u64) -> Result<(), String> {
+    use axum::{routing::get, Router};
+    use cache_layer::CacheLayer;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let route = Router::new().route("/items/{id}", get(super::http::item));
+    let ttl = Duration::from_secs(600);
+    let builder = Cache::builder()
+        .namespace(format!("bench-profile-http-{}", std::process::id()))
+        .op_timeout(SLOW)
+        .connect_timeout(SLOW);
+    let (router, cache) = match operation {
+        "http-handler" => (route, None),
+        other => {
+            let builder = match other {
+                "http-memory" => builder,
+                "http-l1" => builder.redis(url).local(10_000),
+                _ => builder.redis(url),
+            };
+            let cache = builder.build().map_err(|err| err.to_string())?;
+            (
+                route.layer(CacheLayer::new(cache.clone()).ttl(ttl)),
+                Some(cache),
+            )
+        }
+    };
+    let get_one = |id: u64| {
+        let router = router.clone();
+        async move {
+            let request = axum::http::Request::get(format!("/items/{id}"))
+                .header("host", "bench.local")
+                .body(axum::body::Body::empty())
+                .map_err(|err| err.to_string())?;
+            let response = router
+                .oneshot(request)
+                .await
+                .map_err(|err| err.to_string())?;
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|err| err.to_string())?;
+            Ok::<usize, String>(body.to_bytes().len())
+        }
+    };
+    const URLS: u64 = 100;
+    for id in 0..URLS {
+        get_one(id).await?;
+    }
+    for i in 0..n {
+        let len = get_one(i % URLS).await?;
+        if len < 1000 {
+            return Err(format!("a {len}-byte body"));
+        }
+    }
+    if let Some(cache) = cache {
+        if cache.stats().loads != URLS {
+            return Err(format!("{} loads for {URLS} URLs", cache.stats().loads));
+        }
+    }
+    Ok(())
+}
