@@ -7,7 +7,9 @@
 //! - a write or invalidation the caller was told succeeded is never silently dropped (breaker
 //!   open, a timeout while the breaker stays closed);
 //! - a fill that raced a `delete`/`set` (every stampede mode) cannot put the old value back, in
-//!   Redis or in L1;
+//!   Redis or in L1; an L1 fill racing a `delete` does not outlive it, and the L1 copy from before
+//!   a `set` does not survive it when an eviction races the write;
+//! - a read racing the replay of an invalidation Redis missed never serves what it covered;
 //! - a distributed lock stays held while its (slow) load runs; a hung loader holds the other
 //!   callers of its key at most the policy's lock wait;
 //! - one source call per invalidation per key (the first reload is stored), with and without the
@@ -428,7 +430,10 @@ fn key_sharing_an_l1_ticket_with(key: &str) -> String {
 /// eviction ticket moved during the write (any eviction in the same ticket slot, a bus message).
 /// The previous value then stayed in L1, valid under the current epoch and tag versions (a `set`
 /// changes neither), and the writer's own reads returned it after the `set` was acknowledged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+///
+/// Single-threaded runtime: the set, polled once, has taken its ticket and sent its write, and
+/// nothing (its reply included) is processed until this test yields.
+#[tokio::test]
 async fn a_set_is_read_back_even_when_an_eviction_in_its_l1_slot_races_it() {
     let server = RedisServer::start();
     let a = instance(&server, "set-slot");
@@ -475,7 +480,10 @@ async fn a_set_is_read_back_even_when_an_eviction_in_its_l1_slot_races_it() {
 /// invalidations came after the answer: if the replay had got the invalidation in meanwhile (and
 /// so cleared it), the read served the value it covered. Pending invalidations are now checked
 /// before the epoch and the entry are read.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+///
+/// Single-threaded runtime: the read, polled once, has sent its `GET`, and looks at the answer
+/// only when polled again.
+#[tokio::test]
 async fn a_read_racing_the_replay_of_a_missed_invalidation_never_serves_what_it_covered() {
     let server = Arc::new(RedisServer::start());
     for kind in ["invalidate_namespace", "delete", "set", "invalidate_tag"] {

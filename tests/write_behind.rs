@@ -632,3 +632,199 @@ async fn in_memory_counters_follow_the_same_protocol() {
     let empty = views.flush_now_with_id(reliable_sink(&db)).await.unwrap();
     assert_eq!(empty.batches, 0);
 }
+
+// ----- replicas and overflow ----------------------------------------------------------------------
+
+/// The op timeout of [`cache_on`]: a replica acknowledgement is waited for `OP_TIMEOUT / 3`
+/// (generous: a replica on a loaded 2-core machine may need tens of milliseconds to answer).
+const OP_TIMEOUT: Duration = Duration::from_millis(900);
+
+/// A cache on `server` with [`OP_TIMEOUT`] and a short breaker cooldown.
+fn cache_on(server: &RedisServer) -> Cache {
+    Cache::builder()
+        .redis(server.url())
+        .namespace("wb")
+        .op_timeout(OP_TIMEOUT)
+        .breaker(BreakerConfig {
+            cooldown: Duration::from_millis(50),
+            ..BreakerConfig::default()
+        })
+        .build()
+        .unwrap()
+}
+
+/// Pushes what is buffered until Redis (and a replica) acknowledge it; bounded.
+async fn sync_within(views: &Counters, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        match views.sync().await {
+            Ok(()) => return,
+            Err(err) => assert!(Instant::now() < deadline, "buffer never pushed: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_replica_incr_returns_once_the_replica_has_the_increment() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&primary, &[]);
+    let cache = cache_on(&primary);
+    let views = cache.counters("views");
+    primary.reset_stats();
+
+    views
+        .incr("a", 2)
+        .await
+        .expect("acknowledged by the replica");
+    views
+        .incr("a", 3)
+        .await
+        .expect("acknowledged by the replica");
+    // WAIT returned: the replica has applied the push (it acknowledges the offset it applied).
+    let on_replica: i64 = replica.query(redis::cmd("HGET").arg(views.redis_key()).arg("a"));
+    assert_eq!(on_replica, 5);
+    assert!(
+        primary.command_calls("wait") >= 2,
+        "each awaited push waited for the replica: {:?}",
+        primary.cache_command_calls()
+    );
+
+    let db = Arc::new(Db::default());
+    let report = views.flush_now_with_id(reliable_sink(&db)).await.unwrap();
+    assert_eq!(report.batches, 1);
+    assert_eq!(db.totals(), HashMap::from([("a".to_owned(), 5)]));
+    let stats = views.stats();
+    assert_eq!((stats.unreplicated, stats.rejected), (0, 0), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_replica_makes_incr_and_flush_report_it_and_nothing_is_lost_or_doubled() {
+    let primary = RedisServer::start();
+    let replica = Arc::new(RedisServer::start_replica_of(&primary, &[]));
+    let cache = cache_on(&primary);
+    let views = cache.counters_with(
+        "views",
+        CountersConfig::default().retry(Duration::from_millis(10), Duration::from_millis(50)),
+    );
+    views.incr("a", 1).await.expect("replica up");
+
+    let paused = replica.clone();
+    tokio::task::spawn_blocking(move || paused.pause())
+        .await
+        .unwrap();
+    let err = views
+        .incr("a", 10)
+        .await
+        .expect_err("no replica acknowledges");
+    assert!(
+        matches!(err, Error::NotReplicated { timeout } if timeout == OP_TIMEOUT / 3),
+        "{err:?}"
+    );
+    // While no replica acknowledges, awaited increments are buffered and told at once.
+    let err = views.incr("b", 5).await.expect_err("still unacknowledged");
+    assert!(matches!(err, Error::NotReplicated { .. }), "{err:?}");
+    assert!(views.stats().buffered >= 2, "{:?}", views.stats());
+
+    // A flush does not hand the sink a batch no replica has (a failover would count it twice).
+    let db = Arc::new(Db::default());
+    let flushed = views.flush_now_with_id(reliable_sink(&db)).await;
+    assert!(
+        matches!(flushed, Err(Error::NotReplicated { .. })),
+        "{flushed:?}"
+    );
+    assert_eq!(db.batches(), 0, "nothing delivered");
+    let unreplicated = views.stats().unreplicated;
+    assert!(unreplicated >= 2, "push and seal counted: {unreplicated}");
+
+    let resumed = replica.clone();
+    tokio::task::spawn_blocking(move || resumed.resume())
+        .await
+        .unwrap();
+    sync_within(&views, Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(err) = views.flush_now_with_id(reliable_sink(&db)).await {
+        assert!(Instant::now() < deadline, "never flushed: {err}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        db.totals(),
+        HashMap::from([("a".to_owned(), 11), ("b".to_owned(), 5)]),
+        "every increment exactly once"
+    );
+    let stats = views.stats();
+    assert_eq!(stats.buffered, 0, "{stats:?}");
+    assert!(
+        stats.replayed >= 1,
+        "the unacknowledged push was resent, not applied twice: {stats:?}"
+    );
+    views
+        .incr("a", 1)
+        .await
+        .expect("the replica acknowledges again");
+}
+
+// One thread: both increments are buffered before the pusher runs, so they share one push.
+#[tokio::test]
+async fn an_increment_that_would_overflow_is_rejected_by_name_and_the_rest_of_its_push_applies() {
+    let server = RedisServer::start();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    let cache = Cache::builder()
+        .name("overflow")
+        .redis(server.url())
+        .namespace("wb")
+        .build()
+        .unwrap();
+    let views = metrics::with_local_recorder(&recorder, || cache.counters("views"));
+    let max = i64::MAX.to_string();
+    server.cli(&["HSET", views.redis_key(), "big", &max]);
+
+    let (big, small) = tokio::join!(views.incr("big", 1), views.incr("small", 3));
+    match big {
+        Err(Error::CounterRejected { counters, rejected }) => {
+            assert_eq!(counters, "views");
+            assert_eq!(rejected, vec![("big".to_owned(), 1)]);
+        }
+        other => panic!("expected CounterRejected, got {other:?}"),
+    }
+    small.expect("the other counter of the push applies");
+    assert_eq!(views.stats().pushes, 1, "one push carried both");
+    let stored: HashMap<String, String> =
+        server.query(redis::cmd("HGETALL").arg(views.redis_key()));
+    assert_eq!(stored["big"], max, "not incremented");
+    assert_eq!(stored["small"], "3");
+    assert_eq!(views.stats().rejected, 1);
+    let rendered = metrics.render();
+    assert!(
+        rendered
+            .lines()
+            .any(|line| line.starts_with("cache_counter_rejected_total")
+                && line.contains("counters=\"views\"")
+                && line.ends_with(" 1")),
+        "{rendered}"
+    );
+    // Reported, not retried: later increments of other ids are unaffected.
+    views.incr("small", 1).await.unwrap();
+    assert_eq!(views.stats().rejected, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_replicas_no_wait_is_sent() {
+    let server = RedisServer::start();
+    let cache = cache_on(&server);
+    let views = cache.counters("views");
+    server.reset_stats();
+    for i in 0..20 {
+        views.incr(&format!("k{}", i % 3), 1).await.unwrap();
+    }
+    let db = Arc::new(Db::default());
+    views.flush_now_with_id(reliable_sink(&db)).await.unwrap();
+    assert_eq!(db.totals().values().sum::<i64>(), 20);
+    let commandstats = server.info("commandstats");
+    assert!(
+        !commandstats.contains("cmdstat_wait"),
+        "no WAIT without replicas: {commandstats}"
+    );
+    assert_eq!(views.stats().unreplicated, 0);
+}

@@ -35,9 +35,51 @@ pub enum Error {
         /// The buffer's capacity in distinct ids.
         capacity: usize,
     },
+    /// Write-behind counters: the server has connected replicas and none acknowledged the write
+    /// (a push of increments, or the sealing or claiming of a batch) within `timeout` (`WAIT`).
+    ///
+    /// The write is on the primary but could be lost by a failover now, so it is not taken as
+    /// done: the increments stay buffered in this process and are pushed again (idempotently:
+    /// never counted twice) until a replica acknowledges them, and a batch is not handed to the
+    /// sink until a replica has it. Do not repeat the increment: it is already counted. Counted in
+    /// [`CounterStats::unreplicated`](crate::CounterStats::unreplicated) and
+    /// `cache_counter_unreplicated_total`.
+    #[error("no redis replica acknowledged the write-behind write within {timeout:?}: it is kept and retried until one does (do not repeat it)")]
+    NotReplicated {
+        /// How long the write waited for a replica (`WAIT 1 <timeout>`).
+        timeout: Duration,
+    },
+    /// Write-behind counters: Redis refused to increment these counters because the stored value
+    /// would overflow `i64` (`HINCRBY`: "increment or decrement would overflow").
+    ///
+    /// The listed deltas were not applied and are not retried (they never could be); every other
+    /// counter pushed with them was applied. Counted in
+    /// [`CounterStats::rejected`](crate::CounterStats::rejected) and
+    /// `cache_counter_rejected_total`.
+    #[error("write-behind counters {counters:?}: redis refused {} (the stored value would overflow i64); not applied", describe_rejected(.rejected))]
+    CounterRejected {
+        /// The counter set's name.
+        counters: String,
+        /// `(counter id, delta)` of each refused increment. The delta is what was pushed for that
+        /// id at once: the caller's increment plus any made concurrently with it.
+        rejected: Vec<(String, i64)>,
+    },
     /// A write-behind flush sink returned an error; the batch is kept and delivered again later.
     #[error("write-behind flush sink failed: {0}")]
     Sink(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// `id +delta, ...` for [`Error::CounterRejected`] (at most 10 listed).
+fn describe_rejected(rejected: &[(String, i64)]) -> String {
+    let mut out: Vec<String> = rejected
+        .iter()
+        .take(10)
+        .map(|(id, delta)| format!("{id:?} {delta:+}"))
+        .collect();
+    if rejected.len() > 10 {
+        out.push(format!("and {} more", rejected.len() - 10));
+    }
+    out.join(", ")
 }
 
 /// A plain-language summary of a Redis error, followed by the error itself.

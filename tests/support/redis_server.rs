@@ -117,6 +117,60 @@ impl RedisServer {
         Self::start_spec(Spec::redis(args))
     }
 
+    /// Starts a server replicating `primary` (`--replicaof`, with extra `args`) and waits
+    /// (bounded) until it acknowledges `primary`'s writes (see
+    /// [`wait_for_link_to`](Self::wait_for_link_to)). Sets the primary's `repl-diskless-sync-delay` to 0 first (the default
+    /// waits 5 s for more replicas before the initial sync).
+    pub fn start_replica_of(primary: &RedisServer, args: &[&str]) -> Self {
+        let _: () = primary.query(
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("repl-diskless-sync-delay")
+                .arg(0),
+        );
+        let port = primary.port().to_string();
+        let mut all = vec!["--replicaof", "127.0.0.1", port.as_str()];
+        all.extend_from_slice(args);
+        let replica = Self::start_with(&all);
+        replica.wait_for_link_to(primary);
+        replica
+    }
+
+    /// Waits (bounded) until this replica's link to `primary` is up and a replica acknowledges
+    /// `primary`'s writes: a probe write (`SET __harness:replica-probe`) followed by `WAIT 1 50`
+    /// returns 1. (After a diskless initial sync the primary streams writes only once the
+    /// replica's first `REPLCONF ACK` arrived, up to a second after the link is up.)
+    pub fn wait_for_link_to(&self, primary: &RedisServer) {
+        let mut last = String::new();
+        let up = super::wait_until(STARTUP_TIMEOUT, POLL, || {
+            let link = self.info_field("replication", "master_link_status");
+            if link.as_deref() != Some("up") {
+                last = format!("master_link_status {link:?}");
+                return false;
+            }
+            let mut conn = primary.connection();
+            let acked: redis::RedisResult<i64> = redis::pipe()
+                .cmd("SET")
+                .arg("__harness:replica-probe")
+                .arg(1)
+                .ignore()
+                .cmd("WAIT")
+                .arg(1)
+                .arg(50)
+                .query::<(i64,)>(&mut conn)
+                .map(|(n,)| n);
+            last = format!("link up, WAIT 1 50 after a write: {acked:?}");
+            matches!(acked, Ok(n) if n >= 1)
+        });
+        assert!(
+            up,
+            "replica on port {} did not sync with port {} within {STARTUP_TIMEOUT:?}: {last}\n{}",
+            self.port,
+            primary.port(),
+            self.log_tail(20)
+        );
+    }
+
     /// Starts a server whose port `P` satisfies the Redis Cluster constraints
     /// (`P < 55536`, `P + 10000` free). Used by [`super::RedisCluster`].
     pub fn start_cluster_node(args: &[&str]) -> Self {

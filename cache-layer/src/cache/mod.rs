@@ -128,7 +128,9 @@ fn is_health_failure(err: &Error) -> bool {
         Error::Redis(e) => !matches!(e.code(), Some("WRONGTYPE" | "OOM" | "READONLY" | "NOPERM")),
         Error::Timeout(_) => true,
         Error::BreakerOpen | Error::Encode(_) | Error::Config(_) => false,
-        Error::CounterOverflow { .. } | Error::Sink(_) => false,
+        // Redis answered: the write is on the primary (a replica lagging is not Redis failing).
+        Error::NotReplicated { .. } => false,
+        Error::CounterOverflow { .. } | Error::CounterRejected { .. } | Error::Sink(_) => false,
     }
 }
 
@@ -153,6 +155,9 @@ fn redis_outcome<R>(result: &Result<R, Error>) -> RedisOutcome {
         Ok(_) => RedisOutcome::Ok,
         Err(Error::Timeout(_)) => RedisOutcome::Timeout,
         Err(Error::BreakerOpen) => RedisOutcome::BreakerOpen,
+        // The primary ran the operation; only the replica acknowledgement is missing (counted
+        // by the write-behind metrics).
+        Err(Error::NotReplicated { .. }) => RedisOutcome::Ok,
         Err(Error::Redis(e))
             if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() =>
         {

@@ -9,13 +9,19 @@
 //! Keys that one script or transaction touches share a hash tag (see `keys.rs`), so no command here
 //! is cross-slot.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bb8_redis::redis::{
     self,
+    aio::MultiplexedConnection,
     cluster::{ClusterClient, ClusterClientBuilder},
     cluster_async::ClusterConnection,
-    FromRedisValue,
+    cluster_routing::{RoutingInfo, SingleNodeRoutingInfo},
+    AsyncConnectionConfig, ConnectionAddr, FromRedisValue, IntoConnectionInfo, Value,
 };
 use tokio::sync::Mutex;
 
@@ -23,8 +29,10 @@ use super::{
     commands::{self, impl_store, Raw, Resend},
     endpoint::{self, TlsConfig},
     redis::RedisStoreConfig,
+    replicas::{self, Replicas, REPLICA_INFO_TTL},
+    ReplicaAck,
 };
-use crate::Error;
+use crate::{util::lock, Error};
 
 /// A Redis Cluster [`Store`](super::Store).
 ///
@@ -41,7 +49,24 @@ pub struct ClusterStore {
     nodes: Vec<String>,
     tls: TlsConfig,
     config: RedisStoreConfig,
-    connection: std::sync::Arc<Mutex<Option<ClusterConnection>>>,
+    connection: Arc<Mutex<Option<ClusterConnection>>>,
+    /// Which master serves which slots (`CLUSTER SLOTS`, read at most every 10 s), for the
+    /// write-behind writes that wait for a replica on a connection of their own.
+    slots: Arc<std::sync::Mutex<Option<SlotMap>>>,
+    /// Each master's replicas, and idle connections for writes that wait for one.
+    replicas: Arc<Replicas>,
+}
+
+/// The slot ranges of the cluster and when they were read.
+type SlotMap = (Instant, Vec<SlotRange>);
+
+/// Slots `first..=last` are served by the master at `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SlotRange {
+    first: u16,
+    last: u16,
+    host: String,
+    port: u16,
 }
 
 impl std::fmt::Debug for ClusterStore {
@@ -96,6 +121,8 @@ impl ClusterStore {
             tls: tls.clone(),
             config,
             connection: Default::default(),
+            slots: Default::default(),
+            replicas: Default::default(),
         })
     }
 
@@ -153,6 +180,203 @@ impl ClusterStore {
     }
 }
 
+impl ClusterStore {
+    /// The master serving `key`'s slot (`None`: the slot map does not say).
+    async fn master_of(&self, key: &str) -> Result<Option<(String, u16)>, Error> {
+        let slot = key_slot(key.as_bytes());
+        let find = |ranges: &[SlotRange]| {
+            ranges
+                .iter()
+                .find(|r| (r.first..=r.last).contains(&slot))
+                .map(|r| (r.host.clone(), r.port))
+        };
+        if let Some((read_at, ranges)) = lock(&self.slots).as_ref() {
+            if read_at.elapsed() < REPLICA_INFO_TTL {
+                return Ok(find(ranges));
+            }
+        }
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SLOTS");
+        let reply: Value = Raw::query(self, &cmd, Resend::Safe).await?;
+        let ranges = parse_cluster_slots(reply);
+        let master = find(&ranges);
+        *lock(&self.slots) = Some((Instant::now(), ranges));
+        Ok(master)
+    }
+
+    /// Makes the next replicated write read the slot map again (a slot moved, a failover).
+    fn forget_slots(&self) {
+        *lock(&self.slots) = None;
+    }
+
+    /// The connected replicas of the master at `host:port` (`INFO replication` on that node,
+    /// remembered for 10 s).
+    async fn replica_count(&self, node: &str, host: &str, port: u16) -> Result<u32, Error> {
+        if let Some(count) = self.replicas.cached(node) {
+            return Ok(count);
+        }
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+            host: host.to_owned(),
+            port,
+        });
+        let reply = self
+            .run(|mut conn| async move {
+                let mut cmd = redis::cmd("INFO");
+                cmd.arg("replication");
+                let value = conn.route_command(cmd, routing).await?;
+                Ok(String::from_redis_value(value)?)
+            })
+            .await;
+        self.replicas.learn(node, reply)
+    }
+
+    /// A connection of its own to the node at `host:port`, with the settings (credentials, TLS)
+    /// of the first seed URL.
+    async fn own_connection(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> redis::RedisResult<MultiplexedConnection> {
+        let seed = self.nodes[0].as_str().into_connection_info()?;
+        let addr = match seed.addr() {
+            ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: *insecure,
+                tls_params: None,
+            },
+            _ => ConnectionAddr::Tcp(host.to_owned(), port),
+        };
+        let info = seed.set_addr(addr);
+        #[cfg(feature = "tls")]
+        let client = if self.tls.is_default() {
+            redis::Client::open(info)?
+        } else {
+            redis::Client::build_with_tls(info, self.tls.certificates())?
+        };
+        #[cfg(not(feature = "tls"))]
+        let client = redis::Client::open(info)?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.config.connect_timeout))
+            .set_response_timeout(Some(self.config.op_timeout));
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    /// [`Raw::invoke_acked`] within one op timeout.
+    async fn invoke_acked_now<T: FromRedisValue + Send>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        key: &str,
+        resend: Resend,
+    ) -> Result<(T, ReplicaAck), Error> {
+        let timeout = replicas::ack_timeout(self.config.op_timeout);
+        let mut retries = 1;
+        loop {
+            let master = self.master_of(key).await?;
+            let Some((host, port)) = master.filter(|(host, _)| !host.is_empty() && host != "?")
+            else {
+                // No usable address for the slot's master: run it as any other script.
+                let reply = Raw::invoke(self, invocation, resend).await?;
+                return Ok((reply, ReplicaAck::NoReplicas));
+            };
+            let node = format!("{host}:{port}");
+            if self.replica_count(&node, &host, port).await? == 0 {
+                let reply = Raw::invoke(self, invocation, resend).await?;
+                return Ok((reply, ReplicaAck::NoReplicas));
+            }
+            let connect = || self.own_connection(&host, port);
+            match replicas::invoke_on_own_connection(
+                &self.replicas,
+                &node,
+                connect,
+                invocation,
+                timeout,
+            )
+            .await
+            {
+                Ok(done) => return Ok(done),
+                Err(err) => {
+                    if replicas::not_run_here(&err) {
+                        // The slot moved or its master failed over: read the slot map again.
+                        self.forget_slots();
+                    }
+                    if retries > 0 && replicas::may_resend(&err, resend) {
+                        retries -= 1;
+                        tracing::debug!(error = %err, node = %node,
+                            "write-behind write retried on a new connection");
+                        continue;
+                    }
+                    return Err(if err.is_timeout() {
+                        Error::Timeout(self.config.op_timeout)
+                    } else {
+                        Error::Redis(err)
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag (the first non-empty
+/// `{...}`) or of the whole key, modulo 16384.
+fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let len = rest.iter().position(|&b| b == b'}')?;
+        (len > 0).then(|| &rest[..len])
+    });
+    crc16(tagged.unwrap_or(key)) % 16384
+}
+
+/// CRC16-CCITT (XMODEM), the checksum Redis Cluster hashes keys with.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in bytes {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// The slot ranges and their masters out of a `CLUSTER SLOTS` reply (entries it cannot read are
+/// skipped).
+fn parse_cluster_slots(reply: Value) -> Vec<SlotRange> {
+    let Value::Array(entries) = reply else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|entry| {
+            let Value::Array(fields) = entry else {
+                return None;
+            };
+            let mut fields = fields.into_iter();
+            let first = u16::from_redis_value(fields.next()?).ok()?;
+            let last = u16::from_redis_value(fields.next()?).ok()?;
+            let Value::Array(master) = fields.next()? else {
+                return None;
+            };
+            let mut master = master.into_iter();
+            let host = String::from_redis_value(master.next()?).ok()?;
+            let port = u16::from_redis_value(master.next()?).ok()?;
+            Some(SlotRange {
+                first,
+                last,
+                host,
+                port,
+            })
+        })
+        .collect()
+}
+
 /// The cluster connection never resends on its own: redis-rs already retries a command whose
 /// node moved or failed over, so `Resend` is not needed here.
 impl Raw for ClusterStore {
@@ -174,6 +398,22 @@ impl Raw for ClusterStore {
             .await
     }
 
+    async fn invoke_acked<T: FromRedisValue + Send>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        key: &str,
+        resend: Resend,
+    ) -> Result<(T, ReplicaAck), Error> {
+        let op_timeout = self.config.op_timeout;
+        // Boxed: the nested futures would otherwise make every caller's future type too deep
+        // (one allocation per push, seal or claim).
+        let attempt = Box::pin(self.invoke_acked_now(invocation, key, resend));
+        match tokio::time::timeout(op_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(Error::Timeout(op_timeout)),
+        }
+    }
+
     /// Keys live in different slots: one `GET` each, concurrently (no cross-slot command).
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
         let reads = keys.iter().map(|key| commands::get(self, key));
@@ -190,3 +430,67 @@ impl Raw for ClusterStore {
 }
 
 impl_store!(ClusterStore);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_slots_match_redis_cluster() {
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        // Values from `CLUSTER KEYSLOT`.
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"somekey"), 11058);
+        assert_eq!(key_slot(b"foo{hash_tag}"), 2515);
+        assert_eq!(key_slot(b"{hash_tag}:x"), 2515);
+        assert_eq!(
+            key_slot(b"foo{}{bar}"),
+            8363,
+            "an empty tag: the whole key is hashed"
+        );
+        assert_eq!(key_slot(b"bar"), 5061);
+    }
+
+    #[test]
+    fn cluster_slots_replies_are_parsed_into_masters() {
+        let node = |host: &str, port: i64, id: &str| {
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(id.as_bytes().to_vec()),
+            ])
+        };
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node("127.0.0.1", 30001, "a"),
+                node("127.0.0.1", 30004, "d"),
+            ]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(16383),
+                node("10.0.0.2", 30002, "b"),
+            ]),
+            Value::Int(7),
+        ]);
+        assert_eq!(
+            parse_cluster_slots(reply),
+            vec![
+                SlotRange {
+                    first: 0,
+                    last: 5460,
+                    host: "127.0.0.1".into(),
+                    port: 30001
+                },
+                SlotRange {
+                    first: 5461,
+                    last: 16383,
+                    host: "10.0.0.2".into(),
+                    port: 30002
+                },
+            ]
+        );
+        assert!(parse_cluster_slots(Value::Nil).is_empty());
+    }
+}

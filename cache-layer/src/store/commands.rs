@@ -8,7 +8,8 @@ use std::{collections::HashMap, future::Future, time::Duration};
 use bb8_redis::redis::{self, Cmd, FromRedisValue, ScriptInvocation};
 
 use super::{
-    scripts, CounterKeys, LockToken, NamespaceBump, PushOutcome, Subscription, TagField, TagTimes,
+    scripts, CounterKeys, LockToken, NamespaceBump, PushOutcome, ReplicaAck, Subscription,
+    TagField, TagTimes,
 };
 use crate::{util::millis_at_least_one, Error};
 
@@ -37,6 +38,16 @@ pub(super) trait Raw: Send + Sync {
         invocation: &ScriptInvocation<'_>,
         resend: Resend,
     ) -> impl Future<Output = Result<T, Error>> + Send;
+
+    /// Invokes a write-behind script (all its keys in `key`'s hash slot) and, where the server
+    /// owning them has connected replicas, `WAIT`s for one to acknowledge it (see
+    /// `store/replicas.rs`); all within the op timeout.
+    fn invoke_acked<T: FromRedisValue + Send>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+        key: &str,
+        resend: Resend,
+    ) -> impl Future<Output = Result<(T, ReplicaAck), Error>> + Send;
 
     /// `GET` of keys that may live in different hash slots.
     fn get_many(
@@ -305,10 +316,13 @@ pub(super) async fn counters_push<R: Raw>(
         invocation.arg(id).arg(*delta);
     }
     // Resending is safe: the sequence number makes the push idempotent.
-    let (applied, rejected): (i64, Vec<String>) = raw.invoke(&invocation, Resend::Safe).await?;
+    let ((applied, rejected), replica): ((i64, Vec<String>), ReplicaAck) = raw
+        .invoke_acked(&invocation, keys.live(), Resend::Safe)
+        .await?;
     Ok(PushOutcome {
         applied: applied != 0,
         rejected,
+        replica,
     })
 }
 
@@ -330,7 +344,14 @@ pub(super) async fn counters_seal<R: Raw>(
         .arg(millis_at_least_one(lease));
     // Not resent: a resend after it landed would fail on the batch-id check (and the next cycle
     // claims the batch this one sealed anyway).
-    let sealed: i64 = raw.invoke(&invocation, Resend::Never).await?;
+    let (sealed, replica): (i64, ReplicaAck) = raw
+        .invoke_acked(&invocation, keys.live(), Resend::Never)
+        .await?;
+    if sealed == 1 {
+        // Unacknowledged: not handed to the sink now (a failover could bring the live hash back
+        // and count it twice); the claim of the next cycle waits for the replica again.
+        replica.check()?;
+    }
     Ok(sealed == 1)
 }
 
@@ -346,7 +367,14 @@ pub(super) async fn counters_claim<R: Raw>(
         .key(keys.leases())
         .arg(token)
         .arg(millis_at_least_one(lease));
-    raw.invoke(&invocation, Resend::Never).await
+    let (claimed, replica): (Option<String>, ReplicaAck) = raw
+        .invoke_acked(&invocation, keys.live(), Resend::Never)
+        .await?;
+    if claimed.is_some() {
+        // The claim wrote its lease, so the acknowledgement covers the batch's sealing too.
+        replica.check()?;
+    }
+    Ok(claimed)
 }
 
 pub(super) async fn counters_renew<R: Raw>(

@@ -16,7 +16,7 @@ use moka::{
 use tokio::sync::broadcast;
 
 use super::{
-    commands::parse_version, CounterKeys, LockToken, NamespaceBump, PushOutcome, Store,
+    commands::parse_version, CounterKeys, LockToken, NamespaceBump, PushOutcome, ReplicaAck, Store,
     Subscription, TagField, TagTimes,
 };
 use crate::{
@@ -483,6 +483,7 @@ impl CounterSet {
             return PushOutcome {
                 applied: false,
                 rejected: Vec::new(),
+                replica: ReplicaAck::NoReplicas,
             };
         }
         *last = seq;
@@ -494,6 +495,7 @@ impl CounterSet {
         PushOutcome {
             applied: true,
             rejected,
+            replica: ReplicaAck::NoReplicas,
         }
     }
 

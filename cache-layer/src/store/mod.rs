@@ -7,7 +7,8 @@
 //!
 //! The store owns every Redis-level operation, as a domain operation: entries (get, set, delete,
 //! get-many, conditional fill), tag records, namespace versions, entry locks, pub/sub, the server
-//! clock and the write-behind counters' protocol. Nothing outside this module builds a Redis
+//! clock and the write-behind counters' protocol (with a replica's acknowledgement where the server
+//! has replicas: `replicas.rs`). Nothing outside this module builds a Redis
 //! command or names a redis-rs type (except the error conversion in `error.rs`); all Lua lives in
 //! `scripts.rs`. The three stores implement the whole trait; the in-memory store keeps the same
 //! semantics in process (its clock is the local one, its pub/sub reaches this process only).
@@ -21,6 +22,7 @@ mod commands;
 pub(crate) mod endpoint;
 mod memory;
 mod redis;
+mod replicas;
 mod scripts;
 mod subscription;
 
@@ -135,6 +137,48 @@ pub struct PushOutcome {
     pub applied: bool,
     /// Ids whose stored value would have overflowed `i64` (not incremented).
     pub rejected: Vec<String>,
+    /// Whether a replica has the push (everything this push made true, a resend included).
+    pub replica: ReplicaAck,
+}
+
+/// Whether a write-behind write (a push, the sealing or claiming of a batch) reached a replica.
+///
+/// Where the server has connected replicas (`INFO replication` `connected_slaves`, read at most
+/// every 10 s, per node on a Cluster), the write's script is followed by `WAIT 1 <timeout>` on
+/// a connection of its own (`WAIT` blocks its connection, so it never runs on one that other
+/// callers share). Without replicas nothing is waited for and no command is added.
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_layer::store::ReplicaAck;
+///
+/// assert!(ReplicaAck::NoReplicas.is_settled());
+/// assert!(ReplicaAck::Acknowledged(1).is_settled());
+/// assert!(!ReplicaAck::TimedOut(Duration::from_millis(83)).is_settled());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaAck {
+    /// The server has no connected replica (or a store in this process): nothing to wait for.
+    NoReplicas,
+    /// This many replicas acknowledged the write.
+    Acknowledged(u32),
+    /// No replica acknowledged the write within this time.
+    TimedOut(Duration),
+}
+
+impl ReplicaAck {
+    /// The write is as durable as the deployment allows: acknowledged, or nothing to wait for.
+    pub fn is_settled(self) -> bool {
+        !matches!(self, ReplicaAck::TimedOut(_))
+    }
+
+    /// `Err(Error::NotReplicated)` when no replica acknowledged in time.
+    pub(crate) fn check(self) -> Result<(), Error> {
+        match self {
+            ReplicaAck::TimedOut(timeout) => Err(Error::NotReplicated { timeout }),
+            ReplicaAck::NoReplicas | ReplicaAck::Acknowledged(_) => Ok(()),
+        }
+    }
 }
 
 /// A Redis server's eviction settings (`maxmemory-policy` and `maxmemory`, from `INFO memory`).
@@ -333,7 +377,10 @@ pub trait Store: Send + Sync + 'static {
     // ----- write-behind counters ---------------------------------------------------------------
 
     /// Applies one push of `(id, delta)` increments from writer `token` exactly once per `seq`
-    /// (the writer's record lives for `writer_ttl`).
+    /// (the writer's record lives for `writer_ttl`). Where the server has replicas, waits (a
+    /// third of the op timeout) for one to acknowledge it and says so in
+    /// [`PushOutcome::replica`]; a resend of a push that had landed is acknowledged only once a
+    /// replica has the original too.
     fn counters_push(
         &self,
         keys: &CounterKeys,
@@ -344,7 +391,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<PushOutcome, Error>> + Send;
 
     /// Seals the live hash into batch `id`, leased to `token` for `lease`; `false` when there was
-    /// nothing to seal.
+    /// nothing to seal. Where the server has replicas: [`Error::NotReplicated`] when none
+    /// acknowledged the seal in time (the batch is sealed on the primary; the next
+    /// [`counters_claim`](Store::counters_claim) of `token` finds it).
     fn counters_seal(
         &self,
         keys: &CounterKeys,
@@ -353,7 +402,9 @@ pub trait Store: Send + Sync + 'static {
         lease: Duration,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
 
-    /// Claims the oldest sealed batch nobody else holds, leased to `token` for `lease`.
+    /// Claims the oldest sealed batch nobody else holds, leased to `token` for `lease`. Where the
+    /// server has replicas: [`Error::NotReplicated`] when none acknowledged the claim (and with
+    /// it the batch's sealing) in time; the batch stays leased to `token`.
     fn counters_claim(
         &self,
         keys: &CounterKeys,

@@ -44,6 +44,8 @@ use tokio::{sync::watch, time::Instant};
 
 use super::commands::{self, impl_store, Raw, Resend};
 use super::endpoint::{self, Endpoint, TlsConfig};
+use super::replicas::{self, Replicas};
+use super::ReplicaAck;
 use crate::Error;
 
 /// Connection settings of a [`RedisStore`].
@@ -270,7 +272,14 @@ pub struct RedisStore {
     config: RedisStoreConfig,
     connect_failures: Arc<ConnectFailures>,
     recent: Arc<RecentConnections>,
+    /// How connections are made (the pool's, and the write-behind `WAIT` connections').
+    connection_config: AsyncConnectionConfig,
+    /// Whether the server has replicas, and idle connections for writes that wait for one.
+    replicas: Arc<Replicas>,
 }
+
+/// The server's name in [`Replicas`] (one node; behind Sentinel, whichever is the master).
+const NODE: &str = "";
 
 /// A pooled connection as shared through a [`RecentConnections`] slot.
 struct SharedConnection {
@@ -405,7 +414,7 @@ impl RedisStore {
         let connect_failures = Arc::new(watch::Sender::new(None));
         let manager = Manager {
             endpoint: endpoint.clone(),
-            connection_config,
+            connection_config: connection_config.clone(),
             connect_failures: connect_failures.clone(),
         };
         let pool = bb8::Pool::builder()
@@ -426,6 +435,8 @@ impl RedisStore {
             config,
             connect_failures,
             recent,
+            connection_config,
+            replicas: Arc::default(),
         })
     }
 
@@ -541,6 +552,62 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// The server's connected replicas (`INFO replication`, remembered for 10 s).
+    async fn replica_count(&self) -> Result<u32, Error> {
+        if let Some(count) = self.replicas.cached(NODE) {
+            return Ok(count);
+        }
+        let info = redis::cmd("INFO").arg("replication").clone();
+        let reply = Raw::query::<String>(self, &info, Resend::Safe).await;
+        self.replicas.learn(NODE, reply)
+    }
+
+    /// A new connection of its own (not pooled) to the server, for a write followed by `WAIT`.
+    async fn own_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let client = self.endpoint.client().await?;
+        client
+            .get_multiplexed_async_connection_with_config(&self.connection_config)
+            .await
+    }
+
+    /// [`Raw::invoke_acked`] within one op timeout.
+    async fn invoke_acked_now<T: FromRedisValue + Send>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        resend: Resend,
+    ) -> Result<(T, ReplicaAck), Error> {
+        if self.replica_count().await? == 0 {
+            let reply = Raw::invoke(self, invocation, resend).await?;
+            return Ok((reply, ReplicaAck::NoReplicas));
+        }
+        let timeout = replicas::ack_timeout(self.config.op_timeout);
+        let mut retries = 1;
+        loop {
+            let connect = || self.own_connection();
+            match replicas::invoke_on_own_connection(
+                &self.replicas,
+                NODE,
+                connect,
+                invocation,
+                timeout,
+            )
+            .await
+            {
+                Ok(done) => return Ok(done),
+                Err(err) if retries > 0 && replicas::may_resend(&err, resend) => {
+                    // Behind Sentinel, a failover made the server a replica: the next connection
+                    // goes to the new master.
+                    retries -= 1;
+                    tracing::debug!(error = %err, "write-behind write retried on a new connection");
+                }
+                Err(err) if err.is_timeout() => return Err(Error::Timeout(self.config.op_timeout)),
+                Err(err) => return Err(Error::Redis(err)),
+            }
+        }
+    }
+}
+
 fn check_timeouts(config: &RedisStoreConfig) -> Result<(), Error> {
     if config.op_timeout.is_zero() || config.connect_timeout.is_zero() {
         return Err(Error::Config(
@@ -570,6 +637,22 @@ impl Raw for RedisStore {
             |mut conn| async move { conn.invoke(invocation).await },
         )
         .await
+    }
+
+    async fn invoke_acked<T: FromRedisValue + Send>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        _key: &str,
+        resend: Resend,
+    ) -> Result<(T, ReplicaAck), Error> {
+        let op_timeout = self.config.op_timeout;
+        // Boxed: the nested futures would otherwise make every caller's future type too deep
+        // (one allocation per push, seal or claim).
+        let attempt = Box::pin(self.invoke_acked_now(invocation, resend));
+        match tokio::time::timeout(op_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(Error::Timeout(op_timeout)),
+        }
     }
 
     /// One node holds every key: one pipelined round trip.

@@ -161,15 +161,22 @@ return 1
 /// writer-key TTL (ms), then field/delta pairs. Returns `{applied (0|1), {fields that failed}}`.
 ///
 /// A push whose sequence number the writer key already holds (or exceeds) is a retry of one that
-/// landed (its reply was lost): it is acknowledged without being applied again. The check, the
-/// increments and the new sequence number are one script, so they land (and reach the AOF)
-/// together or not at all. HINCRBY runs under `pcall` so one field that would overflow cannot
-/// abort the script halfway (scripts are not rolled back).
+/// landed (its reply was lost, or no replica acknowledged it): it is acknowledged without being
+/// applied again. The retry still rewrites the writer key (same value, fresh TTL): a write
+/// `WAIT` can count, so a `WAIT` after the retry returns only once a replica has everything up
+/// to it, the original push included (`WAIT` waits for the connection's last *write*; a retry
+/// that wrote nothing would be acknowledged at once on a fresh connection). The check, the
+/// increments and the new sequence number are one script, so they land (and reach the AOF and
+/// the replicas) together or not at all. HINCRBY runs under `pcall` so one field that would
+/// overflow cannot abort the script halfway (scripts are not rolled back).
 pub(crate) static COUNTERS_PUSH: Lua = Lua::new(
     r#"
 local seq = tonumber(ARGV[1])
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
-if seq <= last then return {0, {}} end
+local last = redis.call('GET', KEYS[2])
+if seq <= tonumber(last or '0') then
+  redis.call('SET', KEYS[2], last, 'PX', ARGV[2])
+  return {0, {}}
+end
 local kind = redis.call('TYPE', KEYS[1]).ok
 if kind ~= 'hash' and kind ~= 'none' then
   return redis.error_reply('WRONGTYPE write-behind counters key holds a ' .. kind)
@@ -472,9 +479,14 @@ mod tests {
         let (applied, failed): (i64, Vec<String>) =
             push(1, "a", 2).invoke_async(&mut conn).await.unwrap();
         assert_eq!((applied, failed.len()), (1, 0));
+        let _: () = conn.pexpire(&writer, 1_000).await.unwrap();
         let (applied, _): (i64, Vec<String>) =
             push(1, "a", 2).invoke_async(&mut conn).await.unwrap();
         assert_eq!(applied, 0, "a resent push is not applied twice");
+        // ... but it still writes (the writer key, same value, fresh TTL), so a WAIT after it
+        // covers the original push.
+        assert_eq!(conn.get::<_, String>(&writer).await.unwrap(), "1");
+        assert!(conn.pttl::<_, i64>(&writer).await.unwrap() > 1_000);
         let _: () = conn.hset(&live, "big", i64::MAX).await.unwrap();
         let (applied, failed): (i64, Vec<String>) =
             push(2, "big", 1).invoke_async(&mut conn).await.unwrap();

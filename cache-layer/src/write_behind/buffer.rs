@@ -9,6 +9,14 @@
 //! again with the same sequence number until Redis acknowledges it: the script applies a sequence
 //! number at most once, so a push whose reply was lost (Redis killed after applying it) is not
 //! counted twice, and one that never landed is not lost.
+//!
+//! What a waiter learns: each generation has a [`Generation`] record the waiters hold. Before the
+//! pusher publishes a generation's fate it records there the ids Redis refused (the stored value
+//! would overflow `i64`), so each waiter of a refused id gets [`Error::CounterRejected`] and the
+//! others `Ok`. Where the server has replicas, a chunk counts as landed only once a replica
+//! acknowledged it: until then it stays frozen and is resent (a resend is never applied twice),
+//! and the waiters are told [`Error::NotReplicated`] (`Progress::unreplicated`), as are later
+//! awaited increments until a replica acknowledges again.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -35,6 +43,52 @@ use crate::{
 pub(crate) struct Chunk {
     seq: u64,
     entries: Vec<(String, i64)>,
+    /// The generation the deltas belong to.
+    generation: Arc<Generation>,
+}
+
+/// What became of one generation's increments, beyond landing: kept by its waiters.
+#[derive(Debug, Default)]
+pub(crate) struct Generation {
+    number: u64,
+    /// Ids Redis refused to increment, with the refused delta.
+    rejected: Mutex<HashMap<String, i64>>,
+}
+
+impl Generation {
+    fn new(number: u64) -> Arc<Self> {
+        Arc::new(Generation {
+            number,
+            rejected: Mutex::default(),
+        })
+    }
+
+    /// The delta of `id` Redis refused, if it did.
+    fn rejected(&self, id: &str) -> Option<i64> {
+        lock(&self.rejected).get(id).copied()
+    }
+}
+
+/// What `CounterSet::add` did with an increment.
+#[derive(Debug)]
+pub(crate) enum Added {
+    /// Applied (a store in this process), or buffered while Redis is unavailable.
+    Done,
+    /// Buffered; wait for this generation's push.
+    Wait(Arc<Generation>),
+    /// Buffered while no replica acknowledges pushes: reported at once.
+    Unreplicated(Duration),
+}
+
+/// How the last push went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    /// Landed (and acknowledged by a replica where there are replicas).
+    Healthy,
+    /// Redis is unavailable: `incr` returns once buffered instead of waiting for a push.
+    Degraded,
+    /// Redis took it but no replica acknowledged it within this time: awaited `incr`s are told.
+    Unreplicated(Duration),
 }
 
 #[derive(Debug)]
@@ -43,6 +97,8 @@ pub(crate) struct BufferState {
     map: HashMap<String, i64>,
     /// Generation of the increments in `map`.
     gen: u64,
+    /// Its record, handed to its waiters.
+    current: Arc<Generation>,
     /// Chunks being pushed, oldest first, all of generation `frozen_gen`.
     frozen: VecDeque<Arc<Chunk>>,
     frozen_gen: u64,
@@ -51,8 +107,7 @@ pub(crate) struct BufferState {
     /// The ids in `frozen`, built only when the buffer is full (an id being pushed still fits).
     frozen_set: Option<std::collections::HashSet<String>>,
     next_seq: u64,
-    /// Redis is unavailable: `incr` returns once buffered instead of waiting for a push.
-    degraded: bool,
+    health: Health,
     /// Identity of the running pusher task (0: none).
     pusher: u64,
     pushers_started: u64,
@@ -79,6 +134,10 @@ pub(crate) struct Progress {
     pushed: u64,
     /// Waiters of a generation `<= released` stop waiting (Redis unavailable: kept in memory).
     released: u64,
+    /// Waiters of a generation `<= unreplicated` stop waiting with [`Error::NotReplicated`]: a
+    /// push was not acknowledged by a replica within `ack_timeout` (kept and resent).
+    unreplicated: u64,
+    ack_timeout: Duration,
     /// A pusher task is running.
     pusher: bool,
 }
@@ -89,6 +148,7 @@ struct SetMetrics {
     push_failures: metrics::Counter,
     pushes: metrics::Counter,
     rejected_fields: metrics::Counter,
+    pub(crate) unreplicated: metrics::Counter,
     buffered: metrics::Gauge,
     pub(crate) batches: metrics::Counter,
     pub(crate) sink_failures: metrics::Counter,
@@ -105,6 +165,8 @@ pub(crate) struct SetStats {
     pub(crate) sink_failures: AtomicU64,
     pub(crate) unconfirmed: AtomicU64,
     pub(crate) replayed: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) unreplicated: AtomicU64,
 }
 
 /// One named counter set of one cache (shared by every `Counters` handle of that name).
@@ -159,12 +221,13 @@ impl CounterSet {
             state: Mutex::new(BufferState {
                 map: HashMap::new(),
                 gen: 1,
+                current: Generation::new(1),
                 frozen: VecDeque::new(),
                 frozen_gen: 0,
                 frozen_ids: 0,
                 frozen_set: None,
                 next_seq: 1,
-                degraded: false,
+                health: Health::Healthy,
                 pusher: 0,
                 pushers_started: 0,
             }),
@@ -178,6 +241,7 @@ impl CounterSet {
                 push_failures: labels("cache_counter_push_failures_total"),
                 pushes: labels("cache_counter_pushes_total"),
                 rejected_fields: labels("cache_counter_rejected_total"),
+                unreplicated: labels("cache_counter_unreplicated_total"),
                 buffered: metrics::gauge!("cache_counter_buffered_ids",
                     "cache" => cache.name().to_owned(), "counters" => name.to_owned()),
                 batches: labels("cache_counter_batches_total"),
@@ -204,18 +268,44 @@ impl CounterSet {
         self.metrics.sink_failures.increment(1);
     }
 
+    /// Counts a write (push, seal, claim) that no replica acknowledged in time.
+    pub(crate) fn note_unreplicated(&self) {
+        self.stats.unreplicated.fetch_add(1, Ordering::Relaxed);
+        self.metrics.unreplicated.increment(1);
+    }
+
+    /// Counts and logs increments Redis refused.
+    fn note_rejected(&self, rejected: &[(String, i64)]) {
+        self.stats
+            .rejected
+            .fetch_add(rejected.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .rejected_fields
+            .increment(rejected.len() as u64);
+        tracing::error!(counters = %self.name, rejected = ?rejected,
+            "write-behind counters: increments refused, the stored value would overflow i64 \
+             (not applied, not retried)");
+    }
+
     /// Ids (distinct) held in this process: waiting to be pushed or being pushed.
     pub(crate) fn buffered(&self) -> usize {
         let st = lock(&self.state);
         st.map.len() + st.frozen_ids
     }
 
-    /// Adds `by` to `id` in the buffer. `Ok(Some(gen))`: wait for that generation's push;
-    /// `Ok(None)`: done (applied in memory, or buffered while Redis is unavailable).
-    pub(crate) fn add(self: &Arc<Self>, id: &str, by: i64) -> Result<Option<u64>, Error> {
+    /// Adds `by` to `id` in the buffer (see [`Added`]).
+    pub(crate) fn add(self: &Arc<Self>, id: &str, by: i64) -> Result<Added, Error> {
         if let Some(store) = &self.in_process {
-            store.counters_incr(&self.keys, id, by)?;
-            return Ok(None);
+            if store.counters_incr(&self.keys, id, by).is_err() {
+                // The stored value would overflow: what Redis refuses, refused here too.
+                let rejected = vec![(id.to_owned(), by)];
+                self.note_rejected(&rejected);
+                return Err(Error::CounterRejected {
+                    counters: self.name.clone(),
+                    rejected,
+                });
+            }
+            return Ok(Added::Done);
         }
         let ticket = {
             let mut st = lock(&self.state);
@@ -233,7 +323,11 @@ impl CounterSet {
                 }
             }
             self.ensure_pusher(&mut st);
-            (!st.degraded).then_some(st.gen)
+            match st.health {
+                Health::Healthy => Added::Wait(st.current.clone()),
+                Health::Degraded => Added::Done,
+                Health::Unreplicated(timeout) => Added::Unreplicated(timeout),
+            }
         };
         self.wake.notify_one();
         Ok(ticket)
@@ -250,13 +344,35 @@ impl CounterSet {
         }
     }
 
-    /// Waits until the increments of generation `ticket` are in Redis, or Redis turned out to be
-    /// unavailable (they stay buffered), or no pusher is running.
-    pub(crate) async fn wait(&self, ticket: u64) {
+    /// Waits until the increments of `generation` are in Redis, or Redis turned out to be
+    /// unavailable (they stay buffered), or no pusher is running; then says what became of the
+    /// increment of `id`: `Ok`, [`Error::CounterRejected`] (Redis refused it) or
+    /// [`Error::NotReplicated`] (no replica acknowledged it yet; kept and resent).
+    pub(crate) async fn wait(&self, id: &str, generation: &Generation) -> Result<(), Error> {
+        let ticket = generation.number;
         let mut rx = self.progress.subscribe();
-        let _ = rx
-            .wait_for(|p| p.pushed >= ticket || p.released >= ticket || !p.pusher)
-            .await;
+        let progress = match rx
+            .wait_for(|p| {
+                p.pushed >= ticket || p.released >= ticket || p.unreplicated >= ticket || !p.pusher
+            })
+            .await
+        {
+            Ok(progress) => *progress,
+            // The set is gone (cache dropped): nothing more to learn.
+            Err(_) => return Ok(()),
+        };
+        if let Some(delta) = generation.rejected(id) {
+            return Err(Error::CounterRejected {
+                counters: self.name.clone(),
+                rejected: vec![(id.to_owned(), delta)],
+            });
+        }
+        if progress.pushed < ticket && progress.unreplicated >= ticket {
+            return Err(Error::NotReplicated {
+                timeout: progress.ack_timeout,
+            });
+        }
+        Ok(())
     }
 
     /// Starts the pusher task if none runs (lazily: `incr` runs inside the runtime, building the
@@ -285,7 +401,7 @@ impl CounterSet {
     }
 
     fn degraded(&self) -> bool {
-        lock(&self.state).degraded
+        lock(&self.state).health == Health::Degraded
     }
 
     fn cache(&self) -> Option<Cache> {
@@ -326,6 +442,8 @@ impl CounterSet {
                 let entries: Vec<(String, i64)> = std::mem::take(&mut st.map).into_iter().collect();
                 let max = self.config.max_push.max(1);
                 let mut rest = entries.into_iter().peekable();
+                let next = Generation::new(st.gen + 1);
+                let generation = std::mem::replace(&mut st.current, next);
                 while rest.peek().is_some() {
                     let chunk: Vec<(String, i64)> = rest.by_ref().take(max).collect();
                     let seq = st.next_seq;
@@ -333,6 +451,7 @@ impl CounterSet {
                     st.frozen.push_back(Arc::new(Chunk {
                         seq,
                         entries: chunk,
+                        generation: generation.clone(),
                     }));
                 }
                 st.frozen_ids = st.frozen.iter().map(|c| c.entries.len()).sum();
@@ -346,7 +465,10 @@ impl CounterSet {
                 break;
             };
             if let Err(err) = self.push_chunk(cache, &chunk).await {
-                self.enter_degraded(&err);
+                match err {
+                    Error::NotReplicated { timeout } => self.enter_unreplicated(timeout),
+                    ref err => self.enter_degraded(err),
+                }
                 return Err(err);
             }
             let mut st = lock(&self.state);
@@ -358,9 +480,23 @@ impl CounterSet {
             }
         }
         let mut st = lock(&self.state);
-        if st.degraded {
-            st.degraded = false;
-            tracing::info!(counters = %self.name, "write-behind counters: redis is back, buffer pushed");
+        let was = std::mem::replace(&mut st.health, Health::Healthy);
+        match was {
+            Health::Healthy => {}
+            Health::Degraded => {
+                tracing::info!(counters = %self.name, "write-behind counters: redis is back, buffer pushed");
+            }
+            Health::Unreplicated(_) => {
+                tracing::info!(counters = %self.name,
+                    "write-behind counters: a replica acknowledges pushes again, buffer pushed");
+            }
+        }
+        if was != Health::Healthy {
+            // The waiters of the buffer's generation were released (or told) already; increments
+            // from now on start a new one, so their callers wait for their own push instead of
+            // finding their generation released.
+            st.gen += 1;
+            st.current = Generation::new(st.gen);
         }
         let gen = st.frozen_gen;
         self.progress.send_if_modified(|p| {
@@ -376,14 +512,33 @@ impl CounterSet {
         self.stats.push_failures.fetch_add(1, Ordering::Relaxed);
         self.metrics.push_failures.increment(1);
         let mut st = lock(&self.state);
-        if !st.degraded {
-            st.degraded = true;
+        if st.health != Health::Degraded {
+            st.health = Health::Degraded;
             tracing::warn!(counters = %self.name, error = %err,
                 "write-behind counters: redis unavailable, buffering increments in memory");
         }
         let gen = st.gen;
         self.progress
             .send_modify(|p| p.released = p.released.max(gen));
+    }
+
+    /// Redis took a push but no replica acknowledged it: every waiter is told (their increments
+    /// stay buffered and are resent until a replica acknowledges them), and so are later awaited
+    /// increments until then.
+    fn enter_unreplicated(&self, timeout: Duration) {
+        self.note_unreplicated();
+        let mut st = lock(&self.state);
+        if !matches!(st.health, Health::Unreplicated(_)) {
+            tracing::warn!(counters = %self.name, timeout = ?timeout,
+                "write-behind counters: no replica acknowledged a push; keeping it and resending \
+                 until one does");
+        }
+        st.health = Health::Unreplicated(timeout);
+        let gen = st.gen;
+        self.progress.send_modify(|p| {
+            p.unreplicated = p.unreplicated.max(gen);
+            p.ack_timeout = timeout;
+        });
     }
 
     /// One `PUSH` script call.
@@ -397,21 +552,29 @@ impl CounterSet {
         );
         let PushOutcome {
             applied,
-            rejected: failed,
+            rejected,
+            replica,
         } = cache.store_op(push).await?;
         self.stats.pushes.fetch_add(1, Ordering::Relaxed);
         self.metrics.pushes.increment(1);
         if !applied {
             self.stats.replayed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(counters = %self.name, seq = chunk.seq,
-                "write-behind push had already landed (reply lost); not applied twice");
+                "write-behind push had already landed (reply lost, or resent for a replica); \
+                 not applied twice");
         }
-        if !failed.is_empty() {
-            self.metrics.rejected_fields.increment(failed.len() as u64);
-            tracing::error!(counters = %self.name, fields = ?failed,
-                "write-behind counters: HINCRBY rejected (the stored value would overflow i64)");
+        if !rejected.is_empty() {
+            let refused: Vec<(String, i64)> = chunk
+                .entries
+                .iter()
+                .filter(|(id, _)| rejected.contains(id))
+                .cloned()
+                .collect();
+            self.note_rejected(&refused);
+            // Recorded before the generation's fate is published (below, or by the caller).
+            lock(&chunk.generation.rejected).extend(refused);
         }
-        Ok(())
+        replica.check()
     }
 }
 

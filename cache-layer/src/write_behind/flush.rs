@@ -123,8 +123,9 @@ pub struct Flusher {
 impl Flusher {
     /// Stops the flusher gracefully: lets a flush in progress finish, pushes every increment still
     /// buffered in this process to Redis, runs a last flush and returns what all flushes of this
-    /// flusher delivered. `Err` when that last push or flush failed (Redis or the sink down):
-    /// nothing is lost, the increments stay in Redis (or buffered here) for the next flush.
+    /// flusher delivered. `Err` when that last push or flush failed (Redis or the sink down, or
+    /// no replica acknowledged: [`Error::NotReplicated`]): nothing is lost, the increments stay in
+    /// Redis (or buffered here) for the next flush.
     pub async fn shutdown(mut self) -> Result<FlushReport, Error> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -245,14 +246,26 @@ async fn seal(set: &CounterSet, cache: &Cache, id: &str) -> Result<bool, Error> 
     let op = cache
         .store()
         .counters_seal(&set.keys, id, &set.token, set.config.lease);
-    cache.store_op(op).await
+    unreplicated_counted(set, cache.store_op(op).await)
 }
 
 async fn claim(set: &CounterSet, cache: &Cache) -> Result<Option<String>, Error> {
     let op = cache
         .store()
         .counters_claim(&set.keys, &set.token, set.config.lease);
-    cache.store_op(op).await
+    unreplicated_counted(set, cache.store_op(op).await)
+}
+
+/// Counts a seal or claim no replica acknowledged: the batch stays sealed and leased to this
+/// process, undelivered; the next flush claims it again.
+fn unreplicated_counted<T>(set: &CounterSet, result: Result<T, Error>) -> Result<T, Error> {
+    if let Err(Error::NotReplicated { timeout }) = &result {
+        set.note_unreplicated();
+        tracing::warn!(counters = %set.name, timeout = ?timeout,
+            "write-behind flush: no replica acknowledged the batch; not delivered, retried by the \
+             next flush");
+    }
+    result
 }
 
 async fn renew(set: &CounterSet, cache: &Cache, id: &str) -> Result<bool, Error> {

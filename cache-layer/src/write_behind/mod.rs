@@ -46,7 +46,7 @@ use std::{
 
 pub use self::flush::{Batch, FlushReport, Flusher};
 use self::{
-    buffer::CounterSet,
+    buffer::{Added, CounterSet},
     flush::{Buffered, SinkError},
 };
 use crate::util::lock;
@@ -167,6 +167,13 @@ pub struct CounterStats {
     /// Batches the sink accepted but that could not be deleted afterwards: they will be delivered
     /// again with the same id.
     pub unconfirmed: u64,
+    /// Counter increments Redis refused because the stored value would overflow `i64`: not
+    /// applied, not retried ([`Error::CounterRejected`], `cache_counter_rejected_total`).
+    pub rejected: u64,
+    /// Writes (pushes, sealed or claimed batches) that no replica acknowledged in time, where the
+    /// server has replicas: kept and retried ([`Error::NotReplicated`],
+    /// `cache_counter_unreplicated_total`).
+    pub unreplicated: u64,
 }
 
 /// A named set of write-behind counters of one [`Cache`]; cheap to clone.
@@ -196,7 +203,7 @@ pub struct CounterStats {
 /// * **Increments** coalesce in memory for [`linger`](CountersConfig::linger) (1 ms by default)
 ///   and go to Redis as one `EVALSHA` per batch of ids (HINCRBY into the live hash), so thousands
 ///   of tasks incrementing cost a few round trips. [`Counters::incr`] returns when its increment is
-///   in Redis (group commit).
+///   in Redis, and on a replica where Redis has replicas (group commit).
 /// * **Exactly once into Redis.** Every push carries this process's writer id and a sequence
 ///   number; the script applies a sequence number at most once and records it in the same atomic
 ///   step. When a connection drops after sending (Redis killed, network cut), the client cannot
@@ -222,6 +229,19 @@ pub struct CounterStats {
 ///   delivered again, with the same [`Batch::id`] and the same entries. Sinks that must not
 ///   double-count record applied batch ids together with the counts (use
 ///   [`flush_every_with_id`](Counters::flush_every_with_id)) and skip ids they have seen.
+/// * **Replicas.** Where the server has connected replicas (`INFO replication`, read at most every
+///   10 s, per master on a Cluster), each push, seal and claim is followed by `WAIT 1` with a
+///   third of the op timeout, on a connection of its own (so no other caller queues behind it).
+///   A push no replica acknowledged is kept and resent (never applied twice) until one does, so
+///   a failover to a replica cannot lose an increment `incr` acknowledged; its awaited `incr`
+///   returns [`Error::NotReplicated`]. A batch is handed to the sink only once a replica has its
+///   sealing, so a failover cannot bring the live hash back and count it twice; otherwise the
+///   flush returns [`Error::NotReplicated`] and the next one retries. Both are counted in
+///   [`CounterStats::unreplicated`]. Without replicas nothing is added (no `WAIT`, no round trip).
+/// * **Overflow.** An increment Redis refuses because the stored value would overflow `i64`
+///   (`HINCRBY`) is not applied and not retried; the other ids of the same push are applied. Its
+///   awaited `incr` returns [`Error::CounterRejected`] with the refused delta, and it is counted
+///   in [`CounterStats::rejected`] and `cache_counter_rejected_total` and logged at `error`.
 /// * **Cluster-safe.** Every key of a counter set shares one hash tag (the set's name):
 ///   `<namespace>:__counters:{views}`, `<namespace>:__counters:{views}:batch:<id>`, ...
 ///
@@ -264,19 +284,44 @@ impl Counters {
 
     /// Adds `by` (may be negative) to counter `id`.
     ///
-    /// Returns when the increment is in Redis — concurrent calls share one push — or, while Redis
-    /// is unavailable, once it is held in the in-memory buffer (pushed when Redis returns).
-    /// Cancelling the returned future does not take the increment back.
+    /// Returns when the increment is in Redis (and, where Redis has replicas, a replica
+    /// acknowledged it) — concurrent calls share one push — or, while Redis is unavailable, once
+    /// it is held in the in-memory buffer (pushed when Redis returns). Cancelling the returned
+    /// future does not take the increment back.
     ///
     /// # Errors
     ///
-    /// [`Error::CounterOverflow`] when the buffer is full and `id` is not in it (nothing was
-    /// added); [`Error::Encode`] when the buffered delta of `id` would overflow `i64`.
+    /// - [`Error::CounterOverflow`] when the buffer is full and `id` is not in it (nothing was
+    ///   added); [`Error::Encode`] when the buffered delta of `id` would overflow `i64` (nothing
+    ///   was added).
+    /// - [`Error::CounterRejected`] when Redis refused the increment because the stored value of
+    ///   `id` would overflow `i64`: it was not applied and is not retried (increments of other
+    ///   ids pushed with it were applied). The error carries the refused delta.
+    /// - [`Error::NotReplicated`] when the server has replicas and none acknowledged the push in
+    ///   time: the increment is counted (on the primary, and buffered here) and is pushed again
+    ///   until a replica acknowledges it, never twice. Do not repeat it. While no replica
+    ///   acknowledges, awaited increments return this error at once after buffering.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cache_layer::Error> {
+    /// use cache_layer::Error;
+    ///
+    /// let views = cache_layer::Cache::in_memory().counters("views");
+    /// views.incr("home", i64::MAX).await?;
+    /// match views.incr("home", 1).await {
+    ///     Err(Error::CounterRejected { rejected, .. }) => assert_eq!(rejected, [("home".to_string(), 1)]),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// assert_eq!(views.stats().rejected, 1);
+    /// # Ok(()) }
+    /// ```
     pub async fn incr(&self, id: &str, by: i64) -> Result<(), Error> {
-        if let Some(ticket) = self.set.add(id, by)? {
-            self.set.wait(ticket).await;
+        match self.set.add(id, by)? {
+            Added::Done => Ok(()),
+            Added::Wait(generation) => self.set.wait(id, &generation).await,
+            Added::Unreplicated(timeout) => Err(Error::NotReplicated { timeout }),
         }
-        Ok(())
     }
 
     /// Adds `by` to counter `id` without waiting for Redis: the increment is buffered and pushed
@@ -294,6 +339,9 @@ impl Counters {
     /// views.sync().await?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// Nobody waits for the push, so a refusal by Redis ([`Error::CounterRejected`]) or a missing
+    /// replica acknowledgement shows only in [`stats`](Counters::stats), the metrics and the log.
     pub fn incr_nowait(&self, id: &str, by: i64) -> Result<(), Error> {
         self.set.add(id, by).map(|_| ())
     }
@@ -302,8 +350,11 @@ impl Counters {
     ///
     /// # Errors
     ///
-    /// The Redis error when Redis is unavailable (the increments stay buffered and keep being
-    /// retried in the background).
+    /// The Redis error when Redis is unavailable, [`Error::NotReplicated`] when no replica
+    /// acknowledged a push (the increments stay buffered and keep being retried in the
+    /// background). Increments Redis refused ([`Error::CounterRejected`]) do not fail `sync`:
+    /// they are reported to their awaited [`incr`](Counters::incr), in
+    /// [`stats`](Counters::stats) and the log.
     pub async fn sync(&self) -> Result<(), Error> {
         self.set.sync(&self.cache).await
     }
@@ -322,6 +373,8 @@ impl Counters {
             entries: get(&s.entries),
             sink_failures: get(&s.sink_failures),
             unconfirmed: get(&s.unconfirmed),
+            rejected: get(&s.rejected),
+            unreplicated: get(&s.unreplicated),
         }
     }
 
@@ -333,7 +386,9 @@ impl Counters {
     /// # Errors
     ///
     /// [`Error::Sink`] when the sink failed (the batch is kept and retried by the next flush),
-    /// or the Redis error that stopped the flush. Batches delivered before the error stay
+    /// [`Error::NotReplicated`] when the server has replicas and none acknowledged the sealing or
+    /// claiming of a batch in time (the batch is kept, not delivered, and retried by the next
+    /// flush), or the Redis error that stopped the flush. Batches delivered before the error stay
     /// delivered.
     pub async fn flush_now<F, Fut, E>(&self, mut sink: F) -> Result<FlushReport, Error>
     where
