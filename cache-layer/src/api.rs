@@ -416,7 +416,7 @@ impl Cache {
     /// ```
     pub fn redis_key(&self, key: &str) -> String {
         let inner = &self.inner;
-        inner.keys.entry(key, inner.namespace.get().version)
+        inner.keys.entry(key, inner.known.namespace.get().version)
     }
 
     /// A snapshot of the counters since the cache was built.
@@ -494,6 +494,6 @@ impl Cache {
     /// assert!(!cache_layer::Cache::in_memory().bus_connected());
     /// ```
     pub fn bus_connected(&self) -> bool {
-        self.inner.bus.is_up()
+        self.inner.known.trust.is_up()
     }
 }

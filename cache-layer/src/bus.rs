@@ -11,17 +11,14 @@
 //! operation then starts a new one).
 //!
 //! Pub/sub delivers at most once: messages sent while the subscription is down are lost. So
-//! everything cached locally carries a [`Trust`] stamp: a fact fetched while the bus was subscribed
+//! everything cached locally carries a [`Trust`](crate::l1::Trust) stamp (the trust state lives in `l1.rs`; the bus is its only writer): a fact fetched while the bus was subscribed
 //! stays current for as long as that subscription lives (every later change is a message); any
 //! other fact, and every L1 entry while the bus is down, is trusted only for the short fallback
 //! TTL. On every (re)subscription the L1 tier is cleared. With the in-memory store there is no bus:
 //! a single process knows everything.
 
 use std::{
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex, Weak,
-    },
+    sync::{Arc, Weak},
     time::{Duration, Instant},
 };
 
@@ -29,9 +26,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::{
+    l1::TrustState,
     store::{Backend, EvictionSettings, Store, Subscription},
-    tags::Trust,
-    util,
 };
 
 /// One bus message. Field names are short: this crosses the network for every invalidation.
@@ -60,52 +56,6 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Counters that make L1 fills racing an eviction harmless: a reader takes a ticket for its key
-/// before it reads Redis, and its L1 insert is dropped if an eviction of a key in the same slot
-/// (or a clear) happened in between.
-pub(crate) struct Tickets {
-    slots: Box<[AtomicU64]>,
-}
-
-impl Tickets {
-    fn new(slots: usize) -> Self {
-        Tickets {
-            slots: (0..slots.max(1)).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-
-    fn slot(&self, key: &str) -> &AtomicU64 {
-        let hash = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
-        let index = usize::try_from(hash % self.slots.len() as u64).unwrap_or(0);
-        &self.slots[index]
-    }
-
-    pub(crate) fn ticket(&self, key: &str) -> u64 {
-        self.slot(key).load(Ordering::Acquire)
-    }
-
-    pub(crate) fn bump(&self, key: &str) {
-        self.slot(key).fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Moves the ticket of `key`'s slot from `from` to the next one, if nothing bumped it since
-    /// `from` was taken; returns the new ticket. Fills holding `from` (or an older one) are
-    /// refused from then on.
-    pub(crate) fn advance(&self, key: &str, from: u64) -> Option<u64> {
-        let next = from.wrapping_add(1);
-        self.slot(key)
-            .compare_exchange(from, next, Ordering::AcqRel, Ordering::Acquire)
-            .ok()
-            .map(|_| next)
-    }
-
-    pub(crate) fn bump_all(&self) {
-        for slot in self.slots.iter() {
-            slot.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-}
-
 /// What the bus calls back into: the cache's coherence state, behind this narrow surface (the bus
 /// knows nothing else of the cache). The breaker's recovery calls [`start_over`](Self::start_over)
 /// too.
@@ -128,11 +78,8 @@ pub(crate) trait Listener: Send + Sync + 'static {
 
 /// Bus state shared between the cache and its subscriber task.
 struct Shared {
-    started: AtomicBool,
-    up: AtomicBool,
-    generation: AtomicU64,
-    /// When the subscription was last lost (or the bus started); meaningful while down.
-    down_since: Mutex<Instant>,
+    /// What readers trust (`l1.rs`); the bus is its only writer.
+    trust: Arc<TrustState>,
     /// Subscription attempts finished (successful or not); lets the first operation wait for the
     /// first attempt.
     attempts: watch::Sender<u64>,
@@ -141,12 +88,10 @@ struct Shared {
 /// The bus of one cache.
 pub(crate) struct Bus {
     shared: Arc<Shared>,
-    pub(crate) tickets: Tickets,
     pub(crate) origin: u64,
     channel: String,
     /// The store to subscribe on; `None` when no other process shares it (no bus needed).
     store: Option<Backend>,
-    fallback_ttl: Duration,
     first_wait: Duration,
     /// Dropped with the cache: the subscriber task sees the channel close and exits.
     shutdown: watch::Sender<()>,
@@ -156,98 +101,34 @@ impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bus")
             .field("channel", &self.channel)
-            .field("up", &self.is_up())
+            .field("up", &self.shared.trust.is_up())
             .finish_non_exhaustive()
     }
 }
 
 impl Bus {
-    /// A bus on `channel`; `store` is `None` when no other process shares the store (no bus,
-    /// everything local).
+    /// A bus on `channel`, writing what it learns of the subscription into `trust`; `store` is
+    /// `None` when no other process shares the store (no bus, everything local).
     pub(crate) fn new(
         channel: String,
         store: Option<Backend>,
-        fallback_ttl: Duration,
+        trust: Arc<TrustState>,
         first_wait: Duration,
     ) -> Self {
         let (attempts, _) = watch::channel(0);
         let (shutdown, _) = watch::channel(());
         Bus {
-            shared: Arc::new(Shared {
-                started: AtomicBool::new(false),
-                up: AtomicBool::new(false),
-                generation: AtomicU64::new(0),
-                down_since: Mutex::new(Instant::now()),
-                attempts,
-            }),
-            tickets: Tickets::new(1024),
+            shared: Arc::new(Shared { trust, attempts }),
             origin: rand::random::<u64>(),
             channel,
             store,
-            fallback_ttl,
             first_wait,
             shutdown,
         }
     }
 
-    /// Whether there is a bus at all (a store shared with other processes).
-    pub(crate) fn is_remote(&self) -> bool {
-        self.store.is_some()
-    }
-
-    /// Whether the subscriber task is running (it may still be connecting).
-    pub(crate) fn is_started(&self) -> bool {
-        self.shared.started.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn is_up(&self) -> bool {
-        self.shared.up.load(Ordering::Acquire)
-    }
-
     pub(crate) fn channel(&self) -> &str {
         &self.channel
-    }
-
-    /// A stamp for a fact about to be fetched (take it *before* sending the read).
-    pub(crate) fn trust_now(&self) -> Trust {
-        let generation = if self.is_up() {
-            self.shared.generation.load(Ordering::Acquire)
-        } else {
-            0
-        };
-        Trust {
-            generation,
-            at: Instant::now(),
-        }
-    }
-
-    /// Whether a fact stamped `trust` is still current.
-    pub(crate) fn is_trusted(&self, trust: Trust) -> bool {
-        if !self.is_remote() {
-            return true;
-        }
-        (trust.generation != 0
-            && self.is_up()
-            && trust.generation == self.shared.generation.load(Ordering::Acquire))
-            || trust.at.elapsed() < self.fallback_ttl
-    }
-
-    /// Whether an L1 entry inserted at `inserted` may be served.
-    pub(crate) fn l1_trusted(&self, inserted: Instant) -> bool {
-        if !self.is_remote() || self.is_up() {
-            return true;
-        }
-        let down_since = *util::lock(&self.shared.down_since);
-        down_since.max(inserted).elapsed() < self.fallback_ttl
-    }
-
-    /// How long an L1 entry inserted now may live at most (short while the bus is down).
-    pub(crate) fn l1_ttl(&self, ttl: Duration) -> Duration {
-        if !self.is_remote() || self.is_up() {
-            ttl
-        } else {
-            ttl.min(self.fallback_ttl)
-        }
     }
 
     /// Starts the subscriber if it is not running, and then waits (bounded) for its first
@@ -257,18 +138,13 @@ impl Bus {
         let Some(store) = &self.store else {
             return false;
         };
-        if self.shared.started.load(Ordering::Acquire) {
+        if self.shared.trust.is_started() {
             return false;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return false;
         };
-        if self
-            .shared
-            .started
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        if !self.shared.trust.mark_started() {
             return false;
         }
         let mut attempts = self.shared.attempts.subscribe();
@@ -285,7 +161,7 @@ impl Bus {
         runtime.spawn(task.run());
         let first_attempt = attempts.wait_for(|&n| n > seen);
         let _ = tokio::time::timeout(self.first_wait, first_attempt).await;
-        !self.is_up()
+        !self.shared.trust.is_up()
     }
 }
 
@@ -296,20 +172,12 @@ struct RunningGuard(Arc<Shared>);
 impl Drop for RunningGuard {
     fn drop(&mut self) {
         mark_down(&self.0);
-        self.0.started.store(false, Ordering::Release);
+        self.0.trust.mark_stopped();
     }
 }
 
 fn mark_down(shared: &Shared) {
-    mark_down_since(shared, Instant::now());
-}
-
-/// Marks the bus down as of `since` (the last moment it was known to work: L1 copies and facts
-/// are trusted only the fallback TTL from then).
-fn mark_down_since(shared: &Shared, since: Instant) {
-    if shared.up.swap(false, Ordering::AcqRel) {
-        *util::lock(&shared.down_since) = since;
-    }
+    shared.trust.mark_down_since(Instant::now());
 }
 
 struct Subscriber {
@@ -399,8 +267,7 @@ impl Subscriber {
         // Subscribed: from now on every change is delivered. Everything learned before may have
         // missed messages, so L1 starts empty and in-flight L1 fills are dropped.
         listener.clone().start_over();
-        let generation = self.shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.shared.up.store(true, Ordering::Release);
+        let generation = self.shared.trust.mark_up();
         self.shared.attempts.send_modify(|n| *n += 1);
         tracing::debug!(channel = %self.channel, generation, "bus: subscribed");
         drop(listener);
@@ -434,7 +301,7 @@ impl Subscriber {
                     ).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         tracing::info!(channel = %self.channel, "bus: no answer to a ping; the subscription is dead");
-                        mark_down_since(&self.shared, alive_at);
+                        self.shared.trust.mark_down_since(alive_at);
                         break Ended::Lost;
                     }
                     alive_at = Instant::now();
@@ -471,71 +338,5 @@ mod tests {
         assert_eq!(serde_json::from_str::<Message>(&json).unwrap(), message);
         let bump: Message = serde_json::from_str(r#"{"o":1,"n":[3,99]}"#).unwrap();
         assert_eq!(bump.namespace, Some((3, 99)));
-    }
-
-    #[test]
-    fn tickets_change_when_their_slot_is_bumped() {
-        let tickets = Tickets::new(64);
-        let before = tickets.ticket("a");
-        tickets.bump("a");
-        assert_ne!(tickets.ticket("a"), before);
-        let before = tickets.ticket("b");
-        tickets.bump_all();
-        assert_ne!(tickets.ticket("b"), before);
-    }
-
-    #[test]
-    fn a_ticket_advances_only_from_the_current_one() {
-        let tickets = Tickets::new(64);
-        let taken = tickets.ticket("a");
-        let next = tickets.advance("a", taken).expect("nothing bumped it");
-        assert_eq!(tickets.ticket("a"), next);
-        assert_ne!(next, taken);
-        assert_eq!(
-            tickets.advance("a", taken),
-            None,
-            "a stale ticket cannot advance"
-        );
-        tickets.bump("a");
-        assert_eq!(
-            tickets.advance("a", next),
-            None,
-            "bumped since it was taken"
-        );
-    }
-
-    #[test]
-    fn without_redis_everything_is_trusted() {
-        let bus = Bus::new("c".into(), None, Duration::ZERO, Duration::ZERO);
-        let stale = Trust {
-            generation: 0,
-            at: Instant::now() - Duration::from_secs(3600),
-        };
-        assert!(bus.is_trusted(stale));
-        assert!(bus.l1_trusted(stale.at));
-    }
-
-    #[test]
-    fn while_down_facts_live_only_the_fallback_ttl() {
-        let store =
-            crate::store::RedisStore::new("redis://127.0.0.1:1", Default::default()).unwrap();
-        let bus = Bus::new(
-            "c".into(),
-            Some(Backend::Redis(store)),
-            Duration::from_millis(200),
-            Duration::ZERO,
-        );
-        let fresh = bus.trust_now();
-        assert_eq!(fresh.generation, 0);
-        assert!(bus.is_trusted(fresh));
-        let old = Trust {
-            generation: 0,
-            at: Instant::now() - Duration::from_secs(1),
-        };
-        assert!(!bus.is_trusted(old));
-        assert_eq!(
-            bus.l1_ttl(Duration::from_secs(60)),
-            Duration::from_millis(200)
-        );
     }
 }

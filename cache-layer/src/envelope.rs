@@ -23,7 +23,7 @@ use std::borrow::Cow;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{tags::TagTimes, Error};
+use crate::{store::TagTimes, Error};
 
 const MAGIC: &[u8; 2] = b"CL";
 const FORMAT_VERSION: u8 = 2;

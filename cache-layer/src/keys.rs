@@ -7,7 +7,7 @@
 //! <namespace>:{<user key>}:v<N>       an entry under namespace version N >= 1
 //! <entry key>:lock                    its distributed lock (same hash slot as the entry)
 //! <namespace>:__ver                   the namespace version (INCR; never expires)
-//! <namespace>:__tag:<tag>             a tag's invalidation times (expires, see `tags`)
+//! <namespace>:__tag:<tag>             a tag's invalidation times (expires, see `l1`)
 //! <namespace>:__bus                   the pub/sub channel of the invalidation bus
 //! ```
 //!

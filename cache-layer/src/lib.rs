@@ -37,12 +37,15 @@
 //! 2. [`store`]: every Redis-level operation as a domain operation, for Redis, Redis Cluster,
 //!    Sentinel and the in-memory store (all Lua in `store/scripts.rs`; TLS and where connections
 //!    go in `store/endpoint.rs`).
-//! 3. `envelope`, `keys`, `l1`, `tags`, `metrics`, `breaker`, `policy`, `health`: the entry
-//!    format, key layout, the L1 map, tag and namespace books with the store clock, counters, the
-//!    circuit breaker, [`Policy`], what Redis' eviction policy weakens ([`MemoryPolicy`]).
-//! 4. `bus`, `stampede`: the invalidation bus between instances; single-flight, the distributed
-//!    lock and early refresh.
-//! 5. `cache`: the engine: `read` → `write` → `coherence` → the `Cache` state.
+//! 3. `envelope`, `keys`, `l1`, `clock`, `metrics`, `breaker`, `policy`, `health`: the entry
+//!    format, key layout, the L1 tier with everything this process knows of the store (tag and
+//!    namespace books, trust, tickets, missed invalidations: whether a copy may be served), the
+//!    store clock, counters, the circuit breaker, [`Policy`], what Redis' eviction policy weakens
+//!    ([`MemoryPolicy`]).
+//! 4. `bus`, `stampede`: the invalidation bus between instances (it writes the trust state `l1`
+//!    reads); single-flight, the distributed lock and early refresh.
+//! 5. `cache`: the engine: `read` → `write` → `coherence` → the `Cache` state. A hit goes
+//!    `api` → `cache::read` → `l1` (and, from Redis, the store and `envelope`).
 //! 6. `write_behind`: write-behind [`Counters`], built on the engine.
 //! 7. `api` (every public method of [`Cache`]), [`http`] ([`CacheLayer`]) and `__private` (what
 //!    [`cached`] expands to): the front doors.
@@ -53,6 +56,7 @@ mod api;
 mod breaker;
 mod bus;
 mod cache;
+mod clock;
 mod envelope;
 mod error;
 mod health;
@@ -64,7 +68,6 @@ mod metrics;
 mod policy;
 mod stampede;
 pub mod store;
-mod tags;
 mod util;
 mod value;
 mod write_behind;

@@ -9,12 +9,12 @@ use super::{Cache, Inner};
 use crate::{
     breaker::Breaker,
     bus::{Bus, Listener},
+    clock::{ClockReference, RedisClock},
     keys::KeySpace,
-    l1::{L1Tier, DEFAULT_L1_MAX_BYTES, IMPLICIT_L1_ENTRIES},
+    l1::{Knowledge, L1Tier, TrustState, DEFAULT_L1_MAX_BYTES, IMPLICIT_L1_ENTRIES},
     metrics::{CacheMetrics, HotKeys},
     stampede::{flight::Flights, lock::LandedSignals},
     store::{endpoint::TlsConfig, Backend, MemoryStore, RedisStore, RedisStoreConfig, Store},
-    tags::{ClockReference, NamespaceBook, RedisClock, TagBook},
     BreakerConfig, BreakerState, Codec, Error,
 };
 
@@ -342,7 +342,7 @@ impl CacheBuilder {
     }
 
     /// Worst-case clock difference between this host and Redis assumed until the offset was
-    /// measured (default 1 s; see the `tags` module docs). Once the bus is connected the measured
+    /// measured (default 1 s; see the `clock` module docs). Once the bus is connected the measured
     /// offset is used, with an error of about half a round trip.
     ///
     /// ```
@@ -424,10 +424,11 @@ impl CacheBuilder {
         };
         // Pub/sub only when other processes share the store (otherwise this one knows everything).
         let pubsub = shared.then(|| store.clone());
+        let trust = Arc::new(TrustState::new(shared, self.bus_fallback_ttl));
         let bus = Bus::new(
             keys.bus_channel(),
             pubsub.clone(),
-            self.bus_fallback_ttl,
+            trust.clone(),
             self.redis.connect_timeout + self.redis.op_timeout,
         );
         let landed = LandedSignals::new(keys.meta("landed"), pubsub);
@@ -460,21 +461,22 @@ impl CacheBuilder {
                 name: name.clone(),
                 keys,
                 store,
-                l1: l1_bounds.map(|(max, bytes)| {
-                    let metrics = metrics.clone();
-                    L1Tier::new(max, bytes, move || metrics.l1_eviction())
-                }),
+                known: Knowledge::new(
+                    l1_bounds.map(|(max, bytes)| {
+                        let metrics = metrics.clone();
+                        L1Tier::new(max, bytes, move || metrics.l1_eviction())
+                    }),
+                    trust,
+                    self.max_tags,
+                ),
                 breaker: Breaker::new(breaker_config, name, Some(Arc::new(on_transition))),
                 flights: Arc::new(Flights::default()),
                 metrics,
                 codec: self.codec,
                 corrupt_logged: Default::default(),
-                tag_book: TagBook::new(self.max_tags),
-                namespace: NamespaceBook::new(),
                 clock: RedisClock::new(clock_reference, self.clock_skew),
                 bus,
                 tag_ttl: self.tag_ttl,
-                missed: Default::default(),
                 landed,
                 refresh_failures,
                 hot_keys: self.hot_keys.map(HotKeys::new),

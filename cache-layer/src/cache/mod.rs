@@ -24,13 +24,13 @@ pub use self::builder::CacheBuilder;
 use crate::{
     breaker::{Admission, Breaker},
     bus::Bus,
+    clock::RedisClock,
     envelope::{self, DecodeError, Timing},
     keys::KeySpace,
-    l1::L1Tier,
+    l1::Knowledge,
     metrics::{CacheMetrics, HotKeys, RedisOutcome},
     stampede::{flight::Flights, lock::LandedSignals},
     store::Backend,
-    tags::{NamespaceBook, RedisClock, TagBook},
     util::{self, millis, now_ms},
     Codec, Error, Policy,
 };
@@ -63,25 +63,21 @@ pub(crate) struct Inner {
     pub(crate) name: String,
     pub(crate) keys: KeySpace,
     pub(crate) store: Backend,
-    pub(crate) l1: Option<L1Tier>,
+    /// The L1 tier and what this process knows of the store (tag and namespace books, trust,
+    /// tickets, invalidations the store missed): whether a copy may be served.
+    pub(crate) known: Knowledge,
     pub(crate) breaker: Breaker,
     pub(crate) flights: Arc<Flights>,
     /// Hit/miss/load/store counters and histograms (the `metrics` facade plus [`Stats`](crate::Stats)).
     pub(crate) metrics: Arc<CacheMetrics>,
     pub(crate) codec: Codec,
     pub(crate) corrupt_logged: AtomicBool,
-    /// Tag times this process knows (bounded; refreshed by the bus).
-    pub(crate) tag_book: TagBook,
-    /// The namespace version this process knows.
-    pub(crate) namespace: NamespaceBook,
     /// The Redis clock as seen from here (entry stamps).
     pub(crate) clock: RedisClock,
     /// The invalidation bus between instances.
     pub(crate) bus: Bus,
     /// How long tag keys live in Redis (and the longest a tagged entry lives there).
     pub(crate) tag_ttl: Duration,
-    /// Invalidations and writes Redis did not take, honoured here and replayed until it does.
-    pub(crate) missed: write::MissedBook,
     /// "Value landed" signals for `Stampede::Lock` waiters.
     pub(crate) landed: LandedSignals,
     /// Keys whose last load failed recently: background refreshes of them are held off.
@@ -102,7 +98,7 @@ impl std::fmt::Debug for Cache {
             .field("name", &self.inner.name)
             .field("namespace", &self.inner.keys.namespace())
             .field("store", &self.inner.store)
-            .field("l1", &self.inner.l1.is_some())
+            .field("l1", &self.inner.known.tier.is_some())
             .field("breaker", &self.inner.breaker.state())
             .finish()
     }
@@ -316,7 +312,7 @@ impl Cache {
         value: &T,
         policy: &Policy,
         timing: Timing,
-        tags: &[(String, crate::tags::TagTimes)],
+        tags: &[(String, crate::l1::TagTimes)],
     ) -> Result<Vec<u8>, Error> {
         let codec = policy.codec.unwrap_or(self.inner.codec);
         let bytes = envelope::encode(value, codec, timing, tags)?;
@@ -326,6 +322,6 @@ impl Cache {
 
     /// Invalidations and writes waiting to be replayed into Redis.
     pub(crate) fn pending_count(&self) -> usize {
-        self.inner.missed.len()
+        self.inner.known.missed.len()
     }
 }

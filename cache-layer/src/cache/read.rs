@@ -26,10 +26,7 @@ use std::{
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
-use super::{
-    write::{LoadStart, UNKNOWN_EPOCH},
-    Cache,
-};
+use super::{coherence::UNKNOWN_EPOCH, write::LoadStart, Cache};
 use crate::{
     envelope::{DecodeError, Envelope, Seen, Timing},
     stampede::{
@@ -430,7 +427,7 @@ impl Cache {
         let inner = &self.inner;
         let now = now_ms();
         let mut l1_stale = None;
-        if let Some((value, timing)) = self.l1_lookup::<T>(key, now) {
+        if let Some((value, timing)) = self.inner.known.l1_lookup::<T>(key, now) {
             if timing.fresh_until_ms > now {
                 inner.metrics.l1_hit(policy.door);
                 self.observe_hit(policy, key);
@@ -446,12 +443,16 @@ impl Cache {
         }
         // Taken before the epoch and the entry are read: a replay clears a pending invalidation
         // only after Redis took it, so if none is pending now, what is read next is from after it.
-        let covered = self.pending_covers(key);
-        let full_key = self.entry_key(key).await;
+        let covered = self.inner.known.pending_covers(key);
+        // Steady state: resolved from what this process knows (no await).
+        let full_key = match inner.known.entry_key(key, &inner.keys) {
+            Some(full_key) => full_key,
+            None => self.entry_key(key).await,
+        };
         let mut hint = None;
         // The policy's tags whose versions this process does not know ride along with the GET
         // (one pipelined round trip): a hit needs them to be checked, a miss to start its load.
-        let untrusted = self.untrusted_tags(&policy.tags);
+        let untrusted = self.inner.known.untrusted_tags(&policy.tags);
         let read = if full_key.version == UNKNOWN_EPOCH {
             // The namespace epoch could not be read: nothing under any epoch is trusted.
             Err(Error::BreakerOpen)
@@ -471,7 +472,7 @@ impl Cache {
             Ok(Some(bytes)) => match Envelope::parse(&bytes) {
                 Ok(envelope) => {
                     // `None`: an invalidation covers the entry (tags; the namespace is in the key).
-                    if let Some(timing) = self.current_timing(&envelope, now).await {
+                    if let Some(timing) = self.served_timing(&envelope, now).await {
                         hint = Some(timing);
                         if timing.stale_until_ms > now {
                             match envelope.decode::<T>() {
@@ -479,7 +480,9 @@ impl Cache {
                                     let ttl = Duration::from_millis(timing.stale_until_ms - now);
                                     let tags = envelope.tag_versions();
                                     let size = envelope.payload_len();
-                                    self.l1_insert(&full_key, &value, timing, tags, ttl, size);
+                                    self.inner
+                                        .known
+                                        .l1_insert(&full_key, &value, timing, tags, ttl, size);
                                     if timing.fresh_until_ms > now {
                                         inner.metrics.hit(policy.door);
                                         self.observe_hit(policy, key);
@@ -536,7 +539,7 @@ impl Cache {
         tags: &[&str],
     ) -> Result<Option<Vec<u8>>, Error> {
         let inner = &self.inner;
-        let trust = inner.bus.trust_now();
+        let trust = inner.known.trust.trust_now();
         let mut keys = Vec::with_capacity(tags.len() + 1);
         keys.push(full_key.to_owned());
         keys.extend(tags.iter().map(|t| inner.keys.tag(t)));
@@ -558,11 +561,11 @@ impl Cache {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        if let Some(value) = self.l1_get::<T>(key, now_ms()) {
+        if let Some(value) = self.inner.known.l1_get::<T>(key, now_ms()) {
             return Ok(Some(value));
         }
         // Before the epoch and the entry are read (see `lookup`).
-        let covered = self.pending_covers(key);
+        let covered = self.inner.known.pending_covers(key);
         let full_key = match self.entry_key_checked(key).await {
             Ok(full_key) => full_key,
             Err((_, Error::BreakerOpen)) => return Ok(None),
@@ -585,7 +588,7 @@ impl Cache {
             }
         };
         let now = now_ms();
-        let Some(timing) = self.current_timing(&envelope, now).await else {
+        let Some(timing) = self.served_timing(&envelope, now).await else {
             return Ok(None);
         };
         if timing.fresh_until_ms <= now {
@@ -596,13 +599,32 @@ impl Cache {
                 let ttl = Duration::from_millis(timing.stale_until_ms.saturating_sub(now).max(1));
                 let tags = envelope.tag_versions();
                 let size = envelope.payload_len();
-                self.l1_insert(&full_key, &value, timing, tags, ttl, size);
+                self.inner
+                    .known
+                    .l1_insert(&full_key, &value, timing, tags, ttl, size);
                 Ok(Some(value))
             }
             Err(why) => {
                 self.note_corrupt(key, why);
                 Ok(None)
             }
+        }
+    }
+
+    /// The timing to serve an entry read from the store with, or `None` when an invalidation
+    /// covers it: decided from what this process knows ([`crate::l1::Knowledge::known_timing`]),
+    /// else after reading the tag records it does not know (boxed: a hit in steady state never
+    /// takes that path).
+    async fn served_timing(&self, envelope: &Envelope<'_>, now: u64) -> Option<Timing> {
+        let known = self.inner.known.known_timing(
+            envelope.timing,
+            envelope.tags(),
+            envelope.tag_versions(),
+            now,
+        );
+        match known {
+            Ok(timing) => timing,
+            Err(pending) => Box::pin(self.unknown_timing(envelope, pending, now)).await,
         }
     }
 

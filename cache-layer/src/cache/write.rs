@@ -3,7 +3,7 @@
 //!
 //! Every write updates this process first (loads in flight detached, L1 evicted, tag times and
 //! namespace version learned through [`coherence`](super::coherence)), then the store, then tells
-//! the other instances on the bus. See [`tags`](crate::tags) for the model (tag times vs. load
+//! the other instances on the bus. See [`l1`](crate::l1) for the model (tag times vs. load
 //! starts, clock skew) and [`bus`](crate::bus) for how other instances learn about changes.
 
 use std::{
@@ -13,83 +13,22 @@ use std::{
 
 use serde::Serialize;
 
-use super::{coherence::EntryKey, Cache, Inner};
+use super::{coherence::UNKNOWN_EPOCH, Cache, Inner};
 use crate::{
     bus::{Listener, Message},
     envelope::{self, Seen, Timing},
+    l1::{EntryKey, MissedInvalidations, TagTimes},
     store::{EvictionSettings, NamespaceBump, Store, TagField},
-    tags::{TagTimes, Validity},
     util::now_ms,
     value::Value,
     Error, Policy,
 };
-
-/// Invalidations and writes Redis did not take (breaker open, timeout, lost `PUBLISH`): this
-/// process honours them at once (entries they cover are not served from L1 or Redis here, and
-/// loads covered by them are not stored), and a background task replays them with backoff until
-/// Redis takes them, whether or not the breaker opened, so the other instances follow. Bounded:
-/// past [`MAX_PENDING`] entries the replay becomes one namespace bump, which covers everything.
-#[derive(Debug, Default)]
-pub(crate) struct MissedInvalidations {
-    hard: std::collections::BTreeSet<String>,
-    soft: std::collections::BTreeSet<String>,
-    keys: std::collections::BTreeSet<String>,
-    namespace: bool,
-}
-
-const MAX_PENDING: usize = 10_000;
-
-/// The epoch an entry key carries while the namespace epoch could not be read yet: no entry
-/// lives under it and nothing is stored under it.
-pub(crate) const UNKNOWN_EPOCH: u64 = u64::MAX;
 
 /// How often a write is redone when the namespace epoch moved under it.
 const EPOCH_ATTEMPTS: usize = 3;
 
 /// How long a tombstone left by `delete` stays; a load that runs longer is not stored.
 pub(crate) const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
-
-impl MissedInvalidations {
-    fn is_empty(&self) -> bool {
-        !self.namespace && self.hard.is_empty() && self.soft.is_empty() && self.keys.is_empty()
-    }
-
-    fn len(&self) -> usize {
-        self.hard.len() + self.soft.len() + self.keys.len() + usize::from(self.namespace)
-    }
-
-    fn overflowed(&mut self) {
-        if self.len() > MAX_PENDING {
-            *self = MissedInvalidations {
-                namespace: true,
-                ..MissedInvalidations::default()
-            };
-        }
-    }
-}
-
-/// The pending set with a lock-free "anything pending?" for the read path.
-#[derive(Debug, Default)]
-pub(crate) struct MissedBook {
-    set: std::sync::Mutex<MissedInvalidations>,
-    len: std::sync::atomic::AtomicUsize,
-    replaying: std::sync::atomic::AtomicBool,
-}
-
-impl MissedBook {
-    /// How many invalidations and writes wait for Redis.
-    pub(crate) fn len(&self) -> usize {
-        self.len.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    fn with<R>(&self, f: impl FnOnce(&mut MissedInvalidations) -> R) -> R {
-        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
-        let out = f(&mut set);
-        self.len
-            .store(set.len(), std::sync::atomic::Ordering::Release);
-        out
-    }
-}
 
 /// What a load knew when it started (see [`Cache::load_start`]).
 #[derive(Debug, Clone)]
@@ -103,14 +42,6 @@ pub(crate) struct LoadStart {
     /// A lower bound of the Redis clock at load start (the entry's `created_ms`).
     pub(crate) stamp_ms: u64,
     pub(crate) started: Instant,
-}
-
-/// A tag record as read for a validity check or a load start.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct FetchedTag {
-    pub(crate) times: TagTimes,
-    /// It was missing (or went back) and was recreated just now.
-    pub(crate) repaired: bool,
 }
 
 impl Cache {
@@ -166,9 +97,10 @@ impl Cache {
         // invalidation may have raced the load: not stored.
         let mut unknown: Vec<&str> = Vec::new();
         for tag in late_tags {
-            match inner.tag_book.get(tag) {
+            match inner.known.tags.get(tag) {
                 Some(record)
-                    if inner.bus.is_trusted(record.trust) && record.trust.at <= start.started =>
+                    if inner.known.trust.is_trusted(record.trust)
+                        && record.trust.at <= start.started =>
                 {
                     versions.push((tag.clone(), record.times));
                 }
@@ -201,7 +133,9 @@ impl Cache {
             .await?;
         if stored {
             let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
-            self.l1_insert(&start.key, value, timing, tags, ttl, size);
+            self.inner
+                .known
+                .l1_insert(&start.key, value, timing, tags, ttl, size);
         } else {
             tracing::debug!(cache = %inner.name, "a write or delete raced this load; not storing it");
         }
@@ -212,15 +146,20 @@ impl Cache {
     /// invalid (a newer namespace epoch, a newer tag version, an invalidation not yet in Redis).
     fn superseded(&self, key: &EntryKey, versions: &[(String, TagTimes)]) -> bool {
         let inner = &self.inner;
-        if key.version == UNKNOWN_EPOCH || key.version != inner.namespace.get().version {
+        if key.version == UNKNOWN_EPOCH || key.version != inner.known.namespace.get().version {
             return true;
         }
-        if self.has_pending_tags(versions.iter().map(|(tag, _)| tag.as_str())) {
+        if self
+            .inner
+            .known
+            .has_pending_tags(versions.iter().map(|(tag, _)| tag.as_str()))
+        {
             return true;
         }
         versions.iter().any(|(tag, recorded)| {
             inner
-                .tag_book
+                .known
+                .tags
                 .get(tag)
                 .is_some_and(|record| record.times.hard_ms > recorded.hard_ms)
         })
@@ -247,7 +186,7 @@ impl Cache {
     {
         let inner = &self.inner;
         inner.flights.detach_key(key);
-        inner.bus.tickets.bump(key);
+        inner.known.tickets.bump(key);
         let written = async {
             for _ in 0..EPOCH_ATTEMPTS {
                 let full_key = self.entry_key_checked(key).await.map_err(|(_, err)| err)?;
@@ -260,7 +199,9 @@ impl Cache {
                     .await?;
                 if self.epoch_still(full_key.version).await? {
                     let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
-                    self.l1_replace(&full_key, value, timing, tags, ttl, size);
+                    self.inner
+                        .known
+                        .l1_replace(&full_key, value, timing, tags, ttl, size);
                     return Ok::<_, Error>(());
                 }
             }
@@ -288,7 +229,7 @@ impl Cache {
             }
             Err(Error::BreakerOpen) => {
                 // Not written: whatever Redis holds for the key is from before this write.
-                if let Some(l1) = &inner.l1 {
+                if let Some(l1) = &inner.known.tier {
                     l1.remove(key);
                 }
                 self.remember_missed(|pending| {
@@ -299,7 +240,7 @@ impl Cache {
             Err(err) => {
                 // Not written, and Redis answers: the old value goes now (or, if even that
                 // fails, is recorded and replayed by `delete`).
-                if let Some(l1) = &inner.l1 {
+                if let Some(l1) = &inner.known.tier {
                     l1.remove(key);
                 }
                 let _ = Box::pin(self.remove(key)).await;
@@ -381,14 +322,14 @@ impl Cache {
         if stored == Some(epoch) {
             return Ok(true);
         }
-        inner.namespace.distrust();
+        inner.known.namespace.distrust();
         self.namespace_version().await?;
         Ok(false)
     }
 
     fn evict_l1(&self, key: &str) {
-        self.inner.bus.tickets.bump(key);
-        if let Some(l1) = &self.inner.l1 {
+        self.inner.known.tickets.bump(key);
+        if let Some(l1) = &self.inner.known.tier {
             l1.remove(key);
         }
     }
@@ -413,7 +354,7 @@ impl Cache {
         let mut published = Vec::with_capacity(tags.len());
         for (tag, result) in tags.iter().zip(results) {
             inner.metrics.invalidation();
-            let trust = inner.bus.trust_now();
+            let trust = inner.known.trust.trust_now();
             let times = match result {
                 Ok(times) => {
                     published.push((tag.clone(), times.hard_ms, times.soft_ms));
@@ -435,7 +376,7 @@ impl Cache {
                 }
             };
             if let Some(times) = times {
-                inner.tag_book.merge(tag, times, trust);
+                inner.known.tags.merge(tag, times, trust);
                 self.forget_pending_tag(tag, field);
             }
             if field == TagField::Hard {
@@ -487,7 +428,7 @@ impl Cache {
                 // replay got it in.
                 self.remember_missed(|pending| pending.namespace = true);
                 inner.flights.detach_all();
-                self.forget_l1();
+                self.inner.known.forget_l1();
                 match err {
                     Error::BreakerOpen => Ok(()),
                     err => Err(err),
@@ -500,8 +441,8 @@ impl Cache {
     /// it.
     async fn bump_namespace_now(&self) -> Result<(), Error> {
         let inner = &self.inner;
-        let trust = inner.bus.trust_now();
-        let known = inner.namespace.get().version;
+        let trust = inner.known.trust.trust_now();
+        let known = inner.known.namespace.get().version;
         let (version, bumped_ms) = match &inner.store {
             store if store.is_shared() => {
                 let key = inner.keys.version();
@@ -523,7 +464,7 @@ impl Cache {
     /// its cached tag times, so a lost message is an error for the caller).
     pub(super) async fn publish(&self, message: Message) -> Result<(), Error> {
         let inner = &self.inner;
-        if !inner.bus.is_remote() {
+        if !inner.known.trust.is_remote() {
             return Ok(());
         }
         let message = Message {
@@ -538,75 +479,40 @@ impl Cache {
     /// See [`Listener::start_over`]: L1 starts over and the invalidations the store missed
     /// are replayed.
     pub(super) fn start_over(&self) {
-        self.forget_l1();
+        self.inner.known.forget_l1();
         self.replay_missed();
     }
 
     fn remember_missed(&self, add: impl FnOnce(&mut MissedInvalidations)) {
-        if !self.inner.bus.is_remote() {
+        if !self.inner.known.trust.is_remote() {
             return;
         }
-        self.inner.missed.with(|pending| {
+        self.inner.known.missed.with(|pending| {
             add(pending);
             pending.overflowed();
         });
-        self.inner.metrics.pending(self.inner.missed.len());
+        self.inner.metrics.pending(self.inner.known.missed.len());
         self.replay_missed();
     }
 
     fn forget_pending_key(&self, key: &str) {
-        if self.inner.missed.len() > 0 {
-            self.inner.missed.with(|pending| pending.keys.remove(key));
-            self.inner.metrics.pending(self.inner.missed.len());
+        if self.inner.known.missed.len() > 0 {
+            self.inner
+                .known
+                .missed
+                .with(|pending| pending.keys.remove(key));
+            self.inner.metrics.pending(self.inner.known.missed.len());
         }
     }
 
     fn forget_pending_tag(&self, tag: &str, field: TagField) {
-        if self.inner.missed.len() > 0 {
-            self.inner.missed.with(|pending| match field {
+        if self.inner.known.missed.len() > 0 {
+            self.inner.known.missed.with(|pending| match field {
                 TagField::Hard => pending.hard.remove(tag),
                 TagField::Soft => pending.soft.remove(tag),
             });
-            self.inner.metrics.pending(self.inner.missed.len());
+            self.inner.metrics.pending(self.inner.known.missed.len());
         }
-    }
-
-    /// Whether an invalidation this process has not got into Redis yet covers `key` itself or
-    /// the whole namespace: then nothing Redis holds for it is served here.
-    pub(crate) fn pending_covers(&self, key: &str) -> bool {
-        self.inner.missed.len() > 0
-            && self
-                .inner
-                .missed
-                .with(|pending| pending.namespace || pending.keys.contains(key))
-    }
-
-    /// Whether a hard invalidation of one of `tags` waits for Redis.
-    fn has_pending_tags<'a>(&self, tags: impl IntoIterator<Item = &'a str>) -> bool {
-        if self.inner.missed.len() == 0 {
-            return false;
-        }
-        let tags: Vec<&str> = tags.into_iter().collect();
-        self.inner
-            .missed
-            .with(|pending| pending.namespace || tags.iter().any(|tag| pending.hard.contains(*tag)))
-    }
-
-    /// The validity pending invalidations impose on an entry with `tags` (`Valid` when none).
-    pub(super) fn pending_validity<'a>(&self, tags: impl IntoIterator<Item = &'a str>) -> Validity {
-        if self.inner.missed.len() == 0 {
-            return Validity::Valid;
-        }
-        let tags: Vec<&str> = tags.into_iter().collect();
-        self.inner.missed.with(|pending| {
-            if pending.namespace || tags.iter().any(|tag| pending.hard.contains(*tag)) {
-                Validity::Invalid
-            } else if tags.iter().any(|tag| pending.soft.contains(*tag)) {
-                Validity::Expired
-            } else {
-                Validity::Valid
-            }
-        })
     }
 
     /// Replays, in the background and with backoff, the invalidations and writes Redis did not
@@ -614,13 +520,14 @@ impl Cache {
     fn replay_missed(&self) {
         use std::sync::atomic::Ordering;
         let inner = &self.inner;
-        if inner.missed.len() == 0 {
+        if inner.known.missed.len() == 0 {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         if inner
+            .known
             .missed
             .replaying
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
@@ -637,9 +544,14 @@ impl Cache {
                 let cache = Cache { inner };
                 let done = cache.replay_once().await;
                 if done {
-                    cache.inner.missed.replaying.store(false, Ordering::Release);
+                    cache
+                        .inner
+                        .known
+                        .missed
+                        .replaying
+                        .store(false, Ordering::Release);
                     // Something may have been added between the last check and the store.
-                    if cache.inner.missed.len() > 0 {
+                    if cache.inner.known.missed.len() > 0 {
                         cache.replay_missed();
                     }
                     return;
@@ -656,7 +568,7 @@ impl Cache {
         let inner = &self.inner;
         // Taken out while replayed; failures are recorded again by the same code paths (which do
         // not start a second replayer: this one is running).
-        let pending = inner.missed.with(|pending| MissedInvalidations {
+        let pending = inner.known.missed.with(|pending| MissedInvalidations {
             hard: pending.hard.clone(),
             soft: pending.soft.clone(),
             keys: pending.keys.clone(),
@@ -670,7 +582,7 @@ impl Cache {
             "replaying invalidations redis missed");
         if pending.namespace {
             if self.bump_namespace_now().await.is_ok() {
-                inner.missed.with(|p| {
+                inner.known.missed.with(|p| {
                     p.namespace = false;
                     // A namespace bump covers every key and tag.
                     p.keys.clear();
@@ -689,8 +601,8 @@ impl Cache {
                 let _ = self.remove(&key).await;
             }
         }
-        inner.metrics.pending(inner.missed.len());
-        inner.missed.len() == 0
+        inner.metrics.pending(inner.known.missed.len());
+        inner.known.missed.len() == 0
     }
 
     /// See [`Cache::shutdown`].
@@ -698,7 +610,7 @@ impl Cache {
         let deadline = Instant::now() + within;
         let mut backoff = Duration::from_millis(20);
         loop {
-            if self.inner.missed.len() == 0 {
+            if self.inner.known.missed.len() == 0 {
                 return Ok(());
             }
             if self.replay_once().await {
