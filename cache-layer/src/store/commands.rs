@@ -96,14 +96,25 @@ pub(super) async fn set_if_absent<R: Raw>(
     value: Vec<u8>,
     ttl: Duration,
 ) -> Result<bool, Error> {
+    // Not resent: the first attempt may have taken the key before its connection dropped.
+    set_nx(raw, key, value, ttl, Resend::Never).await
+}
+
+/// `SET key value NX PX ttl`: whether the key was absent and is now set.
+async fn set_nx<R: Raw>(
+    raw: &R,
+    key: &str,
+    value: Vec<u8>,
+    ttl: Duration,
+    resend: Resend,
+) -> Result<bool, Error> {
     let mut cmd = redis::cmd("SET");
     cmd.arg(key)
         .arg(value)
         .arg("NX")
         .arg("PX")
         .arg(millis_at_least_one(ttl));
-    // Not resent: the first attempt may have taken the key before its connection dropped.
-    let reply: Option<String> = raw.query(&cmd, Resend::Never).await?;
+    let reply: Option<String> = raw.query(&cmd, resend).await?;
     Ok(reply.is_some())
 }
 
@@ -224,6 +235,12 @@ pub(super) async fn fill_if<R: Raw>(
     ttl: Duration,
     seen: &[u8],
 ) -> Result<bool, Error> {
+    if seen.is_empty() {
+        // The load saw no key (the common miss): the script's condition is then exactly "the key
+        // does not exist", which `SET NX` checks without running Lua. A resend after a lost reply
+        // finds its own write and is refused, as the script's would be: safe.
+        return set_nx(raw, key, value, ttl, Resend::Safe).await;
+    }
     let mut invocation = scripts::FILL_IF.script().prepare_invoke();
     invocation
         .key(key)

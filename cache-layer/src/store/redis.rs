@@ -684,7 +684,7 @@ impl_store!(RedisStore);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
+    use crate::store::{scripts, Store};
 
     const OP: Duration = Duration::from_millis(100);
     /// Scheduling slack on a busy machine.
@@ -748,6 +748,110 @@ mod tests {
             "the slot still held the replacement"
         );
         assert!(!stale_fill.load(Ordering::Relaxed));
+    }
+
+    /// A fill whose load saw no key runs `SET NX` instead of the conditional-fill script: on every
+    /// state the key can be in, it must decide (and leave the key) exactly as the script does.
+    #[tokio::test]
+    async fn a_fill_that_saw_nothing_decides_as_the_conditional_fill_script_does() {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let store = RedisStore::new(&url, RedisStoreConfig::default()).expect("valid url");
+        let mut conn = redis::Client::open(url.as_str())
+            .expect("valid url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("the shared Redis (scripts/test.sh starts one)");
+        let prefix = format!("fill-nx-test:{:016x}", rand::random::<u64>());
+        let mut tombstone = b"CL\x02\x80".to_vec();
+        tombstone.extend_from_slice(&[0; 28]);
+        tombstone.extend_from_slice(b"12345678");
+        let mut entry = b"CL\x02\x00".to_vec();
+        entry.extend_from_slice(&[0; 28]);
+        entry.extend_from_slice(b"87654321");
+        let ttl = Duration::from_secs(60);
+        // (name, how the key is prepared, whether the script stores over it when nothing was seen)
+        let states: [(&str, Option<&[u8]>, bool); 5] = [
+            ("absent", None, true),
+            ("an entry", Some(&entry[..]), false),
+            ("a tombstone", Some(&tombstone[..]), false),
+            ("foreign bytes", Some(&b"plain"[..]), false),
+            ("a hash", None, false),
+        ];
+        for (i, (name, bytes, expected)) in states.into_iter().enumerate() {
+            let ours = format!("{prefix}:{i}:ours");
+            let script = format!("{prefix}:{i}:script");
+            for key in [&ours, &script] {
+                match bytes {
+                    Some(bytes) => {
+                        let _: () = redis::cmd("SET")
+                            .arg(key)
+                            .arg(bytes)
+                            .query_async(&mut conn)
+                            .await
+                            .expect("set");
+                    }
+                    None if name == "a hash" => {
+                        let _: () = redis::cmd("HSET")
+                            .arg(key)
+                            .arg("f")
+                            .arg("v")
+                            .query_async(&mut conn)
+                            .await
+                            .expect("hset");
+                    }
+                    None => {}
+                }
+            }
+            let stored = store
+                .fill_if(&ours, b"filled".to_vec(), ttl, b"")
+                .await
+                .expect("fill");
+            let mut invocation = scripts::FILL_IF.script().prepare_invoke();
+            invocation
+                .key(&script)
+                .arg(&b"filled"[..])
+                .arg(&b""[..])
+                .arg(60_000);
+            let by_script: i64 = invocation.invoke_async(&mut conn).await.expect("script");
+            assert_eq!(stored, expected, "SET NX over {name}");
+            assert_eq!(by_script == 1, expected, "the script over {name}");
+            let dump = |key: String| {
+                let mut conn = conn.clone();
+                async move {
+                    let kind: String = redis::cmd("TYPE")
+                        .arg(&key)
+                        .query_async(&mut conn)
+                        .await
+                        .expect("type");
+                    let value: Option<Vec<u8>> = if kind == "string" {
+                        redis::cmd("GET")
+                            .arg(&key)
+                            .query_async(&mut conn)
+                            .await
+                            .expect("get")
+                    } else {
+                        None
+                    };
+                    let ttl: i64 = redis::cmd("PTTL")
+                        .arg(&key)
+                        .query_async(&mut conn)
+                        .await
+                        .expect("pttl");
+                    (kind, value, ttl > 0)
+                }
+            };
+            assert_eq!(
+                dump(ours.clone()).await,
+                dump(script.clone()).await,
+                "both leave {name} the same way"
+            );
+            let _: () = redis::cmd("DEL")
+                .arg(&ours)
+                .arg(&script)
+                .query_async(&mut conn)
+                .await
+                .expect("del");
+        }
     }
 
     #[tokio::test]
