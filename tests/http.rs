@@ -29,7 +29,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use support::{
     http::{get, send},
-    shared_redis_url, unique_prefix, RedisServer,
+    redis_cache, shared_redis_url, unique_prefix, RedisServer,
 };
 use tokio::{
     net::TcpListener,
@@ -209,14 +209,6 @@ async fn serve(router: Router) -> SocketAddr {
         axum::serve(listener, router).await.unwrap();
     });
     addr
-}
-
-fn redis_cache(test: &str) -> Cache {
-    Cache::builder()
-        .redis(shared_redis_url())
-        .namespace(unique_prefix(test))
-        .build()
-        .unwrap()
 }
 
 /// An app with the layer applied to every route.

@@ -14,7 +14,7 @@ use std::{
 };
 
 use cache_layer::{Cache, Policy, Stampede};
-use support::{shared_redis_url, unique_prefix, RedisServer};
+use support::{redis_server::MISS_AND_FILL, shared_redis_url, unique_prefix, RedisServer};
 use tokio::sync::{oneshot, Notify};
 
 fn redis_cache(namespace: &str) -> Cache {
@@ -281,25 +281,16 @@ async fn tagged_hits_are_one_get_in_steady_state_and_fills_never_publish() {
     let v: u32 = cache.get_or_fetch("p:1", &policy, || async { 1 }).await;
     assert_eq!(v, 1);
     // Redis counts the GET and SET the fill script runs too: two round trips, GET + EVALSHA.
-    assert_eq!(
-        server.cache_command_calls(),
-        vec![
-            ("evalsha".to_string(), 1),
-            ("get".to_string(), 2),
-            ("set".to_string(), 1)
-        ],
-        "a tagged miss + fill is one GET and one conditional fill, no PUBLISH"
+    server.assert_cache_commands(
+        &MISS_AND_FILL,
+        "a tagged miss + fill is one GET and one conditional fill, no PUBLISH",
     );
     server.reset_stats();
     for _ in 0..20 {
         let v: u32 = cache.get_or_fetch("p:1", &policy, || async { 0 }).await;
         assert_eq!(v, 1);
     }
-    assert_eq!(
-        server.cache_command_calls(),
-        vec![("get".to_string(), 20)],
-        "a warm tagged hit is exactly one GET"
-    );
+    server.assert_cache_commands(&[("get", 20)], "a warm tagged hit is exactly one GET");
 
     // An invalidation is one script on the tag key (its GET/SET/TIME run inside the script) and
     // one PUBLISH; nothing enumerates entries.

@@ -105,6 +105,10 @@ enum SpawnError {
     AddrInUse,
 }
 
+/// What a miss with a fill costs, as [`RedisServer::cache_command_calls`] counts it: one `GET` and
+/// the conditional-fill script (whose own `GET` and `SET PX` Redis counts too).
+pub const MISS_AND_FILL: [(&str, u64); 3] = [("evalsha", 1), ("get", 2), ("set", 1)];
+
 impl RedisServer {
     /// Starts a server with the default arguments on a free port.
     pub fn start() -> Self {
@@ -477,6 +481,17 @@ impl RedisServer {
             .collect();
         calls.sort();
         calls
+    }
+
+    /// Asserts that the cache's commands since the last [`reset_stats`](Self::reset_stats)
+    /// ([`cache_command_calls`](Self::cache_command_calls)) are exactly `expected`, in order.
+    #[track_caller]
+    pub fn assert_cache_commands(&self, expected: &[(&str, u64)], what: &str) {
+        let expected: Vec<(String, u64)> = expected
+            .iter()
+            .map(|&(command, calls)| (command.to_string(), calls))
+            .collect();
+        assert_eq!(self.cache_command_calls(), expected, "{what}");
     }
 
     /// `CONFIG RESETSTAT` (zeroes the command statistics).
