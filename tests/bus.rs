@@ -11,9 +11,8 @@ use cache_layer::{Cache, CacheBuilder, Policy};
 use support::RedisServer;
 
 fn instance(server: &RedisServer, namespace: &str) -> Cache {
-    Cache::builder()
-        .redis(server.url())
-        .namespace(namespace)
+    server
+        .cache_builder(namespace)
         .local(1_000)
         .build()
         .expect("valid configuration")
@@ -22,9 +21,8 @@ fn instance(server: &RedisServer, namespace: &str) -> Cache {
 /// On `server` in `namespace`, with a 100 ms op timeout and a breaker that opens at the first
 /// failure and lets a probe through after 50 ms.
 fn quick_breaker(server: &RedisServer, namespace: &str) -> CacheBuilder {
-    Cache::builder()
-        .redis(server.url())
-        .namespace(namespace)
+    server
+        .cache_builder(namespace)
         .op_timeout(Duration::from_millis(100))
         .breaker(cache_layer::BreakerConfig {
             failure_threshold: 1,
@@ -206,9 +204,8 @@ async fn the_bus_resubscribes_after_a_redis_restart_and_l1_starts_over() {
 async fn while_the_bus_is_down_l1_copies_live_only_the_fallback_ttl() {
     let server = RedisServer::start();
     let fallback = Duration::from_millis(300);
-    let b = Cache::builder()
-        .redis(server.url())
-        .namespace("down")
+    let b = server
+        .cache_builder("down")
         .local(100)
         .bus_fallback_ttl(fallback)
         .build()

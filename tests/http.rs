@@ -570,9 +570,8 @@ async fn uncacheable_urls_do_not_queue_behind_each_other() {
 #[tokio::test]
 async fn redis_down_still_serves_from_the_handler() {
     let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace(unique_prefix("http_down"))
+    let cache = server
+        .cache_builder(unique_prefix("http_down"))
         .build()
         .unwrap();
     let (addr, origin) = app(CacheLayer::new(cache)).await;

@@ -265,11 +265,7 @@ async fn expire_tag_serves_stale_within_grace_and_refreshes() {
 #[tokio::test]
 async fn tagged_hits_are_one_get_in_steady_state_and_fills_never_publish() {
     let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("count")
-        .build()
-        .unwrap();
+    let cache = server.cache_builder("count").build().unwrap();
     let policy = tagged(&["product:1", "catalog", "brand:9"]);
     let _ = cache.get::<u8>("warmup").await.unwrap();
     // The first miss with new tags reads their records along with the entry (one pipelined
@@ -318,12 +314,7 @@ async fn tagged_hits_are_one_get_in_steady_state_and_fills_never_publish() {
 #[tokio::test]
 async fn tagged_local_hits_make_no_redis_calls() {
     let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("l1tags")
-        .local(100)
-        .build()
-        .unwrap();
+    let cache = server.cache_builder("l1tags").local(100).build().unwrap();
     let policy = tagged(&["product:1"]);
     let _: u32 = cache.get_or_fetch("p", &policy, || async { 1 }).await;
     cache.set("q", &2u32, &policy).await.unwrap();
@@ -348,12 +339,7 @@ async fn tagged_local_hits_make_no_redis_calls() {
 #[tokio::test]
 async fn a_failed_write_through_removes_the_old_entry() {
     let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("wt")
-        .local(100)
-        .build()
-        .unwrap();
+    let cache = server.cache_builder("wt").local(100).build().unwrap();
     let policy = tagged(&[]);
     cache.set("price", &1000u32, &policy).await.unwrap();
     assert_eq!(cache.get::<u32>("price").await.unwrap(), Some(1000));
@@ -371,11 +357,7 @@ async fn a_failed_write_through_removes_the_old_entry() {
         "the failed write is reported: {written:?}"
     );
     let old: Option<Vec<u8>> = server.query(redis::cmd("GET").arg(cache.redis_key("price")));
-    let reader = Cache::builder()
-        .redis(server.url())
-        .namespace("wt")
-        .build()
-        .unwrap();
+    let reader = server.cache_builder("wt").build().unwrap();
     assert_eq!(
         reader.get::<u32>("price").await.unwrap(),
         None,

@@ -501,11 +501,7 @@ async fn corrupt_truncated_foreign_and_mistyped_entries_are_misses() {
 #[tokio::test]
 async fn one_hit_is_one_get_and_one_fill_is_one_conditional_set_px() {
     let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("count")
-        .build()
-        .unwrap();
+    let cache = server.cache_builder("count").build().unwrap();
     let tagged = Policy::ttl(Duration::from_secs(60)).tags(["product:1", "catalog"]);
     let plain = Policy::ttl(Duration::from_secs(60));
     // Warm the pool so connection setup commands are not counted, and create the tags' records
@@ -552,12 +548,7 @@ async fn one_hit_is_one_get_and_one_fill_is_one_conditional_set_px() {
 #[tokio::test]
 async fn local_tier_hits_make_no_redis_calls() {
     let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("l1")
-        .local(100)
-        .build()
-        .unwrap();
+    let cache = server.cache_builder("l1").local(100).build().unwrap();
     let policy = Policy::ttl(Duration::from_secs(60));
     let _: Product = cache
         .get_or_fetch("p", &policy, || async { product(1) })
@@ -617,9 +608,8 @@ async fn build_succeeds_with_redis_down_and_calls_fall_back_to_the_loader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_dying_at_call_time_falls_back_and_recovers() {
     let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("dies")
+    let cache = server
+        .cache_builder("dies")
         .breaker(BreakerConfig {
             failure_threshold: 3,
             cooldown: Duration::from_millis(200),

@@ -167,9 +167,8 @@ fn redis_cache(url: &str, namespace: &str) -> Cache {
 
 /// On `server` (namespace `wb`), with a breaker that probes again after 100 ms.
 fn quick_recovery(server: &RedisServer) -> Cache {
-    Cache::builder()
-        .redis(server.url())
-        .namespace("wb")
+    server
+        .cache_builder("wb")
         .breaker(BreakerConfig {
             cooldown: Duration::from_millis(100),
             ..BreakerConfig::default()
@@ -562,9 +561,8 @@ async fn a_redis_restart_with_aof_during_a_million_increments_loses_and_duplicat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_whose_reply_is_lost_is_not_counted_twice() {
     let server = Arc::new(RedisServer::start());
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("wb")
+    let cache = server
+        .cache_builder("wb")
         .op_timeout(Duration::from_millis(100))
         .breaker(BreakerConfig {
             cooldown: Duration::from_millis(50),
@@ -626,9 +624,8 @@ const OP_TIMEOUT: Duration = Duration::from_millis(900);
 
 /// A cache on `server` with [`OP_TIMEOUT`] and a short breaker cooldown.
 fn cache_on(server: &RedisServer) -> Cache {
-    Cache::builder()
-        .redis(server.url())
-        .namespace("wb")
+    server
+        .cache_builder("wb")
         .op_timeout(OP_TIMEOUT)
         .breaker(BreakerConfig {
             cooldown: Duration::from_millis(50),

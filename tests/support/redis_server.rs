@@ -483,6 +483,13 @@ impl RedisServer {
         calls
     }
 
+    /// A cache builder for this server, in `namespace`.
+    pub fn cache_builder(&self, namespace: impl Into<String>) -> cache_layer::CacheBuilder {
+        cache_layer::Cache::builder()
+            .redis(self.url())
+            .namespace(namespace)
+    }
+
     /// Asserts that the cache's commands since the last [`reset_stats`](Self::reset_stats)
     /// ([`cache_command_calls`](Self::cache_command_calls)) are exactly `expected`, in order.
     #[track_caller]
