@@ -22,22 +22,10 @@ async fn suites_run_as_a_user_limited_to_the_namespace() {
     let base = unique_prefix("acl");
     let url = create_limited_user(&server, &base);
     let _: () = server.query(redis::cmd("ACL").arg("LOG").arg("RESET"));
-    let instances = |test: &str, count: usize| {
-        let namespace = format!("{base}:{test}");
-        (0..count)
-            .map(|_| {
-                Cache::builder()
-                    .redis(url.as_str())
-                    .namespace(namespace.as_str())
-                    .build()
-                    .expect("valid configuration")
-            })
-            .collect::<Vec<_>>()
-    };
-    suites::read_through(&instances).await;
-    suites::lock_across_instances(&instances).await;
-    suites::tags(&instances).await;
-    suites::counters(&instances).await;
+    let builder = Cache::builder().redis(url.as_str());
+    let instances =
+        |test: &str, count: usize| suites::build(&builder, &format!("{base}:{test}"), count);
+    suites::all(&instances).await;
 
     // Namespace invalidation, expiry, the bus and the memory-policy check too.
     let cache = instances("more", 1).remove(0);

@@ -7,16 +7,41 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use cache_layer::{Cache, Policy};
+use cache_layer::{Cache, CacheBuilder, Policy};
 use support::RedisServer;
 
 fn instance(server: &RedisServer, namespace: &str) -> Cache {
-    Cache::builder()
-        .redis(server.url())
-        .namespace(namespace)
+    server
+        .cache_builder(namespace)
         .local(1_000)
         .build()
         .expect("valid configuration")
+}
+
+/// On `server` in `namespace`, with a 100 ms op timeout and a breaker that opens at the first
+/// failure and lets a probe through after 50 ms.
+fn quick_breaker(server: &RedisServer, namespace: &str) -> CacheBuilder {
+    server
+        .cache_builder(namespace)
+        .op_timeout(Duration::from_millis(100))
+        .breaker(cache_layer::BreakerConfig {
+            failure_threshold: 1,
+            cooldown: Duration::from_millis(50),
+            ..Default::default()
+        })
+}
+
+/// Probes `cache` (a `get` every 10 ms) until its breaker is closed again; bounded (5 s).
+async fn until_breaker_closed(cache: &Cache) {
+    let started = Instant::now();
+    while cache.stats().breaker != cache_layer::BreakerState::Closed {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "breaker never closed"
+        );
+        let _ = cache.get::<u32>("probe").await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn tagged(tags: &[&str]) -> Policy {
@@ -156,10 +181,7 @@ async fn the_bus_resubscribes_after_a_redis_restart_and_l1_starts_over() {
 
     let restarted = {
         let server = std::sync::Arc::new(server);
-        let handle = server.clone();
-        tokio::task::spawn_blocking(move || handle.restart())
-            .await
-            .unwrap();
+        support::on_server(&server, RedisServer::restart).await;
         server
     };
     // Both subscribers notice the dead connection and subscribe again (bounded poll).
@@ -182,9 +204,8 @@ async fn the_bus_resubscribes_after_a_redis_restart_and_l1_starts_over() {
 async fn while_the_bus_is_down_l1_copies_live_only_the_fallback_ttl() {
     let server = RedisServer::start();
     let fallback = Duration::from_millis(300);
-    let b = Cache::builder()
-        .redis(server.url())
-        .namespace("down")
+    let b = server
+        .cache_builder("down")
         .local(100)
         .bus_fallback_ttl(fallback)
         .build()
@@ -193,10 +214,7 @@ async fn while_the_bus_is_down_l1_copies_live_only_the_fallback_ttl() {
     assert!(b.bus_connected());
     let killed_at = Instant::now();
     let server = std::sync::Arc::new(server);
-    let handle = server.clone();
-    tokio::task::spawn_blocking(move || handle.kill())
-        .await
-        .unwrap();
+    support::on_server(&server, RedisServer::kill).await;
     until(Duration::from_secs(5), "bus noticed the outage", || {
         !b.bus_connected()
     })
@@ -300,44 +318,19 @@ fn the_bus_starts_lazily_and_survives_its_runtime() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l1_is_cleared_when_the_breaker_closes() {
     let server = std::sync::Arc::new(RedisServer::start());
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("breaker")
+    let cache = quick_breaker(&server, "breaker")
         .local(100)
-        .op_timeout(Duration::from_millis(100))
-        .breaker(cache_layer::BreakerConfig {
-            failure_threshold: 1,
-            cooldown: Duration::from_millis(50),
-            ..Default::default()
-        })
         .build()
         .unwrap();
     warm(&cache, "k", &tagged(&[]), 1).await;
     // A hung Redis opens the breaker (the pub/sub connection itself stays up).
-    let handle = server.clone();
-    tokio::task::spawn_blocking(move || handle.pause())
-        .await
-        .unwrap();
+    support::on_server(&server, RedisServer::pause).await;
     assert!(cache.get::<u32>("other").await.is_err());
     assert_eq!(cache.stats().breaker, cache_layer::BreakerState::Open);
-    let handle = server.clone();
-    tokio::task::spawn_blocking(move || handle.resume())
-        .await
-        .unwrap();
+    support::on_server(&server, RedisServer::resume).await;
     // The first operation after the cooldown probes Redis and closes the breaker.
-    let started = Instant::now();
-    while cache.stats().breaker != cache_layer::BreakerState::Closed {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "breaker never closed"
-        );
-        let _ = cache.get::<u32>("probe").await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let handle = server.clone();
-    tokio::task::spawn_blocking(move || handle.reset_stats())
-        .await
-        .unwrap();
+    until_breaker_closed(&cache).await;
+    support::on_server(&server, RedisServer::reset_stats).await;
     assert_eq!(cache.get::<u32>("k").await.unwrap(), Some(1));
     assert_eq!(
         server.command_calls("get"),
@@ -351,32 +344,16 @@ async fn l1_is_cleared_when_the_breaker_closes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidations_redis_missed_are_replayed_when_it_is_back() {
     let server = std::sync::Arc::new(RedisServer::start());
-    let a = Cache::builder()
-        .redis(server.url())
-        .namespace("replay")
-        .op_timeout(Duration::from_millis(100))
-        .breaker(cache_layer::BreakerConfig {
-            failure_threshold: 1,
-            cooldown: Duration::from_millis(50),
-            ..Default::default()
-        })
-        .build()
-        .unwrap();
+    let a = quick_breaker(&server, "replay").build().unwrap();
     let b = instance(&server, "replay");
     let policy = tagged(&["t"]);
     warm(&b, "k", &policy, 1).await;
     let _ = a.get::<u32>("k").await.unwrap();
 
-    let handle = server.clone();
-    tokio::task::spawn_blocking(move || handle.pause())
-        .await
-        .unwrap();
+    support::on_server(&server, RedisServer::pause).await;
     let result = a.invalidate_tag("t").await;
     assert!(result.is_err(), "the caller learns Redis did not take it");
-    let handle = server.clone();
-    tokio::task::spawn_blocking(move || handle.resume())
-        .await
-        .unwrap();
+    support::on_server(&server, RedisServer::resume).await;
     assert_eq!(
         a.get::<u32>("k").await.unwrap_or(None),
         None,
@@ -384,14 +361,6 @@ async fn invalidations_redis_missed_are_replayed_when_it_is_back() {
     );
 
     // The breaker closes with the next operation after its cooldown; the replay follows.
-    let started = Instant::now();
-    while a.stats().breaker != cache_layer::BreakerState::Closed {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "breaker never closed"
-        );
-        let _ = a.get::<u32>("probe").await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_breaker_closed(&a).await;
     until_get(&b, "k", Duration::from_secs(5), |v| v.is_none()).await;
 }

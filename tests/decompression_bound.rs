@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use cache_layer::{Cache, Policy};
+use cache_layer::Policy;
 use support::RedisServer;
 
 struct Watching;
@@ -58,11 +58,7 @@ static ALLOCATOR: Watching = Watching;
 #[tokio::test(flavor = "current_thread")]
 async fn a_compressed_entry_claiming_a_huge_size_is_a_miss_without_a_huge_allocation() {
     let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("bomb")
-        .build()
-        .unwrap();
+    let cache = server.cache_builder("bomb").build().unwrap();
     let policy = Policy::ttl(Duration::from_secs(60));
     // Compressible and above the compression threshold: stored lz4-compressed.
     let value = "a".repeat(4_000);
@@ -95,11 +91,7 @@ async fn a_compressed_entry_claiming_a_huge_size_is_a_miss_without_a_huge_alloca
     );
 
     // A fresh instance (no L1, nothing cached in-process) reads the patched entry.
-    let reader = Cache::builder()
-        .redis(server.url())
-        .namespace("bomb")
-        .build()
-        .unwrap();
+    let reader = server.cache_builder("bomb").build().unwrap();
     LARGEST.store(0, Ordering::SeqCst);
     ARMED.store(true, Ordering::SeqCst);
     let read = reader.get::<String>("k").await;

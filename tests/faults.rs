@@ -26,7 +26,7 @@ use std::{
 use cache_layer::{
     cached, BreakerConfig, BreakerState, Cache, CacheLayer, Policy, Stampede, Stats,
 };
-use support::{random_u64, RedisServer};
+use support::{on_server, random_u64, RedisServer};
 
 /// The cache's per-operation timeout.
 const OP_TIMEOUT: Duration = Duration::from_millis(100);
@@ -219,6 +219,13 @@ impl Load {
         }
     }
 
+    /// Stops the callers, checks what they saw ([`Report::assert_ok`]) and prints the summary.
+    async fn finish(self, scenario: &str, recovered_in: Duration, cache: &Cache) {
+        let report = self.stop().await;
+        report.assert_ok(scenario);
+        summary(scenario, &report, recovered_in, &cache.stats());
+    }
+
     fn source_calls(&self) -> u64 {
         self.source_calls.load(Ordering::Relaxed)
     }
@@ -295,6 +302,14 @@ async fn recovery(cache: &Cache, scenario: &str) -> Duration {
     }
 }
 
+/// [`cache`] on `server` under [`Load::start`], warmed up.
+async fn under_load(scenario: &str, server: &RedisServer) -> (Cache, Load) {
+    let cache = cache(&server.url());
+    let load = Load::start(&cache);
+    warmed_up(&cache, scenario).await;
+    (cache, load)
+}
+
 /// Waits (bounded) until the load is served from Redis (before injecting a fault).
 async fn warmed_up(cache: &Cache, scenario: &str) {
     recovery(cache, &format!("{scenario} (warm-up)")).await;
@@ -367,13 +382,10 @@ fn sigkill_then_restart_empty() {
     run(async {
         let scenario = "sigkill+restart-empty";
         let server = Arc::new(RedisServer::start());
-        let cache = cache(&server.url());
-        let load = Load::start(&cache);
-        warmed_up(&cache, scenario).await;
+        let (cache, load) = under_load(scenario, &server).await;
         let (before, source_before) = (cache.stats(), load.source_calls());
 
-        let s = server.clone();
-        blocking(move || s.kill()).await;
+        on_server(&server, RedisServer::kill).await;
         tokio::time::sleep(FAULT_TIME).await;
         let during = cache.stats();
         assert_fell_back(scenario, &before, &during, source_before, &load);
@@ -393,12 +405,9 @@ fn sigkill_then_restart_empty() {
             "a refused connection fails fast, took {took:?}"
         );
 
-        let s = server.clone();
-        blocking(move || s.restart()).await;
+        on_server(&server, RedisServer::restart).await;
         let recovered_in = recovery(&cache, scenario).await;
-        let report = load.stop().await;
-        report.assert_ok(scenario);
-        summary(scenario, &report, recovered_in, &cache.stats());
+        load.finish(scenario, recovered_in, &cache).await;
     });
 }
 
@@ -411,13 +420,10 @@ fn sigstop_then_sigcont() {
     run(async {
         let scenario = "sigstop+sigcont";
         let server = Arc::new(RedisServer::start());
-        let cache = cache(&server.url());
-        let load = Load::start(&cache);
-        warmed_up(&cache, scenario).await;
+        let (cache, load) = under_load(scenario, &server).await;
         let (before, source_before) = (cache.stats(), load.source_calls());
 
-        let s = server.clone();
-        blocking(move || s.pause()).await;
+        on_server(&server, RedisServer::pause).await;
         tokio::time::sleep(FAULT_TIME).await;
         let during = cache.stats();
         assert_fell_back(scenario, &before, &during, source_before, &load);
@@ -427,15 +433,11 @@ fn sigstop_then_sigcont() {
         assert!(err.contains("did not answer within"), "{err}");
         assert!(took < BOUND, "took {took:?}");
 
-        let s = server.clone();
-        blocking(move || s.resume()).await;
+        on_server(&server, RedisServer::resume).await;
         let recovered_in = recovery(&cache, scenario).await;
         // The data survived the pause: once Redis is back, nothing is loaded again.
         assert_no_more_loads(&cache, scenario).await;
-        let report = load.stop().await;
-        report.assert_ok(scenario);
-        let after = cache.stats();
-        summary(scenario, &report, recovered_in, &after);
+        load.finish(scenario, recovered_in, &cache).await;
     });
 }
 
@@ -448,19 +450,14 @@ fn restart_on_the_same_port() {
     run(async {
         let scenario = "restart-same-port";
         let server = Arc::new(RedisServer::start());
-        let cache = cache(&server.url());
-        let load = Load::start(&cache);
-        warmed_up(&cache, scenario).await;
+        let (cache, load) = under_load(scenario, &server).await;
 
         cli(&server, &["SAVE"]).await;
-        let s = server.clone();
-        blocking(move || s.restart()).await;
+        on_server(&server, RedisServer::restart).await;
         let recovered_in = recovery(&cache, scenario).await;
         // Reconnected to the restarted server, which loaded its data: no more source calls.
         assert_no_more_loads(&cache, scenario).await;
-        let report = load.stop().await;
-        report.assert_ok(scenario);
-        summary(scenario, &report, recovered_in, &cache.stats());
+        load.finish(scenario, recovered_in, &cache).await;
     });
 }
 
@@ -476,9 +473,7 @@ fn out_of_memory_rejects_writes_and_reads_keep_hitting() {
             "--maxmemory-policy",
             "noeviction",
         ]));
-        let cache = cache(&server.url());
-        let load = Load::start(&cache);
-        warmed_up(&cache, scenario).await;
+        let (cache, load) = under_load(scenario, &server).await;
         let connections_before: u64 = info_stat(&server, "total_connections_received").await;
 
         cli(&server, &["CONFIG", "SET", "maxmemory", "1"]).await;
@@ -514,15 +509,13 @@ fn out_of_memory_rejects_writes_and_reads_keep_hitting() {
             .await;
             assert!(stored, "{} was never stored again", key(k));
         }
-        let report = load.stop().await;
-        report.assert_ok(scenario);
+        load.finish(scenario, recovered_in, &cache).await;
         let connections_after: u64 = info_stat(&server, "total_connections_received").await;
         // OOM replies do not retire connections (the cli calls above account for the rest).
         assert!(
             connections_after - connections_before <= KEYS / 2 + 10,
             "connections churned: {connections_before} -> {connections_after}"
         );
-        summary(scenario, &report, recovered_in, &cache.stats());
     });
 }
 
@@ -588,9 +581,7 @@ async fn auth_scenario(scenario: &str, server: &Arc<RedisServer>, cache_url: &st
     args.extend_from_slice(fix);
     cli(server, &args).await;
     let recovered_in = recovery(&cache, scenario).await;
-    let report = load.stop().await;
-    report.assert_ok(scenario);
-    summary(scenario, &report, recovered_in, &cache.stats());
+    load.finish(scenario, recovered_in, &cache).await;
 }
 
 #[test]
@@ -648,9 +639,7 @@ fn client_kill_replaces_connections() {
     run(async {
         let scenario = "client-kill";
         let server = Arc::new(RedisServer::start());
-        let cache = cache(&server.url());
-        let load = Load::start(&cache);
-        warmed_up(&cache, scenario).await;
+        let (cache, load) = under_load(scenario, &server).await;
         let before = client_ids(&server).await;
         assert!(!before.is_empty());
 
@@ -660,8 +649,7 @@ fn client_kill_replaces_connections() {
         }
         let recovered_in = recovery(&cache, scenario).await;
         let after = client_ids(&server).await;
-        let report = load.stop().await;
-        report.assert_ok(scenario);
+        load.finish(scenario, recovered_in, &cache).await;
         assert!(!after.is_empty(), "reconnected");
         assert!(
             after.iter().all(|id| !before.contains(id)),
@@ -674,7 +662,6 @@ fn client_kill_replaces_connections() {
             (0, 0),
             "{stats:?}"
         );
-        summary(scenario, &report, recovered_in, &cache.stats());
     });
 }
 
@@ -687,9 +674,7 @@ fn debug_sleep_longer_than_the_op_timeout() {
     run(async {
         let scenario = "debug-sleep";
         let server = Arc::new(RedisServer::start_with(&["--enable-debug-command", "yes"]));
-        let cache = cache(&server.url());
-        let load = Load::start(&cache);
-        warmed_up(&cache, scenario).await;
+        let (cache, load) = under_load(scenario, &server).await;
         let (before, source_before) = (cache.stats(), load.source_calls());
 
         // The server is blocked for 2 s; `redis-cli` returns when it is done.
@@ -706,9 +691,7 @@ fn debug_sleep_longer_than_the_op_timeout() {
         assert_fell_back(scenario, &before, &during, source_before, &load);
 
         let recovered_in = recovery(&cache, scenario).await;
-        let report = load.stop().await;
-        report.assert_ok(scenario);
-        summary(scenario, &report, recovered_in, &cache.stats());
+        load.finish(scenario, recovered_in, &cache).await;
     });
 }
 
@@ -717,9 +700,7 @@ fn busy_lua_script() {
     run(async {
         let scenario = "busy-script";
         let server = Arc::new(RedisServer::start_with(&["--busy-reply-threshold", "50"]));
-        let cache = cache(&server.url());
-        let load = Load::start(&cache);
-        warmed_up(&cache, scenario).await;
+        let (cache, load) = under_load(scenario, &server).await;
         let (before, source_before) = (cache.stats(), load.source_calls());
 
         // A script that never ends on its own; other clients get BUSY after 50 ms.
@@ -746,9 +727,7 @@ fn busy_lua_script() {
         cli(&server, &["SCRIPT", "KILL"]).await;
         script.await.expect("script client");
         let recovered_in = recovery(&cache, scenario).await;
-        let report = load.stop().await;
-        report.assert_ok(scenario);
-        summary(scenario, &report, recovered_in, &cache.stats());
+        load.finish(scenario, recovered_in, &cache).await;
     });
 }
 
@@ -761,9 +740,7 @@ fn garbage_under_our_keys_is_replaced() {
     run(async {
         let scenario = "garbage";
         let server = Arc::new(RedisServer::start());
-        let cache = cache(&server.url());
-        let load = Load::start(&cache);
-        warmed_up(&cache, scenario).await;
+        let (cache, load) = under_load(scenario, &server).await;
         let before = cache.stats();
 
         let mut conn = server
@@ -831,9 +808,7 @@ fn garbage_under_our_keys_is_replaced() {
             .await;
             assert!(replaced, "{} still holds garbage", key(k));
         }
-        let report = load.stop().await;
-        report.assert_ok(scenario);
-        summary(scenario, &report, recovered_in, &cache.stats());
+        load.finish(scenario, recovered_in, &cache).await;
     });
 }
 
@@ -862,31 +837,21 @@ fn every_stampede_mode_through_a_hang_and_an_outage() {
         warmed_up(&cache, scenario).await;
 
         let (before, source_before) = (cache.stats(), load.source_calls());
-        let s = server.clone();
-        blocking(move || s.pause()).await;
+        on_server(&server, RedisServer::pause).await;
         tokio::time::sleep(FAULT_TIME).await;
         assert_fell_back(scenario, &before, &cache.stats(), source_before, &load);
-        let s = server.clone();
-        blocking(move || s.resume()).await;
+        on_server(&server, RedisServer::resume).await;
         let after_hang = recovery(&cache, scenario).await;
 
         let (before, source_before) = (cache.stats(), load.source_calls());
-        let s = server.clone();
-        blocking(move || s.kill()).await;
+        on_server(&server, RedisServer::kill).await;
         tokio::time::sleep(FAULT_TIME).await;
         assert_fell_back(scenario, &before, &cache.stats(), source_before, &load);
-        let s = server.clone();
-        blocking(move || s.restart()).await;
+        on_server(&server, RedisServer::restart).await;
         let after_outage = recovery(&cache, scenario).await;
 
-        let report = load.stop().await;
-        report.assert_ok(scenario);
-        summary(
-            scenario,
-            &report,
-            after_hang.max(after_outage),
-            &cache.stats(),
-        );
+        load.finish(scenario, after_hang.max(after_outage), &cache)
+            .await;
     });
 }
 
@@ -962,8 +927,7 @@ fn one_breaker_for_every_front_door() {
         assert_eq!(cache.stats().loads, loads, "a #[cached] hit");
 
         // Redis hangs. HTTP requests trip the breaker; each is still answered by the origin.
-        let s = server.clone();
-        blocking(move || s.pause()).await;
+        on_server(&server, RedisServer::pause).await;
         for id in 100.. {
             let (status, body, _, took) = http_get(&router, id).await;
             assert_eq!((status, body), (200, format!("product page {id}")));
@@ -1002,8 +966,7 @@ fn one_breaker_for_every_front_door() {
         );
 
         // Redis is back: after the cooldown one probe closes the breaker for every door.
-        let s = server.clone();
-        blocking(move || s.resume()).await;
+        on_server(&server, RedisServer::resume).await;
         let closed = wait_for(cooldown * 5, || async {
             let _ = price_of(&cache, 5).await;
             cache.stats().breaker == BreakerState::Closed

@@ -10,9 +10,8 @@ use cache_layer::{BreakerConfig, Cache, Policy, Stampede};
 use support::{unique_prefix, RedisServer};
 
 fn cache_on(server: &RedisServer) -> Cache {
-    Cache::builder()
-        .redis(server.url())
-        .namespace(unique_prefix("health"))
+    server
+        .cache_builder(unique_prefix("health"))
         .breaker(BreakerConfig {
             cooldown: Duration::from_millis(100),
             ..Default::default()

@@ -29,7 +29,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use support::{
     http::{get, send},
-    shared_redis_url, unique_prefix, RedisServer,
+    redis_cache, shared_redis_url, unique_prefix, RedisServer,
 };
 use tokio::{
     net::TcpListener,
@@ -209,14 +209,6 @@ async fn serve(router: Router) -> SocketAddr {
         axum::serve(listener, router).await.unwrap();
     });
     addr
-}
-
-fn redis_cache(test: &str) -> Cache {
-    Cache::builder()
-        .redis(shared_redis_url())
-        .namespace(unique_prefix(test))
-        .build()
-        .unwrap()
 }
 
 /// An app with the layer applied to every route.
@@ -578,9 +570,8 @@ async fn uncacheable_urls_do_not_queue_behind_each_other() {
 #[tokio::test]
 async fn redis_down_still_serves_from_the_handler() {
     let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace(unique_prefix("http_down"))
+    let cache = server
+        .cache_builder(unique_prefix("http_down"))
         .build()
         .unwrap();
     let (addr, origin) = app(CacheLayer::new(cache)).await;

@@ -24,7 +24,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::{
     http::{get, send, send_h2},
-    shared_redis_url, unique_prefix,
+    redis_cache, shared_redis_url, unique_prefix,
 };
 use tokio::net::TcpListener;
 
@@ -134,14 +134,6 @@ async fn origin_handler(State(origin): State<Origin>, request: Request) -> Respo
         response = response.header(name, value);
     }
     response.body(Body::from(body)).unwrap()
-}
-
-fn redis_cache(test: &str) -> Cache {
-    Cache::builder()
-        .redis(shared_redis_url())
-        .namespace(unique_prefix(test))
-        .build()
-        .unwrap()
 }
 
 fn router(layer: CacheLayer, origin: &Origin) -> Router {

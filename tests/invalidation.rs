@@ -14,7 +14,7 @@ use std::{
 };
 
 use cache_layer::{Cache, Policy, Stampede};
-use support::{shared_redis_url, unique_prefix, RedisServer};
+use support::{redis_server::MISS_AND_FILL, shared_redis_url, unique_prefix, RedisServer};
 use tokio::sync::{oneshot, Notify};
 
 fn redis_cache(namespace: &str) -> Cache {
@@ -265,11 +265,7 @@ async fn expire_tag_serves_stale_within_grace_and_refreshes() {
 #[tokio::test]
 async fn tagged_hits_are_one_get_in_steady_state_and_fills_never_publish() {
     let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("count")
-        .build()
-        .unwrap();
+    let cache = server.cache_builder("count").build().unwrap();
     let policy = tagged(&["product:1", "catalog", "brand:9"]);
     let _ = cache.get::<u8>("warmup").await.unwrap();
     // The first miss with new tags reads their records along with the entry (one pipelined
@@ -282,21 +278,16 @@ async fn tagged_hits_are_one_get_in_steady_state_and_fills_never_publish() {
     assert_eq!(v, 1);
     // Two round trips: the GET that missed, and the conditional fill (the load saw no key, so the
     // condition is `SET NX`; no script).
-    assert_eq!(
-        server.cache_command_calls(),
-        vec![("get".to_string(), 1), ("set".to_string(), 1)],
-        "a tagged miss + fill is one GET and one conditional fill, no PUBLISH"
+    server.assert_cache_commands(
+        &MISS_AND_FILL,
+        "a tagged miss + fill is one GET and one conditional fill, no PUBLISH",
     );
     server.reset_stats();
     for _ in 0..20 {
         let v: u32 = cache.get_or_fetch("p:1", &policy, || async { 0 }).await;
         assert_eq!(v, 1);
     }
-    assert_eq!(
-        server.cache_command_calls(),
-        vec![("get".to_string(), 20)],
-        "a warm tagged hit is exactly one GET"
-    );
+    server.assert_cache_commands(&[("get", 20)], "a warm tagged hit is exactly one GET");
 
     // An invalidation is one script on the tag key (its GET/SET/TIME run inside the script) and
     // one PUBLISH; nothing enumerates entries.
@@ -324,12 +315,7 @@ async fn tagged_hits_are_one_get_in_steady_state_and_fills_never_publish() {
 #[tokio::test]
 async fn tagged_local_hits_make_no_redis_calls() {
     let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("l1tags")
-        .local(100)
-        .build()
-        .unwrap();
+    let cache = server.cache_builder("l1tags").local(100).build().unwrap();
     let policy = tagged(&["product:1"]);
     let _: u32 = cache.get_or_fetch("p", &policy, || async { 1 }).await;
     cache.set("q", &2u32, &policy).await.unwrap();
@@ -354,12 +340,7 @@ async fn tagged_local_hits_make_no_redis_calls() {
 #[tokio::test]
 async fn a_failed_write_through_removes_the_old_entry() {
     let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("wt")
-        .local(100)
-        .build()
-        .unwrap();
+    let cache = server.cache_builder("wt").local(100).build().unwrap();
     let policy = tagged(&[]);
     cache.set("price", &1000u32, &policy).await.unwrap();
     assert_eq!(cache.get::<u32>("price").await.unwrap(), Some(1000));
@@ -377,11 +358,7 @@ async fn a_failed_write_through_removes_the_old_entry() {
         "the failed write is reported: {written:?}"
     );
     let old: Option<Vec<u8>> = server.query(redis::cmd("GET").arg(cache.redis_key("price")));
-    let reader = Cache::builder()
-        .redis(server.url())
-        .namespace("wt")
-        .build()
-        .unwrap();
+    let reader = server.cache_builder("wt").build().unwrap();
     assert_eq!(
         reader.get::<u32>("price").await.unwrap(),
         None,

@@ -13,15 +13,7 @@ use std::time::Duration;
 
 use cache_layer::{cached, invalidate, Cache};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use support::{shared_redis_url, unique_prefix};
-
-fn redis_cache(test: &str) -> Cache {
-    Cache::builder()
-        .redis(shared_redis_url())
-        .namespace(unique_prefix(test))
-        .build()
-        .expect("valid configuration")
-}
+use support::redis_cache;
 
 /// The same scenarios run on both stores.
 fn caches(test: &str) -> Vec<(&'static str, Cache)> {

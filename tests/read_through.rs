@@ -13,7 +13,7 @@ use std::{
 
 use cache_layer::{BreakerConfig, Cache, Policy, Stampede};
 use serde::{Deserialize, Serialize};
-use support::{shared_redis_url, unique_prefix, RedisServer};
+use support::{redis_cache, redis_server::MISS_AND_FILL, shared_redis_url, RedisServer};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Product {
@@ -22,20 +22,31 @@ struct Product {
     price_cents: u32,
 }
 
+/// Spawns `call` on clones of `cache` and `policy`, then yields until `cache` has counted
+/// `misses` misses (the spawned call's among them): the call is in flight.
+async fn spawn_missing<T, Fut>(
+    cache: &Cache,
+    policy: &Policy,
+    misses: u64,
+    call: impl FnOnce(Cache, Policy) -> Fut,
+) -> tokio::task::JoinHandle<T>
+where
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let handle = tokio::spawn(call(cache.clone(), policy.clone()));
+    while cache.stats().misses < misses {
+        tokio::task::yield_now().await;
+    }
+    handle
+}
+
 fn product(id: u64) -> Product {
     Product {
         id,
         name: format!("product {id}"),
         price_cents: 1999,
     }
-}
-
-fn redis_cache(test: &str) -> Cache {
-    Cache::builder()
-        .redis(shared_redis_url())
-        .namespace(unique_prefix(test))
-        .build()
-        .expect("valid configuration")
 }
 
 /// The same scenarios run on both stores.
@@ -212,8 +223,8 @@ async fn a_cancelled_leader_does_not_strand_the_others() {
         };
         started_rx.recv().await.expect("leader started loading");
         let follower = {
-            let (cache, policy, loads) = (cache.clone(), policy.clone(), loads.clone());
-            tokio::spawn(async move {
+            let loads = loads.clone();
+            spawn_missing(&cache, &policy, 2, |cache, policy| async move {
                 cache
                     .get_or_fetch_scoped("k", &policy, || async {
                         loads.fetch_add(1, Ordering::SeqCst);
@@ -221,10 +232,8 @@ async fn a_cancelled_leader_does_not_strand_the_others() {
                     })
                     .await
             })
+            .await
         };
-        while cache.stats().misses < 2 {
-            tokio::task::yield_now().await;
-        }
         leader.abort();
         assert_eq!(follower.await.unwrap(), product(8), "{store}");
         assert_eq!(loads.load(Ordering::SeqCst), 2, "{store}");
@@ -276,33 +285,23 @@ async fn a_panicking_loader_reaches_only_its_caller() {
     for (store, cache) in caches("panicking_loader") {
         let policy = Policy::ttl(Duration::from_secs(60));
         let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-        let leader = {
-            let (cache, policy) = (cache.clone(), policy.clone());
-            tokio::spawn(async move {
-                cache
-                    .get_or_fetch("k", &policy, move || async move {
-                        let _ = go_rx.await;
-                        panic!("loader bug");
-                        #[allow(unreachable_code)]
-                        product(0)
-                    })
-                    .await
-            })
-        };
-        while cache.stats().misses < 1 {
-            tokio::task::yield_now().await;
-        }
-        let follower = {
-            let (cache, policy) = (cache.clone(), policy.clone());
-            tokio::spawn(async move {
-                cache
-                    .get_or_fetch("k", &policy, || async { product(10) })
-                    .await
-            })
-        };
-        while cache.stats().misses < 2 {
-            tokio::task::yield_now().await;
-        }
+        let leader = spawn_missing(&cache, &policy, 1, |cache, policy| async move {
+            cache
+                .get_or_fetch("k", &policy, move || async move {
+                    let _ = go_rx.await;
+                    panic!("loader bug");
+                    #[allow(unreachable_code)]
+                    product(0)
+                })
+                .await
+        })
+        .await;
+        let follower = spawn_missing(&cache, &policy, 2, |cache, policy| async move {
+            cache
+                .get_or_fetch("k", &policy, || async { product(10) })
+                .await
+        })
+        .await;
         go_tx.send(()).expect("leader waiting");
         let leader_result = leader.await;
         assert!(
@@ -322,31 +321,21 @@ async fn errors_wake_waiters_who_then_load_themselves() {
     let cache = redis_cache("error_wakes");
     let policy = Policy::ttl(Duration::from_secs(60));
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-    let leader = {
-        let (cache, policy) = (cache.clone(), policy.clone());
-        tokio::spawn(async move {
-            cache
-                .try_get_or_fetch("k", &policy, move || async move {
-                    let _ = go_rx.await;
-                    Err::<Product, _>("boom")
-                })
-                .await
-        })
-    };
-    while cache.stats().misses < 1 {
-        tokio::task::yield_now().await;
-    }
-    let follower = {
-        let (cache, policy) = (cache.clone(), policy.clone());
-        tokio::spawn(async move {
-            cache
-                .try_get_or_fetch("k", &policy, || async { Ok::<_, &str>(product(11)) })
-                .await
-        })
-    };
-    while cache.stats().misses < 2 {
-        tokio::task::yield_now().await;
-    }
+    let leader = spawn_missing(&cache, &policy, 1, |cache, policy| async move {
+        cache
+            .try_get_or_fetch("k", &policy, move || async move {
+                let _ = go_rx.await;
+                Err::<Product, _>("boom")
+            })
+            .await
+    })
+    .await;
+    let follower = spawn_missing(&cache, &policy, 2, |cache, policy| async move {
+        cache
+            .try_get_or_fetch("k", &policy, || async { Ok::<_, &str>(product(11)) })
+            .await
+    })
+    .await;
     go_tx.send(()).expect("leader waiting");
     assert_eq!(leader.await.unwrap(), Err("boom"));
     assert_eq!(follower.await.unwrap(), Ok(product(11)));
@@ -512,11 +501,7 @@ async fn corrupt_truncated_foreign_and_mistyped_entries_are_misses() {
 #[tokio::test]
 async fn one_hit_is_one_get_and_one_fill_is_one_conditional_set_px() {
     let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("count")
-        .build()
-        .unwrap();
+    let cache = server.cache_builder("count").build().unwrap();
     let tagged = Policy::ttl(Duration::from_secs(60)).tags(["product:1", "catalog"]);
     let plain = Policy::ttl(Duration::from_secs(60));
     // Warm the pool so connection setup commands are not counted, and create the tags' records
@@ -538,10 +523,9 @@ async fn one_hit_is_one_get_and_one_fill_is_one_conditional_set_px() {
         0,
         "no script for a fill over nothing"
     );
-    assert_eq!(
-        server.cache_command_calls(),
-        vec![("get".to_string(), 1), ("set".to_string(), 1)],
-        "a miss is one GET and one fill, nothing else"
+    server.assert_cache_commands(
+        &MISS_AND_FILL,
+        "a miss is one GET and one fill, nothing else",
     );
 
     server.reset_stats();
@@ -559,11 +543,7 @@ async fn one_hit_is_one_get_and_one_fill_is_one_conditional_set_px() {
             .get_or_fetch("p:2", &plain, || async { product(0) })
             .await;
     }
-    assert_eq!(
-        server.cache_command_calls(),
-        vec![("get".to_string(), 10)],
-        "a warm hit is one GET"
-    );
+    server.assert_cache_commands(&[("get", 10)], "a warm hit is one GET");
     // The SET carried PX: the key has a millisecond TTL.
     let pttl: i64 = server.query(redis::cmd("PTTL").arg(cache.redis_key("p:2")));
     assert!(pttl > 0 && pttl <= 60_000, "{pttl}");
@@ -572,12 +552,7 @@ async fn one_hit_is_one_get_and_one_fill_is_one_conditional_set_px() {
 #[tokio::test]
 async fn local_tier_hits_make_no_redis_calls() {
     let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("l1")
-        .local(100)
-        .build()
-        .unwrap();
+    let cache = server.cache_builder("l1").local(100).build().unwrap();
     let policy = Policy::ttl(Duration::from_secs(60));
     let _: Product = cache
         .get_or_fetch("p", &policy, || async { product(1) })
@@ -637,9 +612,8 @@ async fn build_succeeds_with_redis_down_and_calls_fall_back_to_the_loader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_dying_at_call_time_falls_back_and_recovers() {
     let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("dies")
+    let cache = server
+        .cache_builder("dies")
         .breaker(BreakerConfig {
             failure_threshold: 3,
             cooldown: Duration::from_millis(200),

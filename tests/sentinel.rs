@@ -9,45 +9,30 @@
 mod suites;
 mod support;
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use cache_layer::{BreakerConfig, Cache, Policy};
+use support::load::{hits_resume, ReadLoad};
 use support::sentinel::SENTINEL_READY_TIMEOUT;
 use support::{unique_prefix, SentinelGroup, MASTER_NAME};
 
 fn instances(group: &SentinelGroup, namespace: &str, count: usize, local: bool) -> Vec<Cache> {
-    (0..count)
-        .map(|_| {
-            let mut builder = Cache::builder()
-                .redis_sentinel(group.sentinel_urls(), MASTER_NAME)
-                .namespace(namespace)
-                .breaker(BreakerConfig {
-                    failure_threshold: 3,
-                    cooldown: Duration::from_millis(300),
-                    ..Default::default()
-                });
-            if local {
-                builder = builder.local(1_000);
-            }
-            builder.build().expect("valid configuration")
-        })
-        .collect()
+    let builder = Cache::builder()
+        .redis_sentinel(group.sentinel_urls(), MASTER_NAME)
+        .breaker(BreakerConfig {
+            failure_threshold: 3,
+            cooldown: Duration::from_millis(300),
+            ..Default::default()
+        });
+    let builder = if local { builder.local(1_000) } else { builder };
+    suites::build(&builder, namespace, count)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suites_through_sentinel() {
     let group = SentinelGroup::start();
     let instances = |test: &str, count| instances(&group, &unique_prefix(test), count, false);
-    suites::read_through(&instances).await;
-    suites::lock_across_instances(&instances).await;
-    suites::tags(&instances).await;
-    suites::counters(&instances).await;
+    suites::all(&instances).await;
     // The writes went to the master (a replica would have refused them with READONLY, and the
     // suites check that no operation failed).
     assert!(group.master().command_calls("set") > 0);
@@ -91,79 +76,32 @@ async fn master_killed_under_load_fails_over_to_the_replica() {
         "both buses subscribed on the master"
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let answered = Arc::new(AtomicUsize::new(0));
-    let readers: Vec<_> = (0..20)
-        .map(|task| {
-            let (cache, policy, stop, answered) = (
-                cache.clone(),
-                policy.clone(),
-                stop.clone(),
-                answered.clone(),
-            );
-            tokio::spawn(async move {
-                let mut worst = Duration::ZERO;
-                let mut i = task;
-                while !stop.load(Ordering::Relaxed) {
-                    let key = i % 50;
-                    let started = Instant::now();
-                    let v: u32 = cache
-                        .get_or_fetch(&format!("k:{key}"), &policy, move || async move { key })
-                        .await;
-                    assert_eq!(v, key, "every call answered with the right value");
-                    worst = worst.max(started.elapsed());
-                    answered.fetch_add(1, Ordering::Relaxed);
-                    i += 1;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                worst
-            })
-        })
-        .collect();
-    let until = answered.load(Ordering::Relaxed) + 500;
-    while answered.load(Ordering::Relaxed) < until {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let load = ReadLoad::start(&cache, &policy, 20, 50);
+    load.answer(500).await;
     let old = group.kill_master();
     let promoted = tokio::task::block_in_place(|| group.wait_for_failover(old));
-    let answered_at_failover = answered.load(Ordering::Relaxed);
+    let answered_at_failover = load.answered();
 
     // Hits resume on the promoted replica: a full round over the keys written before the kill
     // without a miss or an error.
     let recovered_by = Instant::now() + SENTINEL_READY_TIMEOUT;
-    loop {
-        let before = cache.stats();
-        for i in 0..50u32 {
-            let _: u32 = cache
-                .get_or_fetch(&format!("k:{i}"), &policy, move || async move { i })
-                .await;
-        }
-        let after = cache.stats();
-        if after.misses == before.misses && after.errors == before.errors {
-            break;
-        }
-        assert!(
-            Instant::now() < recovered_by,
-            "no hits on the promoted replica {promoted} after killing {old}: {after:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let recovered = hits_resume(&cache, &policy, 50, recovered_by).await;
+    assert!(
+        recovered.is_ok(),
+        "no hits on the promoted replica {promoted} after killing {old}: {recovered:?}"
+    );
     let promoted_node = group.node(promoted);
     assert!(
         promoted_node.command_calls("get") > 0,
         "the reads go to the promoted replica"
     );
     // Load kept running through the failover.
-    let until = answered.load(Ordering::Relaxed) + 200;
+    let until = load.answered() + 200;
     assert!(
-        eventually(Duration::from_secs(10), || answered.load(Ordering::Relaxed)
-            >= until)
-        .await,
+        eventually(Duration::from_secs(10), || load.answered() >= until).await,
         "readers kept being answered"
     );
-    stop.store(true, Ordering::Relaxed);
-    for reader in readers {
-        let worst = reader.await.expect("no reader failed");
+    for worst in load.stop().await {
         assert!(
             worst < Duration::from_secs(3),
             "a call took {worst:?} during the failover"
@@ -246,25 +184,12 @@ fn sentinel_configuration_errors_are_clear() {
 async fn sentinel_over_tls() {
     let tls = support::TlsFiles::generate();
     let group = SentinelGroup::start_tls(&tls);
-    let instances = |test: &str, count: usize| {
-        let namespace = unique_prefix(test);
-        (0..count)
-            .map(|_| {
-                // A cold connection is three TLS connections (a sentinel, the master's ROLE check,
-                // the master), each loading the system trust store (redis-rs does); in a debug
-                // build on a loaded 2-core machine that can exceed the default 250 ms budget.
-                Cache::builder()
-                    .redis_sentinel(group.sentinel_tls_urls(), MASTER_NAME)
-                    .tls_root_ca(tls.ca_pem())
-                    .op_timeout(Duration::from_secs(1))
-                    .checkout_timeout(Duration::from_secs(1))
-                    .connect_timeout(Duration::from_secs(1))
-                    .namespace(namespace.as_str())
-                    .build()
-                    .expect("valid configuration")
-            })
-            .collect::<Vec<_>>()
-    };
+    let builder = suites::cold_tls_timeouts(
+        Cache::builder()
+            .redis_sentinel(group.sentinel_tls_urls(), MASTER_NAME)
+            .tls_root_ca(tls.ca_pem()),
+    );
+    let instances = |test: &str, count: usize| suites::build(&builder, &unique_prefix(test), count);
     suites::read_through(&instances).await;
     suites::lock_across_instances(&instances).await;
     let master = group.master();

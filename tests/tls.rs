@@ -165,24 +165,12 @@ fn bad_tls_settings_are_configuration_errors() {
 async fn suites_over_tls() {
     let tls = TlsFiles::generate();
     let server = RedisServer::start_tls(&tls, &["--tls-auth-clients", "yes"]);
-    let instances = |test: &str, count: usize| {
-        let namespace = unique_prefix(test);
-        (0..count)
-            .map(|_| {
-                Cache::builder()
-                    .redis(server.tls_url())
-                    .tls_root_ca(tls.ca_pem())
-                    .tls_client_auth(tls.client_cert_pem(), tls.client_key_pem())
-                    .namespace(namespace.as_str())
-                    .build()
-                    .expect("valid configuration")
-            })
-            .collect::<Vec<_>>()
-    };
-    suites::read_through(&instances).await;
-    suites::lock_across_instances(&instances).await;
-    suites::tags(&instances).await;
-    suites::counters(&instances).await;
+    let builder = Cache::builder()
+        .redis(server.tls_url())
+        .tls_root_ca(tls.ca_pem())
+        .tls_client_auth(tls.client_cert_pem(), tls.client_key_pem());
+    let instances = |test: &str, count: usize| suites::build(&builder, &unique_prefix(test), count);
+    suites::all(&instances).await;
 }
 
 /// The backend suites on a Redis Cluster spoken to over TLS only (`rediss://` seeds; the nodes
@@ -191,29 +179,13 @@ async fn suites_over_tls() {
 async fn cluster_over_tls() {
     let tls = TlsFiles::generate();
     let cluster = support::RedisCluster::start_tls(&tls, 3, 1);
-    let instances = |test: &str, count: usize| {
-        let namespace = unique_prefix(test);
-        (0..count)
-            .map(|_| {
-                // A cold cluster connection makes a TLS connection to every master (each loading
-                // the system trust store: redis-rs does) before the first command; in a debug
-                // build on a loaded 2-core machine that can exceed the default 250 ms budget.
-                Cache::builder()
-                    .redis_cluster(cluster.tls_urls())
-                    .tls_root_ca(tls.ca_pem())
-                    .op_timeout(Duration::from_secs(1))
-                    .checkout_timeout(Duration::from_secs(1))
-                    .connect_timeout(Duration::from_secs(1))
-                    .namespace(namespace.as_str())
-                    .build()
-                    .expect("valid configuration")
-            })
-            .collect::<Vec<_>>()
-    };
-    suites::read_through(&instances).await;
-    suites::lock_across_instances(&instances).await;
-    suites::tags(&instances).await;
-    suites::counters(&instances).await;
+    let builder = suites::cold_tls_timeouts(
+        Cache::builder()
+            .redis_cluster(cluster.tls_urls())
+            .tls_root_ca(tls.ca_pem()),
+    );
+    let instances = |test: &str, count: usize| suites::build(&builder, &unique_prefix(test), count);
+    suites::all(&instances).await;
     let cache = instances("tls-ping", 1).remove(0);
     cache.ping().await.expect("ping over TLS");
     // Every master served the cache on its TLS port (the slot map sends TLS clients there).

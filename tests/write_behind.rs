@@ -165,6 +165,18 @@ fn redis_cache(url: &str, namespace: &str) -> Cache {
         .expect("valid configuration")
 }
 
+/// On `server` (namespace `wb`), with a breaker that probes again after 100 ms.
+fn quick_recovery(server: &RedisServer) -> Cache {
+    server
+        .cache_builder("wb")
+        .breaker(BreakerConfig {
+            cooldown: Duration::from_millis(100),
+            ..BreakerConfig::default()
+        })
+        .build()
+        .unwrap()
+}
+
 const TASKS: usize = 1_000;
 const PER_TASK: usize = 1_000;
 const IDS: usize = 500;
@@ -436,15 +448,7 @@ async fn incr_returns_once_the_increment_is_in_redis_and_shares_round_trips() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_redis_is_down_increments_are_buffered_bounded_and_pushed_on_return() {
     let server = RedisServer::start();
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("wb")
-        .breaker(BreakerConfig {
-            cooldown: Duration::from_millis(100),
-            ..BreakerConfig::default()
-        })
-        .build()
-        .unwrap();
+    let cache = quick_recovery(&server);
     let views = cache.counters_with(
         "views",
         CountersConfig::default()
@@ -480,10 +484,7 @@ async fn while_redis_is_down_increments_are_buffered_bounded_and_pushed_on_retur
     );
 
     let server = Arc::new(server);
-    let restarting = server.clone();
-    tokio::task::spawn_blocking(move || restarting.restart())
-        .await
-        .unwrap();
+    support::on_server(&server, RedisServer::restart).await;
     // The pusher retries on its own; sync() retries until the breaker lets it through.
     let deadline = Instant::now() + Duration::from_secs(10);
     while views.sync().await.is_err() {
@@ -507,15 +508,7 @@ async fn a_redis_restart_with_aof_during_a_million_increments_loses_and_duplicat
         "--appendfsync",
         "always",
     ]));
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("wb")
-        .breaker(BreakerConfig {
-            cooldown: Duration::from_millis(100),
-            ..BreakerConfig::default()
-        })
-        .build()
-        .unwrap();
+    let cache = quick_recovery(&server);
     let views = cache.counters_with(
         "views",
         CountersConfig::default().retry(Duration::from_millis(10), Duration::from_millis(100)),
@@ -534,10 +527,7 @@ async fn a_redis_restart_with_aof_during_a_million_increments_loses_and_duplicat
         while done.load(Ordering::Relaxed) < at {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let server = server.clone();
-        tokio::task::spawn_blocking(move || server.restart())
-            .await
-            .unwrap();
+        support::on_server(&server, RedisServer::restart).await;
     }
     workload.await.unwrap();
     // Redis is back; the final flush may still meet the breaker's cooldown: retry briefly.
@@ -571,9 +561,8 @@ async fn a_redis_restart_with_aof_during_a_million_increments_loses_and_duplicat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_whose_reply_is_lost_is_not_counted_twice() {
     let server = Arc::new(RedisServer::start());
-    let cache = Cache::builder()
-        .redis(server.url())
-        .namespace("wb")
+    let cache = server
+        .cache_builder("wb")
         .op_timeout(Duration::from_millis(100))
         .breaker(BreakerConfig {
             cooldown: Duration::from_millis(50),
@@ -590,10 +579,7 @@ async fn a_push_whose_reply_is_lost_is_not_counted_twice() {
     views.incr("a", 1).await.unwrap(); // connection and script in place
 
     // Redis stops answering: the push is sent, times out, and its outcome is unknown.
-    let paused = server.clone();
-    tokio::task::spawn_blocking(move || paused.pause())
-        .await
-        .unwrap();
+    support::on_server(&server, RedisServer::pause).await;
     views
         .incr("a", 10)
         .await
@@ -601,10 +587,7 @@ async fn a_push_whose_reply_is_lost_is_not_counted_twice() {
     assert!(views.stats().push_failures > 0);
     // Redis wakes up and runs the push it had received (its reply goes nowhere); the client
     // resends the same push, which is acknowledged without being applied again.
-    let resumed = server.clone();
-    tokio::task::spawn_blocking(move || resumed.resume())
-        .await
-        .unwrap();
+    support::on_server(&server, RedisServer::resume).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while views.sync().await.is_err() {
         assert!(Instant::now() < deadline, "buffer never pushed");
@@ -641,9 +624,8 @@ const OP_TIMEOUT: Duration = Duration::from_millis(900);
 
 /// A cache on `server` with [`OP_TIMEOUT`] and a short breaker cooldown.
 fn cache_on(server: &RedisServer) -> Cache {
-    Cache::builder()
-        .redis(server.url())
-        .namespace("wb")
+    server
+        .cache_builder("wb")
         .op_timeout(OP_TIMEOUT)
         .breaker(BreakerConfig {
             cooldown: Duration::from_millis(50),
@@ -709,10 +691,7 @@ async fn a_stalled_replica_makes_incr_and_flush_report_it_and_nothing_is_lost_or
     );
     views.incr("a", 1).await.expect("replica up");
 
-    let paused = replica.clone();
-    tokio::task::spawn_blocking(move || paused.pause())
-        .await
-        .unwrap();
+    support::on_server(&replica, RedisServer::pause).await;
     let err = views
         .incr("a", 10)
         .await
@@ -737,10 +716,7 @@ async fn a_stalled_replica_makes_incr_and_flush_report_it_and_nothing_is_lost_or
     let unreplicated = views.stats().unreplicated;
     assert!(unreplicated >= 2, "push and seal counted: {unreplicated}");
 
-    let resumed = replica.clone();
-    tokio::task::spawn_blocking(move || resumed.resume())
-        .await
-        .unwrap();
+    support::on_server(&replica, RedisServer::resume).await;
     sync_within(&views, Duration::from_secs(10)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while let Err(err) = views.flush_now_with_id(reliable_sink(&db)).await {

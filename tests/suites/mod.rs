@@ -1,6 +1,7 @@
 //! Backend-independent end-to-end scenarios. `tests/backends.rs` runs every one of them against a
 //! single Redis node and against a real local Redis Cluster, so both backends are held to the same
 //! behaviour without copy-pasted tests.
+#![allow(dead_code)]
 
 use std::{
     sync::{
@@ -10,11 +11,43 @@ use std::{
     time::Duration,
 };
 
-use cache_layer::{Cache, Policy, Stampede};
+use cache_layer::{Cache, CacheBuilder, Policy, Stampede};
 
 /// Builds independent cache handles (each with its own pool, flights and L1), as separate
 /// service instances would have, all on the same backend and namespace.
 pub type Instances<'a> = dyn Fn(&str, usize) -> Vec<Cache> + 'a;
+
+/// `count` caches built from `builder`, all in `namespace`: what an [`Instances`] returns.
+pub fn build(builder: &CacheBuilder, namespace: &str, count: usize) -> Vec<Cache> {
+    (0..count)
+        .map(|_| {
+            builder
+                .clone()
+                .namespace(namespace)
+                .build()
+                .expect("valid configuration")
+        })
+        .collect()
+}
+
+/// `builder` with 1 s op, checkout and connect timeouts. A cold TLS connection (to a Sentinel
+/// master: a sentinel, the master's ROLE check, the master; to a Cluster: every master) loads the
+/// system trust store for each of its TLS connections (redis-rs does) before the first command;
+/// in a debug build on a loaded 2-core machine that can exceed the default 250 ms budget.
+pub fn cold_tls_timeouts(builder: CacheBuilder) -> CacheBuilder {
+    builder
+        .op_timeout(Duration::from_secs(1))
+        .checkout_timeout(Duration::from_secs(1))
+        .connect_timeout(Duration::from_secs(1))
+}
+
+/// Every suite: [`read_through`], [`lock_across_instances`], [`tags`], [`counters`].
+pub async fn all(instances: &Instances<'_>) {
+    read_through(instances).await;
+    lock_across_instances(instances).await;
+    tags(instances).await;
+    counters(instances).await;
+}
 
 /// Miss, fill, hit, delete, direct get/set, on many keys (so a cluster spreads them over slots).
 pub async fn read_through(instances: &Instances<'_>) {

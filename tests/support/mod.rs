@@ -8,7 +8,8 @@
 //! * [`valkey`]: finds a `valkey-server` binary, for [`RedisServer::start_valkey`].
 //! * [`acl`]: an ACL user limited to one namespace, made from the README's ACL line.
 //! * [`http`]: the HTTP client of the `CacheLayer` tests.
-//! * [`shared_redis_url`] / [`unique_prefix`]: for tests that use the shared server
+//! * [`load`]: a read load for the failover tests, and the check that hits resume.
+//! * [`shared_redis_url`] / [`unique_prefix`] / [`redis_cache`]: for tests that use the shared server
 //!   (never flush or reconfigure it; namespace every key with a unique prefix).
 //!
 //! If `redis-server` is missing, run `scripts/test.sh`: it installs it.
@@ -17,6 +18,7 @@
 pub mod acl;
 pub mod cluster;
 pub mod http;
+pub mod load;
 pub mod ports;
 pub mod proxy;
 pub mod redis_server;
@@ -51,16 +53,19 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `true` when both `redis-server` and `redis-cli` can be executed.
 pub fn redis_server_available() -> bool {
-    ["redis-server", "redis-cli"].iter().all(|bin| {
-        Command::new(bin)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    })
+    ["redis-server", "redis-cli"].into_iter().all(binary_runs)
+}
+
+/// `true` when `binary --version` runs and succeeds.
+pub fn binary_runs(binary: impl AsRef<std::ffi::OsStr>) -> bool {
+    Command::new(binary)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// Panics with a helpful message when the Redis binaries are not installed.
@@ -85,6 +90,16 @@ pub fn shared_redis_url() -> String {
         .unwrap_or_else(|| "redis://127.0.0.1:6379".to_string())
 }
 
+/// A cache on the shared Redis ([`shared_redis_url`]) in a namespace of its own
+/// ([`unique_prefix`] of `test`).
+pub fn redis_cache(test: &str) -> cache_layer::Cache {
+    cache_layer::Cache::builder()
+        .redis(shared_redis_url())
+        .namespace(unique_prefix(test))
+        .build()
+        .expect("valid configuration")
+}
+
 /// A namespace unique to this call: `"{test_name}:{pid}:{counter}:{random}"`.
 pub fn unique_prefix(test_name: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -106,6 +121,15 @@ pub fn random_u64() -> u64 {
     h.write_u128(nanos);
     h.write_u32(std::process::id());
     h.finish()
+}
+
+/// Runs `act` (kill, pause, resume, restart, ...) on `server` off the runtime's workers, so the
+/// tasks of a test keep running while it waits; a panic in `act` is the caller's.
+pub async fn on_server(server: &std::sync::Arc<RedisServer>, act: fn(&RedisServer)) {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || act(&server))
+        .await
+        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
 }
 
 /// Polls `cond` every `interval` until it returns true or `timeout` elapses.

@@ -105,6 +105,10 @@ enum SpawnError {
     AddrInUse,
 }
 
+/// What a miss with a fill costs, as [`RedisServer::cache_command_calls`] counts it: the `GET` that
+/// missed and the conditional fill (the load saw no key, so its condition is `SET NX PX`; no script).
+pub const MISS_AND_FILL: [(&str, u64); 2] = [("get", 1), ("set", 1)];
+
 impl RedisServer {
     /// Starts a server with the default arguments on a free port.
     pub fn start() -> Self {
@@ -477,6 +481,24 @@ impl RedisServer {
             .collect();
         calls.sort();
         calls
+    }
+
+    /// A cache builder for this server, in `namespace`.
+    pub fn cache_builder(&self, namespace: impl Into<String>) -> cache_layer::CacheBuilder {
+        cache_layer::Cache::builder()
+            .redis(self.url())
+            .namespace(namespace)
+    }
+
+    /// Asserts that the cache's commands since the last [`reset_stats`](Self::reset_stats)
+    /// ([`cache_command_calls`](Self::cache_command_calls)) are exactly `expected`, in order.
+    #[track_caller]
+    pub fn assert_cache_commands(&self, expected: &[(&str, u64)], what: &str) {
+        let expected: Vec<(String, u64)> = expected
+            .iter()
+            .map(|&(command, calls)| (command.to_string(), calls))
+            .collect();
+        assert_eq!(self.cache_command_calls(), expected, "{what}");
     }
 
     /// `CONFIG RESETSTAT` (zeroes the command statistics).

@@ -30,24 +30,15 @@ impl TlsFiles {
             .tempdir()
             .expect("create temp dir for certificates");
         let path = |name: &str| dir.path().join(name);
-        openssl(
+        new_key(
             dir.path(),
+            "ca.key",
+            "ca.crt",
+            "/CN=cache-layer test CA",
             &[
-                "req",
                 "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
                 "-days",
                 "2",
-                "-subj",
-                "/CN=cache-layer test CA",
                 "-addext",
                 "basicConstraints=critical,CA:TRUE",
                 "-addext",
@@ -109,23 +100,7 @@ fn issue(dir: &Path, name: &str, subject: &str, extensions: &str) {
         format!("{name}.csr"),
         format!("{name}.crt"),
     );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            subject,
-        ],
-    );
+    new_key(dir, &key, &csr, subject, &[]);
     let serial = format!("0x{:016x}", super::random_u64() >> 1);
     openssl(
         dir,
@@ -148,6 +123,27 @@ fn issue(dir: &Path, name: &str, subject: &str, extensions: &str) {
             &ext.display().to_string(),
         ],
     );
+}
+
+/// A new P-256 key (unencrypted) in `key` and `openssl req` of it for `subject` into `out` (with
+/// `extra`: `-x509` makes `out` a self-signed certificate, else it is a signing request).
+fn new_key(dir: &Path, key: &str, out: &str, subject: &str, extra: &[&str]) {
+    let mut args = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        out,
+        "-subj",
+        subject,
+    ];
+    args.extend_from_slice(extra);
+    openssl(dir, &args);
 }
 
 fn openssl(dir: &Path, args: &[&str]) {

@@ -6,7 +6,7 @@
 //! Valkey fails the test instead of skipping it.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
 /// What to do when no Valkey binary is found.
@@ -28,17 +28,6 @@ pub fn cached_binary() -> Option<PathBuf> {
     )
 }
 
-fn runs(binary: &PathBuf) -> bool {
-    Command::new(binary)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
 /// A runnable `valkey-server`, if there is one (looked up once per process).
 pub fn valkey_server() -> Option<PathBuf> {
     static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
@@ -54,7 +43,7 @@ pub fn valkey_server() -> Option<PathBuf> {
             ]
             .into_iter()
             .flatten()
-            .find(runs)
+            .find(|binary| super::binary_runs(binary))
         })
         .clone()
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use cache_layer::{Cache, Policy};
 use cached::ConcurrentCachedAsync;
 
-use super::{page, Page, KEYS};
+use super::{measure_hits, page, Page, RawVsOurs, KEYS};
 use crate::{
     redis_server::PrivateRedis,
     report::{measure, print_commands_per_op, Comparison},
@@ -24,7 +24,7 @@ pub async fn run(settings: &Settings, server: Option<&PrivateRedis>) -> Result<(
         .map_err(|err| format!("cannot build the cache: {err}"))?;
     let client = redis::Client::open(settings.redis_url.as_str())
         .map_err(|err| format!("bad redis url: {err}"))?;
-    let mut raw = client
+    let raw = client
         .get_multiplexed_async_connection()
         .await
         .map_err(|err| format!("redis unreachable at {}: {err}", settings.redis_url))?;
@@ -35,21 +35,11 @@ pub async fn run(settings: &Settings, server: Option<&PrivateRedis>) -> Result<(
         .await
         .map_err(|err| format!("cannot build the cached crate's AsyncRedisCache: {err}"))?;
     let policy = Policy::ttl(Duration::from_secs(3600));
+    let rows = RawVsOurs::new((RAW, OURS), &raw, &cache, &policy);
+    rows.prime().await?;
     for id in 0..KEYS {
-        let value = page(id);
-        cache
-            .set(&format!("page:{id}"), &value, &policy)
-            .await
-            .map_err(|err| format!("cannot prime the cache: {err}"))?;
-        let bytes = rmp_serde::to_vec_named(&value).map_err(|err| err.to_string())?;
-        let () = redis::cmd("SET")
-            .arg(format!("raw:page:{id}"))
-            .arg(bytes)
-            .query_async(&mut raw)
-            .await
-            .map_err(|err| format!("cannot prime the raw keys: {err}"))?;
         other
-            .async_cache_set(format!("page:{id}"), value)
+            .async_cache_set(format!("page:{id}"), page(id))
             .await
             .map_err(|err| format!("cannot prime the cached crate: {err}"))?;
     }
@@ -60,36 +50,7 @@ pub async fn run(settings: &Settings, server: Option<&PrivateRedis>) -> Result<(
             "raw",
         );
         for _ in 0..settings.rounds {
-            let conn = raw.clone();
-            let m = measure(concurrency, settings.duration, move |i| {
-                let mut conn = conn.clone();
-                async move {
-                    let bytes: Option<Vec<u8>> = redis::cmd("GET")
-                        .arg(format!("raw:page:{}", i % KEYS))
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap_or_default();
-                    let decoded: Option<Page> = bytes.and_then(|b| rmp_serde::from_slice(&b).ok());
-                    assert!(decoded.is_some(), "raw value missing");
-                }
-            })
-            .await;
-            table.record(RAW, m);
-
-            let (c, p) = (cache.clone(), policy.clone());
-            let m = measure(concurrency, settings.duration, move |i| {
-                let (c, p) = (c.clone(), p.clone());
-                async move {
-                    let id = i % KEYS;
-                    let v: Page = c
-                        .get_or_fetch(&format!("page:{id}"), &p, move || async move { page(id) })
-                        .await;
-                    assert_eq!(v.id, id);
-                }
-            })
-            .await;
-            table.record(OURS, m);
-
+            rows.round(&mut table, concurrency, settings.duration).await;
             let other = other.clone();
             let m = measure(concurrency, settings.duration, move |i| {
                 let other = other.clone();
@@ -109,17 +70,7 @@ pub async fn run(settings: &Settings, server: Option<&PrivateRedis>) -> Result<(
         // The rounds above mix in the raw and cached-crate GETs: count ours in a run of its own.
         if let Some(server) = server {
             server.reset_stats();
-            let (c, p) = (cache.clone(), policy.clone());
-            let m = measure(concurrency, settings.duration, move |i| {
-                let (c, p) = (c.clone(), p.clone());
-                async move {
-                    let id = i % KEYS;
-                    let _: Page = c
-                        .get_or_fetch(&format!("page:{id}"), &p, move || async move { page(id) })
-                        .await;
-                }
-            })
-            .await;
+            let m = measure_hits(&cache, &policy, concurrency, settings.duration).await;
             print_commands_per_op("cache-layer hit", Some(server), m.count);
         }
     }

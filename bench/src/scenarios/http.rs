@@ -21,7 +21,7 @@ use std::{
 use axum::{extract::Path, http::header, response::IntoResponse, routing::get, Router};
 use bytes::Bytes;
 use cache_layer::{Cache, CacheLayer};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
@@ -110,21 +110,13 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, String> 
 
 /// GET `/items/{id}`; the body length.
 async fn request(sender: &mut SendRequest<Empty<Bytes>>, id: usize) -> Result<usize, String> {
-    let request = hyper::Request::get(format!("/items/{id}"))
-        .header("host", "bench.local")
-        .body(Empty::<Bytes>::new())
-        .map_err(|err| err.to_string())?;
+    let request = super::item_request(id, Empty::<Bytes>::new())?;
     sender.ready().await.map_err(|err| err.to_string())?;
     let response = sender
         .send_request(request)
         .await
         .map_err(|err| err.to_string())?;
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|err| err.to_string())?;
-    Ok(body.to_bytes().len())
+    super::body_len(response).await
 }
 
 /// Keeps [`CONNECTIONS`] keep-alive connections busy for `duration`.

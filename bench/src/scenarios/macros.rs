@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cache_layer::{cached, Cache, Policy};
 
-use super::{page, Page, KEYS};
+use super::{measure_hits, page, Page, KEYS};
 use crate::{
     report::{measure, Comparison},
     Settings,
@@ -39,18 +39,7 @@ pub async fn run(settings: &Settings) -> Result<(), String> {
     }
     let mut table = Comparison::new("#[cached] vs get_or_fetch, 64 callers", "direct");
     for _ in 0..settings.rounds {
-        let (c, p) = (cache.clone(), policy.clone());
-        let m = measure(64, settings.duration, move |i| {
-            let (c, p) = (c.clone(), p.clone());
-            async move {
-                let id = i % KEYS;
-                let v: Page = c
-                    .get_or_fetch(&format!("page:{id}"), &p, move || async move { page(id) })
-                    .await;
-                assert_eq!(v.id, id);
-            }
-        })
-        .await;
+        let m = measure_hits(&cache, &policy, 64, settings.duration).await;
         table.record(DIRECT, m);
         let c = cache.clone();
         let m = measure(64, settings.duration, move |i| {

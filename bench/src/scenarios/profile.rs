@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use cache_layer::{cached, Cache, Policy};
 
-use super::{page, Page, KEYS};
+use super::{page, prime_raw, raw_get, Page, KEYS};
 
 /// The operations, by name.
 pub const OPERATIONS: [&str; 11] = [
@@ -96,23 +96,9 @@ pub fn run(operation: &str, n: u64) -> Result<(), String> {
                     .get_multiplexed_async_connection()
                     .await
                     .map_err(|err| err.to_string())?;
-                for id in 0..KEYS {
-                    let bytes = rmp_serde::to_vec_named(&page(id)).map_err(|e| e.to_string())?;
-                    let () = redis::cmd("SET")
-                        .arg(format!("raw:page:{id}"))
-                        .arg(bytes)
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(|err| err.to_string())?;
-                }
+                prime_raw(&mut conn).await?;
                 for i in 0..n {
-                    let bytes: Option<Vec<u8>> = redis::cmd("GET")
-                        .arg(format!("raw:page:{}", i % KEYS))
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap_or_default();
-                    let decoded: Option<Page> = bytes.and_then(|b| rmp_serde::from_slice(&b).ok());
-                    assert!(decoded.is_some());
+                    assert!(raw_get(&mut conn, i).await.is_some());
                 }
             }
             "l2" | "memory" | "cluster-l2" => {
@@ -165,7 +151,6 @@ pub fn run(operation: &str, n: u64) -> Result<(), String> {
 async fn http_hits(operation: &str, url: &str, n: u64) -> Result<(), String> {
     use axum::{routing::get, Router};
     use cache_layer::CacheLayer;
-    use http_body_util::BodyExt;
     use tower::ServiceExt;
 
     let route = Router::new().route("/items/{id}", get(super::http::item));
@@ -192,20 +177,12 @@ async fn http_hits(operation: &str, url: &str, n: u64) -> Result<(), String> {
     let get_one = |id: u64| {
         let router = router.clone();
         async move {
-            let request = axum::http::Request::get(format!("/items/{id}"))
-                .header("host", "bench.local")
-                .body(axum::body::Body::empty())
-                .map_err(|err| err.to_string())?;
+            let request = super::item_request(id, axum::body::Body::empty())?;
             let response = router
                 .oneshot(request)
                 .await
                 .map_err(|err| err.to_string())?;
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|err| err.to_string())?;
-            Ok::<usize, String>(body.to_bytes().len())
+            super::body_len(response).await
         }
     };
     const URLS: u64 = 100;

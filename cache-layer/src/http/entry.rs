@@ -460,6 +460,41 @@ impl Serialize for AsBytes<'_> {
 /// sie_ms, keep_ms, synthetic_etag)`.
 type WireMeta = (u64, u64, u64, bool, u64, u64, u64, bool);
 
+impl Meta {
+    /// The fixed fields on the wire, in [`WireMeta`] order.
+    fn wire(&self) -> WireMeta {
+        let f = &self.freshness;
+        (
+            self.received_ms,
+            f.lifetime_ms,
+            f.initial_age_ms,
+            f.must_revalidate,
+            f.swr_ms,
+            f.sie_ms,
+            f.keep_ms,
+            self.synthetic_etag,
+        )
+    }
+
+    /// The inverse of [`Meta::wire`], with the stored `Vary` values and tags.
+    fn from_wire(wire: WireMeta, vary: Vec<(String, Option<Bytes>)>, tags: Vec<String>) -> Meta {
+        Meta {
+            received_ms: wire.0,
+            freshness: Freshness {
+                lifetime_ms: wire.1,
+                initial_age_ms: wire.2,
+                must_revalidate: wire.3,
+                swr_ms: wire.4,
+                sie_ms: wire.5,
+                keep_ms: wire.6,
+            },
+            vary,
+            tags,
+            synthetic_etag: wire.7,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct WireRef<'a> {
     layout: u8,
@@ -486,7 +521,6 @@ impl Serialize for StoredResponse {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let stored = &*self.0;
         let m = &stored.meta;
-        let f = &m.freshness;
         WireRef {
             layout: LAYOUT,
             status: stored.status.as_u16(),
@@ -496,16 +530,7 @@ impl Serialize for StoredResponse {
                 .map(|(name, value)| (name.as_str(), AsBytes(value.as_bytes())))
                 .collect(),
             body: AsBytes(&stored.body),
-            meta: (
-                m.received_ms,
-                f.lifetime_ms,
-                f.initial_age_ms,
-                f.must_revalidate,
-                f.swr_ms,
-                f.sie_ms,
-                f.keep_ms,
-                m.synthetic_etag,
-            ),
+            meta: m.wire(),
             vary: m
                 .vary
                 .iter()
@@ -530,34 +555,11 @@ impl<'de> Deserialize<'de> for StoredResponse {
             let value = HeaderValue::from_maybe_shared(value).map_err(de::Error::custom)?;
             headers.append(name, value);
         }
-        let (
-            received_ms,
-            lifetime_ms,
-            initial_age_ms,
-            must_revalidate,
-            swr_ms,
-            sie_ms,
-            keep_ms,
-            synthetic_etag,
-        ) = wire.meta;
         Ok(StoredResponse(Arc::new(Stored {
             status,
             headers,
             body: wire.body,
-            meta: Meta {
-                received_ms,
-                freshness: Freshness {
-                    lifetime_ms,
-                    initial_age_ms,
-                    must_revalidate,
-                    swr_ms,
-                    sie_ms,
-                    keep_ms,
-                },
-                vary: wire.vary,
-                tags: wire.tags,
-                synthetic_etag,
-            },
+            meta: Meta::from_wire(wire.meta, wire.vary, wire.tags),
         })))
     }
 }

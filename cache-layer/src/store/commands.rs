@@ -118,6 +118,14 @@ async fn set_nx<R: Raw>(
     Ok(reply.is_some())
 }
 
+pub(super) async fn lock_acquire<R: Raw>(
+    raw: &R,
+    lock: &LockToken,
+    ttl: Duration,
+) -> Result<bool, Error> {
+    set_if_absent(raw, &lock.key, lock.token.clone(), ttl).await
+}
+
 pub(super) async fn lock_renew<R: Raw>(
     raw: &R,
     lock: &LockToken,
@@ -501,185 +509,7 @@ macro_rules! impl_store {
                 commands::set(self, key, value, ttl).await
             }
 
-            async fn delete(&self, key: &str) -> Result<bool, Error> {
-                commands::delete(self, key).await
-            }
-
-            async fn set_if_absent(
-                &self,
-                key: &str,
-                value: Vec<u8>,
-                ttl: Duration,
-            ) -> Result<bool, Error> {
-                commands::set_if_absent(self, key, value, ttl).await
-            }
-
-            async fn lock_acquire(
-                &self,
-                lock: &$crate::store::LockToken,
-                ttl: Duration,
-            ) -> Result<bool, Error> {
-                commands::set_if_absent(self, &lock.key, lock.token.clone(), ttl).await
-            }
-
-            async fn lock_renew(
-                &self,
-                lock: &$crate::store::LockToken,
-                ttl: Duration,
-            ) -> Result<bool, Error> {
-                commands::lock_renew(self, lock, ttl).await
-            }
-
-            async fn lock_release(&self, lock: &$crate::store::LockToken) -> Result<bool, Error> {
-                commands::lock_release(self, lock).await
-            }
-
-            async fn bump_tag(
-                &self,
-                key: &str,
-                field: $crate::store::TagField,
-                ttl: Duration,
-            ) -> Result<$crate::store::TagTimes, Error> {
-                commands::bump_tag(self, key, field, ttl).await
-            }
-
-            async fn tag_times(
-                &self,
-                keys: &[String],
-            ) -> Result<Vec<Option<$crate::store::TagTimes>>, Error> {
-                commands::tag_times(self, keys).await
-            }
-
-            async fn repair_tags(
-                &self,
-                keys: &[String],
-                known_hard: &[u64],
-                ttl: Duration,
-            ) -> Result<Vec<$crate::store::TagTimes>, Error> {
-                commands::repair_tags(self, keys, known_hard, ttl).await
-            }
-
-            async fn bump_namespace(
-                &self,
-                key: &str,
-                known: u64,
-            ) -> Result<$crate::store::NamespaceBump, Error> {
-                commands::bump_namespace(self, key, known).await
-            }
-
-            async fn namespace_version(&self, key: &str) -> Result<Option<u64>, Error> {
-                commands::namespace_version(self, key).await
-            }
-
-            async fn repair_namespace(&self, key: &str, known: u64) -> Result<u64, Error> {
-                commands::repair_namespace(self, key, known).await
-            }
-
-            async fn fill_if(
-                &self,
-                key: &str,
-                value: Vec<u8>,
-                ttl: Duration,
-                seen: &[u8],
-            ) -> Result<bool, Error> {
-                commands::fill_if(self, key, value, ttl, seen).await
-            }
-
-            async fn delete_to_tombstone(
-                &self,
-                key: &str,
-                tombstone: Vec<u8>,
-                ttl: Duration,
-            ) -> Result<bool, Error> {
-                commands::delete_to_tombstone(self, key, tombstone, ttl).await
-            }
-
-            async fn server_time(&self) -> Result<Duration, Error> {
-                commands::server_time(self).await
-            }
-
-            async fn publish(&self, channel: &str, message: &[u8]) -> Result<(), Error> {
-                commands::publish(self, channel, message).await
-            }
-
-            async fn subscribe(&self, channel: &str) -> Result<$crate::store::Subscription, Error> {
-                commands::subscribe(self, channel).await
-            }
-
-            async fn ping(&self) -> Result<(), Error> {
-                commands::ping(self).await
-            }
-
-            async fn eviction_settings(
-                &self,
-            ) -> Result<Option<$crate::store::EvictionSettings>, Error> {
-                commands::eviction_settings(self).await
-            }
-
-            async fn counters_push(
-                &self,
-                keys: &$crate::store::CounterKeys,
-                token: &str,
-                seq: u64,
-                writer_ttl: Duration,
-                entries: &[(String, i64)],
-            ) -> Result<$crate::store::PushOutcome, Error> {
-                commands::counters_push(self, keys, token, seq, writer_ttl, entries).await
-            }
-
-            async fn counters_seal(
-                &self,
-                keys: &$crate::store::CounterKeys,
-                id: &str,
-                token: &str,
-                lease: Duration,
-            ) -> Result<bool, Error> {
-                commands::counters_seal(self, keys, id, token, lease).await
-            }
-
-            async fn counters_claim(
-                &self,
-                keys: &$crate::store::CounterKeys,
-                token: &str,
-                lease: Duration,
-            ) -> Result<Option<String>, Error> {
-                commands::counters_claim(self, keys, token, lease).await
-            }
-
-            async fn counters_renew(
-                &self,
-                keys: &$crate::store::CounterKeys,
-                id: &str,
-                token: &str,
-                lease: Duration,
-            ) -> Result<bool, Error> {
-                commands::counters_renew(self, keys, id, token, lease).await
-            }
-
-            async fn counters_release(
-                &self,
-                keys: &$crate::store::CounterKeys,
-                id: &str,
-                token: &str,
-            ) -> Result<(), Error> {
-                commands::counters_release(self, keys, id, token).await
-            }
-
-            async fn counters_complete(
-                &self,
-                keys: &$crate::store::CounterKeys,
-                id: &str,
-            ) -> Result<(), Error> {
-                commands::counters_complete(self, keys, id).await
-            }
-
-            async fn counters_read(
-                &self,
-                keys: &$crate::store::CounterKeys,
-                id: &str,
-            ) -> Result<Vec<(String, i64)>, Error> {
-                commands::counters_read(self, keys, id).await
-            }
+            $crate::store::forward_ops!(commands);
         }
     };
 }

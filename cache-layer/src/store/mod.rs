@@ -444,6 +444,62 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<(String, i64)>, Error>> + Send;
 }
 
+/// Writes the [`Store`] methods that hand an operation on unchanged (all but `is_shared` and the
+/// entry reads and writes, which each implementation writes out), so that their signatures are
+/// listed once: `forward_ops!(variants)` for [`Backend`] (to the variant's store),
+/// `forward_ops!(commands)` for the Redis stores (to the function of that name in `commands.rs`,
+/// through `commands::impl_store!`).
+macro_rules! forward_ops {
+    ($to:ident) => {
+        $crate::store::forward_ops! { @ops $to;
+            delete(key: &str) -> bool;
+            set_if_absent(key: &str, value: Vec<u8>, ttl: ::std::time::Duration) -> bool;
+            lock_acquire(lock: &$crate::store::LockToken, ttl: ::std::time::Duration) -> bool;
+            lock_renew(lock: &$crate::store::LockToken, ttl: ::std::time::Duration) -> bool;
+            lock_release(lock: &$crate::store::LockToken) -> bool;
+            bump_tag(key: &str, field: $crate::store::TagField, ttl: ::std::time::Duration) -> $crate::store::TagTimes;
+            tag_times(keys: &[String]) -> Vec<Option<$crate::store::TagTimes>>;
+            repair_tags(keys: &[String], known_hard: &[u64], ttl: ::std::time::Duration) -> Vec<$crate::store::TagTimes>;
+            bump_namespace(key: &str, known: u64) -> $crate::store::NamespaceBump;
+            namespace_version(key: &str) -> Option<u64>;
+            repair_namespace(key: &str, known: u64) -> u64;
+            fill_if(key: &str, value: Vec<u8>, ttl: ::std::time::Duration, seen: &[u8]) -> bool;
+            delete_to_tombstone(key: &str, tombstone: Vec<u8>, ttl: ::std::time::Duration) -> bool;
+            server_time() -> ::std::time::Duration;
+            publish(channel: &str, message: &[u8]) -> ();
+            subscribe(channel: &str) -> $crate::store::Subscription;
+            ping() -> ();
+            eviction_settings() -> Option<$crate::store::EvictionSettings>;
+            counters_push(keys: &$crate::store::CounterKeys, token: &str, seq: u64, writer_ttl: ::std::time::Duration, entries: &[(String, i64)]) -> $crate::store::PushOutcome;
+            counters_seal(keys: &$crate::store::CounterKeys, id: &str, token: &str, lease: ::std::time::Duration) -> bool;
+            counters_claim(keys: &$crate::store::CounterKeys, token: &str, lease: ::std::time::Duration) -> Option<String>;
+            counters_renew(keys: &$crate::store::CounterKeys, id: &str, token: &str, lease: ::std::time::Duration) -> bool;
+            counters_release(keys: &$crate::store::CounterKeys, id: &str, token: &str) -> ();
+            counters_complete(keys: &$crate::store::CounterKeys, id: &str) -> ();
+            counters_read(keys: &$crate::store::CounterKeys, id: &str) -> Vec<(String, i64)>;
+        }
+    };
+    (@ops $to:ident; $($op:ident($($arg:ident: $ty:ty),*) -> $out:ty;)*) => {
+        $(
+            async fn $op(&self, $($arg: $ty),*) -> Result<$out, $crate::Error> {
+                $crate::store::forward_ops!(@call $to, self, $op($($arg),*))
+            }
+        )*
+    };
+    (@call variants, $this:ident, $op:ident($($arg:ident),*)) => {
+        match $this {
+            $crate::store::Backend::Memory(store) => store.$op($($arg),*).await,
+            $crate::store::Backend::Redis(store) => store.$op($($arg),*).await,
+            #[cfg(feature = "cluster")]
+            $crate::store::Backend::Cluster(store) => store.$op($($arg),*).await,
+        }
+    };
+    (@call commands, $this:ident, $op:ident($($arg:ident),*)) => {
+        $crate::store::commands::$op($this, $($arg),*).await
+    };
+}
+pub(crate) use forward_ops;
+
 /// The store a [`Cache`](crate::Cache) was built with (static dispatch, no boxing on the hot path).
 // One per cache, never moved on the hot path: the variants' size difference costs nothing.
 #[allow(clippy::large_enum_variant)]
@@ -498,154 +554,7 @@ impl Store for Backend {
         delegate!(self, s => s.set(key, value, ttl))
     }
 
-    async fn delete(&self, key: &str) -> Result<bool, Error> {
-        delegate!(self, s => s.delete(key))
-    }
-
-    async fn set_if_absent(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<bool, Error> {
-        delegate!(self, s => s.set_if_absent(key, value, ttl))
-    }
-
-    async fn lock_acquire(&self, lock: &LockToken, ttl: Duration) -> Result<bool, Error> {
-        delegate!(self, s => s.lock_acquire(lock, ttl))
-    }
-
-    async fn lock_renew(&self, lock: &LockToken, ttl: Duration) -> Result<bool, Error> {
-        delegate!(self, s => s.lock_renew(lock, ttl))
-    }
-
-    async fn lock_release(&self, lock: &LockToken) -> Result<bool, Error> {
-        delegate!(self, s => s.lock_release(lock))
-    }
-
-    async fn bump_tag(&self, key: &str, field: TagField, ttl: Duration) -> Result<TagTimes, Error> {
-        delegate!(self, s => s.bump_tag(key, field, ttl))
-    }
-
-    async fn tag_times(&self, keys: &[String]) -> Result<Vec<Option<TagTimes>>, Error> {
-        delegate!(self, s => s.tag_times(keys))
-    }
-
-    async fn repair_tags(
-        &self,
-        keys: &[String],
-        known_hard: &[u64],
-        ttl: Duration,
-    ) -> Result<Vec<TagTimes>, Error> {
-        delegate!(self, s => s.repair_tags(keys, known_hard, ttl))
-    }
-
-    async fn bump_namespace(&self, key: &str, known: u64) -> Result<NamespaceBump, Error> {
-        delegate!(self, s => s.bump_namespace(key, known))
-    }
-
-    async fn namespace_version(&self, key: &str) -> Result<Option<u64>, Error> {
-        delegate!(self, s => s.namespace_version(key))
-    }
-
-    async fn repair_namespace(&self, key: &str, known: u64) -> Result<u64, Error> {
-        delegate!(self, s => s.repair_namespace(key, known))
-    }
-
-    async fn fill_if(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        ttl: Duration,
-        seen: &[u8],
-    ) -> Result<bool, Error> {
-        delegate!(self, s => s.fill_if(key, value, ttl, seen))
-    }
-
-    async fn delete_to_tombstone(
-        &self,
-        key: &str,
-        tombstone: Vec<u8>,
-        ttl: Duration,
-    ) -> Result<bool, Error> {
-        delegate!(self, s => s.delete_to_tombstone(key, tombstone, ttl))
-    }
-
-    async fn server_time(&self) -> Result<Duration, Error> {
-        delegate!(self, s => s.server_time())
-    }
-
-    async fn publish(&self, channel: &str, message: &[u8]) -> Result<(), Error> {
-        delegate!(self, s => s.publish(channel, message))
-    }
-
-    async fn subscribe(&self, channel: &str) -> Result<Subscription, Error> {
-        delegate!(self, s => s.subscribe(channel))
-    }
-
-    async fn ping(&self) -> Result<(), Error> {
-        delegate!(self, s => s.ping())
-    }
-
-    async fn eviction_settings(&self) -> Result<Option<EvictionSettings>, Error> {
-        delegate!(self, s => s.eviction_settings())
-    }
-
-    async fn counters_push(
-        &self,
-        keys: &CounterKeys,
-        token: &str,
-        seq: u64,
-        writer_ttl: Duration,
-        entries: &[(String, i64)],
-    ) -> Result<PushOutcome, Error> {
-        delegate!(self, s => s.counters_push(keys, token, seq, writer_ttl, entries))
-    }
-
-    async fn counters_seal(
-        &self,
-        keys: &CounterKeys,
-        id: &str,
-        token: &str,
-        lease: Duration,
-    ) -> Result<bool, Error> {
-        delegate!(self, s => s.counters_seal(keys, id, token, lease))
-    }
-
-    async fn counters_claim(
-        &self,
-        keys: &CounterKeys,
-        token: &str,
-        lease: Duration,
-    ) -> Result<Option<String>, Error> {
-        delegate!(self, s => s.counters_claim(keys, token, lease))
-    }
-
-    async fn counters_renew(
-        &self,
-        keys: &CounterKeys,
-        id: &str,
-        token: &str,
-        lease: Duration,
-    ) -> Result<bool, Error> {
-        delegate!(self, s => s.counters_renew(keys, id, token, lease))
-    }
-
-    async fn counters_release(
-        &self,
-        keys: &CounterKeys,
-        id: &str,
-        token: &str,
-    ) -> Result<(), Error> {
-        delegate!(self, s => s.counters_release(keys, id, token))
-    }
-
-    async fn counters_complete(&self, keys: &CounterKeys, id: &str) -> Result<(), Error> {
-        delegate!(self, s => s.counters_complete(keys, id))
-    }
-
-    async fn counters_read(
-        &self,
-        keys: &CounterKeys,
-        id: &str,
-    ) -> Result<Vec<(String, i64)>, Error> {
-        delegate!(self, s => s.counters_read(keys, id))
-    }
+    forward_ops!(variants);
 }
 
 /// Whether `current` (the value at a key, if any) is what a load saw (`seen`, see
