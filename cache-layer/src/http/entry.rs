@@ -244,6 +244,44 @@ impl StoredResponse {
         status.append_to(headers);
         response
     }
+
+    /// [`to_response`](Self::to_response) for an entry nobody else holds (decoded from the store
+    /// for this request, not shared with L1 or another request): its headers and body are moved
+    /// into the response instead of copied.
+    pub(crate) fn into_response<B: Body>(
+        self,
+        head: bool,
+        conditions: &Conditions,
+        status: &CacheStatus,
+        age_ms: u64,
+        from_cache: bool,
+    ) -> Response<CacheBody<B>> {
+        if conditions.not_modified(&self) {
+            return self.to_response(head, conditions, status, age_ms, from_cache);
+        }
+        let stored = match Arc::try_unwrap(self.0) {
+            Ok(stored) => stored,
+            Err(shared) => {
+                return StoredResponse(shared)
+                    .to_response(head, conditions, status, age_ms, from_cache)
+            }
+        };
+        let body = if head {
+            CacheBody::empty()
+        } else {
+            CacheBody::full(stored.body)
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = stored.status;
+        *response.headers_mut() = stored.headers;
+        let headers = response.headers_mut();
+        headers.remove(SURROGATE_CONTROL);
+        if from_cache || age_ms >= 1000 {
+            headers.insert(header::AGE, HeaderValue::from(age_ms / 1000));
+        }
+        status.append_to(headers);
+        response
+    }
 }
 
 /// The request's conditional headers, answered from the entry.
