@@ -513,11 +513,38 @@ struct WireRef<'a> {
 struct Wire {
     layout: u8,
     status: u16,
-    headers: Vec<(String, Bytes)>,
+    headers: Vec<(WireName, Bytes)>,
     body: Bytes,
     meta: WireMeta,
     vary: Vec<(String, Option<Bytes>)>,
     tags: Vec<String>,
+}
+
+/// A stored header name, decoded straight from the entry's bytes (no `String` per header).
+struct WireName(HeaderName);
+
+impl<'de> Deserialize<'de> for WireName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl de::Visitor<'_> for Name {
+            type Value = WireName;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a header name")
+            }
+
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<WireName, E> {
+                self.visit_bytes(name.as_bytes())
+            }
+
+            fn visit_bytes<E: de::Error>(self, name: &[u8]) -> Result<WireName, E> {
+                HeaderName::from_bytes(name)
+                    .map(WireName)
+                    .map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Name)
+    }
 }
 
 impl Serialize for StoredResponse {
@@ -562,9 +589,9 @@ impl<'de> Deserialize<'de> for StoredResponse {
             return Err(de::Error::custom("unknown stored response layout"));
         }
         let status = StatusCode::from_u16(wire.status).map_err(de::Error::custom)?;
-        let mut headers = HeaderMap::with_capacity(wire.headers.len());
-        for (name, value) in wire.headers {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(de::Error::custom)?;
+        // Room for the `Age` and `Cache-Status` a response from it gets (no regrowing then).
+        let mut headers = HeaderMap::with_capacity(wire.headers.len() + 2);
+        for (WireName(name), value) in wire.headers {
             let value = HeaderValue::from_maybe_shared(value).map_err(de::Error::custom)?;
             headers.append(name, value);
         }
