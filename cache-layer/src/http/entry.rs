@@ -244,6 +244,44 @@ impl StoredResponse {
         status.append_to(headers);
         response
     }
+
+    /// [`to_response`](Self::to_response) for an entry nobody else holds (decoded from the store
+    /// for this request, not shared with L1 or another request): its headers and body are moved
+    /// into the response instead of copied.
+    pub(crate) fn into_response<B: Body>(
+        self,
+        head: bool,
+        conditions: &Conditions,
+        status: &CacheStatus,
+        age_ms: u64,
+        from_cache: bool,
+    ) -> Response<CacheBody<B>> {
+        if conditions.not_modified(&self) {
+            return self.to_response(head, conditions, status, age_ms, from_cache);
+        }
+        let stored = match Arc::try_unwrap(self.0) {
+            Ok(stored) => stored,
+            Err(shared) => {
+                return StoredResponse(shared)
+                    .to_response(head, conditions, status, age_ms, from_cache)
+            }
+        };
+        let body = if head {
+            CacheBody::empty()
+        } else {
+            CacheBody::full(stored.body)
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = stored.status;
+        *response.headers_mut() = stored.headers;
+        let headers = response.headers_mut();
+        headers.remove(SURROGATE_CONTROL);
+        if from_cache || age_ms >= 1000 {
+            headers.insert(header::AGE, HeaderValue::from(age_ms / 1000));
+        }
+        status.append_to(headers);
+        response
+    }
 }
 
 /// The request's conditional headers, answered from the entry.
@@ -510,11 +548,38 @@ struct WireRef<'a> {
 struct Wire {
     layout: u8,
     status: u16,
-    headers: Vec<(String, Bytes)>,
+    headers: Vec<(WireName, Bytes)>,
     body: Bytes,
     meta: WireMeta,
     vary: Vec<(String, Option<Bytes>)>,
     tags: Vec<String>,
+}
+
+/// A stored header name, decoded straight from the entry's bytes (no `String` per header).
+struct WireName(HeaderName);
+
+impl<'de> Deserialize<'de> for WireName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl de::Visitor<'_> for Name {
+            type Value = WireName;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a header name")
+            }
+
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<WireName, E> {
+                self.visit_bytes(name.as_bytes())
+            }
+
+            fn visit_bytes<E: de::Error>(self, name: &[u8]) -> Result<WireName, E> {
+                HeaderName::from_bytes(name)
+                    .map(WireName)
+                    .map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Name)
+    }
 }
 
 impl Serialize for StoredResponse {
@@ -549,9 +614,9 @@ impl<'de> Deserialize<'de> for StoredResponse {
             return Err(de::Error::custom("unknown stored response layout"));
         }
         let status = StatusCode::from_u16(wire.status).map_err(de::Error::custom)?;
-        let mut headers = HeaderMap::with_capacity(wire.headers.len());
-        for (name, value) in wire.headers {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(de::Error::custom)?;
+        // Room for the `Age` and `Cache-Status` a response from it gets (no regrowing then).
+        let mut headers = HeaderMap::with_capacity(wire.headers.len() + 2);
+        for (WireName(name), value) in wire.headers {
             let value = HeaderValue::from_maybe_shared(value).map_err(de::Error::custom)?;
             headers.append(name, value);
         }

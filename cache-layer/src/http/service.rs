@@ -355,7 +355,10 @@ where
         });
     if fresh_ms > 0 && acceptable {
         let ttl = CacheStatus::ttl_seconds(fresh_ms);
-        return Ok(respond(&entry, CacheStatus::Hit { ttl }));
+        // The common hit: the entry was decoded for this request (Redis without L1) or is
+        // shared with L1; `into_response` moves what it can instead of copying.
+        let status = CacheStatus::Hit { ttl };
+        return Ok(entry.into_response(head, &conditions, &status, age_ms, true));
     }
     let stale_ms = u64::try_from(fresh_ms.saturating_neg()).unwrap_or(0);
     let stale = CacheStatus::Stale {

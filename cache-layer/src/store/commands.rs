@@ -60,8 +60,9 @@ pub(super) trait Raw: Send + Sync {
 }
 
 pub(super) fn get_cmd(key: &str) -> Cmd {
-    let mut cmd = redis::cmd("GET");
-    cmd.arg(key);
+    // Sized up front: `redis::cmd` grows both buffers as the arguments come.
+    let mut cmd = Cmd::with_capacity(2, "GET".len() + key.len());
+    cmd.arg("GET").arg(key);
     cmd
 }
 

@@ -53,19 +53,36 @@ pub(crate) struct Generation {
     number: u64,
     /// Ids Redis refused to increment, with the refused delta.
     rejected: Mutex<HashMap<String, i64>>,
+    /// Whether `rejected` holds anything (so a waiter of a generation without refusals, the
+    /// common case, does not take its lock).
+    any_rejected: AtomicBool,
+    /// Woken when [`Progress`] changed in a way that may settle this generation (its push landed,
+    /// Redis turned out unavailable, no replica acknowledged, the pusher ended). Only this
+    /// generation's waiters wake: those of the next one, gathering while this one is pushed, do
+    /// not.
+    settled: Notify,
 }
 
 impl Generation {
     fn new(number: u64) -> Arc<Self> {
         Arc::new(Generation {
             number,
-            rejected: Mutex::default(),
+            ..Generation::default()
         })
     }
 
     /// The delta of `id` Redis refused, if it did.
     fn rejected(&self, id: &str) -> Option<i64> {
+        if !self.any_rejected.load(Ordering::Acquire) {
+            return None;
+        }
         lock(&self.rejected).get(id).copied()
+    }
+
+    /// Records ids Redis refused (before the generation's fate is published).
+    fn record_rejected(&self, refused: impl IntoIterator<Item = (String, i64)>) {
+        lock(&self.rejected).extend(refused);
+        self.any_rejected.store(true, Ordering::Release);
     }
 }
 
@@ -102,6 +119,8 @@ pub(crate) struct BufferState {
     /// Chunks being pushed, oldest first, all of generation `frozen_gen`.
     frozen: VecDeque<Arc<Chunk>>,
     frozen_gen: u64,
+    /// The record of generation `frozen_gen`.
+    frozen_record: Arc<Generation>,
     /// Ids in `frozen` (they count against the buffer's bound until Redis has them).
     frozen_ids: usize,
     /// The ids in `frozen`, built only when the buffer is full (an id being pushed still fits).
@@ -114,6 +133,12 @@ pub(crate) struct BufferState {
 }
 
 impl BufferState {
+    /// The records of the generations that may have waiters: the one being pushed and the one
+    /// gathering increments (every older one was settled).
+    fn waited_on(&self) -> [Arc<Generation>; 2] {
+        [self.frozen_record.clone(), self.current.clone()]
+    }
+
     fn frozen_contains(&mut self, id: &str) -> bool {
         let frozen = &self.frozen;
         self.frozen_set
@@ -127,7 +152,9 @@ impl BufferState {
     }
 }
 
-/// What waiters watch. Updated only while `BufferState` is locked, so updates are ordered.
+/// What waiters read. Updated only while `BufferState` is locked, so updates are ordered; each
+/// update that may settle a generation is followed by a wake-up of that generation's waiters
+/// ([`Generation::settled`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Progress {
     /// Every increment of a generation `<= pushed` is in Redis.
@@ -204,6 +231,9 @@ impl Drop for PusherGuard {
         if st.pusher == self.id {
             st.pusher = 0;
             self.set.progress.send_modify(|p| p.pusher = false);
+            let waited_on = st.waited_on();
+            drop(st);
+            wake_all(&waited_on);
         }
     }
 }
@@ -224,6 +254,7 @@ impl CounterSet {
                 current: Generation::new(1),
                 frozen: VecDeque::new(),
                 frozen_gen: 0,
+                frozen_record: Generation::new(0),
                 frozen_ids: 0,
                 frozen_set: None,
                 next_seq: 1,
@@ -307,8 +338,11 @@ impl CounterSet {
             }
             return Ok(Added::Done);
         }
-        let ticket = {
+        let (ticket, first) = {
             let mut st = lock(&self.state);
+            // The pusher waits for work only while the map is empty: the increment that makes it
+            // non-empty wakes it, the others need not (one wake-up per batch, not per caller).
+            let first = st.map.is_empty();
             match st.map.get_mut(id) {
                 Some(slot) => *slot = slot.checked_add(by).ok_or_else(counter_overflow)?,
                 None => {
@@ -323,13 +357,16 @@ impl CounterSet {
                 }
             }
             self.ensure_pusher(&mut st);
-            match st.health {
+            let ticket = match st.health {
                 Health::Healthy => Added::Wait(st.current.clone()),
                 Health::Degraded => Added::Done,
                 Health::Unreplicated(timeout) => Added::Unreplicated(timeout),
-            }
+            };
+            (ticket, first)
         };
-        self.wake.notify_one();
+        if first {
+            self.wake.notify_one();
+        }
         Ok(ticket)
     }
 
@@ -350,16 +387,16 @@ impl CounterSet {
     /// [`Error::NotReplicated`] (no replica acknowledged it yet; kept and resent).
     pub(crate) async fn wait(&self, id: &str, generation: &Generation) -> Result<(), Error> {
         let ticket = generation.number;
-        let mut rx = self.progress.subscribe();
-        let progress = match rx
-            .wait_for(|p| {
-                p.pushed >= ticket || p.released >= ticket || p.unreplicated >= ticket || !p.pusher
-            })
-            .await
-        {
-            Ok(progress) => *progress,
-            // The set is gone (cache dropped): nothing more to learn.
-            Err(_) => return Ok(()),
+        let progress = loop {
+            let notified = generation.settled.notified();
+            tokio::pin!(notified);
+            // Registered before reading the progress: an update after the read wakes it.
+            notified.as_mut().enable();
+            let p = *self.progress.borrow();
+            if p.pushed >= ticket || p.released >= ticket || p.unreplicated >= ticket || !p.pusher {
+                break p;
+            }
+            notified.await;
         };
         if let Some(delta) = generation.rejected(id) {
             return Err(Error::CounterRejected {
@@ -444,6 +481,7 @@ impl CounterSet {
                 let mut rest = entries.into_iter().peekable();
                 let next = Generation::new(st.gen + 1);
                 let generation = std::mem::replace(&mut st.current, next);
+                st.frozen_record = generation.clone();
                 while rest.peek().is_some() {
                     let chunk: Vec<(String, i64)> = rest.by_ref().take(max).collect();
                     let seq = st.next_seq;
@@ -499,11 +537,16 @@ impl CounterSet {
             st.current = Generation::new(st.gen);
         }
         let gen = st.frozen_gen;
-        self.progress.send_if_modified(|p| {
+        let advanced = self.progress.send_if_modified(|p| {
             let advance = p.pushed < gen;
             p.pushed = p.pushed.max(gen);
             advance
         });
+        if advanced {
+            let pushed = st.frozen_record.clone();
+            drop(st);
+            pushed.settled.notify_waiters();
+        }
         Ok(())
     }
 
@@ -520,6 +563,9 @@ impl CounterSet {
         let gen = st.gen;
         self.progress
             .send_modify(|p| p.released = p.released.max(gen));
+        let waited_on = st.waited_on();
+        drop(st);
+        wake_all(&waited_on);
     }
 
     /// Redis took a push but no replica acknowledged it: every waiter is told (their increments
@@ -539,6 +585,9 @@ impl CounterSet {
             p.unreplicated = p.unreplicated.max(gen);
             p.ack_timeout = timeout;
         });
+        let waited_on = st.waited_on();
+        drop(st);
+        wake_all(&waited_on);
     }
 
     /// One `PUSH` script call.
@@ -572,9 +621,16 @@ impl CounterSet {
                 .collect();
             self.note_rejected(&refused);
             // Recorded before the generation's fate is published (below, or by the caller).
-            lock(&chunk.generation.rejected).extend(refused);
+            chunk.generation.record_rejected(refused);
         }
         replica.check()
+    }
+}
+
+/// Wakes the waiters of `generations` (they re-read the progress).
+fn wake_all(generations: &[Arc<Generation>]) {
+    for generation in generations {
+        generation.settled.notify_waiters();
     }
 }
 
