@@ -17,7 +17,7 @@ use super::{coherence::UNKNOWN_EPOCH, Cache, Inner};
 use crate::{
     bus::{Listener, Message},
     envelope::{self, Seen, Timing},
-    l1::{EntryKey, MissedInvalidations, TagTimes},
+    l1::{EntryKey, FillAfter, MissedInvalidations, TagTimes},
     store::{EvictionSettings, NamespaceBump, Store, TagField},
     util::now_ms,
     value::Value,
@@ -135,7 +135,7 @@ impl Cache {
             let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
             self.inner
                 .known
-                .l1_insert(&start.key, value, timing, tags, ttl, size);
+                .l1_fill(FillAfter::Read, &start.key, value, timing, tags, ttl, size);
         } else {
             tracing::debug!(cache = %inner.name, "a write or delete raced this load; not storing it");
         }
@@ -199,9 +199,15 @@ impl Cache {
                     .await?;
                 if self.epoch_still(full_key.version).await? {
                     let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
-                    self.inner
-                        .known
-                        .l1_replace(&full_key, value, timing, tags, ttl, size);
+                    self.inner.known.l1_fill(
+                        FillAfter::Write,
+                        &full_key,
+                        value,
+                        timing,
+                        tags,
+                        ttl,
+                        size,
+                    );
                     return Ok::<_, Error>(());
                 }
             }
@@ -254,7 +260,7 @@ impl Cache {
         let inner = &self.inner;
         inner.metrics.invalidation();
         inner.flights.detach_key(key);
-        self.evict_l1(key);
+        self.inner.known.evict(key);
         let removed = async {
             for _ in 0..EPOCH_ATTEMPTS {
                 let full_key = self.entry_key_checked(key).await.map_err(|(_, err)| err)?;
@@ -279,7 +285,7 @@ impl Cache {
         .await;
         // A reader that read the old value before the tombstone landed may be inserting it into
         // L1 right now: its ticket is stale after this, and the copy goes.
-        self.evict_l1(key);
+        self.inner.known.evict(key);
         let published = match &removed {
             Ok(_) => {
                 self.forget_pending_key(key);
@@ -325,13 +331,6 @@ impl Cache {
         inner.known.namespace.distrust();
         self.namespace_version().await?;
         Ok(false)
-    }
-
-    fn evict_l1(&self, key: &str) {
-        self.inner.known.tickets.bump(key);
-        if let Some(l1) = &self.inner.known.tier {
-            l1.remove(key);
-        }
     }
 
     /// `invalidate_tags` / `expire_tag`: raises the tags' versions, announces them.
