@@ -209,7 +209,9 @@ impl Permit<'_> {
         match result {
             Ok(_) => self.breaker.record_success(self.admission),
             Err(err) => {
-                tracing::debug!(cache = %self.breaker.name, error = %err, "redis operation failed");
+                // The target it had when logged from `cache/mod.rs`, for filters that name it.
+                tracing::debug!(target: "cache_layer::cache", cache = %self.breaker.name,
+                    error = %err, "redis operation failed");
                 if is_health_failure(err) {
                     self.breaker.record_failure(self.admission, err);
                 } else {

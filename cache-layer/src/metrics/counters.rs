@@ -87,6 +87,15 @@ impl RedisOutcome {
     }
 }
 
+// `redis_op` indexes the handles, registered in `RedisOutcome::ALL`'s order, by the outcome.
+const _: () = {
+    let mut i = 0;
+    while i < RedisOutcome::ALL.len() {
+        assert!(RedisOutcome::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
 /// One Redis operation the breaker let through ([`CacheMetrics::redis_admit`]), timed from its
 /// admission. Settle it with the operation's result; dropped unsettled (its future was dropped
 /// midway) it counts nothing and releases a probe admission (see [`Permit`]).
@@ -318,11 +327,8 @@ impl CacheMetrics {
     /// One Redis operation: latency and outcome; failures count as errors.
     pub(crate) fn redis_op(&self, took: Duration, outcome: RedisOutcome) {
         self.handles.redis_seconds.record(took.as_secs_f64());
-        let index = RedisOutcome::ALL
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or(0);
-        self.handles.redis_ops[index].increment(1);
+        // `ALL` lists the outcomes in declaration order.
+        self.handles.redis_ops[outcome as usize].increment(1);
         if !matches!(outcome, RedisOutcome::Ok | RedisOutcome::BreakerOpen) {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -345,11 +351,17 @@ impl CacheMetrics {
         }
     }
 
-    /// The span a Redis operation runs in. TRACE-level: free unless a subscriber asks for it. No
-    /// key in it (no user data).
+    /// The span a Redis operation runs in (TRACE; no key in it: no user data). Made only while a
+    /// `tracing` subscriber takes TRACE spans: otherwise it would be disabled anyway, and making
+    /// it (and entering it on every poll) costs a store hit a few hundred instructions when
+    /// `tracing`'s `log` feature is on (which mirrors disabled spans to `log`).
     #[inline]
     pub(crate) fn redis_span(&self) -> tracing::Span {
-        tracing::trace_span!("cache.redis", cache = %self.name)
+        if tracing::level_filters::LevelFilter::current() < tracing::Level::TRACE {
+            return tracing::Span::none();
+        }
+        // The target it had when the span was made in `cache/mod.rs`, for filters that name it.
+        tracing::trace_span!(target: "cache_layer::cache", "cache.redis", cache = %self.name)
     }
 
     pub(crate) fn corrupt(&self) {
