@@ -398,6 +398,19 @@ pub(crate) enum FillAfter {
     Write,
 }
 
+/// What an L1 copy ([`Knowledge::l1_fill`]) is made of.
+pub(crate) struct L1Copy<'v, T, I> {
+    /// The decoded value.
+    pub(crate) value: &'v T,
+    pub(crate) timing: Timing,
+    /// Its tags with the versions its load saw.
+    pub(crate) tags: I,
+    /// How long it may live (its hard expiry, or less while the bus is down).
+    pub(crate) ttl: Duration,
+    /// Its serialized size (its weight, with its tags).
+    pub(crate) serialized_len: usize,
+}
+
 /// The bus's state as far as trusting local facts goes. The bus (`bus.rs`) is its only writer;
 /// everything that decides whether a local fact may be used reads it here.
 pub(crate) struct TrustState {
@@ -691,18 +704,13 @@ impl Knowledge {
         Some((value, timing))
     }
 
-    /// Mirrors `value` of `key` into L1 after the store was read or written (see [`FillAfter`]
+    /// Mirrors `copy` of `key` into L1 after the store was read or written (see [`FillAfter`]
     /// for how each treats the key's eviction ticket).
-    pub(crate) fn l1_fill<'a, T: Clone + Send + Sync + 'static>(
-        &self,
-        after: FillAfter,
-        key: &EntryKey,
-        value: &T,
-        timing: Timing,
-        tags: impl IntoIterator<Item = (&'a str, TagTimes)>,
-        ttl: Duration,
-        serialized_len: usize,
-    ) {
+    pub(crate) fn l1_fill<'a, T, I>(&self, after: FillAfter, key: &EntryKey, copy: L1Copy<'_, T, I>)
+    where
+        T: Clone + Send + Sync + 'static,
+        I: IntoIterator<Item = (&'a str, TagTimes)>,
+    {
         let (Some(l1), Some((user_key, ticket))) = (&self.tier, &key.l1) else {
             return;
         };
@@ -712,7 +720,7 @@ impl Knowledge {
         };
         match (claimed, after) {
             (Some(ticket), _) => {
-                let entry = self.l1_entry(key.version, value, timing, tags, ttl, serialized_len);
+                let entry = self.l1_entry(key.version, copy);
                 self.l1_put(l1, user_key, ticket, entry);
             }
             (None, FillAfter::Read) => {}
@@ -740,26 +748,25 @@ impl Knowledge {
     }
 
     /// An L1 entry for `value`, read or written under namespace epoch `version`.
-    fn l1_entry<'a, T: Clone + Send + Sync + 'static>(
-        &self,
-        version: u64,
-        value: &T,
-        timing: Timing,
-        tags: impl IntoIterator<Item = (&'a str, TagTimes)>,
-        ttl: Duration,
-        serialized_len: usize,
-    ) -> L1Entry {
+    fn l1_entry<'a, T, I>(&self, version: u64, copy: L1Copy<'_, T, I>) -> L1Entry
+    where
+        T: Clone + Send + Sync + 'static,
+        I: IntoIterator<Item = (&'a str, TagTimes)>,
+    {
         let now = Instant::now();
-        let tags: Arc<[(String, TagTimes)]> =
-            tags.into_iter().map(|(t, v)| (t.to_owned(), v)).collect();
+        let tags: Arc<[(String, TagTimes)]> = copy
+            .tags
+            .into_iter()
+            .map(|(t, v)| (t.to_owned(), v))
+            .collect();
         let tag_bytes: usize = tags.iter().map(|(t, _)| t.len() + 16).sum();
         L1Entry {
-            value: Arc::new(value.clone()),
-            timing,
-            expires_at: now + self.trust.l1_ttl(ttl),
+            value: Arc::new(copy.value.clone()),
+            timing: copy.timing,
+            expires_at: now + self.trust.l1_ttl(copy.ttl),
             inserted: now,
             version,
-            bytes: serialized_len.saturating_add(tag_bytes) as u64,
+            bytes: copy.serialized_len.saturating_add(tag_bytes) as u64,
             tags,
         }
     }

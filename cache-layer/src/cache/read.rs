@@ -29,7 +29,7 @@ use tracing::Instrument;
 use super::{coherence::UNKNOWN_EPOCH, write::LoadStart, Cache};
 use crate::{
     envelope::{DecodeError, Envelope, Seen, Timing},
-    l1::{EntryKey, FillAfter},
+    l1::{EntryKey, FillAfter, L1Copy},
     stampede::{
         early,
         flight::{Follower, Join, LeaderGuard, Outcome},
@@ -617,7 +617,14 @@ impl Cache {
                 let ttl = Duration::from_millis(timing.stale_until_ms.saturating_sub(now).max(1));
                 let (tags, size) = (envelope.tag_versions(), envelope.payload_len());
                 let known = &self.inner.known;
-                known.l1_fill(FillAfter::Read, full_key, &value, timing, tags, ttl, size);
+                let copy = L1Copy {
+                    value: &value,
+                    timing,
+                    tags,
+                    ttl,
+                    serialized_len: size,
+                };
+                known.l1_fill(FillAfter::Read, full_key, copy);
                 Ok((value, timing))
             }
             Err(why) => {

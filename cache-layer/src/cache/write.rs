@@ -17,7 +17,7 @@ use super::{coherence::UNKNOWN_EPOCH, Cache, Inner};
 use crate::{
     bus::{Listener, Message},
     envelope::{self, Seen, Timing},
-    l1::{EntryKey, FillAfter, MissedInvalidations, TagTimes},
+    l1::{EntryKey, FillAfter, L1Copy, MissedInvalidations, TagTimes},
     store::{EvictionSettings, NamespaceBump, Store, TagField},
     util::now_ms,
     value::Value,
@@ -133,9 +133,17 @@ impl Cache {
             .await?;
         if stored {
             let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
-            self.inner
-                .known
-                .l1_fill(FillAfter::Read, &start.key, value, timing, tags, ttl, size);
+            self.inner.known.l1_fill(
+                FillAfter::Read,
+                &start.key,
+                L1Copy {
+                    value,
+                    timing,
+                    tags,
+                    ttl,
+                    serialized_len: size,
+                },
+            );
         } else {
             tracing::debug!(cache = %inner.name, "a write or delete raced this load; not storing it");
         }
@@ -202,11 +210,13 @@ impl Cache {
                     self.inner.known.l1_fill(
                         FillAfter::Write,
                         &full_key,
-                        value,
-                        timing,
-                        tags,
-                        ttl,
-                        size,
+                        L1Copy {
+                            value,
+                            timing,
+                            tags,
+                            ttl,
+                            serialized_len: size,
+                        },
                     );
                     return Ok::<_, Error>(());
                 }
