@@ -44,6 +44,24 @@ pub(crate) struct LoadStart {
     pub(crate) started: Instant,
 }
 
+/// The L1 copy of `value`, just stored with `versions` (its tags' versions), `ttl` and `size`
+/// (its serialized payload).
+fn stored_copy<'a, T>(
+    value: &'a T,
+    timing: Timing,
+    versions: &'a [(String, TagTimes)],
+    ttl: Duration,
+    size: usize,
+) -> L1Copy<'a, T, impl Iterator<Item = (&'a str, TagTimes)>> {
+    L1Copy {
+        value,
+        timing,
+        tags: versions.iter().map(|(t, v)| (t.as_str(), *v)),
+        ttl,
+        serialized_len: size,
+    }
+}
+
 impl Cache {
     /// What a load knew when it started: the entry key (namespace epoch), what the key held, and
     /// the versions of the policy's tags. A fill is stored only under that key, only if the key
@@ -132,18 +150,8 @@ impl Cache {
             )
             .await?;
         if stored {
-            let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
-            self.inner.known.l1_fill(
-                FillAfter::Read,
-                &start.key,
-                L1Copy {
-                    value,
-                    timing,
-                    tags,
-                    ttl,
-                    serialized_len: size,
-                },
-            );
+            let copy = stored_copy(value, timing, &versions, ttl, size);
+            self.inner.known.l1_fill(FillAfter::Read, &start.key, copy);
         } else {
             tracing::debug!(cache = %inner.name, "a write or delete raced this load; not storing it");
         }
@@ -206,18 +214,8 @@ impl Cache {
                 self.store_op(inner.store.set(&full_key, bytes, ttl))
                     .await?;
                 if self.epoch_still(full_key.version).await? {
-                    let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
-                    self.inner.known.l1_fill(
-                        FillAfter::Write,
-                        &full_key,
-                        L1Copy {
-                            value,
-                            timing,
-                            tags,
-                            ttl,
-                            serialized_len: size,
-                        },
-                    );
+                    let copy = stored_copy(value, timing, &versions, ttl, size);
+                    self.inner.known.l1_fill(FillAfter::Write, &full_key, copy);
                     return Ok::<_, Error>(());
                 }
             }
