@@ -1,5 +1,8 @@
-//! The [`Cache`] handle: construction, the global default, direct operations and stats.
-//! The read-through engine (`get_or_fetch` and friends) lives in [`engine`].
+//! The [`Cache`] handle and its per-cache state, `store_op` (a store call through the breaker
+//! and the metrics, for the write path, coherence and write-behind), entry encoding and the
+//! handles features built on the cache use. The public methods are in `api.rs`; the read path
+//! (`get_or_fetch` and friends, `get`) is [`read`](mod@read), writes and invalidations
+//! [`write`](mod@write).
 
 mod builder;
 pub(crate) mod coherence;
