@@ -190,6 +190,61 @@ pub(crate) enum Admission {
     Rejected,
 }
 
+/// One Redis operation the breaker let through ([`Breaker::permit`]). Settle it with the
+/// operation's result ([`settle`](Permit::settle)); dropped unsettled (the operation's future was
+/// dropped midway), a probe admission is released, so a cancelled probe cannot leave the breaker
+/// half-open forever.
+#[must_use = "settle the permit with the operation's result"]
+pub(crate) struct Permit<'a> {
+    breaker: &'a Breaker,
+    admission: Admission,
+    settled: bool,
+}
+
+impl Permit<'_> {
+    /// Tells the breaker how the operation ended: a success, or a failure when the error says
+    /// Redis is unhealthy ([`is_health_failure`]); any error is logged at `debug`.
+    pub(crate) fn settle<R>(mut self, result: &Result<R, Error>) {
+        self.settled = true;
+        match result {
+            Ok(_) => self.breaker.record_success(self.admission),
+            Err(err) => {
+                // The target it had when logged from `cache/mod.rs`, for filters that name it.
+                tracing::debug!(target: "cache_layer::cache", cache = %self.breaker.name,
+                    error = %err, "redis operation failed");
+                if is_health_failure(err) {
+                    self.breaker.record_failure(self.admission, err);
+                } else {
+                    self.breaker.record_success(self.admission);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.settled && self.admission == Admission::Probe {
+            self.breaker.abandon_probe();
+        }
+    }
+}
+
+/// Whether a failed Redis operation says something about Redis' health (and so counts against the
+/// breaker), as opposed to a rejection of one command by a Redis that is otherwise serving: a wrong
+/// key type, `OOM` (maxmemory with `noeviction`: writes fail, reads still hit), `READONLY`, an ACL
+/// `NOPERM`. Opening the breaker for those would throw away the hits Redis can still serve.
+fn is_health_failure(err: &Error) -> bool {
+    match err {
+        Error::Redis(e) => !matches!(e.code(), Some("WRONGTYPE" | "OOM" | "READONLY" | "NOPERM")),
+        Error::Timeout(_) => true,
+        Error::BreakerOpen | Error::Encode(_) | Error::Config(_) => false,
+        // Redis answered: the write is on the primary (a replica lagging is not Redis failing).
+        Error::NotReplicated { .. } => false,
+        Error::CounterOverflow { .. } | Error::CounterRejected { .. } | Error::Sink(_) => false,
+    }
+}
+
 /// How a counted operation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Counted {
@@ -247,6 +302,20 @@ impl Breaker {
             return Admission::Allowed;
         }
         self.admit_slow(current)
+    }
+
+    /// Lets one Redis operation through ([`Permit`]), or `Err(Error::BreakerOpen)`: then the
+    /// operation must not run. While closed this is one atomic load.
+    #[inline]
+    pub(crate) fn permit(&self) -> Result<Permit<'_>, Error> {
+        match self.admit() {
+            Admission::Rejected => Err(Error::BreakerOpen),
+            admission => Ok(Permit {
+                breaker: self,
+                admission,
+                settled: false,
+            }),
+        }
     }
 
     #[cold]

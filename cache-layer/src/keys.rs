@@ -74,7 +74,7 @@ impl KeySpace {
         key.push('}');
         if version > 0 {
             key.push_str(":v");
-            key.push_str(&version.to_string());
+            crate::util::push_decimal(&mut key, version);
         }
         key
     }

@@ -377,6 +377,40 @@ impl std::fmt::Display for EntryKey {
     }
 }
 
+/// What an L1 fill ([`Knowledge::l1_fill`]) follows, which decides what it does with its key's
+/// eviction ticket (taken when the key was resolved, before the store was read or written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FillAfter {
+    /// A read of the store (or a fill after a load): the value goes in unless an eviction of the
+    /// key happened since the ticket was taken (the value may be the one the eviction was
+    /// about). The ticket is checked again after the insert: an eviction that slipped in between
+    /// the first check and the insert would otherwise be undone by it, so the copy is taken out
+    /// again.
+    Read,
+    /// `set`'s write, once the store took it: the L1 copy from before the write goes, whatever
+    /// happens, and the value takes its place unless the key was evicted since it was resolved.
+    /// The ticket is moved on (only from the one taken before the write): a reader that read the
+    /// store before the write landed holds an older ticket, so its L1 fill of the previous value
+    /// is refused from here on, even if it comes after this one. If anything else moved the
+    /// ticket meanwhile (an eviction of a key sharing the slot, a bus message, a clear), the value
+    /// is not inserted, but the previous copy is still removed: the next read goes to the store,
+    /// which holds the value or something newer.
+    Write,
+}
+
+/// What an L1 copy ([`Knowledge::l1_fill`]) is made of.
+pub(crate) struct L1Copy<'v, T, I> {
+    /// The decoded value.
+    pub(crate) value: &'v T,
+    pub(crate) timing: Timing,
+    /// Its tags with the versions its load saw.
+    pub(crate) tags: I,
+    /// How long it may live (its hard expiry, or less while the bus is down).
+    pub(crate) ttl: Duration,
+    /// Its serialized size (its weight, with its tags).
+    pub(crate) serialized_len: usize,
+}
+
 /// The bus's state as far as trusting local facts goes. The bus (`bus.rs`) is its only writer;
 /// everything that decides whether a local fact may be used reads it here.
 pub(crate) struct TrustState {
@@ -670,59 +704,27 @@ impl Knowledge {
         Some((value, timing))
     }
 
-    /// Mirrors a value read from `key` (or filled after a load) into L1, unless an eviction of
-    /// that key happened since the key was resolved (the value may be the one the eviction was
-    /// about).
-    ///
-    /// The ticket is checked again after the insert: an eviction that slipped in between the
-    /// first check and the insert would otherwise be undone by it, so the copy is taken out again.
-    pub(crate) fn l1_insert<'a, T: Clone + Send + Sync + 'static>(
-        &self,
-        key: &EntryKey,
-        value: &T,
-        timing: Timing,
-        tags: impl IntoIterator<Item = (&'a str, TagTimes)>,
-        ttl: Duration,
-        serialized_len: usize,
-    ) {
+    /// Mirrors `copy` of `key` into L1 after the store was read or written (see [`FillAfter`]
+    /// for how each treats the key's eviction ticket).
+    pub(crate) fn l1_fill<'a, T, I>(&self, after: FillAfter, key: &EntryKey, copy: L1Copy<'_, T, I>)
+    where
+        T: Clone + Send + Sync + 'static,
+        I: IntoIterator<Item = (&'a str, TagTimes)>,
+    {
         let (Some(l1), Some((user_key, ticket))) = (&self.tier, &key.l1) else {
             return;
         };
-        if self.tickets.ticket(user_key) != *ticket {
-            return;
-        }
-        let entry = self.l1_entry(key.version, value, timing, tags, ttl, serialized_len);
-        self.l1_put(l1, user_key, *ticket, entry);
-    }
-
-    /// After `set` wrote `value` to `key` in the store: the L1 copy from before the write goes,
-    /// whatever happens, and `value` takes its place unless the key was evicted since it was
-    /// resolved.
-    ///
-    /// The key's ticket is moved on (only from the one taken before the write): a reader that read
-    /// the store before the write landed holds an older ticket, so its L1 fill of the previous
-    /// value is refused from here on, even if it comes after this one. If anything else moved the
-    /// ticket meanwhile (an eviction of a key sharing the slot, a bus message, a clear), `value`
-    /// is not inserted, but the previous copy is still removed: the next read goes to the store,
-    /// which holds `value` or something newer.
-    pub(crate) fn l1_replace<'a, T: Clone + Send + Sync + 'static>(
-        &self,
-        key: &EntryKey,
-        value: &T,
-        timing: Timing,
-        tags: impl IntoIterator<Item = (&'a str, TagTimes)>,
-        ttl: Duration,
-        serialized_len: usize,
-    ) {
-        let (Some(l1), Some((user_key, ticket))) = (&self.tier, &key.l1) else {
-            return;
+        let claimed = match after {
+            FillAfter::Read => (self.tickets.ticket(user_key) == *ticket).then_some(*ticket),
+            FillAfter::Write => self.tickets.advance(user_key, *ticket),
         };
-        match self.tickets.advance(user_key, *ticket) {
-            Some(next) => {
-                let entry = self.l1_entry(key.version, value, timing, tags, ttl, serialized_len);
-                self.l1_put(l1, user_key, next, entry);
+        match (claimed, after) {
+            (Some(ticket), _) => {
+                let entry = self.l1_entry(key.version, copy);
+                self.l1_put(l1, user_key, ticket, entry);
             }
-            None => {
+            (None, FillAfter::Read) => {}
+            (None, FillAfter::Write) => {
                 self.tickets.bump(user_key);
                 l1.remove(user_key);
             }
@@ -746,26 +748,25 @@ impl Knowledge {
     }
 
     /// An L1 entry for `value`, read or written under namespace epoch `version`.
-    fn l1_entry<'a, T: Clone + Send + Sync + 'static>(
-        &self,
-        version: u64,
-        value: &T,
-        timing: Timing,
-        tags: impl IntoIterator<Item = (&'a str, TagTimes)>,
-        ttl: Duration,
-        serialized_len: usize,
-    ) -> L1Entry {
+    fn l1_entry<'a, T, I>(&self, version: u64, copy: L1Copy<'_, T, I>) -> L1Entry
+    where
+        T: Clone + Send + Sync + 'static,
+        I: IntoIterator<Item = (&'a str, TagTimes)>,
+    {
         let now = Instant::now();
-        let tags: Arc<[(String, TagTimes)]> =
-            tags.into_iter().map(|(t, v)| (t.to_owned(), v)).collect();
+        let tags: Arc<[(String, TagTimes)]> = copy
+            .tags
+            .into_iter()
+            .map(|(t, v)| (t.to_owned(), v))
+            .collect();
         let tag_bytes: usize = tags.iter().map(|(t, _)| t.len() + 16).sum();
         L1Entry {
-            value: Arc::new(value.clone()),
-            timing,
-            expires_at: now + self.trust.l1_ttl(ttl),
+            value: Arc::new(copy.value.clone()),
+            timing: copy.timing,
+            expires_at: now + self.trust.l1_ttl(copy.ttl),
             inserted: now,
             version,
-            bytes: serialized_len.saturating_add(tag_bytes) as u64,
+            bytes: copy.serialized_len.saturating_add(tag_bytes) as u64,
             tags,
         }
     }

@@ -28,7 +28,8 @@ pub(crate) fn push_decimal(out: &mut String, mut v: u64) {
             break;
         }
     }
-    out.extend(digits[start..].iter().map(|&digit| char::from(digit)));
+    // ASCII digits: one copy, not a `push` (with its UTF-8 encoding) per digit.
+    out.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
 }
 
 /// [`push_decimal`] for signed integers.

@@ -1,5 +1,8 @@
-//! The [`Cache`] handle: construction, the global default, direct operations and stats.
-//! The read-through engine (`get_or_fetch` and friends) lives in [`engine`].
+//! The [`Cache`] handle and its per-cache state, `store_op` (a store call through the breaker
+//! and the metrics, for the write path, coherence and write-behind), entry encoding and the
+//! handles features built on the cache use. The public methods are in `api.rs`; the read path
+//! (`get_or_fetch` and friends, `get`) is [`read`](mod@read), writes and invalidations
+//! [`write`](mod@write).
 
 mod builder;
 pub(crate) mod coherence;
@@ -22,13 +25,13 @@ use tracing::Instrument;
 
 pub use self::builder::CacheBuilder;
 use crate::{
-    breaker::{Admission, Breaker},
+    breaker::Breaker,
     bus::Bus,
     clock::RedisClock,
     envelope::{self, DecodeError, Timing},
     keys::KeySpace,
     l1::Knowledge,
-    metrics::{CacheMetrics, HotKeys, RedisOutcome},
+    metrics::{CacheMetrics, HotKeys},
     stampede::{flight::Flights, lock::LandedSignals},
     store::Backend,
     util::{self, millis, now_ms},
@@ -119,21 +122,6 @@ pub fn install(cache: Cache) {
     *global = Some(cache);
 }
 
-/// Whether a failed Redis operation says something about Redis' health (and so counts against the
-/// breaker), as opposed to a rejection of one command by a Redis that is otherwise serving: a wrong
-/// key type, `OOM` (maxmemory with `noeviction`: writes fail, reads still hit), `READONLY`, an ACL
-/// `NOPERM`. Opening the breaker for those would throw away the hits Redis can still serve.
-fn is_health_failure(err: &Error) -> bool {
-    match err {
-        Error::Redis(e) => !matches!(e.code(), Some("WRONGTYPE" | "OOM" | "READONLY" | "NOPERM")),
-        Error::Timeout(_) => true,
-        Error::BreakerOpen | Error::Encode(_) | Error::Config(_) => false,
-        // Redis answered: the write is on the primary (a replica lagging is not Redis failing).
-        Error::NotReplicated { .. } => false,
-        Error::CounterOverflow { .. } | Error::CounterRejected { .. } | Error::Sink(_) => false,
-    }
-}
-
 /// A loggable stand-in for a key: its first segment (up to 24 bytes, cut at `:`) and a hash of the
 /// whole, so logs and spans can tell keys apart without carrying user data or secrets.
 pub(crate) fn key_hint(key: &str) -> String {
@@ -147,51 +135,6 @@ pub(crate) fn key_hint(key: &str) -> String {
         &head[..end],
         xxhash_rust::xxh3::xxh3_64(key.as_bytes())
     )
-}
-
-/// The metrics outcome of a store operation.
-fn redis_outcome<R>(result: &Result<R, Error>) -> RedisOutcome {
-    match result {
-        Ok(_) => RedisOutcome::Ok,
-        Err(Error::Timeout(_)) => RedisOutcome::Timeout,
-        Err(Error::BreakerOpen) => RedisOutcome::BreakerOpen,
-        // The primary ran the operation; only the replica acknowledgement is missing (counted
-        // by the write-behind metrics).
-        Err(Error::NotReplicated { .. }) => RedisOutcome::Ok,
-        Err(Error::Redis(e))
-            if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() =>
-        {
-            RedisOutcome::Connection
-        }
-        Err(_) => RedisOutcome::Server,
-    }
-}
-
-/// Settles a breaker admission even when the operation's future is dropped midway, so a cancelled
-/// probe cannot leave the breaker half-open forever.
-struct AdmissionGuard<'a> {
-    breaker: &'a Breaker,
-    admission: Admission,
-    settled: bool,
-}
-
-impl AdmissionGuard<'_> {
-    /// `failure`: the error if it says Redis is unhealthy.
-    fn settle(mut self, failure: Option<&Error>) {
-        self.settled = true;
-        match failure {
-            None => self.breaker.record_success(self.admission),
-            Some(err) => self.breaker.record_failure(self.admission, err),
-        }
-    }
-}
-
-impl Drop for AdmissionGuard<'_> {
-    fn drop(&mut self) {
-        if !self.settled && self.admission == Admission::Probe {
-            self.breaker.abandon_probe();
-        }
-    }
 }
 
 /// A handle that does not keep the cache alive (for background tasks built on the cache, which
@@ -236,40 +179,17 @@ impl Cache {
 }
 
 impl Cache {
-    /// Runs one store operation through the breaker, counting failures. `op` is not polled when
-    /// the breaker rejects the call (futures are lazy), so nothing reaches Redis.
+    /// Runs one store operation through the breaker, counting it (latency, outcome) and failures.
+    /// `op` is not polled when the breaker rejects the call (futures are lazy), so nothing
+    /// reaches Redis. (A lookup's `GET` composes the same leaves inline: `cache/read.rs`.)
     pub(crate) async fn store_op<R>(
         &self,
         op: impl Future<Output = Result<R, Error>>,
     ) -> Result<R, Error> {
         let inner = &self.inner;
-        let admission = inner.breaker.admit();
-        if admission == Admission::Rejected {
-            inner
-                .metrics
-                .redis_op(Duration::ZERO, RedisOutcome::BreakerOpen);
-            return Err(Error::BreakerOpen);
-        }
-        let started = std::time::Instant::now();
-        let guard = AdmissionGuard {
-            breaker: &inner.breaker,
-            admission,
-            settled: false,
-        };
-        // TRACE-level: free unless a subscriber asks for it. No key in the span (no user data).
-        let result = op
-            .instrument(tracing::trace_span!("cache.redis", cache = %inner.name))
-            .await;
-        inner
-            .metrics
-            .redis_op(started.elapsed(), redis_outcome(&result));
-        match &result {
-            Ok(_) => guard.settle(None),
-            Err(err) => {
-                tracing::debug!(cache = %inner.name, error = %err, "redis operation failed");
-                guard.settle(Some(err).filter(|err| is_health_failure(err)));
-            }
-        }
+        let admitted = inner.metrics.redis_admit(&inner.breaker)?;
+        let result = op.instrument(inner.metrics.redis_span()).await;
+        admitted.settle(&result);
         result
     }
 

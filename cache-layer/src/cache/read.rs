@@ -29,6 +29,7 @@ use tracing::Instrument;
 use super::{coherence::UNKNOWN_EPOCH, write::LoadStart, Cache};
 use crate::{
     envelope::{DecodeError, Envelope, Seen, Timing},
+    l1::{EntryKey, FillAfter, L1Copy},
     stampede::{
         early,
         flight::{Follower, Join, LeaderGuard, Outcome},
@@ -61,6 +62,45 @@ impl<T> Loaded<T> {
             cacheable: true,
         }
     }
+}
+
+/// A loader of the read path: called once, it gives a future of the value (with its storage
+/// decisions) or the caller's error. Implemented for every `FnOnce() -> impl Future<Output =
+/// Result<Loaded<T>, E>>`; it may borrow, so it runs in the calling task
+/// ([`Cache::read_through_scoped`]).
+pub(crate) trait Loader<T> {
+    /// What the loader fails with (returned to its caller, never stored).
+    type Error;
+    /// The load.
+    type Fut: Future<Output = Result<Loaded<T>, Self::Error>>;
+    /// Starts the load.
+    fn load(self) -> Self::Fut;
+}
+
+impl<T, E, F, Fut> Loader<T> for F
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Loaded<T>, E>>,
+{
+    type Error = E;
+    type Fut = Fut;
+
+    fn load(self) -> Fut {
+        self()
+    }
+}
+
+/// A [`Loader`] that may run in a task of its own (`'static` and `Send`, and so are its future
+/// and its error): what the spawning read path takes ([`Cache::read_through`], refreshes in the
+/// background).
+pub(crate) trait TaskLoader<T>:
+    Loader<T, Fut: Send + 'static, Error: Send + 'static> + Send + 'static
+{
+}
+
+impl<T, L> TaskLoader<T> for L where
+    L: Loader<T, Fut: Send + 'static, Error: Send + 'static> + Send + 'static
+{
 }
 
 /// Where a returned value came from.
@@ -238,51 +278,34 @@ impl Cache {
     /// The engine behind the `'static` front doors: a lookup awaited inline (a hit returns from
     /// here without allocating), then, boxed, everything a miss, a stale hit or an early refresh
     /// needs (several KiB of future). The loader runs in a task of its own.
-    pub(crate) async fn read_through<T, E, F, Fut>(
+    pub(crate) async fn read_through<T: Value, L: TaskLoader<T>>(
         &self,
         key: &str,
         policy: &Policy,
-        loader: F,
-    ) -> Result<T, E>
-    where
-        T: Value,
-        E: Send + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
-    {
+        loader: L,
+    ) -> Result<T, L::Error> {
         lookup_then!(self, key, policy, resolve, loader)
     }
 
     /// [`read_through`](Self::read_through) for borrowing loaders, which run in the calling task.
-    pub(crate) async fn read_through_scoped<T, E, F, Fut>(
+    pub(crate) async fn read_through_scoped<T: Value, L: Loader<T>>(
         &self,
         key: &str,
         policy: &Policy,
-        loader: F,
-    ) -> Result<T, E>
-    where
-        T: Value,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Loaded<T>, E>>,
-    {
+        loader: L,
+    ) -> Result<T, L::Error> {
         lookup_then!(self, key, policy, resolve_scoped, loader)
     }
 
     /// The engine behind every `'static` front door: lookup, refresh, single-flight, lock, fill.
     // Called by the HTTP front door only (the others go through `get_or_fetch`'s own path).
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    pub(crate) async fn fetch<T, E, F, Fut>(
+    pub(crate) async fn fetch<T: Value, L: TaskLoader<T>>(
         &self,
         key: &str,
         policy: &Policy,
-        loader: F,
-    ) -> Result<Fetched<T>, E>
-    where
-        T: Value,
-        E: Send + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
-    {
+        loader: L,
+    ) -> Result<Fetched<T>, L::Error> {
         let found = self.lookup::<T>(key, policy).await;
         self.resolve(found, key, policy, loader).await
     }
@@ -290,19 +313,13 @@ impl Cache {
     /// What the `'static` front doors do after the lookup: the loader runs in a task of its own,
     /// so a cancelled caller does not cancel the load, and refreshes run in the background while
     /// every caller is answered at once.
-    async fn resolve<T, E, F, Fut>(
+    async fn resolve<T: Value, L: TaskLoader<T>>(
         &self,
         found: Lookup<T>,
         key: &str,
         policy: &Policy,
-        loader: F,
-    ) -> Result<Fetched<T>, E>
-    where
-        T: Value,
-        E: Send + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
-    {
+        loader: L,
+    ) -> Result<Fetched<T>, L::Error> {
         match found.next_step() {
             Step::Answer(fresh) => Ok(fresh),
             Step::RefreshEarly(fresh, prior) => {
@@ -322,60 +339,41 @@ impl Cache {
                     _ => stale,
                 })
             }
-            Step::Load(prior) => match self.take_part::<T>(key, policy).await {
-                Part::Shared(fetched) => Ok(fetched),
-                Part::Alone => self.load(None, key, policy, loader, prior).await,
-                Part::AloneUnstored => {
-                    self.load_and_fill(None, key, policy, loader, Fill::Skip)
-                        .await
-                }
-                Part::Lead(guard) => {
-                    let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
-                    let task = tokio::spawn(async move {
-                        cache.load(Some(guard), &key, &policy, loader, prior).await
-                    });
-                    join_task(task).await
-                }
-            },
+            Step::Load(prior) => {
+                self.load_missing(key, policy, loader, prior, |guard, loader, prior| {
+                    join_task(self.spawn_load(guard, key, policy, loader, prior))
+                })
+                .await
+            }
         }
     }
 
     /// What the borrowing front doors do after the lookup: the loader runs in the calling task; if
     /// that caller is cancelled, a follower takes over; a refresh runs in the caller that
     /// triggered it while the others get the stale value.
-    async fn resolve_scoped<T, E, F, Fut>(
+    async fn resolve_scoped<T: Value, L: Loader<T>>(
         &self,
         found: Lookup<T>,
         key: &str,
         policy: &Policy,
-        loader: F,
-    ) -> Result<Fetched<T>, E>
-    where
-        T: Value,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Loaded<T>, E>>,
-    {
+        loader: L,
+    ) -> Result<Fetched<T>, L::Error> {
         match found.next_step() {
             Step::Answer(fresh) => Ok(fresh),
             // One caller refreshes early, inline; everyone else keeps the fresh value.
-            Step::RefreshEarly(fresh, prior) => {
-                Ok(match self.inner.flights.join(key, &policy.tags) {
-                    Join::Leader(guard) => {
-                        self.inner.metrics.refresh();
-                        self.load(Some(guard), key, policy, loader, prior)
-                            .await
-                            .unwrap_or(fresh)
-                    }
-                    Join::Follower(_) => fresh,
-                })
-            }
+            Step::RefreshEarly(fresh, prior) => Ok(match self.lead_refresh(key, policy) {
+                Ok(guard) => self
+                    .load(Some(guard), key, policy, loader, prior)
+                    .await
+                    .unwrap_or(fresh),
+                Err(_) => fresh,
+            }),
             Step::Refresh(stale, prior) => {
                 if self.refresh_throttled(key) {
                     return Ok(stale);
                 }
-                Ok(match self.inner.flights.join(key, &policy.tags) {
-                    Join::Leader(guard) => {
-                        self.inner.metrics.refresh();
+                Ok(match self.lead_refresh(key, policy) {
+                    Ok(guard) => {
                         let refresh = self.load(Some(guard), key, policy, loader, prior);
                         match policy.load_timeout {
                             // A borrowing load cannot outlive its caller: past the soft timeout
@@ -387,18 +385,67 @@ impl Cache {
                             None => refresh.await.unwrap_or(stale),
                         }
                     }
-                    Join::Follower(_) => stale,
+                    Err(_) => stale,
                 })
             }
-            Step::Load(prior) => match self.take_part::<T>(key, policy).await {
-                Part::Shared(fetched) => Ok(fetched),
-                Part::Alone => self.load(None, key, policy, loader, prior).await,
-                Part::AloneUnstored => {
-                    self.load_and_fill(None, key, policy, loader, Fill::Skip)
-                        .await
-                }
-                Part::Lead(guard) => self.load(Some(guard), key, policy, loader, prior).await,
-            },
+            Step::Load(prior) => {
+                self.load_missing(key, policy, loader, prior, |guard, loader, prior| {
+                    self.load(Some(guard), key, policy, loader, prior)
+                })
+                .await
+            }
+        }
+    }
+
+    /// A miss, for both `resolve`s: takes part in the key's flight, then gets the leader's value,
+    /// loads alone, or leads it with `lead` (the leader's load: in a task of its own, or in the
+    /// caller).
+    async fn load_missing<T, L, Lead>(
+        &self,
+        key: &str,
+        policy: &Policy,
+        loader: L,
+        prior: Prior,
+        lead: impl FnOnce(LeaderGuard, L, Prior) -> Lead,
+    ) -> Result<Fetched<T>, L::Error>
+    where
+        T: Value,
+        L: Loader<T>,
+        Lead: Future<Output = Result<Fetched<T>, L::Error>>,
+    {
+        match self.take_part::<T>(key, policy).await {
+            Part::Shared(fetched) => Ok(fetched),
+            Part::Alone => self.load(None, key, policy, loader, prior).await,
+            Part::AloneUnstored => {
+                self.load_and_fill(None, key, policy, loader, Fill::Skip)
+                    .await
+            }
+            Part::Lead(guard) => lead(guard, loader, prior).await,
+        }
+    }
+
+    /// Runs the leader's load of `key` in a task of its own (a cancelled caller does not cancel
+    /// it); dropping the handle leaves it running.
+    fn spawn_load<T: Value, L: TaskLoader<T>>(
+        &self,
+        guard: LeaderGuard,
+        key: &str,
+        policy: &Policy,
+        loader: L,
+        prior: Prior,
+    ) -> tokio::task::JoinHandle<Result<Fetched<T>, L::Error>> {
+        let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
+        tokio::spawn(async move { cache.load(Some(guard), &key, &policy, loader, prior).await })
+    }
+
+    /// Leads the refresh of `key` (counted), or, when one is running, `Err` with a follower of it.
+    fn lead_refresh(&self, key: &str, policy: &Policy) -> Result<LeaderGuard, Follower> {
+        match self.inner.flights.join(key, &policy.tags) {
+            Join::Leader(guard) => {
+                self.inner.metrics.refresh();
+                Ok(guard)
+            }
+            Join::Follower(follower) => Err(follower),
         }
     }
 
@@ -457,7 +504,7 @@ impl Cache {
             // The namespace epoch could not be read: nothing under any epoch is trusted.
             Err(Error::BreakerOpen)
         } else if untrusted.is_empty() {
-            self.store_op(inner.store.get(&full_key)).await
+            self.read_entry(&full_key).await
         } else {
             // Boxed: a hit in steady state never takes this path, and the lookup future (nested
             // in every cached call, recursion included) stays small.
@@ -469,46 +516,31 @@ impl Cache {
         };
         match read {
             Ok(Some(_)) if covered => {}
-            Ok(Some(bytes)) => match Envelope::parse(&bytes) {
-                Ok(envelope) => {
-                    // `None`: an invalidation covers the entry (tags; the namespace is in the key).
-                    if let Some(timing) = self.served_timing(&envelope, now).await {
-                        hint = Some(timing);
-                        if timing.stale_until_ms > now {
-                            match envelope.decode::<T>() {
-                                Ok(value) => {
-                                    let ttl = Duration::from_millis(timing.stale_until_ms - now);
-                                    let tags = envelope.tag_versions();
-                                    let size = envelope.payload_len();
-                                    self.inner
-                                        .known
-                                        .l1_insert(&full_key, &value, timing, tags, ttl, size);
-                                    if timing.fresh_until_ms > now {
-                                        inner.metrics.hit(policy.door);
-                                        self.observe_hit(policy, key);
-                                        return Lookup::Fresh {
-                                            refresh_early: self.early_refresh_due(policy, &timing),
-                                            value,
-                                            timing,
-                                            origin: Origin::Hit,
-                                            seen,
-                                        };
-                                    }
-                                    inner.metrics.stale_hit(policy.door);
-                                    self.observe_hit(policy, key);
-                                    return Lookup::Stale {
-                                        value,
-                                        timing,
-                                        seen,
-                                    };
-                                }
-                                Err(why) => self.note_corrupt(key, why),
-                            }
-                        }
+            Ok(Some(bytes)) => match self
+                .take_entry::<T>(key, &full_key, &bytes, now, false)
+                .await
+            {
+                Ok((value, timing)) => {
+                    if timing.fresh_until_ms > now {
+                        inner.metrics.hit(policy.door);
+                        self.observe_hit(policy, key);
+                        return Lookup::Fresh {
+                            refresh_early: self.early_refresh_due(policy, &timing),
+                            value,
+                            timing,
+                            origin: Origin::Hit,
+                            seen,
+                        };
                     }
+                    inner.metrics.stale_hit(policy.door);
+                    self.observe_hit(policy, key);
+                    return Lookup::Stale {
+                        value,
+                        timing,
+                        seen,
+                    };
                 }
-                Err(DecodeError::Deleted) => {}
-                Err(why) => self.note_corrupt(key, why),
+                Err(expired) => hint = expired,
             },
             Ok(None) => {}
             // Redis is failing: a stale L1 copy beats loading (stale-if-error).
@@ -529,6 +561,77 @@ impl Cache {
             observer.miss();
         }
         Lookup::Miss { hint, seen }
+    }
+
+    /// The entry at `full_key` (one `GET`) through the breaker, counted: the leaves
+    /// [`Cache::store_op`] is made of (`metrics`, `breaker`), composed here so that a store hit
+    /// goes from this file to the store and back without a stop in `cache/mod.rs`.
+    async fn read_entry(&self, full_key: &str) -> Result<Option<Vec<u8>>, Error> {
+        let inner = &self.inner;
+        let admitted = inner.metrics.redis_admit(&inner.breaker)?;
+        let get = inner.store.get(full_key);
+        let read = get.instrument(inner.metrics.redis_span()).await;
+        admitted.settle(&read);
+        read
+    }
+
+    /// What an entry read from the store is worth at `now`, in one flow (each step a call that
+    /// returns): `envelope.rs` parses it (timing and tags, no value yet); its validity comes from
+    /// what this process knows (`l1.rs`, else the tag records are read: `coherence.rs`); unless it
+    /// is past what the caller serves (with `fresh_only`, its freshness; else its grace period
+    /// too) `envelope.rs` decodes the value and `l1.rs` mirrors it into L1.
+    ///
+    /// `Err` when nothing can be served, with the entry's timing when it has a valid one (a hint
+    /// of its load time); a corrupt entry is noted, a tombstone is nothing.
+    async fn take_entry<T>(
+        &self,
+        key: &str,
+        full_key: &EntryKey,
+        bytes: &[u8],
+        now: u64,
+        fresh_only: bool,
+    ) -> Result<(T, Timing), Option<Timing>>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let envelope = match Envelope::parse(bytes) {
+            Ok(envelope) => envelope,
+            Err(DecodeError::Deleted) => return Err(None),
+            Err(why) => {
+                self.note_corrupt(key, why);
+                return Err(None);
+            }
+        };
+        // `None`: an invalidation covers the entry (tags; the namespace is in the key).
+        let timing = self.served_timing(&envelope, now).await.ok_or(None)?;
+        let until = if fresh_only {
+            timing.fresh_until_ms
+        } else {
+            timing.stale_until_ms
+        };
+        if until <= now {
+            return Err(Some(timing));
+        }
+        match envelope.decode::<T>() {
+            Ok(value) => {
+                let ttl = Duration::from_millis(timing.stale_until_ms.saturating_sub(now).max(1));
+                let (tags, size) = (envelope.tag_versions(), envelope.payload_len());
+                let known = &self.inner.known;
+                let copy = L1Copy {
+                    value: &value,
+                    timing,
+                    tags,
+                    ttl,
+                    serialized_len: size,
+                };
+                known.l1_fill(FillAfter::Read, full_key, copy);
+                Ok((value, timing))
+            }
+            Err(why) => {
+                self.note_corrupt(key, why);
+                Err(Some(timing))
+            }
+        }
     }
 
     /// Reads the entry at `full_key` and the records of `tags` in one round trip, and takes the
@@ -561,17 +664,21 @@ impl Cache {
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        if let Some(value) = self.inner.known.l1_get::<T>(key, now_ms()) {
+        let inner = &self.inner;
+        if let Some(value) = inner.known.l1_get::<T>(key, now_ms()) {
             return Ok(Some(value));
         }
         // Before the epoch and the entry are read (see `lookup`).
-        let covered = self.inner.known.pending_covers(key);
-        let full_key = match self.entry_key_checked(key).await {
-            Ok(full_key) => full_key,
-            Err((_, Error::BreakerOpen)) => return Ok(None),
-            Err((_, err)) => return Err(err),
+        let covered = inner.known.pending_covers(key);
+        let full_key = match inner.known.entry_key(key, &inner.keys) {
+            Some(full_key) => full_key,
+            None => match self.entry_key_checked(key).await {
+                Ok(full_key) => full_key,
+                Err((_, Error::BreakerOpen)) => return Ok(None),
+                Err((_, err)) => return Err(err),
+            },
         };
-        let bytes = match self.store_op(self.inner.store.get(&full_key)).await {
+        let bytes = match self.read_entry(&full_key).await {
             Ok(Some(bytes)) => bytes,
             Ok(None) | Err(Error::BreakerOpen) => return Ok(None),
             Err(err) => return Err(err),
@@ -579,36 +686,8 @@ impl Cache {
         if covered {
             return Ok(None);
         }
-        let envelope = match Envelope::parse(&bytes) {
-            Ok(envelope) => envelope,
-            Err(DecodeError::Deleted) => return Ok(None),
-            Err(why) => {
-                self.note_corrupt(key, why);
-                return Ok(None);
-            }
-        };
-        let now = now_ms();
-        let Some(timing) = self.served_timing(&envelope, now).await else {
-            return Ok(None);
-        };
-        if timing.fresh_until_ms <= now {
-            return Ok(None);
-        }
-        match envelope.decode::<T>() {
-            Ok(value) => {
-                let ttl = Duration::from_millis(timing.stale_until_ms.saturating_sub(now).max(1));
-                let tags = envelope.tag_versions();
-                let size = envelope.payload_len();
-                self.inner
-                    .known
-                    .l1_insert(&full_key, &value, timing, tags, ttl, size);
-                Ok(Some(value))
-            }
-            Err(why) => {
-                self.note_corrupt(key, why);
-                Ok(None)
-            }
-        }
+        let taken = self.take_entry(key, &full_key, &bytes, now_ms(), true);
+        Ok(taken.await.ok().map(|(value, _)| value))
     }
 
     /// The timing to serve an entry read from the store with, or `None` when an invalidation
@@ -647,66 +726,42 @@ impl Cache {
     }
 
     /// Starts one background refresh of `key` unless one is running or recently failed.
-    fn refresh_in_background<T, E, F, Fut>(
+    fn refresh_in_background<T: Value, L: TaskLoader<T>>(
         &self,
         key: &str,
         policy: &Policy,
         prior: Prior,
-        loader: F,
-    ) where
-        T: Value,
-        E: Send + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
-    {
+        loader: L,
+    ) {
         if self.refresh_throttled(key) {
             return;
         }
-        if let Join::Leader(guard) = self.inner.flights.join(key, &policy.tags) {
-            self.inner.metrics.refresh();
-            let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
-            tokio::spawn(async move {
-                let _ = cache.load(Some(guard), &key, &policy, loader, prior).await;
-            });
+        if let Ok(guard) = self.lead_refresh(key, policy) {
+            drop(self.spawn_load(guard, key, policy, loader, prior));
         }
     }
 
     /// Refreshes `key` (or joins the running refresh) and waits for the fresh value; `None` when
     /// the refresh failed or is throttled. Dropping this future leaves the refresh running.
-    async fn refresh_and_wait<T, E, F, Fut>(
+    async fn refresh_and_wait<T: Value, L: TaskLoader<T>>(
         &self,
         key: &str,
         policy: &Policy,
         prior: Prior,
-        loader: F,
-    ) -> Option<Fetched<T>>
-    where
-        T: Value,
-        E: Send + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Loaded<T>, E>> + Send + 'static,
-    {
+        loader: L,
+    ) -> Option<Fetched<T>> {
         if self.refresh_throttled(key) {
             return None;
         }
-        match self.inner.flights.join(key, &policy.tags) {
-            Join::Leader(guard) => {
-                self.inner.metrics.refresh();
-                let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
-                let task = tokio::spawn(async move {
-                    cache.load(Some(guard), &key, &policy, loader, prior).await
-                });
-                match task.await {
-                    Ok(Ok(fetched)) => Some(fetched),
-                    _ => None,
-                }
-            }
-            Join::Follower(follower) => {
-                match self.follow_within::<T>(key, policy, follower).await {
-                    Next::Done(fetched) => Some(fetched),
-                    Next::LoadAlone | Next::LoadUnstored | Next::Rejoin => None,
-                }
-            }
+        match self.lead_refresh(key, policy) {
+            Ok(guard) => match self.spawn_load(guard, key, policy, loader, prior).await {
+                Ok(Ok(fetched)) => Some(fetched),
+                _ => None,
+            },
+            Err(follower) => match self.follow_within::<T>(key, policy, follower).await {
+                Next::Done(fetched) => Some(fetched),
+                Next::LoadAlone | Next::LoadUnstored | Next::Rejoin => None,
+            },
         }
     }
 
@@ -765,19 +820,14 @@ impl Cache {
     /// Loads `key` as the flight's leader (or alone), honouring `Stampede::Lock`, stores a
     /// cacheable value, then releases the followers. Dropping this future before it finishes
     /// marks the flight abandoned (via the guard) so a follower takes over.
-    async fn load<T, E, F, Fut>(
+    async fn load<T: Value, L: Loader<T>>(
         &self,
         guard: Option<LeaderGuard>,
         key: &str,
         policy: &Policy,
-        loader: F,
+        loader: L,
         prior: Prior,
-    ) -> Result<Fetched<T>, E>
-    where
-        T: Value,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Loaded<T>, E>>,
-    {
+    ) -> Result<Fetched<T>, L::Error> {
         if policy.stampede != Stampede::Lock || !self.inner.store.is_shared() {
             return self
                 .load_and_fill(guard, key, policy, loader, Fill::Store(prior.seen))
@@ -820,20 +870,15 @@ impl Cache {
 
     /// Runs the load while holding the lock `held` (taken for its TTL), renewing it (checked by
     /// token) every third of the TTL so nobody takes it from a slow load, then releases it.
-    async fn load_holding<T, E, F, Fut>(
+    async fn load_holding<T: Value, L: Loader<T>>(
         &self,
         guard: Option<LeaderGuard>,
         key: &str,
         policy: &Policy,
-        loader: F,
+        loader: L,
         fill: Fill,
         (held, ttl): (LockToken, Duration),
-    ) -> Result<Fetched<T>, E>
-    where
-        T: Value,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Loaded<T>, E>>,
-    {
+    ) -> Result<Fetched<T>, L::Error> {
         let load = self.load_and_fill(guard, key, policy, loader, fill);
         let mut load = std::pin::pin!(load);
         let result = tokio::select! {
@@ -866,19 +911,14 @@ impl Cache {
 
     /// Runs the loader, stores a cacheable value (unless `fill` says to skip it), and finishes the
     /// flight.
-    async fn load_and_fill<T, E, F, Fut>(
+    async fn load_and_fill<T: Value, L: Loader<T>>(
         &self,
         guard: Option<LeaderGuard>,
         key: &str,
         policy: &Policy,
-        loader: F,
+        loader: L,
         fill: Fill,
-    ) -> Result<Fetched<T>, E>
-    where
-        T: Value,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Loaded<T>, E>>,
-    {
+    ) -> Result<Fetched<T>, L::Error> {
         // What the fill will be conditional on, taken before the loader runs. Without it (Redis
         // failing) the value is served but not stored.
         let start: Option<LoadStart> = match fill {
@@ -899,7 +939,7 @@ impl Cache {
             Instant::now(),
         );
         let span = tracing::debug_span!("cache.load", cache = %self.inner.name, key = %super::key_hint(key));
-        let result = loader().instrument(span).await;
+        let result = loader.load().instrument(span).await;
         let took = started.elapsed();
         self.inner.metrics.load(policy.door, took, result.is_ok());
         if let Some(observer) = policy.observer {

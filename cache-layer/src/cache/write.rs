@@ -17,7 +17,7 @@ use super::{coherence::UNKNOWN_EPOCH, Cache, Inner};
 use crate::{
     bus::{Listener, Message},
     envelope::{self, Seen, Timing},
-    l1::{EntryKey, MissedInvalidations, TagTimes},
+    l1::{EntryKey, FillAfter, L1Copy, MissedInvalidations, TagTimes},
     store::{EvictionSettings, NamespaceBump, Store, TagField},
     util::now_ms,
     value::Value,
@@ -42,6 +42,24 @@ pub(crate) struct LoadStart {
     /// A lower bound of the Redis clock at load start (the entry's `created_ms`).
     pub(crate) stamp_ms: u64,
     pub(crate) started: Instant,
+}
+
+/// The L1 copy of `value`, just stored with `versions` (its tags' versions), `ttl` and `size`
+/// (its serialized payload).
+fn stored_copy<'a, T>(
+    value: &'a T,
+    timing: Timing,
+    versions: &'a [(String, TagTimes)],
+    ttl: Duration,
+    size: usize,
+) -> L1Copy<'a, T, impl Iterator<Item = (&'a str, TagTimes)>> {
+    L1Copy {
+        value,
+        timing,
+        tags: versions.iter().map(|(t, v)| (t.as_str(), *v)),
+        ttl,
+        serialized_len: size,
+    }
 }
 
 impl Cache {
@@ -132,10 +150,8 @@ impl Cache {
             )
             .await?;
         if stored {
-            let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
-            self.inner
-                .known
-                .l1_insert(&start.key, value, timing, tags, ttl, size);
+            let copy = stored_copy(value, timing, &versions, ttl, size);
+            self.inner.known.l1_fill(FillAfter::Read, &start.key, copy);
         } else {
             tracing::debug!(cache = %inner.name, "a write or delete raced this load; not storing it");
         }
@@ -198,10 +214,8 @@ impl Cache {
                 self.store_op(inner.store.set(&full_key, bytes, ttl))
                     .await?;
                 if self.epoch_still(full_key.version).await? {
-                    let tags = versions.iter().map(|(t, v)| (t.as_str(), *v));
-                    self.inner
-                        .known
-                        .l1_replace(&full_key, value, timing, tags, ttl, size);
+                    let copy = stored_copy(value, timing, &versions, ttl, size);
+                    self.inner.known.l1_fill(FillAfter::Write, &full_key, copy);
                     return Ok::<_, Error>(());
                 }
             }
@@ -254,7 +268,7 @@ impl Cache {
         let inner = &self.inner;
         inner.metrics.invalidation();
         inner.flights.detach_key(key);
-        self.evict_l1(key);
+        self.inner.known.evict(key);
         let removed = async {
             for _ in 0..EPOCH_ATTEMPTS {
                 let full_key = self.entry_key_checked(key).await.map_err(|(_, err)| err)?;
@@ -279,7 +293,7 @@ impl Cache {
         .await;
         // A reader that read the old value before the tombstone landed may be inserting it into
         // L1 right now: its ticket is stale after this, and the copy goes.
-        self.evict_l1(key);
+        self.inner.known.evict(key);
         let published = match &removed {
             Ok(_) => {
                 self.forget_pending_key(key);
@@ -325,13 +339,6 @@ impl Cache {
         inner.known.namespace.distrust();
         self.namespace_version().await?;
         Ok(false)
-    }
-
-    fn evict_l1(&self, key: &str) {
-        self.inner.known.tickets.bump(key);
-        if let Some(l1) = &self.inner.known.tier {
-            l1.remove(key);
-        }
     }
 
     /// `invalidate_tags` / `expire_tag`: raises the tags' versions, announces them.

@@ -2,11 +2,14 @@
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use super::Stats;
-use crate::BreakerState;
+use crate::{
+    breaker::{Breaker, Permit},
+    BreakerState, Error,
+};
 
 /// Which front door a read-through call came through (the `door` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -47,6 +50,24 @@ pub(crate) enum RedisOutcome {
 }
 
 impl RedisOutcome {
+    /// The outcome of a store operation that returned `result`.
+    pub(crate) fn of<R>(result: &Result<R, Error>) -> RedisOutcome {
+        match result {
+            Ok(_) => RedisOutcome::Ok,
+            Err(Error::Timeout(_)) => RedisOutcome::Timeout,
+            Err(Error::BreakerOpen) => RedisOutcome::BreakerOpen,
+            // The primary ran the operation; only the replica acknowledgement is missing (counted
+            // by the write-behind metrics).
+            Err(Error::NotReplicated { .. }) => RedisOutcome::Ok,
+            Err(Error::Redis(e))
+                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() =>
+            {
+                RedisOutcome::Connection
+            }
+            Err(_) => RedisOutcome::Server,
+        }
+    }
+
     const ALL: [RedisOutcome; 5] = [
         RedisOutcome::Ok,
         RedisOutcome::Timeout,
@@ -63,6 +84,36 @@ impl RedisOutcome {
             RedisOutcome::Server => "server",
             RedisOutcome::BreakerOpen => "breaker_open",
         }
+    }
+}
+
+// `redis_op` indexes the handles, registered in `RedisOutcome::ALL`'s order, by the outcome.
+const _: () = {
+    let mut i = 0;
+    while i < RedisOutcome::ALL.len() {
+        assert!(RedisOutcome::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
+/// One Redis operation the breaker let through ([`CacheMetrics::redis_admit`]), timed from its
+/// admission. Settle it with the operation's result; dropped unsettled (its future was dropped
+/// midway) it counts nothing and releases a probe admission (see [`Permit`]).
+#[must_use = "settle the operation with its result"]
+pub(crate) struct RedisOp<'a> {
+    metrics: &'a CacheMetrics,
+    permit: Permit<'a>,
+    started: Instant,
+}
+
+impl RedisOp<'_> {
+    /// Counts how the operation ended (latency, outcome; failures as errors) and tells the
+    /// breaker ([`Permit::settle`]).
+    #[inline]
+    pub(crate) fn settle<R>(self, result: &Result<R, Error>) {
+        self.metrics
+            .redis_op(self.started.elapsed(), RedisOutcome::of(result));
+        self.permit.settle(result);
     }
 }
 
@@ -276,14 +327,41 @@ impl CacheMetrics {
     /// One Redis operation: latency and outcome; failures count as errors.
     pub(crate) fn redis_op(&self, took: Duration, outcome: RedisOutcome) {
         self.handles.redis_seconds.record(took.as_secs_f64());
-        let index = RedisOutcome::ALL
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or(0);
-        self.handles.redis_ops[index].increment(1);
+        // `ALL` lists the outcomes in declaration order.
+        self.handles.redis_ops[outcome as usize].increment(1);
         if !matches!(outcome, RedisOutcome::Ok | RedisOutcome::BreakerOpen) {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Asks `breaker` to let one Redis operation through and starts timing it; when the breaker
+    /// rejects it, counts that and returns `Err(Error::BreakerOpen)` (the operation must not run).
+    #[inline]
+    pub(crate) fn redis_admit<'a>(&'a self, breaker: &'a Breaker) -> Result<RedisOp<'a>, Error> {
+        match breaker.permit() {
+            Ok(permit) => Ok(RedisOp {
+                metrics: self,
+                permit,
+                started: Instant::now(),
+            }),
+            Err(open) => {
+                self.redis_op(Duration::ZERO, RedisOutcome::BreakerOpen);
+                Err(open)
+            }
+        }
+    }
+
+    /// The span a Redis operation runs in (TRACE; no key in it: no user data). Made only while a
+    /// `tracing` subscriber takes TRACE spans: otherwise it would be disabled anyway, and making
+    /// it (and entering it on every poll) costs a store hit a few hundred instructions when
+    /// `tracing`'s `log` feature is on (which mirrors disabled spans to `log`).
+    #[inline]
+    pub(crate) fn redis_span(&self) -> tracing::Span {
+        if tracing::level_filters::LevelFilter::current() < tracing::Level::TRACE {
+            return tracing::Span::none();
+        }
+        // The target it had when the span was made in `cache/mod.rs`, for filters that name it.
+        tracing::trace_span!(target: "cache_layer::cache", "cache.redis", cache = %self.name)
     }
 
     pub(crate) fn corrupt(&self) {

@@ -14,7 +14,7 @@ mod counters;
 mod functions;
 mod hot_keys;
 
-pub(crate) use self::counters::{CacheMetrics, Door, RedisOutcome, Striped};
+pub(crate) use self::counters::{CacheMetrics, Door, Striped};
 pub use self::functions::{function_stats, FunctionStats, FunctionStatsSnapshot};
 pub(crate) use self::hot_keys::HotKeys;
 
