@@ -57,8 +57,9 @@ impl Cache {
     ///
     /// Concurrent misses of one key in this process share one load ([`Stampede`](crate::Stampede) selects more
     /// protection). When Redis fails (error, timeout, breaker open) the loader's value is returned
-    /// anyway: this never fails because of the cache. The loader runs in its own task, so a caller
-    /// that is cancelled does not cancel it, and refreshes run in the background.
+    /// anyway: this never fails because of the cache. A caller that is cancelled does not cancel
+    /// the load (what is left of it finishes in a task of its own), and refreshes run in the
+    /// background.
     ///
     /// ```
     /// use std::{sync::{Arc, atomic::{AtomicUsize, Ordering}}, time::Duration};

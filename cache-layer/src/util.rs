@@ -1,11 +1,123 @@
 //! Small helpers every layer uses: wall-clock milliseconds, duration conversions, decimal
-//! integers written into keys and headers, and locking a std mutex that a panicking thread may
-//! have poisoned. Depends on nothing else in the crate.
+//! integers written into keys and headers, locking a std mutex that a panicking thread may
+//! have poisoned, and a future that finishes in the background when its caller goes away.
+//! Depends on nothing else in the crate.
 
 use std::{
+    future::Future,
+    pin::Pin,
     sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    task::{Context, Poll},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
+
+/// Runs a future in the caller's task; if the caller drops it before it finishes (a cancelled
+/// request), what is left of it is spawned on the current Tokio runtime and runs to completion.
+/// Costs one allocation instead of a task per call: the task is only made for the rare caller
+/// that goes away.
+///
+/// Nested ones (a cached function whose load calls cached functions, recursion included) run
+/// inline only [`MAX_INLINE_DEPTH`] deep on one thread's stack; deeper ones are spawned at once,
+/// so each further level polls on a fresh stack. A panic reaches the caller either way, and a
+/// future that panicked is not spawned again (it is dropped with the unwinding caller).
+pub(crate) struct FinishOnDrop<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    state: Finish<F>,
+}
+
+enum Finish<F: Future> {
+    Inline(Pin<Box<F>>),
+    Spawned(tokio::task::JoinHandle<F::Output>),
+    Done,
+}
+
+/// How many [`FinishOnDrop`]s may poll inside one another on one thread.
+pub(crate) const MAX_INLINE_DEPTH: usize = 4;
+
+thread_local! {
+    /// How many [`FinishOnDrop`]s are polling their future on this thread right now.
+    static INLINE_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+impl<F> FinishOnDrop<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    pub(crate) fn new(future: F) -> Self {
+        let state = if INLINE_DEPTH.with(|depth| depth.get()) < MAX_INLINE_DEPTH {
+            Finish::Inline(Box::pin(future))
+        } else {
+            Finish::Spawned(tokio::spawn(future))
+        };
+        FinishOnDrop { state }
+    }
+}
+
+impl<F> Future for FinishOnDrop<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let output = match &mut self.state {
+            Finish::Inline(future) => {
+                let depth = INLINE_DEPTH.with(|depth| {
+                    depth.set(depth.get() + 1);
+                    DepthGuard
+                });
+                let polled = future.as_mut().poll(cx);
+                drop(depth);
+                std::task::ready!(polled)
+            }
+            Finish::Spawned(task) => match std::task::ready!(Pin::new(task).poll(cx)) {
+                Ok(output) => output,
+                Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+                // Only happens while the runtime shuts down, when this caller is going away too.
+                Err(err) => panic!("cache load task did not complete: {err}"),
+            },
+            // Polled after it finished: a caller bug; never happens through `.await`.
+            Finish::Done => return Poll::Pending,
+        };
+        self.state = Finish::Done;
+        Poll::Ready(output)
+    }
+}
+
+/// Lowers [`INLINE_DEPTH`] when an inline poll returns or unwinds.
+struct DepthGuard;
+
+impl Drop for DepthGuard {
+    fn drop(&mut self) {
+        INLINE_DEPTH.with(|depth| depth.set(depth.get().saturating_sub(1)));
+    }
+}
+
+impl<F> Drop for FinishOnDrop<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn drop(&mut self) {
+        // A spawned one keeps running without its handle.
+        let Finish::Inline(future) = std::mem::replace(&mut self.state, Finish::Done) else {
+            return;
+        };
+        if std::thread::panicking() {
+            return;
+        }
+        // Without a runtime (it is shutting down, or the caller never ran on one) the rest of the
+        // work is dropped, as a spawned task would be.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            drop(runtime.spawn(future));
+        }
+    }
+}
 
 /// Milliseconds since the Unix epoch (entry timestamps are wall-clock so processes agree).
 pub(crate) fn now_ms() -> u64 {
@@ -72,6 +184,71 @@ pub(crate) fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_dropped_finish_on_drop_runs_to_completion_in_a_task() {
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<u32>();
+        let mut work = Box::pin(FinishOnDrop::new(async move {
+            let _ = release_rx.await;
+            let _ = done_tx.send(7);
+        }));
+        // Polled once (it starts, in this task), then dropped: the caller went away.
+        assert!(futures_poll_once(work.as_mut()).await.is_pending());
+        drop(work);
+        release_tx.send(()).expect("the work is still waiting");
+        assert_eq!(done_rx.await, Ok(7), "the rest ran in a task of its own");
+    }
+
+    #[tokio::test]
+    async fn finish_on_drop_runs_inline_up_to_its_depth_then_spawns() {
+        let outer = tokio::task::try_id();
+        let ids = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let ids_in = ids.clone();
+        // Each level records the id of the task it runs in.
+        fn level(
+            depth: usize,
+            ids: std::sync::Arc<Mutex<Vec<Option<tokio::task::Id>>>>,
+        ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+            Box::pin(FinishOnDrop::new(async move {
+                lock(&ids).push(tokio::task::try_id());
+                if depth > 0 {
+                    level(depth - 1, ids).await;
+                }
+            }))
+        }
+        level(MAX_INLINE_DEPTH + 1, ids_in).await;
+        let ids = lock(&ids).clone();
+        assert_eq!(ids.len(), MAX_INLINE_DEPTH + 2);
+        assert!(
+            ids[..MAX_INLINE_DEPTH].iter().all(|id| *id == outer),
+            "the first {MAX_INLINE_DEPTH} levels run in the caller's task: {ids:?}"
+        );
+        assert_ne!(
+            ids[MAX_INLINE_DEPTH], outer,
+            "a deeper level runs in a task of its own"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_a_spawned_finish_on_drop_reaches_its_caller() {
+        fn level(depth: usize) -> std::pin::Pin<Box<dyn Future<Output = u32> + Send>> {
+            Box::pin(FinishOnDrop::new(async move {
+                if depth == 0 {
+                    panic!("loader failed");
+                }
+                level(depth - 1).await
+            }))
+        }
+        let caller = tokio::spawn(level(MAX_INLINE_DEPTH + 1));
+        let err = caller.await.expect_err("the panic reaches the caller");
+        assert!(err.is_panic());
+    }
+
+    /// Polls `future` once.
+    async fn futures_poll_once<F: Future + Unpin>(mut future: F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut future).poll(cx))).await
+    }
 
     #[test]
     fn decimals_are_what_display_writes() {

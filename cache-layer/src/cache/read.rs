@@ -36,7 +36,7 @@ use crate::{
         lock,
     },
     store::{LockToken, Store},
-    util::now_ms,
+    util::{now_ms, FinishOnDrop},
     value::Value,
     Error, Policy, Stampede,
 };
@@ -277,7 +277,7 @@ macro_rules! lookup_then {
 impl Cache {
     /// The engine behind the `'static` front doors: a lookup awaited inline (a hit returns from
     /// here without allocating), then, boxed, everything a miss, a stale hit or an early refresh
-    /// needs (several KiB of future). The loader runs in a task of its own.
+    /// needs (several KiB of future). A cancelled caller does not cancel the load (see `resolve`).
     pub(crate) async fn read_through<T: Value, L: TaskLoader<T>>(
         &self,
         key: &str,
@@ -310,9 +310,10 @@ impl Cache {
         self.resolve(found, key, policy, loader).await
     }
 
-    /// What the `'static` front doors do after the lookup: the loader runs in a task of its own,
-    /// so a cancelled caller does not cancel the load, and refreshes run in the background while
-    /// every caller is answered at once.
+    /// What the `'static` front doors do after the lookup: the leader's load runs in the caller
+    /// and moves to a task of its own if the caller is cancelled (`lead_load`), so a cancelled
+    /// caller does not cancel the load; refreshes run in the background while every caller is
+    /// answered at once.
     async fn resolve<T: Value, L: TaskLoader<T>>(
         &self,
         found: Lookup<T>,
@@ -341,7 +342,7 @@ impl Cache {
             }
             Step::Load(prior) => {
                 self.load_missing(key, policy, loader, prior, |guard, loader, prior| {
-                    join_task(self.spawn_load(guard, key, policy, loader, prior))
+                    self.lead_load(guard, key, policy, loader, prior)
                 })
                 .await
             }
@@ -398,8 +399,8 @@ impl Cache {
     }
 
     /// A miss, for both `resolve`s: takes part in the key's flight, then gets the leader's value,
-    /// loads alone, or leads it with `lead` (the leader's load: in a task of its own, or in the
-    /// caller).
+    /// loads alone, or leads it with `lead` (the leader's load: finished in the background if its
+    /// caller goes away, or tied to the caller).
     async fn load_missing<T, L, Lead>(
         &self,
         key: &str,
@@ -422,6 +423,23 @@ impl Cache {
             }
             Part::Lead(guard) => lead(guard, loader, prior).await,
         }
+    }
+
+    /// Runs the leader's load of `key` in the caller; if the caller is cancelled, the rest of the
+    /// load moves to a task of its own and still finishes (stores the value, answers the
+    /// followers). A loader panic unwinds into this caller only, as from a task.
+    fn lead_load<T: Value, L: TaskLoader<T>>(
+        &self,
+        guard: LeaderGuard,
+        key: &str,
+        policy: &Policy,
+        loader: L,
+        prior: Prior,
+    ) -> FinishOnDrop<impl Future<Output = Result<Fetched<T>, L::Error>> + Send + 'static> {
+        let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
+        FinishOnDrop::new(
+            async move { cache.load(Some(guard), &key, &policy, loader, prior).await },
+        )
     }
 
     /// Runs the leader's load of `key` in a task of its own (a cancelled caller does not cancel
@@ -1082,14 +1100,4 @@ fn effective_policy<'p, T>(policy: &'p Policy, loaded: &Loaded<T>) -> std::borro
     }
     policy.tags.extend(loaded.tags.iter().cloned());
     std::borrow::Cow::Owned(policy)
-}
-
-/// Awaits a spawned leader task, re-raising a loader panic in this caller only.
-async fn join_task<R>(task: tokio::task::JoinHandle<R>) -> R {
-    match task.await {
-        Ok(result) => result,
-        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-        // Only happens while the runtime shuts down, when this caller is going away too.
-        Err(err) => panic!("cache load task did not complete: {err}"),
-    }
 }

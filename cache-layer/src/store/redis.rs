@@ -195,12 +195,12 @@ impl Connection<'_> {
             || deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(1)
                 >= self.op_timeout
         {
-            let result = send(&mut self.inner, cmd).await;
+            let result = cmd.query_async(&mut self.inner).await;
             return self.check(Ok(result));
         }
         let result = Box::pin(tokio::time::timeout_at(
             deadline,
-            send(&mut self.inner, cmd),
+            cmd.query_async(&mut self.inner),
         ))
         .await;
         self.check(result)
@@ -252,16 +252,6 @@ impl Connection<'_> {
             }
         }
     }
-}
-
-/// `cmd.query_async(connection)` without its boxed future (`ConnectionLike::req_packed_command`
-/// boxes one per command; the connection's own method is the same call, unboxed).
-async fn send<T: FromRedisValue>(
-    connection: &mut MultiplexedConnection,
-    cmd: &redis::Cmd,
-) -> redis::RedisResult<T> {
-    let value = connection.send_packed_command(cmd).await?;
-    Ok(redis::from_redis_value(value.extract_error()?)?)
 }
 
 /// A Redis [`Store`](super::Store) on a bb8 pool of multiplexed connections.
