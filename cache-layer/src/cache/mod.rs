@@ -158,7 +158,7 @@ impl WeakCache {
 }
 
 /// What the features built on the cache (write-behind counters) use of it: its store, run through
-/// the breaker with [`Cache::store_op`], its key space and a slot for their own state.
+/// the breaker with [`store_op`](Cache::store_op), its key space and a slot for their own state.
 impl Cache {
     pub(crate) fn downgrade(&self) -> WeakCache {
         WeakCache(Arc::downgrade(&self.inner))
