@@ -202,31 +202,32 @@ mod tests {
 
     #[tokio::test]
     async fn finish_on_drop_runs_inline_up_to_its_depth_then_spawns() {
-        let outer = tokio::task::try_id();
-        let ids = std::sync::Arc::new(Mutex::new(Vec::new()));
-        let ids_in = ids.clone();
-        // Each level records the id of the task it runs in.
+        tokio::task_local! {
+            /// Set for the test's own task only: visible to a level that runs inline.
+            static CALLER: ();
+        }
+        // Each level records whether it runs in the caller's task.
         fn level(
             depth: usize,
-            ids: std::sync::Arc<Mutex<Vec<Option<tokio::task::Id>>>>,
+            inline: std::sync::Arc<Mutex<Vec<bool>>>,
         ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
             Box::pin(FinishOnDrop::new(async move {
-                lock(&ids).push(tokio::task::try_id());
+                lock(&inline).push(CALLER.try_with(|_| ()).is_ok());
                 if depth > 0 {
-                    level(depth - 1, ids).await;
+                    level(depth - 1, inline).await;
                 }
             }))
         }
-        level(MAX_INLINE_DEPTH + 1, ids_in).await;
-        let ids = lock(&ids).clone();
-        assert_eq!(ids.len(), MAX_INLINE_DEPTH + 2);
-        assert!(
-            ids[..MAX_INLINE_DEPTH].iter().all(|id| *id == outer),
-            "the first {MAX_INLINE_DEPTH} levels run in the caller's task: {ids:?}"
-        );
-        assert_ne!(
-            ids[MAX_INLINE_DEPTH], outer,
-            "a deeper level runs in a task of its own"
+        let inline = std::sync::Arc::new(Mutex::new(Vec::new()));
+        CALLER
+            .scope((), level(MAX_INLINE_DEPTH + 1, inline.clone()))
+            .await;
+        let inline = lock(&inline).clone();
+        let mut expected = vec![true; MAX_INLINE_DEPTH];
+        expected.extend([false, false]);
+        assert_eq!(
+            inline, expected,
+            "the first {MAX_INLINE_DEPTH} levels run in the caller's task, deeper ones in tasks of their own"
         );
     }
 
