@@ -41,6 +41,15 @@ use crate::{
     Error, Policy, Stampede,
 };
 
+/// Which entries read from the store a caller can serve (see `Cache::take_entry`).
+#[derive(Debug, Clone, Copy)]
+enum Serve {
+    /// Fresh ones only (`get`).
+    FreshOnly,
+    /// Stale ones within their grace period too (`get_or_fetch`, which refreshes them).
+    FreshOrStale,
+}
+
 /// A loader's result plus per-value storage decisions (used by the HTTP layer, whose origin
 /// decides TTL, tags and cacheability per response).
 pub(crate) struct Loaded<T> {
@@ -494,15 +503,7 @@ impl Cache {
         let mut l1_stale = None;
         if let Some((value, timing)) = self.inner.known.l1_lookup::<T>(key, now) {
             if timing.fresh_until_ms > now {
-                inner.metrics.l1_hit(policy.door);
-                self.observe_hit(policy, key);
-                return Lookup::Fresh {
-                    refresh_early: self.early_refresh_due(policy, &timing),
-                    value,
-                    timing,
-                    origin: Origin::L1Hit,
-                    seen: None,
-                };
+                return self.hit(policy, key, Origin::L1Hit, (value, timing), None);
             }
             l1_stale = Some((value, timing));
         }
@@ -535,42 +536,21 @@ impl Cache {
         match read {
             Ok(Some(_)) if covered => {}
             Ok(Some(bytes)) => match self
-                .take_entry::<T>(key, &full_key, &bytes, now, false)
+                .take_entry::<T>(key, &full_key, &bytes, now, Serve::FreshOrStale)
                 .await
             {
-                Ok((value, timing)) => {
-                    if timing.fresh_until_ms > now {
-                        inner.metrics.hit(policy.door);
-                        self.observe_hit(policy, key);
-                        return Lookup::Fresh {
-                            refresh_early: self.early_refresh_due(policy, &timing),
-                            value,
-                            timing,
-                            origin: Origin::Hit,
-                            seen,
-                        };
-                    }
-                    inner.metrics.stale_hit(policy.door);
-                    self.observe_hit(policy, key);
-                    return Lookup::Stale {
-                        value,
-                        timing,
-                        seen,
-                    };
+                Ok(taken) => {
+                    let fresh = taken.1.fresh_until_ms > now;
+                    let origin = if fresh { Origin::Hit } else { Origin::Stale };
+                    return self.hit(policy, key, origin, taken, seen);
                 }
                 Err(expired) => hint = expired,
             },
             Ok(None) => {}
             // Redis is failing: a stale L1 copy beats loading (stale-if-error).
             Err(_) => {
-                if let Some((value, timing)) = l1_stale {
-                    inner.metrics.stale_hit(policy.door);
-                    self.observe_hit(policy, key);
-                    return Lookup::Stale {
-                        value,
-                        timing,
-                        seen: None,
-                    };
+                if let Some(stale) = l1_stale {
+                    return self.hit(policy, key, Origin::Stale, stale, None);
                 }
             }
         }
@@ -596,8 +576,7 @@ impl Cache {
     /// What an entry read from the store is worth at `now`, in one flow (each step a call that
     /// returns): `envelope.rs` parses it (timing and tags, no value yet); its validity comes from
     /// what this process knows (`l1.rs`, else the tag records are read: `coherence.rs`); unless it
-    /// is past what the caller serves (with `fresh_only`, its freshness; else its grace period
-    /// too) `envelope.rs` decodes the value and `l1.rs` mirrors it into L1.
+    /// is past what the caller serves (`serve`: its freshness, or its grace period too) `envelope.rs` decodes the value and `l1.rs` mirrors it into L1.
     ///
     /// `Err` when nothing can be served, with the entry's timing when it has a valid one (a hint
     /// of its load time); a corrupt entry is noted, a tombstone is nothing.
@@ -607,7 +586,7 @@ impl Cache {
         full_key: &EntryKey,
         bytes: &[u8],
         now: u64,
-        fresh_only: bool,
+        serve: Serve,
     ) -> Result<(T, Timing), Option<Timing>>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
@@ -622,10 +601,9 @@ impl Cache {
         };
         // `None`: an invalidation covers the entry (tags; the namespace is in the key).
         let timing = self.served_timing(&envelope, now).await.ok_or(None)?;
-        let until = if fresh_only {
-            timing.fresh_until_ms
-        } else {
-            timing.stale_until_ms
+        let until = match serve {
+            Serve::FreshOnly => timing.fresh_until_ms,
+            Serve::FreshOrStale => timing.stale_until_ms,
         };
         if until <= now {
             return Err(Some(timing));
@@ -704,7 +682,7 @@ impl Cache {
         if covered {
             return Ok(None);
         }
-        let taken = self.take_entry(key, &full_key, &bytes, now_ms(), true);
+        let taken = self.take_entry(key, &full_key, &bytes, now_ms(), Serve::FreshOnly);
         Ok(taken.await.ok().map(|(value, _)| value))
     }
 
@@ -722,6 +700,39 @@ impl Cache {
         match known {
             Ok(timing) => timing,
             Err(pending) => Box::pin(self.unknown_timing(envelope, pending, now)).await,
+        }
+    }
+
+    /// A hit the lookup answers with: `origin` says which (fresh from L1 or the store, or stale),
+    /// counted as such.
+    fn hit<T>(
+        &self,
+        policy: &Policy,
+        key: &str,
+        origin: Origin,
+        (value, timing): (T, Timing),
+        seen: Option<Seen>,
+    ) -> Lookup<T> {
+        let metrics = &self.inner.metrics;
+        match origin {
+            Origin::L1Hit => metrics.l1_hit(policy.door),
+            Origin::Hit => metrics.hit(policy.door),
+            _ => metrics.stale_hit(policy.door),
+        }
+        self.observe_hit(policy, key);
+        if origin == Origin::Stale {
+            return Lookup::Stale {
+                value,
+                timing,
+                seen,
+            };
+        }
+        Lookup::Fresh {
+            refresh_early: self.early_refresh_due(policy, &timing),
+            value,
+            timing,
+            origin,
+            seen,
         }
     }
 

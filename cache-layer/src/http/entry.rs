@@ -226,22 +226,14 @@ impl StoredResponse {
             }
             response
         } else {
-            let body = if head {
-                CacheBody::empty()
-            } else {
-                CacheBody::full(stored.body.clone())
-            };
-            let mut response = Response::new(body);
-            *response.status_mut() = stored.status;
-            *response.headers_mut() = stored.headers.clone();
-            response.headers_mut().remove(SURROGATE_CONTROL);
-            response
+            stored_response(
+                stored.status,
+                stored.headers.clone(),
+                stored.body.clone(),
+                head,
+            )
         };
-        let headers = response.headers_mut();
-        if from_cache || age_ms >= 1000 {
-            headers.insert(header::AGE, HeaderValue::from(age_ms / 1000));
-        }
-        status.append_to(headers);
+        finish_response(&mut response, status, age_ms, from_cache);
         response
     }
 
@@ -266,22 +258,45 @@ impl StoredResponse {
                     .to_response(head, conditions, status, age_ms, from_cache)
             }
         };
-        let body = if head {
-            CacheBody::empty()
-        } else {
-            CacheBody::full(stored.body)
-        };
-        let mut response = Response::new(body);
-        *response.status_mut() = stored.status;
-        *response.headers_mut() = stored.headers;
-        let headers = response.headers_mut();
-        headers.remove(SURROGATE_CONTROL);
-        if from_cache || age_ms >= 1000 {
-            headers.insert(header::AGE, HeaderValue::from(age_ms / 1000));
-        }
-        status.append_to(headers);
+        let mut response = stored_response(stored.status, stored.headers, stored.body, head);
+        finish_response(&mut response, status, age_ms, from_cache);
         response
     }
+}
+
+/// The full response a stored one answers with (no body for HEAD; `Surrogate-Control` is for
+/// this cache only).
+fn stored_response<B: Body>(
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    head: bool,
+) -> Response<CacheBody<B>> {
+    let body = if head {
+        CacheBody::empty()
+    } else {
+        CacheBody::full(body)
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response.headers_mut().remove(SURROGATE_CONTROL);
+    response
+}
+
+/// Adds `Age` (always on a response served from the cache, else from a second on) and
+/// `Cache-Status`.
+fn finish_response<B>(
+    response: &mut Response<B>,
+    status: &CacheStatus,
+    age_ms: u64,
+    from_cache: bool,
+) {
+    let headers = response.headers_mut();
+    if from_cache || age_ms >= 1000 {
+        headers.insert(header::AGE, HeaderValue::from(age_ms / 1000));
+    }
+    status.append_to(headers);
 }
 
 /// The request's conditional headers, answered from the entry.
