@@ -836,15 +836,20 @@ const ENTRY_OVERHEAD: u64 = 128;
 
 struct UntilExpiry;
 
-impl Expiry<Arc<str>, L1Entry> for UntilExpiry {
-    fn expire_after_create(&self, _: &Arc<str>, e: &L1Entry, now: Instant) -> Option<Duration> {
+impl Expiry<Arc<str>, Arc<L1Entry>> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _: &Arc<str>,
+        e: &Arc<L1Entry>,
+        now: Instant,
+    ) -> Option<Duration> {
         Some(e.expires_at.saturating_duration_since(now))
     }
 
     fn expire_after_update(
         &self,
         _: &Arc<str>,
-        e: &L1Entry,
+        e: &Arc<L1Entry>,
         now: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
@@ -852,10 +857,11 @@ impl Expiry<Arc<str>, L1Entry> for UntilExpiry {
     }
 }
 
-/// Bounded L1 tier.
+/// Bounded L1 tier. Entries are shared (`Arc`): a hit clones one pointer out of moka, not the
+/// entry's fields.
 #[derive(Clone)]
 pub(crate) struct L1Tier {
-    entries: MokaCache<Arc<str>, L1Entry>,
+    entries: MokaCache<Arc<str>, Arc<L1Entry>>,
 }
 
 impl L1Tier {
@@ -872,7 +878,7 @@ impl L1Tier {
         L1Tier {
             entries: MokaCache::builder()
                 .max_capacity(capacity)
-                .weigher(move |key: &Arc<str>, entry: &L1Entry| {
+                .weigher(move |key: &Arc<str>, entry: &Arc<L1Entry>| {
                     let bytes = entry
                         .bytes
                         .saturating_add(key.len() as u64)
@@ -890,12 +896,12 @@ impl L1Tier {
         }
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<L1Entry> {
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<L1Entry>> {
         self.entries.get(key)
     }
 
     pub(crate) fn insert(&self, key: &str, entry: L1Entry) {
-        self.entries.insert(Arc::from(key), entry);
+        self.entries.insert(Arc::from(key), Arc::new(entry));
     }
 
     pub(crate) fn remove(&self, key: &str) {

@@ -129,27 +129,13 @@ pub(crate) fn now_ms() -> u64 {
 
 /// Appends `v` in decimal, as `Display` writes it, without the formatting machinery (keys and
 /// headers built on every hit carry integers).
-pub(crate) fn push_decimal(out: &mut String, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    // ASCII digits: one copy, not a `push` (with its UTF-8 encoding) per digit.
-    out.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
+pub(crate) fn push_decimal(out: &mut String, v: u64) {
+    out.push_str(itoa::Buffer::new().format(v));
 }
 
 /// [`push_decimal`] for signed integers.
 pub(crate) fn push_signed_decimal(out: &mut String, v: i64) {
-    if v < 0 {
-        out.push('-');
-    }
-    push_decimal(out, v.unsigned_abs());
+    out.push_str(itoa::Buffer::new().format(v));
 }
 
 /// `d` in whole milliseconds, saturating at `u64::MAX`.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cache_layer::{cached, Cache, Policy};
 
-use super::{measure_hits, page, Page, KEYS};
+use super::{leak, measure_hits, page, Page, KEYS};
 use crate::{
     report::{measure, Comparison},
     Settings,
@@ -41,13 +41,10 @@ pub async fn run(settings: &Settings) -> Result<(), String> {
     for _ in 0..settings.rounds {
         let m = measure_hits(&cache, &policy, 64, settings.duration).await;
         table.record(DIRECT, m);
-        let c = cache.clone();
-        let m = measure(64, settings.duration, move |i| {
-            let c = c.clone();
-            async move {
-                let v = cached_page(&c, i % KEYS).await;
-                assert_eq!(v.id, i % KEYS);
-            }
+        let c = leak(cache.clone());
+        let m = measure(64, settings.duration, move |i| async move {
+            let v = cached_page(c, i % KEYS).await;
+            assert_eq!(v.id, i % KEYS);
         })
         .await;
         table.record(MACRO, m);

@@ -73,17 +73,20 @@ pub fn run(operation: &str, n: u64) -> Result<(), String> {
                             .await;
                     let _ = cached_page(&cache, id).await;
                 }
+                // Keys built beforehand, as the `moka` operation's are.
+                let keys: Vec<String> = (0..KEYS).map(|id| format!("page:{id}")).collect();
                 for i in 0..n {
                     let id = i % KEYS;
-                    let v = if operation == "l1" {
-                        cache
-                            .get_or_fetch(&format!("page:{id}"), &policy, move || async move {
-                                page(id)
-                            })
-                            .await
-                    } else {
-                        cached_page(&cache, id).await
-                    };
+                    let v =
+                        if operation == "l1" {
+                            cache
+                                .get_or_fetch(&keys[id as usize], &policy, move || async move {
+                                    page(id)
+                                })
+                                .await
+                        } else {
+                            cached_page(&cache, id).await
+                        };
                     assert_eq!(v.id, id);
                 }
                 if cache.stats().loads != 2 * KEYS {
