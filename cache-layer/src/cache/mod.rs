@@ -21,7 +21,6 @@ use std::{
 };
 
 use serde::Serialize;
-use tracing::Instrument;
 
 pub use self::builder::CacheBuilder;
 use crate::{
@@ -188,7 +187,7 @@ impl Cache {
     ) -> Result<R, Error> {
         let inner = &self.inner;
         let admitted = inner.metrics.redis_admit(&inner.breaker)?;
-        let result = op.instrument(inner.metrics.redis_span()).await;
+        let result = inner.metrics.traced(op).await;
         admitted.settle(&result);
         result
     }

@@ -568,7 +568,7 @@ impl Cache {
         let inner = &self.inner;
         let admitted = inner.metrics.redis_admit(&inner.breaker)?;
         let get = inner.store.get(full_key);
-        let read = get.instrument(inner.metrics.redis_span()).await;
+        let read = inner.metrics.traced(get).await;
         admitted.settle(&read);
         read
     }

@@ -351,17 +351,18 @@ impl CacheMetrics {
         }
     }
 
-    /// The span a Redis operation runs in (TRACE; no key in it: no user data). Made only while a
-    /// `tracing` subscriber takes TRACE spans: otherwise it would be disabled anyway, and making
-    /// it (and entering it on every poll) costs a store hit a few hundred instructions when
-    /// `tracing`'s `log` feature is on (which mirrors disabled spans to `log`).
-    #[inline]
-    pub(crate) fn redis_span(&self) -> tracing::Span {
+    /// Runs `op`, a Redis operation, in its span (TRACE; no key in it: no user data). The span is
+    /// made, and `op` wrapped in it, only while a `tracing` subscriber takes TRACE spans: otherwise
+    /// it would be disabled anyway, and making it and entering it on every poll costs a store hit
+    /// a few hundred instructions (more when `tracing`'s `log` feature mirrors spans to `log`).
+    pub(crate) async fn traced<F: std::future::Future>(&self, op: F) -> F::Output {
         if tracing::level_filters::LevelFilter::current() < tracing::Level::TRACE {
-            return tracing::Span::none();
+            return op.await;
         }
         // The target it had when the span was made in `cache/mod.rs`, for filters that name it.
-        tracing::trace_span!(target: "cache_layer::cache", "cache.redis", cache = %self.name)
+        let span =
+            tracing::trace_span!(target: "cache_layer::cache", "cache.redis", cache = %self.name);
+        tracing::Instrument::instrument(op, span).await
     }
 
     pub(crate) fn corrupt(&self) {
