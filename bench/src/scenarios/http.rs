@@ -74,6 +74,22 @@ pub async fn item(Path(id): Path<u64>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
+/// The route answering each page from a body serialized beforehand: the server's floor.
+pub fn prebuilt_route() -> Router {
+    let prebuilt: Arc<Vec<Bytes>> = Arc::new(
+        (0..URLS as u64)
+            .map(|id| Bytes::from(serde_json::to_vec(&json_page(id)).unwrap_or_default()))
+            .collect(),
+    );
+    Router::new().route(
+        "/items/{id}",
+        get(move |Path(id): Path<usize>| {
+            let body = prebuilt.get(id).cloned().unwrap_or_default();
+            async move { ([(header::CONTENT_TYPE, "application/json")], body) }
+        }),
+    )
+}
+
 /// Serves `router` from one worker: a current-thread runtime on a thread of its own.
 async fn serve(router: Router) -> Result<SocketAddr, String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
@@ -173,11 +189,6 @@ pub async fn run(settings: &Settings, server: Option<&PrivateRedis>) -> Result<(
             .map_err(|err| format!("cannot build the cache: {err}"))
     };
     let route = || Router::new().route("/items/{id}", get(item));
-    let prebuilt: Arc<Vec<Bytes>> = Arc::new(
-        (0..URLS as u64)
-            .map(|id| Bytes::from(serde_json::to_vec(&json_page(id)).unwrap_or_default()))
-            .collect(),
-    );
     let ttl = Duration::from_secs(600);
     let redis = redis_cache("redis", false)?;
     let l1 = redis_cache("l1", true)?;
@@ -190,14 +201,7 @@ pub async fn run(settings: &Settings, server: Option<&PrivateRedis>) -> Result<(
         },
         Setup {
             name: "no layer, prebuilt body (server floor)",
-            addr: serve(Router::new().route(
-                "/items/{id}",
-                get(move |Path(id): Path<usize>| {
-                    let body = prebuilt.get(id).cloned().unwrap_or_default();
-                    async move { ([(header::CONTENT_TYPE, "application/json")], body) }
-                }),
-            ))
-            .await?,
+            addr: serve(prebuilt_route()).await?,
             cache: None,
         },
         Setup {

@@ -15,8 +15,9 @@ use cache_layer::{cached, Cache, Policy};
 use super::{page, prime_raw, raw_get, Page, KEYS};
 
 /// The operations, by name.
-pub const OPERATIONS: [&str; 11] = [
+pub const OPERATIONS: [&str; 12] = [
     "http-handler",
+    "http-prebuilt",
     "http-memory",
     "http-l1",
     "http-redis",
@@ -136,7 +137,7 @@ pub fn run(operation: &str, n: u64) -> Result<(), String> {
                     return Err("a hit loaded".into());
                 }
             }
-            "http-handler" | "http-memory" | "http-l1" | "http-redis" => {
+            "http-handler" | "http-prebuilt" | "http-memory" | "http-l1" | "http-redis" => {
                 http_hits(operation, &url, n).await?;
             }
             other => {
@@ -164,6 +165,7 @@ async fn http_hits(operation: &str, url: &str, n: u64) -> Result<(), String> {
         .connect_timeout(SLOW);
     let (router, cache) = match operation {
         "http-handler" => (route, None),
+        "http-prebuilt" => (super::http::prebuilt_route(), None),
         other => {
             let builder = match other {
                 "http-memory" => builder,

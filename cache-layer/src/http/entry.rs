@@ -13,6 +13,7 @@ use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use super::{
     body::CacheBody,
     directives::SURROGATE_CONTROL,
+    key,
     policy::{http_date, Freshness},
 };
 
@@ -309,9 +310,17 @@ pub(crate) struct Conditions {
 impl Conditions {
     /// Takes the conditionals out of a request (the origin is asked for the full response).
     pub(crate) fn take(headers: &mut HeaderMap) -> Self {
+        // Most requests carry neither: a scan of their few names costs less than hashing.
+        let mut take = |name: HeaderName| {
+            if key::has_header(headers, &name) {
+                headers.remove(name)
+            } else {
+                None
+            }
+        };
         Conditions {
-            if_none_match: headers.remove(header::IF_NONE_MATCH),
-            if_modified_since: headers.remove(header::IF_MODIFIED_SINCE),
+            if_none_match: take(header::IF_NONE_MATCH),
+            if_modified_since: take(header::IF_MODIFIED_SINCE),
         }
     }
 
@@ -325,18 +334,18 @@ impl Conditions {
                 .etag()
                 .is_some_and(|etag| etag_matches(condition, etag));
         }
+        // Without a valid `If-Modified-Since`, nothing of the entry needs reading.
+        let Some(since) = self.if_modified_since.as_ref().and_then(http_date) else {
+            return false;
+        };
         // RFC 9111 §4.3.2: without `Last-Modified`, the stored response's `Date`.
-        let modified = entry
+        entry
             .0
             .headers
             .get(header::LAST_MODIFIED)
             .or_else(|| entry.0.headers.get(header::DATE))
-            .and_then(http_date);
-        let since = self.if_modified_since.as_ref().and_then(http_date);
-        match (since, modified) {
-            (Some(since), Some(modified)) => modified <= since,
-            _ => false,
-        }
+            .and_then(http_date)
+            .is_some_and(|modified| modified <= since)
     }
 }
 

@@ -182,33 +182,32 @@ impl std::fmt::Write for Len<'_> {
     }
 }
 
-/// Appends `<len>:<escaped bytes>|`, where `len` is the escaped length (in decimal, written
-/// without the formatting machinery: a key is built for every request).
+/// Appends `<len>:<escaped bytes>|`, where `len` is the escaped length and bytes outside visible
+/// ASCII, `%`, `{`, `}` and `|` are escaped as `%XX` (injective). Written straight into `out`,
+/// without the formatting machinery: a key is built for every request.
 fn field(out: &mut String, bytes: &[u8]) {
-    let escaped = escape(bytes);
-    out.reserve(escaped.len() + 8);
-    crate::util::push_decimal(out, escaped.len() as u64);
-    out.push(':');
-    out.push_str(&escaped);
-    out.push('|');
-}
-
-/// Escapes bytes outside visible ASCII, `%`, `{`, `}` and `|` as `%XX` (injective).
-fn escape(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     let plain = |b: u8| b.is_ascii_graphic() && !matches!(b, b'%' | b'{' | b'}' | b'|');
-    if bytes.iter().all(|&b| plain(b)) {
-        // All visible ASCII: valid UTF-8.
-        return String::from_utf8_lossy(bytes);
-    }
-    let mut out = String::with_capacity(bytes.len() + 8);
-    for &b in bytes {
-        if plain(b) {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
+    let escaped = bytes.iter().filter(|&&b| !plain(b)).count();
+    out.reserve(bytes.len() + 2 * escaped + 8);
+    crate::util::push_decimal(out, (bytes.len() + 2 * escaped) as u64);
+    out.push(':');
+    // All visible ASCII (the common case): one copy (the check cannot fail then).
+    match std::str::from_utf8(bytes) {
+        Ok(text) if escaped == 0 => out.push_str(text),
+        _ => {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            for &b in bytes {
+                if plain(b) {
+                    out.push(char::from(b));
+                } else {
+                    out.push('%');
+                    out.push(char::from(HEX[usize::from(b >> 4)]));
+                    out.push(char::from(HEX[usize::from(b & 0xf)]));
+                }
+            }
         }
     }
-    std::borrow::Cow::Owned(out)
+    out.push('|');
 }
 
 /// The query with its parameters stably sorted by name, when that cannot change its meaning.
@@ -377,9 +376,16 @@ mod tests {
 
     #[test]
     fn escaping_is_injective() {
-        assert_eq!(escape(b"abc"), "abc");
-        assert_eq!(escape(b"a b"), "a%20b");
-        assert_eq!(escape(b"%20"), "%2520");
-        assert_eq!(escape(&[0xff, b'{']), "%FF%7B");
+        let encoded = |bytes: &[u8]| {
+            let mut out = String::new();
+            field(&mut out, bytes);
+            out
+        };
+        assert_eq!(encoded(b"abc"), "3:abc|");
+        assert_eq!(encoded(b"a b"), "5:a%20b|");
+        assert_eq!(encoded(b"%20"), "5:%2520|");
+        assert_eq!(encoded(b"a|b"), "5:a%7Cb|");
+        assert_eq!(encoded(&[0xff, b'{']), "6:%FF%7B|");
+        assert_eq!(encoded("é".as_bytes()), "6:%C3%A9|");
     }
 }
