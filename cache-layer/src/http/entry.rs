@@ -676,6 +676,40 @@ mod tests {
     }
 
     #[test]
+    fn if_modified_since_compares_with_last_modified_else_date() {
+        let entry = |headers: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in headers {
+                map.insert(*name, hv(value));
+            }
+            StoredResponse::new(StatusCode::OK, &map, Bytes::new(), Meta::default(), false)
+        };
+        let since = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::IF_MODIFIED_SINCE, hv(value));
+            let conditions = Conditions::take(&mut headers);
+            assert!(headers.is_empty(), "taken out of the request");
+            conditions
+        };
+        let modified = entry(&[
+            ("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT"),
+            ("date", "Wed, 02 Dec 2026 10:00:00 GMT"),
+        ]);
+        assert!(since("Tue, 01 Dec 2026 10:00:00 GMT").not_modified(&modified));
+        assert!(since("Tue, 01 Dec 2026 11:00:00 GMT").not_modified(&modified));
+        assert!(!since("Tue, 01 Dec 2026 09:59:59 GMT").not_modified(&modified));
+        assert!(
+            !since("yesterday").not_modified(&modified),
+            "an invalid date is ignored"
+        );
+        assert!(!Conditions::default().not_modified(&modified));
+        let dated = entry(&[("date", "Wed, 02 Dec 2026 10:00:00 GMT")]);
+        assert!(since("Wed, 02 Dec 2026 10:00:00 GMT").not_modified(&dated));
+        assert!(!since("Tue, 01 Dec 2026 10:00:00 GMT").not_modified(&dated));
+        assert!(!since("Tue, 01 Dec 2026 10:00:00 GMT").not_modified(&entry(&[])));
+    }
+
+    #[test]
     fn cache_status_renders_as_in_the_design() {
         assert_eq!(
             CacheStatus::Hit { ttl: 42 }.header_value(),
