@@ -100,6 +100,18 @@ impl PrivateRedis {
         let _ = self.command(&["CONFIG", "RESETSTAT"]);
     }
 
+    /// CPU time the server process has used so far (`used_cpu_user` + `used_cpu_sys`), in
+    /// seconds; `None` if it cannot be read.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let info = self.command(&["INFO", "cpu"])?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        Some(field("used_cpu_user")? + field("used_cpu_sys")?)
+    }
+
     /// Calls per command since the last reset (without INFO/CONFIG themselves).
     pub fn command_calls(&self) -> Vec<(String, u64)> {
         let info = self.command(&["INFO", "commandstats"]).unwrap_or_default();

@@ -159,7 +159,8 @@ async fn awaited_acks_only(n: usize) -> Result<i64, String> {
                 for i in 0..per_task {
                     let id = (t + i * 7) % ids.len();
                     let (ack, acked) = oneshot::channel();
-                    tx.send((id, ack)).map_err(|_| "collector gone".to_string())?;
+                    tx.send((id, ack))
+                        .map_err(|_| "collector gone".to_string())?;
                     acked.await.map_err(|_| "no acknowledgement".to_string())?;
                 }
                 Ok(())
@@ -175,6 +176,8 @@ async fn awaited_acks_only(n: usize) -> Result<i64, String> {
 struct Row {
     name: &'static str,
     rate: f64,
+    /// Redis' CPU time over the run's wall time (1.0: one core busy all along).
+    redis_busy: Option<f64>,
     commands: String,
 }
 
@@ -217,6 +220,7 @@ pub async fn run(settings: &Settings, server: Option<&PrivateRedis>) -> Result<(
         if let Some(server) = server {
             server.reset_stats();
         }
+        let cpu_before = server.and_then(PrivateRedis::cpu_seconds);
         let started = Instant::now();
         let (expected_key, expected) = match rows.len() {
             0 => {
@@ -247,6 +251,11 @@ pub async fn run(settings: &Settings, server: Option<&PrivateRedis>) -> Result<(
             }
         };
         let took = started.elapsed().max(Duration::from_nanos(1));
+        // How much of the run Redis was busy: a variant at 100% is bound by the server.
+        let redis_busy = match (cpu_before, server.and_then(PrivateRedis::cpu_seconds)) {
+            (Some(before), Some(after)) => Some((after - before) / took.as_secs_f64()),
+            _ => None,
+        };
         let commands = match server {
             Some(server) => server
                 .command_calls()
@@ -272,23 +281,31 @@ pub async fn run(settings: &Settings, server: Option<&PrivateRedis>) -> Result<(
         rows.push(Row {
             name,
             rate: n as f64 / took.as_secs_f64(),
+            redis_busy,
             commands,
         });
     }
 
     println!("\n## Write-behind counters, {n} increments over {IDS} ids\n");
     println!(
-        "| {:<42} | {:>11} | {:>9} | {:<44} |",
-        "variant", "incr/s", "vs raw", "Redis commands per 1,000 increments"
+        "| {:<48} | {:>11} | {:>9} | {:>10} | {:<44} |",
+        "variant", "incr/s", "vs raw", "Redis busy", "Redis commands per 1,000 increments"
     );
-    println!("|{:-<44}|{:->12}:|{:->10}:|{:-<46}|", "", "", "", "");
+    println!(
+        "|{:-<50}|{:->12}:|{:->10}:|{:->11}:|{:-<46}|",
+        "", "", "", "", ""
+    );
     let base = rows.first().map_or(1.0, |r| r.rate);
     for row in &rows {
+        let busy = row
+            .redis_busy
+            .map_or("-".to_string(), |b| format!("{:.0}%", b * 100.0));
         println!(
-            "| {:<42} | {:>11.0} | {:>8.2}x | {:<44} |",
+            "| {:<48} | {:>11.0} | {:>8.2}x | {:>10} | {:<44} |",
             row.name,
             row.rate,
             row.rate / base,
+            busy,
             row.commands
         );
     }
