@@ -15,7 +15,7 @@ use cache_layer::{cached, Cache, Policy};
 use super::{page, prime_raw, raw_get, Page, KEYS};
 
 /// The operations, by name.
-pub const OPERATIONS: [&str; 12] = [
+pub const OPERATIONS: [&str; 13] = [
     "http-handler",
     "http-prebuilt",
     "http-memory",
@@ -28,6 +28,7 @@ pub const OPERATIONS: [&str; 12] = [
     "l2",
     "memory",
     "cluster-l2",
+    "raw-cluster-get",
 ];
 
 /// Redis timeouts of the caches here (under valgrind everything runs ~50x slower).
@@ -100,6 +101,18 @@ pub fn run(operation: &str, n: u64) -> Result<(), String> {
                     .get_multiplexed_async_connection()
                     .await
                     .map_err(|err| err.to_string())?;
+                prime_raw(&mut conn).await?;
+                for i in 0..n {
+                    assert!(raw_get(&mut conn, i).await.is_some());
+                }
+            }
+            "raw-cluster-get" => {
+                let mut conn =
+                    redis::cluster::ClusterClient::new(url.split(',').collect::<Vec<_>>())
+                        .map_err(|err| err.to_string())?
+                        .get_async_connection()
+                        .await
+                        .map_err(|err| err.to_string())?;
                 prime_raw(&mut conn).await?;
                 for i in 0..n {
                     assert!(raw_get(&mut conn, i).await.is_some());
