@@ -15,7 +15,7 @@ use cache_layer::{cached, Cache, Policy};
 use super::{page, prime_raw, raw_get, Page, KEYS};
 
 /// The operations, by name.
-pub const OPERATIONS: [&str; 13] = [
+pub const OPERATIONS: [&str; 14] = [
     "http-handler",
     "http-prebuilt",
     "http-memory",
@@ -23,6 +23,7 @@ pub const OPERATIONS: [&str; 13] = [
     "http-redis",
     "moka",
     "l1",
+    "l1-format",
     "macro-l1",
     "raw-get",
     "l2",
@@ -60,7 +61,9 @@ pub fn run(operation: &str, n: u64) -> Result<(), String> {
                     assert!(v.is_some());
                 }
             }
-            "l1" | "macro-l1" => {
+            // `l1`: keys built beforehand, as the `moka` operation's are; `l1-format`: the key
+            // formatted per call, as the `#[cached]` fn (`macro-l1`) builds its own.
+            "l1" | "l1-format" | "macro-l1" => {
                 let cache = Cache::builder()
                     .namespace("bench-profile")
                     .local(10_000)
@@ -75,20 +78,19 @@ pub fn run(operation: &str, n: u64) -> Result<(), String> {
                             .await;
                     let _ = cached_page(&cache, id).await;
                 }
-                // Keys built beforehand, as the `moka` operation's are.
                 let keys: Vec<String> = (0..KEYS).map(|id| format!("page:{id}")).collect();
                 for i in 0..n {
                     let id = i % KEYS;
-                    let v =
-                        if operation == "l1" {
+                    let load = move || async move { page(id) };
+                    let v: Page = match operation {
+                        "l1" => cache.get_or_fetch(&keys[id as usize], &policy, load).await,
+                        "l1-format" => {
                             cache
-                                .get_or_fetch(&keys[id as usize], &policy, move || async move {
-                                    page(id)
-                                })
+                                .get_or_fetch(&format!("page:{id}"), &policy, load)
                                 .await
-                        } else {
-                            cached_page(&cache, id).await
-                        };
+                        }
+                        _ => cached_page(&cache, id).await,
+                    };
                     assert_eq!(v.id, id);
                 }
                 if cache.stats().loads != 2 * KEYS {
