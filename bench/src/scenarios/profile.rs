@@ -15,7 +15,7 @@ use cache_layer::{cached, Cache, Policy};
 use super::{page, prime_raw, raw_get, Page, KEYS};
 
 /// The operations, by name.
-pub const OPERATIONS: [&str; 14] = [
+pub const OPERATIONS: [&str; 17] = [
     "http-handler",
     "http-prebuilt",
     "http-memory",
@@ -30,6 +30,9 @@ pub const OPERATIONS: [&str; 14] = [
     "memory",
     "cluster-l2",
     "raw-cluster-get",
+    "raw-miss",
+    "miss",
+    "miss-none",
 ];
 
 /// Redis timeouts of the caches here (under valgrind everything runs ~50x slower).
@@ -106,6 +109,58 @@ pub fn run(operation: &str, n: u64) -> Result<(), String> {
                 prime_raw(&mut conn).await?;
                 for i in 0..n {
                     assert!(raw_get(&mut conn, i).await.is_some());
+                }
+            }
+            "raw-miss" => {
+                let mut conn = redis::Client::open(url.as_str())
+                    .map_err(|err| err.to_string())?
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|err| err.to_string())?;
+                let run = std::process::id();
+                for i in 0..n {
+                    let key = format!("profile-raw-miss:{run}:{i}");
+                    let found: Option<Vec<u8>> = redis::cmd("GET")
+                        .arg(&key)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|err| err.to_string())?;
+                    assert!(found.is_none());
+                    let bytes = rmp_serde::to_vec_named(&page(i)).map_err(|e| e.to_string())?;
+                    let () = redis::cmd("SET")
+                        .arg(&key)
+                        .arg(bytes)
+                        .arg("PX")
+                        .arg(60_000)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|err| err.to_string())?;
+                }
+            }
+            "miss" | "miss-none" => {
+                let cache = Cache::builder()
+                    .redis(url.as_str())
+                    .namespace("bench-profile-miss")
+                    .op_timeout(SLOW)
+                    .connect_timeout(SLOW)
+                    .build()
+                    .map_err(|err| err.to_string())?;
+                let stampede = if operation == "miss" {
+                    cache_layer::Stampede::Coalesce
+                } else {
+                    cache_layer::Stampede::None
+                };
+                let policy = Policy::ttl(Duration::from_secs(60)).stampede(stampede);
+                let run = std::process::id();
+                for i in 0..n {
+                    let key = format!("profile-miss:{run}:{i}");
+                    let v: Page = cache
+                        .get_or_fetch(&key, &policy, move || async move { page(i) })
+                        .await;
+                    assert_eq!(v.id, i);
+                }
+                if cache.stats().loads != n {
+                    return Err("a miss did not load exactly once".into());
                 }
             }
             "raw-cluster-get" => {

@@ -874,10 +874,11 @@ impl Cache {
             }
             LockWait::Landed(value) => {
                 if let Some(guard) = guard {
-                    let shared = Shared {
-                        value: value.clone(),
-                    };
-                    guard.finish(Outcome::Value(Arc::new(shared)));
+                    guard.finish(|| {
+                        Outcome::Value(Arc::new(Shared {
+                            value: value.clone(),
+                        }))
+                    });
                 }
                 Ok(Fetched {
                     value,
@@ -979,14 +980,14 @@ impl Cache {
             Err(err) => {
                 self.inner.refresh_failures.insert(key.to_owned(), ());
                 if let Some(guard) = guard {
-                    guard.finish(Outcome::Failed);
+                    guard.finish(|| Outcome::Failed);
                 }
                 return Err(err);
             }
         };
         if !loaded.cacheable {
             if let Some(guard) = guard {
-                guard.finish(Outcome::Failed);
+                guard.finish(|| Outcome::Failed);
             }
             return Ok(Fetched {
                 value: loaded.value,
@@ -1011,10 +1012,12 @@ impl Cache {
             }
         }
         if let Some(guard) = guard {
-            let shared = Shared {
-                value: loaded.value.clone(),
-            };
-            guard.finish(Outcome::Value(Arc::new(shared)));
+            let value = &loaded.value;
+            guard.finish(|| {
+                Outcome::Value(Arc::new(Shared {
+                    value: value.clone(),
+                }))
+            });
         }
         Ok(Fetched {
             value: loaded.value,

@@ -19,7 +19,9 @@ use std::{
     },
 };
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
+
+use crate::util::lock;
 
 /// The result of a flight as seen by followers.
 #[derive(Clone)]
@@ -31,13 +33,24 @@ pub(crate) enum Outcome {
     Abandoned,
 }
 
+/// One load in flight. Its followers hold it (`Arc`) and wait on `settled`; the leader sets
+/// `outcome` once and wakes them. Everything a flight needs is in this one allocation.
 struct Flight {
     id: u64,
-    outcome: watch::Sender<Outcome>,
+    outcome: Mutex<Outcome>,
+    settled: Notify,
     /// Set when an invalidation covered this load: its result must not be stored, and new
     /// callers start a fresh flight instead of joining this one.
     detached: AtomicBool,
     tags: Vec<String>,
+}
+
+impl Flight {
+    /// Publishes `outcome` and wakes every follower.
+    fn settle(&self, outcome: Outcome) {
+        *lock(&self.outcome) = outcome;
+        self.settled.notify_waiters();
+    }
 }
 
 /// All flights of one cache, keyed by user key.
@@ -57,7 +70,7 @@ impl Flights {
     fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Flight>>> {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts and
         // removes), so a poisoned lock is still usable.
-        crate::util::lock(&self.map)
+        lock(&self.map)
     }
 
     /// Joins the running flight for `key`, or starts one and becomes its leader.
@@ -65,13 +78,13 @@ impl Flights {
         let mut map = self.map();
         if let Some(flight) = map.get(key) {
             return Join::Follower(Follower {
-                outcome: flight.outcome.subscribe(),
+                flight: flight.clone(),
             });
         }
-        let (outcome, _) = watch::channel(Outcome::Running);
         let flight = Arc::new(Flight {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            outcome,
+            outcome: Mutex::new(Outcome::Running),
+            settled: Notify::new(),
             detached: AtomicBool::new(false),
             tags: tags.to_vec(),
         });
@@ -132,11 +145,17 @@ impl LeaderGuard {
         self.flight.detached.load(Ordering::Acquire)
     }
 
-    /// Publishes the outcome to the followers and ends the flight.
-    pub(crate) fn finish(mut self, outcome: Outcome) {
+    /// Ends the flight and publishes `outcome()` to its followers. A flight nobody followed (the
+    /// common miss) does not make the outcome at all, so the leader's value is not copied for
+    /// no one: once the flight is out of the map nobody can join it, so the followers it has
+    /// then are all it will have.
+    pub(crate) fn finish(mut self, outcome: impl FnOnce() -> Outcome) {
         self.finished = true;
         self.flights.remove_if_current(&self.key, self.flight.id);
-        self.flight.outcome.send_replace(outcome);
+        // Followers clone the flight under the map lock taken above: their references show here.
+        if Arc::strong_count(&self.flight) > 1 {
+            self.flight.settle(outcome());
+        }
     }
 }
 
@@ -144,26 +163,29 @@ impl Drop for LeaderGuard {
     fn drop(&mut self) {
         if !self.finished {
             self.flights.remove_if_current(&self.key, self.flight.id);
-            self.flight.outcome.send_replace(Outcome::Abandoned);
+            self.flight.settle(Outcome::Abandoned);
         }
     }
 }
 
 /// A caller waiting for another caller's load.
 pub(crate) struct Follower {
-    outcome: watch::Receiver<Outcome>,
+    flight: Arc<Flight>,
 }
 
 impl Follower {
     /// Waits until the leader finishes (or disappears).
-    pub(crate) async fn wait(mut self) -> Outcome {
-        match self
-            .outcome
-            .wait_for(|o| !matches!(o, Outcome::Running))
-            .await
-        {
-            Ok(outcome) => outcome.clone(),
-            Err(_) => Outcome::Abandoned,
+    pub(crate) async fn wait(self) -> Outcome {
+        loop {
+            let notified = self.flight.settled.notified();
+            tokio::pin!(notified);
+            // Registered before the outcome is read: a `settle` after the read wakes it.
+            notified.as_mut().enable();
+            let outcome = lock(&self.flight.outcome).clone();
+            if !matches!(outcome, Outcome::Running) {
+                return outcome;
+            }
+            notified.await;
         }
     }
 }
@@ -192,7 +214,7 @@ mod tests {
         let lead = leader(flights.join("k", &[]));
         let f1 = follower(flights.join("k", &[]));
         let f2 = follower(flights.join("k", &[]));
-        lead.finish(Outcome::Value(Arc::new(7u32)));
+        lead.finish(|| Outcome::Value(Arc::new(7u32)));
         for f in [f1, f2] {
             match f.wait().await {
                 Outcome::Value(v) => assert_eq!(v.downcast_ref::<u32>(), Some(&7)),
@@ -201,6 +223,28 @@ mod tests {
         }
         // The flight is over: the next caller leads a new one.
         leader(flights.join("k", &[]));
+    }
+
+    #[tokio::test]
+    async fn the_outcome_is_made_only_for_followers() {
+        let flights = Arc::new(Flights::default());
+        let alone = leader(flights.join("k", &[]));
+        let mut made = false;
+        alone.finish(|| {
+            made = true;
+            Outcome::Failed
+        });
+        assert!(!made, "nobody followed: the leader's value is not copied");
+        let lead = leader(flights.join("k", &[]));
+        let f = follower(flights.join("k", &[]));
+        let waiting = tokio::spawn(f.wait());
+        tokio::task::yield_now().await;
+        lead.finish(|| Outcome::Value(Arc::new(1u8)));
+        let outcome = waiting.await.expect("the follower task");
+        assert!(
+            matches!(outcome, Outcome::Value(_)),
+            "a waiting follower gets the value"
+        );
     }
 
     #[tokio::test]
@@ -223,7 +267,7 @@ mod tests {
         assert!(!untagged.is_detached());
         let newer = leader(flights.join("a", &[]));
         // The old leader finishing must not remove the newer flight.
-        tagged.finish(Outcome::Failed);
+        tagged.finish(|| Outcome::Failed);
         follower(flights.join("a", &[]));
         drop(newer);
     }
