@@ -836,13 +836,17 @@ impl Cache {
                 None => Next::LoadAlone,
             },
             Outcome::Failed => Next::LoadAlone,
-            Outcome::Abandoned | Outcome::Running => match self.lookup::<T>(key, policy).await {
-                Lookup::Fresh { value, .. } => Next::Done(Fetched {
-                    value,
-                    origin: Origin::Hit,
-                }),
-                _ => Next::Rejoin,
-            },
+            // Boxed: a leader that vanished is rare, and an inline lookup would be part of every
+            // miss's future.
+            Outcome::Abandoned | Outcome::Running => {
+                match Box::pin(self.lookup::<T>(key, policy)).await {
+                    Lookup::Fresh { value, .. } => Next::Done(Fetched {
+                        value,
+                        origin: Origin::Hit,
+                    }),
+                    _ => Next::Rejoin,
+                }
+            }
         }
     }
 
@@ -968,7 +972,13 @@ impl Cache {
                 .map_or_else(|| self.load_stamp_ms(), |s| s.stamp_ms),
             Instant::now(),
         );
-        let span = tracing::debug_span!("cache.load", cache = %self.inner.name, key = %super::key_hint(key));
+        // Made only while a subscriber takes DEBUG spans (as the Redis span): building it formats
+        // the key's hash, a few hundred instructions per load for a span nobody records.
+        let span = if tracing::level_filters::LevelFilter::current() < tracing::Level::DEBUG {
+            tracing::Span::none()
+        } else {
+            tracing::debug_span!("cache.load", cache = %self.inner.name, key = %super::key_hint(key))
+        };
         let result = loader.load().instrument(span).await;
         let took = started.elapsed();
         self.inner.metrics.load(policy.door, took, result.is_ok());
@@ -1008,7 +1018,9 @@ impl Cache {
                     "could not store loaded value"),
             }
             if policy.stampede == Stampede::Lock {
-                self.announce_landed(&start.key).await;
+                // Boxed: only `Stampede::Lock` announces, and the publish would otherwise be part
+                // of every load's future.
+                Box::pin(self.announce_landed(&start.key)).await;
             }
         }
         if let Some(guard) = guard {
