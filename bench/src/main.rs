@@ -172,6 +172,9 @@ fn main() {
     });
     if !failures.is_empty() {
         eprintln!("failed sections: {}", failures.join(", "));
+        // `exit` runs no destructors: stop the private server first.
+        drop(runtime);
+        drop(private);
         std::process::exit(1);
     }
 }
