@@ -100,23 +100,9 @@ pub fn run(operation: &str, n: u64) -> Result<(), String> {
                     return Err("an L1 read loaded".into());
                 }
             }
-            "raw-get" => {
-                let mut conn = redis::Client::open(url.as_str())
-                    .map_err(|err| err.to_string())?
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|err| err.to_string())?;
-                prime_raw(&mut conn).await?;
-                for i in 0..n {
-                    assert!(raw_get(&mut conn, i).await.is_some());
-                }
-            }
+            "raw-get" => raw_gets(&mut single_node(&url).await?, n).await?,
             "raw-miss" => {
-                let mut conn = redis::Client::open(url.as_str())
-                    .map_err(|err| err.to_string())?
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|err| err.to_string())?;
+                let mut conn = single_node(&url).await?;
                 let run = std::process::id();
                 for i in 0..n {
                     let key = format!("profile-raw-miss:{run}:{i}");
@@ -170,10 +156,7 @@ pub fn run(operation: &str, n: u64) -> Result<(), String> {
                         .get_async_connection()
                         .await
                         .map_err(|err| err.to_string())?;
-                prime_raw(&mut conn).await?;
-                for i in 0..n {
-                    assert!(raw_get(&mut conn, i).await.is_some());
-                }
+                raw_gets(&mut conn, n).await?;
             }
             "l2" | "memory" | "cluster-l2" => {
                 // Generous timeouts: under valgrind everything runs ~50x slower.
@@ -218,6 +201,27 @@ pub fn run(operation: &str, n: u64) -> Result<(), String> {
         }
         Ok(())
     })
+}
+
+/// A multiplexed connection to the server at `url`.
+async fn single_node(url: &str) -> Result<redis::aio::MultiplexedConnection, String> {
+    redis::Client::open(url)
+        .map_err(|err| err.to_string())?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|err| err.to_string())
+}
+
+/// Primes the raw keys on `conn`, then `n` raw GETs + decodes, each checked to find its page.
+async fn raw_gets<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    n: u64,
+) -> Result<(), String> {
+    prime_raw(conn).await?;
+    for i in 0..n {
+        assert!(raw_get(conn, i).await.is_some());
+    }
+    Ok(())
 }
 
 /// `n` GETs through the axum router of the HTTP section, called as a tower service (no TCP, no
