@@ -320,7 +320,7 @@ impl Cache {
     }
 
     /// What the `'static` front doors do after the lookup: the leader's load runs in the caller
-    /// and moves to a task of its own if the caller is cancelled (`lead_load`), so a cancelled
+    /// and moves to a task of its own if the caller is cancelled (`owned_load`), so a cancelled
     /// caller does not cancel the load; refreshes run in the background while every caller is
     /// answered at once.
     async fn resolve<T: Value, L: TaskLoader<T>>(
@@ -351,7 +351,7 @@ impl Cache {
             }
             Step::Load(prior) => {
                 self.load_missing(key, policy, loader, prior, |guard, loader, prior| {
-                    self.lead_load(guard, key, policy, loader, prior)
+                    FinishOnDrop::new(self.owned_load(guard, key, policy, loader, prior))
                 })
                 .await
             }
@@ -434,35 +434,21 @@ impl Cache {
         }
     }
 
-    /// Runs the leader's load of `key` in the caller; if the caller is cancelled, the rest of the
-    /// load moves to a task of its own and still finishes (stores the value, answers the
-    /// followers). A loader panic unwinds into this caller only, as from a task.
-    fn lead_load<T: Value, L: TaskLoader<T>>(
+    /// The leader's load of `key` as a future that owns what it needs: the miss path runs it in
+    /// the caller inside [`FinishOnDrop`] (if the caller is cancelled, the rest moves to a task of
+    /// its own and still stores the value and answers the followers; a loader panic unwinds into
+    /// this caller only, as from a task); refreshes spawn it (dropping the handle leaves it
+    /// running).
+    fn owned_load<T: Value, L: TaskLoader<T>>(
         &self,
         guard: LeaderGuard,
         key: &str,
         policy: &Policy,
         loader: L,
         prior: Prior,
-    ) -> FinishOnDrop<impl Future<Output = Result<Fetched<T>, L::Error>> + Send + 'static> {
+    ) -> impl Future<Output = Result<Fetched<T>, L::Error>> + Send + 'static {
         let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
-        FinishOnDrop::new(
-            async move { cache.load(Some(guard), &key, &policy, loader, prior).await },
-        )
-    }
-
-    /// Runs the leader's load of `key` in a task of its own (a cancelled caller does not cancel
-    /// it); dropping the handle leaves it running.
-    fn spawn_load<T: Value, L: TaskLoader<T>>(
-        &self,
-        guard: LeaderGuard,
-        key: &str,
-        policy: &Policy,
-        loader: L,
-        prior: Prior,
-    ) -> tokio::task::JoinHandle<Result<Fetched<T>, L::Error>> {
-        let (cache, key, policy) = (self.clone(), key.to_owned(), policy.clone());
-        tokio::spawn(async move { cache.load(Some(guard), &key, &policy, loader, prior).await })
+        async move { cache.load(Some(guard), &key, &policy, loader, prior).await }
     }
 
     /// Leads the refresh of `key` (counted), or, when one is running, `Err` with a follower of it.
@@ -576,7 +562,8 @@ impl Cache {
     /// What an entry read from the store is worth at `now`, in one flow (each step a call that
     /// returns): `envelope.rs` parses it (timing and tags, no value yet); its validity comes from
     /// what this process knows (`l1.rs`, else the tag records are read: `coherence.rs`); unless it
-    /// is past what the caller serves (`serve`: its freshness, or its grace period too) `envelope.rs` decodes the value and `l1.rs` mirrors it into L1.
+    /// is past what the caller serves (`serve`: its freshness, or its grace period too)
+    /// `envelope.rs` decodes the value and `l1.rs` mirrors it into L1.
     ///
     /// `Err` when nothing can be served, with the entry's timing when it has a valid one (a hint
     /// of its load time); a corrupt entry is noted, a tombstone is nothing.
@@ -766,7 +753,9 @@ impl Cache {
             return;
         }
         if let Ok(guard) = self.lead_refresh(key, policy) {
-            drop(self.spawn_load(guard, key, policy, loader, prior));
+            drop(tokio::spawn(
+                self.owned_load(guard, key, policy, loader, prior),
+            ));
         }
     }
 
@@ -783,10 +772,12 @@ impl Cache {
             return None;
         }
         match self.lead_refresh(key, policy) {
-            Ok(guard) => match self.spawn_load(guard, key, policy, loader, prior).await {
-                Ok(Ok(fetched)) => Some(fetched),
-                _ => None,
-            },
+            Ok(guard) => {
+                match tokio::spawn(self.owned_load(guard, key, policy, loader, prior)).await {
+                    Ok(Ok(fetched)) => Some(fetched),
+                    _ => None,
+                }
+            }
             Err(follower) => match self.follow_within::<T>(key, policy, follower).await {
                 Next::Done(fetched) => Some(fetched),
                 Next::LoadAlone | Next::LoadUnstored | Next::Rejoin => None,

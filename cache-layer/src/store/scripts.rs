@@ -121,8 +121,8 @@ return {v, v}
 /// Conditional fill: stores `ARGV[1]` at `KEYS[1]` for `PX ARGV[3]` only if the key still holds
 /// what the load saw when it started (`ARGV[2]`, see [`Seen`](crate::envelope::Seen)): nothing
 /// (`''`), the entry or tombstone with that 8-byte write id (offset 32 of a value starting
-/// `CL\x02`, at least 40 bytes), or something of another format or Redis type (`'x'`). Returns 1 when stored. Safe to
-/// resend (a resend finds its own write and is refused). A fill that saw nothing does not run it:
+/// `CL\x02`, at least 40 bytes), or something of another format or Redis type (`'x'`). Returns 1
+/// when stored. Safe to resend (a resend finds its own write and is refused). A fill that saw nothing does not run it:
 /// its condition is then "the key does not exist", which `SET NX` checks (`commands.rs`).
 pub(crate) static FILL_IF: Lua = Lua::new(
     r#"
