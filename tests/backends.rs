@@ -117,3 +117,47 @@ async fn cluster_master_failover_under_load() {
         );
     }
 }
+
+/// A cluster that stops answering (every node paused with SIGSTOP, so no failover) costs a caller
+/// one op timeout: a read fails with `Error::Timeout`, a read-through call is served by the
+/// source, and once the nodes answer again the same connection serves hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_operations_time_out_while_the_cluster_hangs() {
+    let cluster = RedisCluster::start(3, 0);
+    let op_timeout = Duration::from_millis(300);
+    let cache = Cache::builder()
+        .redis_cluster(cluster.urls())
+        .namespace(unique_prefix("cluster-hang"))
+        .op_timeout(op_timeout)
+        .breaker(BreakerConfig {
+            cooldown: Duration::from_millis(100),
+            ..Default::default()
+        })
+        .build()
+        .expect("valid configuration");
+    let policy = Policy::ttl(Duration::from_secs(60));
+    cache.set("k", &1u32, &policy).await.expect("set");
+    assert_eq!(cache.get::<u32>("k").await.expect("get"), Some(1));
+
+    tokio::task::block_in_place(|| cluster.nodes().iter().for_each(|n| n.pause()));
+    let started = Instant::now();
+    let err = cache.get::<u32>("k").await.expect_err("hung cluster");
+    let waited = started.elapsed();
+    assert!(
+        matches!(err, cache_layer::Error::Timeout(t) if t == op_timeout),
+        "{err:?}"
+    );
+    assert!(waited < Duration::from_secs(3), "bounded: took {waited:?}");
+    let served: u32 = cache.get_or_fetch("other", &policy, || async { 7 }).await;
+    assert_eq!(served, 7, "the source answers while the cluster hangs");
+    tokio::task::block_in_place(|| cluster.nodes().iter().for_each(|n| n.resume()));
+
+    let back_by = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cache.get::<u32>("k").await {
+            Ok(Some(1)) => break,
+            other => assert!(Instant::now() < back_by, "never answered again: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

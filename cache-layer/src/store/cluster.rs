@@ -115,8 +115,9 @@ impl ClusterStore {
         }
         let client = builder
             .connection_timeout(config.connect_timeout)
+            // Bounds each request, its redirects, slot refreshes and retries included (redis-rs'
+            // overall response timeout defaults to this): `run` relies on it for the op timeout.
             .response_timeout(config.op_timeout)
-            // Redirects and slot refreshes must fit in one op timeout; the breaker handles the rest.
             .retries(2)
             .min_retry_wait(10)
             .max_retry_wait(50)
@@ -151,7 +152,11 @@ impl ClusterStore {
             return Ok(conn.clone());
         }
         // Rare (first use, after a failure): boxed, so every operation's future stays small.
-        Box::pin(self.connect()).await
+        let timeout = self.config.op_timeout;
+        match tokio::time::timeout(timeout, Box::pin(self.connect())).await {
+            Ok(connected) => connected,
+            Err(_elapsed) => Err(Error::Timeout(timeout)),
+        }
     }
 
     /// Connects (or takes the connection another caller made meanwhile) and shares it.
@@ -175,26 +180,25 @@ impl ClusterStore {
     }
 
     /// Runs `op` on the shared connection within the op timeout.
+    ///
+    /// The connection enforces the timeout itself: redis-rs bounds each request, its redirects
+    /// and retries included, by the response timeout, which is the op timeout (`new`). A timer
+    /// of our own around it would cost every operation a second timer registration.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, Error>
     where
         F: FnOnce(ClusterConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let timeout = self.config.op_timeout;
-        let attempt = async {
-            let conn = self.connection().await?;
-            op(conn).await.map_err(Error::Redis)
-        };
-        let result = match tokio::time::timeout(timeout, attempt).await {
-            Ok(result) => result,
-            Err(_elapsed) => Err(Error::Timeout(timeout)),
-        };
-        if let Err(Error::Redis(err)) = &result {
+        let conn = self.connection().await?;
+        op(conn).await.map_err(|err| {
+            if err.is_timeout() {
+                return Error::Timeout(self.config.op_timeout);
+            }
             if err.is_io_error() || err.is_connection_dropped() || err.is_unrecoverable_error() {
                 self.forget_connection();
             }
-        }
-        result
+            Error::Redis(err)
+        })
     }
 }
 
