@@ -16,6 +16,7 @@ use crate::{
 };
 
 const RAW: &str = "raw redis-rs cluster GET + rmp-serde decode";
+const RAW_TIMED: &str = "raw cluster GET + decode, 250 ms response timeout";
 const OURS: &str = "cache-layer get_or_fetch (cluster hit)";
 
 pub async fn run(settings: &Settings) -> Result<(), String> {
@@ -31,8 +32,16 @@ pub async fn run(settings: &Settings) -> Result<(), String> {
         .get_async_connection()
         .await
         .map_err(|err| format!("cluster unreachable: {err}"))?;
+    // The cache's cluster connection has a response timeout (its op timeout, 250 ms by default).
+    let timed = redis::cluster::ClusterClientBuilder::new(urls.clone())
+        .response_timeout(Duration::from_millis(250))
+        .build()
+        .map_err(|err| format!("bad cluster urls: {err}"))?
+        .get_async_connection()
+        .await
+        .map_err(|err| format!("cluster unreachable: {err}"))?;
     let policy = Policy::ttl(Duration::from_secs(3600));
-    let rows = RawVsOurs::new((RAW, OURS), &raw, &cache, &policy);
+    let rows = RawVsOurs::new((RAW, OURS), &raw, &cache, &policy).with_timed_raw(RAW_TIMED, &timed);
     rows.prime().await?;
     for concurrency in [1, 64] {
         let mut table = Comparison::new(

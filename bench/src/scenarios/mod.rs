@@ -121,6 +121,9 @@ pub struct RawVsOurs<'a, C> {
     raw: &'static str,
     ours: &'static str,
     conn: &'a C,
+    /// A second raw row: the same `GET` on a connection with a response timeout, as a cache's
+    /// connection has (the first raw row has none, and so no timer per request).
+    timed: Option<(&'static str, &'a C)>,
     cache: &'a Cache,
     policy: &'a Policy,
 }
@@ -140,9 +143,16 @@ where
             raw,
             ours,
             conn,
+            timed: None,
             cache,
             policy,
         }
+    }
+
+    /// Adds the row `name`: the raw `GET` on `conn`, a connection with a response timeout.
+    pub fn with_timed_raw(mut self, name: &'static str, conn: &'a C) -> Self {
+        self.timed = Some((name, conn));
+        self
     }
 
     /// Stores every page for both rows ([`prime_pages`], [`prime_raw`]).
@@ -153,15 +163,18 @@ where
 
     /// One round of both rows into `table`, `concurrency` callers for `duration` each.
     pub async fn round(&self, table: &mut Comparison, concurrency: usize, duration: Duration) {
-        let conn = self.conn.clone();
-        let m = measure(concurrency, duration, move |i| {
-            let mut conn = conn.clone();
-            async move {
-                assert!(raw_get(&mut conn, i).await.is_some(), "raw value missing");
-            }
-        })
-        .await;
-        table.record(self.raw, m);
+        let raws = std::iter::once((self.raw, self.conn)).chain(self.timed);
+        for (name, conn) in raws {
+            let conn = conn.clone();
+            let m = measure(concurrency, duration, move |i| {
+                let mut conn = conn.clone();
+                async move {
+                    assert!(raw_get(&mut conn, i).await.is_some(), "raw value missing");
+                }
+            })
+            .await;
+            table.record(name, m);
+        }
         let m = measure_hits(self.cache, self.policy, concurrency, duration).await;
         table.record(self.ours, m);
     }
