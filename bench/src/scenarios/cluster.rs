@@ -16,7 +16,7 @@ use crate::{
 };
 
 const RAW: &str = "raw redis-rs cluster GET + rmp-serde decode";
-const RAW_TIMED: &str = "raw cluster GET + decode, 250 ms response timeout";
+const RAW_TIMED: &str = "raw cluster GET + decode, 250 ms timeout";
 const OURS: &str = "cache-layer get_or_fetch (cluster hit)";
 
 pub async fn run(settings: &Settings) -> Result<(), String> {
