@@ -15,7 +15,7 @@ use cache_layer::{cached, Cache, Policy};
 use super::{page, prime_raw, raw_get, Page, KEYS};
 
 /// The operations, by name.
-pub const OPERATIONS: [&str; 18] = [
+pub const OPERATIONS: [&str; 21] = [
     "http-handler",
     "http-prebuilt",
     "http-memory",
@@ -34,6 +34,9 @@ pub const OPERATIONS: [&str; 18] = [
     "raw-miss",
     "miss",
     "miss-none",
+    "counters",
+    "raw-hincrby",
+    "acks",
 ];
 
 /// Redis timeouts of the caches here (under valgrind everything runs ~50x slower).
@@ -102,6 +105,27 @@ pub fn run(operation: &str, n: u64) -> Result<(), String> {
                 }
             }
             "raw-get" => raw_gets(&mut single_node(&url).await?, n).await?,
+            // `n` increments (as the write-behind section makes them): 1,000 tasks awaiting
+            // `Counters::incr`, raw pipelined `HINCRBY`s, and the in-process acknowledgements.
+            "counters" => {
+                let cache = Cache::builder()
+                    .redis(url.as_str())
+                    .namespace(format!("profile-counters-{}", std::process::id()))
+                    .op_timeout(SLOW)
+                    .connect_timeout(SLOW)
+                    .build()
+                    .map_err(|err| err.to_string())?;
+                let counters = cache.counters("profile");
+                super::write_behind::counters_incr(&counters, n as usize).await?;
+            }
+            "raw-hincrby" => {
+                let key = format!("profile-raw-hincrby-{}", std::process::id());
+                super::write_behind::raw_pipelined(&single_node(&url).await?, &key, n as usize)
+                    .await?;
+            }
+            "acks" => {
+                super::write_behind::awaited_acks_only(n as usize).await?;
+            }
             "raw-miss" => {
                 let mut conn = single_node(&url).await?;
                 let run = std::process::id();

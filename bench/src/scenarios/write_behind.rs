@@ -48,7 +48,7 @@ async fn join_all(tasks: Vec<tokio::task::JoinHandle<Result<(), String>>>) -> Re
     Ok(())
 }
 
-async fn raw_pipelined(conn: &MultiplexedConnection, key: &str, n: usize) -> Result<(), String> {
+pub(crate) async fn raw_pipelined(conn: &MultiplexedConnection, key: &str, n: usize) -> Result<(), String> {
     let ids = ids();
     let per_worker = n / PIPELINES_IN_FLIGHT;
     let workers = (0..PIPELINES_IN_FLIGHT)
@@ -101,7 +101,7 @@ async fn raw_one_per_task(conn: &MultiplexedConnection, key: &str, n: usize) -> 
     join_all(tasks).await
 }
 
-async fn counters_incr(counters: &Counters, n: usize) -> Result<(), String> {
+pub(crate) async fn counters_incr(counters: &Counters, n: usize) -> Result<(), String> {
     let ids = ids();
     let per_task = n / TASKS;
     let tasks = (0..TASKS)
@@ -136,7 +136,7 @@ async fn counters_nowait(counters: &Counters, n: usize) -> Result<(), String> {
 
 /// 1,000 tasks each sending its increment to one collector task and awaiting the collector's
 /// acknowledgement; no Redis. Returns the total the collector counted.
-async fn awaited_acks_only(n: usize) -> Result<i64, String> {
+pub(crate) async fn awaited_acks_only(n: usize) -> Result<i64, String> {
     use tokio::sync::{mpsc, oneshot};
     let ids = ids();
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, oneshot::Sender<()>)>();
