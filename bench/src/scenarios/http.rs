@@ -90,6 +90,60 @@ pub fn prebuilt_route() -> Router {
     )
 }
 
+/// The route answering each page with one raw redis-rs `GET` of its body, stored beforehand
+/// under `{prefix}:{id}` ([`prime_redis_route`]): what a hand-written cache-aside hit costs
+/// without any cache bookkeeping, the floor of the "CacheLayer hit, Redis" row. The connection is
+/// made by the first request, so its driver runs on the server's worker, as the cache's does.
+pub fn redis_route(url: String, prefix: String) -> Router {
+    let conn = Arc::new(tokio::sync::OnceCell::<redis::aio::MultiplexedConnection>::new());
+    Router::new().route(
+        "/items/{id}",
+        get(move |Path(id): Path<usize>| {
+            let (conn, url, key) = (conn.clone(), url.clone(), format!("{prefix}:{id}"));
+            async move {
+                let conn = conn
+                    .get_or_try_init(|| async {
+                        redis::Client::open(url.as_str())?
+                            .get_multiplexed_async_connection()
+                            .await
+                    })
+                    .await;
+                let body: Option<Vec<u8>> = match conn {
+                    Ok(conn) => redis::cmd("GET")
+                        .arg(&key)
+                        .query_async(&mut conn.clone())
+                        .await
+                        .unwrap_or_default(),
+                    Err(_) => None,
+                };
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    body.unwrap_or_default(),
+                )
+            }
+        }),
+    )
+}
+
+/// Stores every page's JSON body under `{prefix}:{id}` for [`redis_route`].
+async fn prime_redis_route(url: &str, prefix: &str) -> Result<(), String> {
+    let mut conn = redis::Client::open(url)
+        .map_err(|err| format!("bad redis url: {err}"))?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|err| format!("redis unreachable at {url}: {err}"))?;
+    for id in 0..URLS as u64 {
+        let body = serde_json::to_vec(&json_page(id)).map_err(|err| err.to_string())?;
+        let () = redis::cmd("SET")
+            .arg(format!("{prefix}:{id}"))
+            .arg(body)
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| format!("cannot prime the raw pages: {err}"))?;
+    }
+    Ok(())
+}
+
 /// Serves `router` from one worker: a current-thread runtime on a thread of its own.
 async fn serve(router: Router) -> Result<SocketAddr, String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
@@ -193,6 +247,8 @@ pub async fn run(settings: &Settings, server: Option<&PrivateRedis>) -> Result<(
     let redis = redis_cache("redis", false)?;
     let l1 = redis_cache("l1", true)?;
     let memory = Cache::in_memory();
+    let raw_prefix = format!("bench-http-raw-{run_id}");
+    prime_redis_route(&settings.redis_url, &raw_prefix).await?;
     let setups = vec![
         Setup {
             name: "no layer, handler serializes the page",
@@ -202,6 +258,11 @@ pub async fn run(settings: &Settings, server: Option<&PrivateRedis>) -> Result<(
         Setup {
             name: "no layer, prebuilt body (server floor)",
             addr: serve(prebuilt_route()).await?,
+            cache: None,
+        },
+        Setup {
+            name: "no layer, raw redis-rs GET of the body",
+            addr: serve(redis_route(settings.redis_url.clone(), raw_prefix)).await?,
             cache: None,
         },
         Setup {
@@ -258,7 +319,8 @@ pub async fn run(settings: &Settings, server: Option<&PrivateRedis>) -> Result<(
     if let Some(server) = server {
         server.reset_stats();
         let before = redis.stats().hits;
-        load(setups[4].addr, settings.duration).await?;
+        let layer_on_redis = setups.last().ok_or("no setups")?;
+        load(layer_on_redis.addr, settings.duration).await?;
         print_commands_per_op(
             "CacheLayer hit (Redis)",
             Some(server),

@@ -48,7 +48,11 @@ async fn join_all(tasks: Vec<tokio::task::JoinHandle<Result<(), String>>>) -> Re
     Ok(())
 }
 
-pub(crate) async fn raw_pipelined(conn: &MultiplexedConnection, key: &str, n: usize) -> Result<(), String> {
+pub(crate) async fn raw_pipelined(
+    conn: &MultiplexedConnection,
+    key: &str,
+    n: usize,
+) -> Result<(), String> {
     let ids = ids();
     let per_worker = n / PIPELINES_IN_FLIGHT;
     let workers = (0..PIPELINES_IN_FLIGHT)
