@@ -126,7 +126,7 @@ pub fn redis_route(url: String, prefix: String) -> Router {
 }
 
 /// Stores every page's JSON body under `{prefix}:{id}` for [`redis_route`].
-async fn prime_redis_route(url: &str, prefix: &str) -> Result<(), String> {
+pub(crate) async fn prime_redis_route(url: &str, prefix: &str) -> Result<(), String> {
     let mut conn = redis::Client::open(url)
         .map_err(|err| format!("bad redis url: {err}"))?
         .get_multiplexed_async_connection()

@@ -15,9 +15,10 @@ use cache_layer::{cached, Cache, Policy};
 use super::{page, prime_raw, raw_get, Page, KEYS};
 
 /// The operations, by name.
-pub const OPERATIONS: [&str; 21] = [
+pub const OPERATIONS: [&str; 22] = [
     "http-handler",
     "http-prebuilt",
+    "http-raw-redis",
     "http-memory",
     "http-l1",
     "http-redis",
@@ -222,7 +223,8 @@ pub fn run(operation: &str, n: u64) -> Result<(), String> {
                     return Err("a hit loaded".into());
                 }
             }
-            "http-handler" | "http-prebuilt" | "http-memory" | "http-l1" | "http-redis" => {
+            "http-handler" | "http-prebuilt" | "http-raw-redis" | "http-memory" | "http-l1"
+            | "http-redis" => {
                 http_hits(operation, &url, n).await?;
             }
             other => {
@@ -272,6 +274,11 @@ async fn http_hits(operation: &str, url: &str, n: u64) -> Result<(), String> {
     let (router, cache) = match operation {
         "http-handler" => (route, None),
         "http-prebuilt" => (super::http::prebuilt_route(), None),
+        "http-raw-redis" => {
+            let prefix = format!("bench-profile-http-raw-{}", std::process::id());
+            super::http::prime_redis_route(url, &prefix).await?;
+            (super::http::redis_route(url.to_owned(), prefix), None)
+        }
         other => {
             let builder = match other {
                 "http-memory" => builder,
