@@ -120,21 +120,27 @@ async fn cluster_master_failover_under_load() {
 
 /// A cluster that stops answering (every node paused with SIGSTOP, so no failover) costs a caller
 /// one op timeout: a read fails with `Error::Timeout`, a read-through call is served by the
-/// source, and once the nodes answer again the same connection serves hits.
+/// source, and once the nodes answer again the same connection serves hits. A cache that must
+/// connect first (never used yet) is held to one op timeout too, connecting included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_operations_time_out_while_the_cluster_hangs() {
     let cluster = RedisCluster::start(3, 0);
-    let op_timeout = Duration::from_millis(300);
-    let cache = Cache::builder()
-        .redis_cluster(cluster.urls())
-        .namespace(unique_prefix("cluster-hang"))
-        .op_timeout(op_timeout)
-        .breaker(BreakerConfig {
-            cooldown: Duration::from_millis(100),
-            ..Default::default()
-        })
-        .build()
-        .expect("valid configuration");
+    let op_timeout = Duration::from_millis(500);
+    let build = || {
+        Cache::builder()
+            .redis_cluster(cluster.urls())
+            .namespace(unique_prefix("cluster-hang"))
+            .op_timeout(op_timeout)
+            .breaker(BreakerConfig {
+                cooldown: Duration::from_millis(100),
+                ..Default::default()
+            })
+            .build()
+            .expect("valid configuration")
+    };
+    let cache = build();
+    // Building does not connect: this one connects on its first call, while the cluster hangs.
+    let unconnected = build();
     let policy = Policy::ttl(Duration::from_secs(60));
     cache.set("k", &1u32, &policy).await.expect("set");
     assert_eq!(cache.get::<u32>("k").await.expect("get"), Some(1));

@@ -147,18 +147,6 @@ impl ClusterStore {
         &self.nodes
     }
 
-    async fn connection(&self) -> Result<ClusterConnection, Error> {
-        if let Some(conn) = self.connection.load().as_deref() {
-            return Ok(conn.clone());
-        }
-        // Rare (first use, after a failure): boxed, so every operation's future stays small.
-        let timeout = self.config.op_timeout;
-        match tokio::time::timeout(timeout, Box::pin(self.connect())).await {
-            Ok(connected) => connected,
-            Err(_elapsed) => Err(Error::Timeout(timeout)),
-        }
-    }
-
     /// Connects (or takes the connection another caller made meanwhile) and shares it.
     async fn connect(&self) -> Result<ClusterConnection, Error> {
         let _connecting = self.connecting.lock().await;
@@ -181,24 +169,52 @@ impl ClusterStore {
 
     /// Runs `op` on the shared connection within the op timeout.
     ///
-    /// The connection enforces the timeout itself: redis-rs bounds each request, its redirects
-    /// and retries included, by the response timeout, which is the op timeout (`new`). A timer
-    /// of our own around it would cost every operation a second timer registration.
+    /// On the shared connection redis-rs enforces the timeout itself: it bounds each request, its
+    /// redirects and retries included, by the response timeout, which is the op timeout (`new`),
+    /// so a timer of our own would cost every operation a second one. Only when the connection
+    /// must be made first (first use, after a failure) does one timer of ours bound the connect
+    /// and the operation together.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, Error>
     where
         F: FnOnce(ClusterConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let conn = self.connection().await?;
-        op(conn).await.map_err(|err| {
-            if err.is_timeout() {
-                return Error::Timeout(self.config.op_timeout);
+        let shared = self.connection.load().as_deref().cloned();
+        let result = match shared {
+            Some(conn) => op(conn).await.map_err(Error::Redis),
+            // Rare: boxed, so every operation's future stays small.
+            None => Box::pin(self.connect_and_run(op)).await,
+        };
+        match result {
+            Err(Error::Redis(err)) if err.is_timeout() => {
+                Err(Error::Timeout(self.config.op_timeout))
             }
-            if err.is_io_error() || err.is_connection_dropped() || err.is_unrecoverable_error() {
-                self.forget_connection();
+            Err(Error::Redis(err)) => {
+                if err.is_io_error() || err.is_connection_dropped() || err.is_unrecoverable_error()
+                {
+                    self.forget_connection();
+                }
+                Err(Error::Redis(err))
             }
-            Error::Redis(err)
-        })
+            other => other,
+        }
+    }
+
+    /// Connects, then runs `op`, both within one op timeout.
+    async fn connect_and_run<T, F, Fut>(&self, op: F) -> Result<T, Error>
+    where
+        F: FnOnce(ClusterConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let timeout = self.config.op_timeout;
+        let attempt = async {
+            let conn = self.connect().await?;
+            op(conn).await.map_err(Error::Redis)
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(Error::Timeout(timeout)),
+        }
     }
 }
 
