@@ -121,7 +121,8 @@ async fn cluster_master_failover_under_load() {
 /// A cluster that stops answering (every node paused with SIGSTOP, so no failover) costs a caller
 /// one op timeout: a read fails with `Error::Timeout`, a read-through call is served by the
 /// source, and once the nodes answer again the same connection serves hits. A cache that must
-/// connect first (never used yet) is held to one op timeout too, connecting included.
+/// connect first (never used yet) is bounded too (its first call may make more than one Redis
+/// operation, each within the op timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_operations_time_out_while_the_cluster_hangs() {
     let cluster = RedisCluster::start(3, 0);
@@ -156,6 +157,18 @@ async fn cluster_operations_time_out_while_the_cluster_hangs() {
     assert!(waited < Duration::from_secs(3), "bounded: took {waited:?}");
     let served: u32 = cache.get_or_fetch("other", &policy, || async { 7 }).await;
     assert_eq!(served, 7, "the source answers while the cluster hangs");
+    // Its error is whichever bound fires first: ours, or redis-rs' connect timeout on the initial
+    // connections (`connect_timeout`, shorter here).
+    let started = Instant::now();
+    unconnected
+        .get::<u32>("k")
+        .await
+        .expect_err("hung cluster, first call");
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(3),
+        "connecting is bounded too: took {waited:?}"
+    );
     tokio::task::block_in_place(|| cluster.nodes().iter().for_each(|n| n.resume()));
 
     let back_by = Instant::now() + Duration::from_secs(10);
