@@ -96,6 +96,7 @@ pub fn prebuilt_route() -> Router {
 /// made by the first request, so its driver runs on the server's worker, as the cache's does.
 pub fn redis_route(url: String, prefix: String) -> Router {
     let conn = Arc::new(tokio::sync::OnceCell::<redis::aio::MultiplexedConnection>::new());
+    let url: Arc<str> = url.into();
     Router::new().route(
         "/items/{id}",
         get(move |Path(id): Path<usize>| {
@@ -103,7 +104,7 @@ pub fn redis_route(url: String, prefix: String) -> Router {
             async move {
                 let conn = conn
                     .get_or_try_init(|| async {
-                        redis::Client::open(url.as_str())?
+                        redis::Client::open(&*url)?
                             .get_multiplexed_async_connection()
                             .await
                     })
