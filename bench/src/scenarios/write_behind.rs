@@ -315,9 +315,11 @@ pub async fn run(settings: &Settings, server: Option<&PrivateRedis>) -> Result<(
     }
     let stats = incr.stats();
     println!(
-        "\nCounters::incr: {} pushes for {} increments",
+        "\nCounters::incr: {} pushes for {} increments ({} resent in order after arriving \
+         before the push ahead of them)",
         stats.pushes,
-        n / TASKS * TASKS
+        n / TASKS * TASKS,
+        stats.out_of_order
     );
     Ok(())
 }

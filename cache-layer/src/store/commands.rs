@@ -8,8 +8,8 @@ use std::{collections::HashMap, future::Future, time::Duration};
 use bb8_redis::redis::{self, Cmd, FromRedisValue, ScriptInvocation};
 
 use super::{
-    scripts, CounterKeys, LockToken, NamespaceBump, PushOutcome, ReplicaAck, Subscription,
-    TagField, TagTimes,
+    scripts, CounterKeys, LockToken, NamespaceBump, PushOutcome, PushStatus, ReplicaAck,
+    Subscription, TagField, TagTimes,
 };
 use crate::{util::millis_at_least_one, Error};
 
@@ -328,6 +328,7 @@ pub(super) async fn counters_push<R: Raw>(
     keys: &CounterKeys,
     token: &str,
     seq: u64,
+    after: u64,
     writer_ttl: Duration,
     entries: &[(String, i64)],
 ) -> Result<PushOutcome, Error> {
@@ -337,16 +338,29 @@ pub(super) async fn counters_push<R: Raw>(
         .key(keys.live())
         .key(&writer)
         .arg(seq)
+        .arg(after)
         .arg(millis_at_least_one(writer_ttl));
     for (id, delta) in entries {
         invocation.arg(id).arg(*delta);
     }
     // Resending is safe: the sequence number makes the push idempotent.
-    let ((applied, rejected), replica): ((i64, Vec<String>), ReplicaAck) = raw
+    let ((status, rejected), replica): ((i64, Vec<String>), ReplicaAck) = raw
         .invoke_acked(&invocation, keys.live(), Resend::Safe)
         .await?;
+    let status = match status {
+        1 => PushStatus::Applied,
+        0 => PushStatus::AlreadyApplied,
+        2 => PushStatus::OutOfOrder,
+        other => {
+            return Err(Error::Redis(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "unexpected write-behind push status",
+                other.to_string(),
+            ))))
+        }
+    };
     Ok(PushOutcome {
-        applied: applied != 0,
+        status,
         rejected,
         replica,
     })

@@ -16,8 +16,8 @@ use moka::{
 use tokio::sync::broadcast;
 
 use super::{
-    commands::parse_version, CounterKeys, LockToken, NamespaceBump, PushOutcome, ReplicaAck, Store,
-    Subscription, TagField, TagTimes,
+    commands::parse_version, CounterKeys, LockToken, NamespaceBump, PushOutcome, PushStatus,
+    ReplicaAck, Store, Subscription, TagField, TagTimes,
 };
 use crate::{
     error::counter_overflow,
@@ -392,10 +392,11 @@ impl Store for MemoryStore {
         keys: &CounterKeys,
         token: &str,
         seq: u64,
+        after: u64,
         _writer_ttl: Duration,
         entries: &[(String, i64)],
     ) -> Result<PushOutcome, Error> {
-        Ok(self.with_counters(keys, |set| set.push(token, seq, entries)))
+        Ok(self.with_counters(keys, |set| set.push(token, seq, after, entries)))
     }
 
     async fn counters_seal(
@@ -477,14 +478,25 @@ impl CounterSet {
         Ok(())
     }
 
-    fn push(&mut self, token: &str, seq: u64, entries: &[(String, i64)]) -> PushOutcome {
+    /// The push script's semantics (`COUNTERS_PUSH` in `scripts.rs`).
+    fn push(
+        &mut self,
+        token: &str,
+        seq: u64,
+        after: u64,
+        entries: &[(String, i64)],
+    ) -> PushOutcome {
         let last = self.writers.entry(token.to_owned()).or_insert(0);
+        let refused = |status| PushOutcome {
+            status,
+            rejected: Vec::new(),
+            replica: ReplicaAck::NoReplicas,
+        };
         if seq <= *last {
-            return PushOutcome {
-                applied: false,
-                rejected: Vec::new(),
-                replica: ReplicaAck::NoReplicas,
-            };
+            return refused(PushStatus::AlreadyApplied);
+        }
+        if after > *last {
+            return refused(PushStatus::OutOfOrder);
         }
         *last = seq;
         let rejected = entries
@@ -493,7 +505,7 @@ impl CounterSet {
             .map(|(id, _)| id.clone())
             .collect();
         PushOutcome {
-            applied: true,
+            status: PushStatus::Applied,
             rejected,
             replica: ReplicaAck::NoReplicas,
         }
@@ -675,15 +687,28 @@ mod tests {
         let lease = Duration::from_secs(60);
         store.counters_incr(&keys, "a", 2).unwrap();
         let pushed = store
-            .counters_push(&keys, "w", 1, lease, &[("a".into(), 3)])
+            .counters_push(&keys, "w", 1, 0, lease, &[("a".into(), 3)])
             .await
             .unwrap();
-        assert!(pushed.applied);
+        assert_eq!(pushed.status, PushStatus::Applied);
         let resent = store
-            .counters_push(&keys, "w", 1, lease, &[("a".into(), 3)])
+            .counters_push(&keys, "w", 1, 0, lease, &[("a".into(), 3)])
             .await
             .unwrap();
-        assert!(!resent.applied, "a resent push is not applied twice");
+        assert_eq!(
+            resent.status,
+            PushStatus::AlreadyApplied,
+            "a resent push is not applied twice"
+        );
+        let early = store
+            .counters_push(&keys, "w", 3, 2, lease, &[("a".into(), 100)])
+            .await
+            .unwrap();
+        assert_eq!(
+            early.status,
+            PushStatus::OutOfOrder,
+            "refused while the push before it has not landed"
+        );
         assert!(store.counters_seal(&keys, "b1", "me", lease).await.unwrap());
         assert!(!store.counters_seal(&keys, "b2", "me", lease).await.unwrap());
         assert_eq!(
@@ -728,7 +753,7 @@ mod tests {
         store.counters_incr(&keys, "x", i64::MAX).unwrap();
         assert!(store.counters_incr(&keys, "x", 1).is_err());
         let overflow = store
-            .counters_push(&keys, "w", 2, lease, &[("x".into(), 1), ("y".into(), 1)])
+            .counters_push(&keys, "w", 2, 1, lease, &[("x".into(), 1), ("y".into(), 1)])
             .await
             .unwrap();
         assert_eq!(overflow.rejected, vec!["x".to_owned()]);

@@ -132,13 +132,40 @@ impl CounterKeys {
 /// What a push of counter increments did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushOutcome {
-    /// `false`: this sequence number had landed already (a resend after a lost reply); nothing
-    /// was applied again.
-    pub applied: bool,
+    /// Applied, applied before (a resend), or refused until the push before it lands.
+    pub status: PushStatus,
     /// Ids whose stored value would have overflowed `i64` (not incremented).
     pub rejected: Vec<String>,
     /// Whether a replica has the push (everything this push made true, a resend included).
     pub replica: ReplicaAck,
+}
+
+/// Whether a push of counter increments was applied.
+///
+/// ```
+/// use cache_layer::store::PushStatus;
+///
+/// assert!(PushStatus::Applied.landed());
+/// assert!(PushStatus::AlreadyApplied.landed());
+/// assert!(!PushStatus::OutOfOrder.landed());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushStatus {
+    /// Applied now.
+    Applied,
+    /// This sequence number had landed already (a resend after a lost reply); nothing was applied
+    /// again.
+    AlreadyApplied,
+    /// Refused, nothing written: the push sent before it (its `after`) has not landed yet. Send
+    /// it again once that one is acknowledged.
+    OutOfOrder,
+}
+
+impl PushStatus {
+    /// Whether the push is in the store (applied now or before).
+    pub fn landed(self) -> bool {
+        !matches!(self, PushStatus::OutOfOrder)
+    }
 }
 
 /// Whether a write-behind write (a push, the sealing or claiming of a batch) reached a replica.
@@ -377,15 +404,17 @@ pub trait Store: Send + Sync + 'static {
     // ----- write-behind counters ---------------------------------------------------------------
 
     /// Applies one push of `(id, delta)` increments from writer `token` exactly once per `seq`
-    /// (the writer's record lives for `writer_ttl`). Where the server has replicas, waits (a
-    /// third of the op timeout) for one to acknowledge it and says so in
-    /// [`PushOutcome::replica`]; a resend of a push that had landed is acknowledged only once a
-    /// replica has the original too.
+    /// (the writer's record lives for `writer_ttl`), and only after push `after` (the writer's
+    /// push sent before this one and not yet acknowledged, 0 for none) landed:
+    /// [`PushStatus::OutOfOrder`] otherwise. Where the server has replicas, waits (a third of the
+    /// op timeout) for one to acknowledge it and says so in [`PushOutcome::replica`]; a resend of
+    /// a push that had landed is acknowledged only once a replica has the original too.
     fn counters_push(
         &self,
         keys: &CounterKeys,
         token: &str,
         seq: u64,
+        after: u64,
         writer_ttl: Duration,
         entries: &[(String, i64)],
     ) -> impl Future<Output = Result<PushOutcome, Error>> + Send;
@@ -470,7 +499,7 @@ macro_rules! forward_ops {
             subscribe(channel: &str) -> $crate::store::Subscription;
             ping() -> ();
             eviction_settings() -> Option<$crate::store::EvictionSettings>;
-            counters_push(keys: &$crate::store::CounterKeys, token: &str, seq: u64, writer_ttl: ::std::time::Duration, entries: &[(String, i64)]) -> $crate::store::PushOutcome;
+            counters_push(keys: &$crate::store::CounterKeys, token: &str, seq: u64, after: u64, writer_ttl: ::std::time::Duration, entries: &[(String, i64)]) -> $crate::store::PushOutcome;
             counters_seal(keys: &$crate::store::CounterKeys, id: &str, token: &str, lease: ::std::time::Duration) -> bool;
             counters_claim(keys: &$crate::store::CounterKeys, token: &str, lease: ::std::time::Duration) -> Option<String>;
             counters_renew(keys: &$crate::store::CounterKeys, id: &str, token: &str, lease: ::std::time::Duration) -> bool;

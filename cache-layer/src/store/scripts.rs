@@ -158,33 +158,47 @@ return 1
 "#,
 );
 
-/// Applies one push of a writer exactly once. KEYS: live hash, writer key. ARGV: sequence number,
-/// writer-key TTL (ms), then field/delta pairs. Returns `{applied (0|1), {fields that failed}}`.
+/// Applies one push of a writer exactly once, in the writer's order. KEYS: live hash, writer key.
+/// ARGV: sequence number, `after` (the sequence number of the writer's push sent just before this
+/// one and not yet acknowledged to it, or 0), writer-key TTL (ms), then field/delta pairs. Returns
+/// `{status, {fields that failed}}`, status 1 applied, 0 already applied, 2 refused.
 ///
-/// A push whose sequence number the writer key already holds (or exceeds) is a retry of one that
-/// landed (its reply was lost, or no replica acknowledged it): it is acknowledged without being
-/// applied again. The retry still rewrites the writer key (same value, fresh TTL): a write
-/// `WAIT` can count, so a `WAIT` after the retry returns only once a replica has everything up
-/// to it, the original push included (`WAIT` waits for the connection's last *write*; a retry
-/// that wrote nothing would be acknowledged at once on a fresh connection). The check, the
-/// increments and the new sequence number are one script, so they land (and reach the AOF and
-/// the replicas) together or not at all. HINCRBY runs under `pcall` so one field that would
-/// overflow cannot abort the script halfway (scripts are not rolled back).
+/// The writer key holds the writer's highest applied sequence number. A push whose number it
+/// already holds (or exceeds) is a retry of one that landed (its reply was lost, or no replica
+/// acknowledged it): it is acknowledged without being applied again. The retry still rewrites
+/// the writer key (same value, fresh TTL): a write `WAIT` can count, so a `WAIT` after the retry
+/// returns only once a replica has everything up to it, the original push included (`WAIT` waits
+/// for the connection's last *write*; a retry that wrote nothing would be acknowledged at once on
+/// a fresh connection).
+///
+/// A writer may have two pushes in flight. The second carries the first's number as `after`, and
+/// is refused (status 2, nothing written) while the writer key is below it: the first has not
+/// landed (lost, or still on its way on another connection). Applying the second first would
+/// raise the writer's number past the first, and the first would then be taken for a retry and
+/// dropped. The writer resends a refused push after the one before it was acknowledged.
+///
+/// The checks, the increments and the new sequence number are one script, so they land (and
+/// reach the AOF and the replicas) together or not at all. HINCRBY runs under `pcall` so one
+/// field that would overflow cannot abort the script halfway (scripts are not rolled back).
 pub(crate) static COUNTERS_PUSH: Lua = Lua::new(
     r#"
 local seq = tonumber(ARGV[1])
 local last = redis.call('GET', KEYS[2])
-if seq <= tonumber(last or '0') then
-  redis.call('SET', KEYS[2], last, 'PX', ARGV[2])
+local applied = tonumber(last or '0')
+if seq <= applied then
+  redis.call('SET', KEYS[2], last, 'PX', ARGV[3])
   return {0, {}}
+end
+if tonumber(ARGV[2]) > applied then
+  return {2, {}}
 end
 local kind = redis.call('TYPE', KEYS[1]).ok
 if kind ~= 'hash' and kind ~= 'none' then
   return redis.error_reply('WRONGTYPE write-behind counters key holds a ' .. kind)
 end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
 local failed = {}
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   local r = redis.pcall('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
   if type(r) == 'table' and r.err then failed[#failed + 1] = ARGV[i] end
 end
@@ -466,17 +480,19 @@ mod tests {
             return;
         };
         let (live, writer) = (format!("{p}:{{c}}"), format!("{p}:{{c}}:writer:w"));
-        let push = |seq: u64, field: &'static str, delta: i64| {
+        let push_after = |seq: u64, after: u64, field: &'static str, delta: i64| {
             let mut invocation = COUNTERS_PUSH.script().prepare_invoke();
             invocation
                 .key(&live)
                 .key(&writer)
                 .arg(seq)
+                .arg(after)
                 .arg(60_000)
                 .arg(field)
                 .arg(delta);
             invocation
         };
+        let push = |seq: u64, field: &'static str, delta: i64| push_after(seq, 0, field, delta);
         let (applied, failed): (i64, Vec<String>) =
             push(1, "a", 2).invoke_async(&mut conn).await.unwrap();
         assert_eq!((applied, failed.len()), (1, 0));
@@ -493,6 +509,34 @@ mod tests {
             push(2, "big", 1).invoke_async(&mut conn).await.unwrap();
         assert_eq!((applied, failed), (1, vec!["big".to_owned()]));
         assert_eq!(conn.hget::<_, _, i64>(&live, "a").await.unwrap(), 2);
+        // Two pushes in flight, arriving out of order: the second (4, after 3) is refused while
+        // 3 has not landed, and writes nothing; once 3 landed, its resend applies.
+        let (status, _): (i64, Vec<String>) = push_after(4, 3, "a", 10)
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(status, 2, "refused: the push before it has not landed");
+        assert_eq!(conn.get::<_, String>(&writer).await.unwrap(), "2");
+        assert_eq!(conn.hget::<_, _, i64>(&live, "a").await.unwrap(), 2);
+        let (status, _): (i64, Vec<String>) = push_after(3, 2, "a", 100)
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(status, 1);
+        let (status, _): (i64, Vec<String>) = push_after(4, 3, "a", 10)
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(status, 1);
+        assert_eq!(conn.hget::<_, _, i64>(&live, "a").await.unwrap(), 112);
+        // A writer whose record expired (or was lost with a Redis restart) and has nothing in
+        // flight sends `after` 0: applied.
+        let _: () = conn.del(&writer).await.unwrap();
+        let (status, _): (i64, Vec<String>) = push_after(5, 0, "a", 1)
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(status, 1);
         let _: () = conn.del(&[&live, &writer]).await.unwrap();
     }
 

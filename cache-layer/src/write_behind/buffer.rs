@@ -24,16 +24,17 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
+use futures_util::{stream::FuturesOrdered, StreamExt};
 use tokio::sync::{watch, Notify};
 
 use super::{storage, CountersConfig};
 use crate::{
     cache::WeakCache,
     error::counter_overflow,
-    store::{CounterKeys, MemoryStore, PushOutcome, Store},
+    store::{CounterKeys, MemoryStore, PushOutcome, PushStatus, Store},
     util::lock,
     Cache, Error,
 };
@@ -116,11 +117,11 @@ pub(crate) struct BufferState {
     gen: u64,
     /// Its record, handed to its waiters.
     current: Arc<Generation>,
-    /// Chunks being pushed, oldest first, all of generation `frozen_gen`.
+    /// Chunks not yet acknowledged, oldest first (in sequence-number order; of one generation,
+    /// or of several while pushes are pipelined).
     frozen: VecDeque<Arc<Chunk>>,
-    frozen_gen: u64,
-    /// The record of generation `frozen_gen`.
-    frozen_record: Arc<Generation>,
+    /// The newest generation frozen so far.
+    last_frozen: u64,
     /// Ids in `frozen` (they count against the buffer's bound until Redis has them).
     frozen_ids: usize,
     /// The ids in `frozen`, built only when the buffer is full (an id being pushed still fits).
@@ -133,10 +134,47 @@ pub(crate) struct BufferState {
 }
 
 impl BufferState {
-    /// The records of the generations that may have waiters: the one being pushed and the one
+    /// The records of the generations that may have waiters: those being pushed and the one
     /// gathering increments (every older one was settled).
-    fn waited_on(&self) -> [Arc<Generation>; 2] {
-        [self.frozen_record.clone(), self.current.clone()]
+    fn waited_on(&self) -> Vec<Arc<Generation>> {
+        let mut records: Vec<Arc<Generation>> = Vec::with_capacity(3);
+        for chunk in &self.frozen {
+            if !records
+                .last()
+                .is_some_and(|r| Arc::ptr_eq(r, &chunk.generation))
+            {
+                records.push(chunk.generation.clone());
+            }
+        }
+        records.push(self.current.clone());
+        records
+    }
+
+    /// Freezes the map into chunks of generation `gen` (each with the next sequence number) and
+    /// starts the next generation; `false` when the map is empty.
+    fn freeze(&mut self, max_push: usize) -> bool {
+        if self.map.is_empty() {
+            return false;
+        }
+        let entries: Vec<(String, i64)> = std::mem::take(&mut self.map).into_iter().collect();
+        let mut rest = entries.into_iter().peekable();
+        let next = Generation::new(self.gen + 1);
+        let generation = std::mem::replace(&mut self.current, next);
+        while rest.peek().is_some() {
+            let chunk: Vec<(String, i64)> = rest.by_ref().take(max_push.max(1)).collect();
+            self.frozen_ids += chunk.len();
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.frozen.push_back(Arc::new(Chunk {
+                seq,
+                entries: chunk,
+                generation: generation.clone(),
+            }));
+        }
+        self.frozen_set = None;
+        self.last_frozen = self.gen;
+        self.gen += 1;
+        true
     }
 
     fn frozen_contains(&mut self, id: &str) -> bool {
@@ -194,6 +232,7 @@ pub(crate) struct SetStats {
     pub(crate) replayed: AtomicU64,
     pub(crate) rejected: AtomicU64,
     pub(crate) unreplicated: AtomicU64,
+    pub(crate) out_of_order: AtomicU64,
 }
 
 /// One named counter set of one cache (shared by every `Counters` handle of that name).
@@ -253,8 +292,7 @@ impl CounterSet {
                 gen: 1,
                 current: Generation::new(1),
                 frozen: VecDeque::new(),
-                frozen_gen: 0,
-                frozen_record: Generation::new(0),
+                last_frozen: 0,
                 frozen_ids: 0,
                 frozen_set: None,
                 next_seq: 1,
@@ -456,65 +494,88 @@ impl CounterSet {
             if !st.map.is_empty() {
                 st.gen
             } else if !st.frozen.is_empty() {
-                st.frozen_gen
+                st.last_frozen
             } else {
                 return Ok(());
             }
         };
         while self.progress.borrow().pushed < ticket {
-            self.push_round(cache).await?;
+            self.push_round(cache, Some(ticket)).await?;
         }
         Ok(())
     }
 
-    /// Freezes the buffer if nothing is frozen, then pushes every frozen chunk in order.
-    async fn push_round(&self, cache: &Cache) -> Result<(), Error> {
+    /// Pushes the frozen chunks in order, up to [`PUSHES_IN_FLIGHT`] at a time, freezing the
+    /// buffer into new generations as it goes, up to generation `until` (default: this round's
+    /// share, [`GENERATIONS_PER_ROUND`], so a `sync` waiting for the lock gets it soon). Returns
+    /// when nothing frozen is left, or with the first failure (the chunks not acknowledged stay
+    /// frozen and are resent, with the same sequence numbers, by the next round).
+    ///
+    /// A push sent while another is in flight carries that one's sequence number (`after`): the
+    /// store refuses it ([`PushStatus::OutOfOrder`]) if it arrives first, or after the first was
+    /// lost. The round then lets what is in flight come back (everything after a refused push is
+    /// refused too) and sends again from the oldest chunk not acknowledged. So increments are
+    /// applied in sequence order, and a resend of a landed push is always recognized.
+    async fn push_round(&self, cache: &Cache, until: Option<u64>) -> Result<(), Error> {
         let _one_at_a_time = self.push_lock.lock().await;
-        {
-            let mut st = lock(&self.state);
-            if st.frozen.is_empty() {
-                if st.map.is_empty() {
-                    return Ok(());
-                }
-                let entries: Vec<(String, i64)> = std::mem::take(&mut st.map).into_iter().collect();
-                let max = self.config.max_push.max(1);
-                let mut rest = entries.into_iter().peekable();
-                let next = Generation::new(st.gen + 1);
-                let generation = std::mem::replace(&mut st.current, next);
-                st.frozen_record = generation.clone();
-                while rest.peek().is_some() {
-                    let chunk: Vec<(String, i64)> = rest.by_ref().take(max).collect();
-                    let seq = st.next_seq;
-                    st.next_seq += 1;
-                    st.frozen.push_back(Arc::new(Chunk {
-                        seq,
-                        entries: chunk,
-                        generation: generation.clone(),
-                    }));
-                }
-                st.frozen_ids = st.frozen.iter().map(|c| c.entries.len()).sum();
-                st.frozen_set = None;
-                st.frozen_gen = st.gen;
-                st.gen += 1;
-            }
-        }
+        let until = until.unwrap_or_else(|| lock(&self.state).last_frozen + GENERATIONS_PER_ROUND);
+        let mut in_flight = FuturesOrdered::new();
+        let mut resend_from_oldest = false;
+        // Whether the buffer may be frozen into a new push now: always when nothing is in
+        // flight; while a push is, only once the increments of a wave gathered (below).
+        let mut gathered = false;
         loop {
-            let Some(chunk) = lock(&self.state).frozen.front().cloned() else {
-                break;
-            };
-            if let Err(err) = self.push_chunk(cache, &chunk).await {
-                match err {
-                    Error::NotReplicated { timeout } => self.enter_unreplicated(timeout),
-                    ref err => self.enter_degraded(err),
+            if !resend_from_oldest {
+                while in_flight.len() < PUSHES_IN_FLIGHT {
+                    let may_freeze = std::mem::take(&mut gathered) | in_flight.is_empty();
+                    let Some((chunk, after)) =
+                        self.next_to_send(in_flight.len(), may_freeze, until)
+                    else {
+                        break;
+                    };
+                    in_flight.push_back(self.push_chunk(cache, chunk, after));
                 }
-                return Err(err);
             }
-            let mut st = lock(&self.state);
-            if st.frozen.front().is_some_and(|c| c.seq == chunk.seq) {
-                st.frozen.pop_front();
-                st.frozen_ids -= chunk.entries.len();
-                st.frozen_set = None;
-                self.metrics.buffered.decrement(chunk.entries.len() as f64);
+            let slot_free = in_flight.len() < PUSHES_IN_FLIGHT && !resend_from_oldest;
+            let returned = if in_flight.is_empty() {
+                if resend_from_oldest {
+                    resend_from_oldest = false;
+                    continue;
+                }
+                break;
+            } else if slot_free {
+                // While one push is in flight, increments gather for the next: wake up for
+                // the first, let the others of its wave arrive, then send them.
+                tokio::select! {
+                    biased;
+                    returned = in_flight.next() => returned,
+                    () = self.wake.notified() => {
+                        self.let_increments_gather().await;
+                        gathered = true;
+                        continue;
+                    }
+                }
+            } else {
+                in_flight.next().await
+            };
+            let Some((chunk, result)) = returned else {
+                continue;
+            };
+            match result {
+                Ok(PushStatus::OutOfOrder) => {
+                    self.stats.out_of_order.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(counters = %self.name, seq = chunk.seq,
+                        "write-behind push arrived before the one sent ahead of it; resent");
+                    resend_from_oldest = true;
+                }
+                Ok(_) => self.landed(&chunk),
+                Err(err) => {
+                    match err {
+                        Error::NotReplicated { timeout } => self.enter_unreplicated(timeout),
+                        ref err => self.enter_degraded(err),
+                    }
+                    return Err(err);
+                }
             }
         }
         let mut st = lock(&self.state);
@@ -536,18 +597,71 @@ impl CounterSet {
             st.gen += 1;
             st.current = Generation::new(st.gen);
         }
-        let gen = st.frozen_gen;
+        Ok(())
+    }
+
+    /// The next chunk to send when `sending` chunks are in flight (they are the oldest
+    /// `sending` frozen ones), freezing the buffer (if `may_freeze`) when every frozen chunk is
+    /// out and generation `until` is not frozen yet; with the sequence number of the chunk before
+    /// it (0 if none is in flight).
+    fn next_to_send(
+        &self,
+        sending: usize,
+        may_freeze: bool,
+        until: u64,
+    ) -> Option<(Arc<Chunk>, u64)> {
+        let mut st = lock(&self.state);
+        if st.frozen.len() <= sending
+            && !(may_freeze && st.last_frozen < until && st.freeze(self.config.max_push))
+        {
+            return None;
+        }
+        let after = match sending {
+            0 => 0,
+            n => st.frozen[n - 1].seq,
+        };
+        Some((st.frozen[sending].clone(), after))
+    }
+
+    /// Lets the tasks woken with the first increment of a wave add theirs (they were woken
+    /// together when their previous push landed): yields until the buffer stops growing.
+    async fn let_increments_gather(&self) {
+        let mut seen = lock(&self.state).map.len();
+        for _ in 0..GATHER_YIELDS {
+            tokio::task::yield_now().await;
+            let now = lock(&self.state).map.len();
+            if now == seen {
+                break;
+            }
+            seen = now;
+        }
+    }
+
+    /// `chunk` landed: it leaves the buffer, and when it was its generation's last, the
+    /// generation's waiters are told.
+    fn landed(&self, chunk: &Chunk) {
+        let mut st = lock(&self.state);
+        let Some(at) = st.frozen.iter().position(|c| c.seq == chunk.seq) else {
+            return;
+        };
+        st.frozen.remove(at);
+        st.frozen_ids -= chunk.entries.len();
+        st.frozen_set = None;
+        self.metrics.buffered.decrement(chunk.entries.len() as f64);
+        let gen = chunk.generation.number;
+        let settled = st.frozen.front().is_none_or(|c| c.generation.number > gen);
+        if !settled {
+            return;
+        }
         let advanced = self.progress.send_if_modified(|p| {
             let advance = p.pushed < gen;
             p.pushed = p.pushed.max(gen);
             advance
         });
+        drop(st);
         if advanced {
-            let pushed = st.frozen_record.clone();
-            drop(st);
-            pushed.settled.notify_waiters();
+            chunk.generation.settled.notify_waiters();
         }
-        Ok(())
     }
 
     /// Redis is unavailable: release every waiter (their increments stay buffered).
@@ -590,23 +704,42 @@ impl CounterSet {
         wake_all(&waited_on);
     }
 
-    /// One `PUSH` script call.
-    async fn push_chunk(&self, cache: &Cache, chunk: &Chunk) -> Result<(), Error> {
+    /// One `PUSH` script call; the chunk comes back with what became of it.
+    async fn push_chunk(
+        &self,
+        cache: &Cache,
+        chunk: Arc<Chunk>,
+        after: u64,
+    ) -> (Arc<Chunk>, Result<PushStatus, Error>) {
+        let result = self.push_chunk_once(cache, &chunk, after).await;
+        (chunk, result)
+    }
+
+    async fn push_chunk_once(
+        &self,
+        cache: &Cache,
+        chunk: &Chunk,
+        after: u64,
+    ) -> Result<PushStatus, Error> {
         let push = cache.store().counters_push(
             &self.keys,
             &self.token,
             chunk.seq,
+            after,
             self.config.writer_ttl,
             &chunk.entries,
         );
         let PushOutcome {
-            applied,
+            status,
             rejected,
             replica,
         } = cache.store_op(push).await?;
+        if status == PushStatus::OutOfOrder {
+            return Ok(status);
+        }
         self.stats.pushes.fetch_add(1, Ordering::Relaxed);
         self.metrics.pushes.increment(1);
-        if !applied {
+        if status == PushStatus::AlreadyApplied {
             self.stats.replayed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(counters = %self.name, seq = chunk.seq,
                 "write-behind push had already landed (reply lost, or resent for a replica); \
@@ -623,7 +756,7 @@ impl CounterSet {
             // Recorded before the generation's fate is published (below, or by the caller).
             chunk.generation.record_rejected(refused);
         }
-        replica.check()
+        replica.check().map(|()| status)
     }
 }
 
@@ -640,11 +773,12 @@ async fn run_pusher(guard: PusherGuard) {
     let set = guard.set.clone();
     let config = &set.config;
     let mut backoff = config.retry_min;
-    // Linger only for the first increment after a quiet spell: increments that arrived while a
-    // push was in flight already coalesced for its whole round trip (group commit), so they go
-    // out at once. Lingering again after every push capped awaited `incr` below one `HINCRBY`
-    // per call (BENCHMARKS.md, "Write-behind").
-    let mut linger = true;
+    // Linger only for the first increment after a quiet spell: when increments arrive within
+    // `linger` of the last push landing, they come from a busy caller set (often the very tasks
+    // that push released, incrementing again), and they are gathered by letting those tasks run
+    // (`let_increments_gather`), not by a timer. Lingering after every push capped awaited
+    // `incr` below one `HINCRBY` per call (BENCHMARKS.md, "Write-behind").
+    let mut last_landed: Option<Instant> = None;
     loop {
         loop {
             let notified = set.wake.notified();
@@ -658,19 +792,22 @@ async fn run_pusher(guard: PusherGuard) {
             }
             notified.await;
         }
-        if linger && !config.linger.is_zero() && !set.degraded() {
+        let quiet = last_landed.is_none_or(|at| at.elapsed() >= config.linger);
+        if quiet && !config.linger.is_zero() && !set.degraded() {
             tokio::time::sleep(config.linger).await;
+        } else {
+            set.let_increments_gather().await;
         }
         let Some(cache) = set.cache() else {
             return;
         };
-        match set.push_round(&cache).await {
+        match set.push_round(&cache, None).await {
             Ok(()) => {
                 backoff = config.retry_min;
-                linger = !set.has_work();
+                last_landed = Some(Instant::now());
             }
             Err(err) => {
-                linger = true;
+                last_landed = None;
                 tracing::debug!(counters = %set.name, error = %err, retry_in = ?backoff,
                     "write-behind push failed");
                 drop(cache);
@@ -680,6 +817,16 @@ async fn run_pusher(guard: PusherGuard) {
         }
     }
 }
+
+/// Pushes of one counter set in flight at once: while Redis applies one, the next is on its way
+/// (and the increments of the tasks its predecessor released gather for the one after).
+const PUSHES_IN_FLIGHT: usize = 2;
+
+/// Generations one round of the pusher freezes before it lets a waiting `sync` have the lock.
+const GENERATIONS_PER_ROUND: u64 = 16;
+
+/// Most yields while the increments of a wave gather (it stops as soon as none arrived).
+const GATHER_YIELDS: usize = 8;
 
 /// Default coalescing window.
 pub(crate) const DEFAULT_LINGER: Duration = Duration::from_millis(1);

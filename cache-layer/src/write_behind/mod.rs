@@ -174,6 +174,10 @@ pub struct CounterStats {
     /// server has replicas: kept and retried ([`Error::NotReplicated`],
     /// `cache_counter_unreplicated_total`).
     pub unreplicated: u64,
+    /// Pushes Redis refused because they arrived before the push sent ahead of them (two are in
+    /// flight at a time, on different connections; or the one ahead was lost): sent again in
+    /// order, applied once.
+    pub out_of_order: u64,
 }
 
 /// A named set of write-behind counters of one [`Cache`]; cheap to clone.
@@ -375,6 +379,7 @@ impl Counters {
             unconfirmed: get(&s.unconfirmed),
             rejected: get(&s.rejected),
             unreplicated: get(&s.unreplicated),
+            out_of_order: get(&s.out_of_order),
         }
     }
 
