@@ -598,6 +598,62 @@ async fn a_push_whose_reply_is_lost_is_not_counted_twice() {
     assert!(views.stats().replayed >= 1, "{:?}", views.stats());
 }
 
+/// Two pushes of one counter set are in flight at a time: while the first is on its way (held by
+/// a proxy), the increments behind it go out too, and both apply exactly once. (The second may
+/// reach Redis first on another connection: refused and resent after the first, see the
+/// write-behind unit tests; here it queues behind the first on the same connection.)
+#[tokio::test]
+async fn a_second_push_goes_out_while_the_first_is_in_flight_and_both_apply_once() {
+    let server = RedisServer::start();
+    let proxy = support::Proxy::start(server.addr()).await;
+    let cache = Cache::builder()
+        .redis(proxy.url())
+        .namespace("wb-pipelined")
+        .op_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let views = cache.counters_with("views", CountersConfig::default().linger(Duration::ZERO));
+    views.incr("warm", 1).await.unwrap(); // connection and script in place
+    let evalsha_calls = || {
+        server
+            .cache_command_calls()
+            .into_iter()
+            .find_map(|(command, calls)| (command == "evalsha").then_some(calls))
+            .unwrap_or(0)
+    };
+    // Neither the proxy's byte counts nor Redis's command statistics send a signal: polled,
+    // with a deadline.
+    async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let before = (evalsha_calls(), views.stats().pushes);
+    proxy.hold_next(b"EVALSHA");
+    let incr = |id: &'static str| {
+        let views = views.clone();
+        tokio::spawn(async move { views.incr(id, 1).await })
+    };
+    let first = incr("a");
+    wait_for("the first push to be held", || proxy.holding()).await;
+    let second = incr("b");
+    wait_for(
+        "the second push, sent before the first is acknowledged",
+        || proxy.held_with_marker() >= 2 || evalsha_calls() > before.0,
+    )
+    .await;
+    assert!(!first.is_finished() && !second.is_finished());
+    proxy.release();
+    first.await.unwrap().expect("first increment");
+    second.await.unwrap().expect("second increment");
+    let stored =
+        |id: &str| -> i64 { server.query(redis::cmd("HGET").arg(views.redis_key()).arg(id)) };
+    assert_eq!((stored("a"), stored("b")), (1, 1), "each applied once");
+    assert_eq!(views.stats().pushes, before.1 + 2, "{:?}", views.stats());
+}
+
 #[tokio::test]
 async fn in_memory_counters_follow_the_same_protocol() {
     let cache = Cache::in_memory();

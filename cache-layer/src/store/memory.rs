@@ -77,6 +77,19 @@ struct InProcess {
     channels: Mutex<HashMap<String, broadcast::Sender<Arc<[u8]>>>>,
     /// Counter sets by their live key.
     counters: Mutex<HashMap<String, CounterSet>>,
+    /// Unit tests of the pusher: the next push waits for a release (see `hold_next_push`), and
+    /// every push is announced.
+    #[cfg(test)]
+    held_push: Mutex<Option<HeldPush>>,
+    #[cfg(test)]
+    pushes: tokio::sync::watch::Sender<u64>,
+}
+
+/// Unit tests: a push held on its way (`MemoryStore::hold_next_push`).
+#[cfg(test)]
+struct HeldPush {
+    reached: tokio::sync::oneshot::Sender<()>,
+    release: tokio::sync::oneshot::Receiver<()>,
 }
 
 /// An embedded key-value store with per-key TTLs, bounded by total bytes (moka underneath).
@@ -159,6 +172,30 @@ impl MemoryStore {
     fn with_counters<R>(&self, keys: &CounterKeys, f: impl FnOnce(&mut CounterSet) -> R) -> R {
         let mut sets = lock(&self.in_process.counters);
         f(sets.entry(keys.live().to_owned()).or_default())
+    }
+
+    /// Unit tests: the next `counters_push` waits, before it does anything, until the second
+    /// returned sender is used or dropped; the first receiver hears when it started waiting.
+    #[cfg(test)]
+    pub(crate) fn hold_next_push(
+        &self,
+    ) -> (
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (reached_tx, reached) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = tokio::sync::oneshot::channel();
+        *lock(&self.in_process.held_push) = Some(HeldPush {
+            reached: reached_tx,
+            release: release_rx,
+        });
+        (reached, release)
+    }
+
+    /// Unit tests: counts the `counters_push` calls that returned.
+    #[cfg(test)]
+    pub(crate) fn pushes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.in_process.pushes.subscribe()
     }
 
     /// Adds `by` to counter `id` at once (a store in this process needs no buffering).
@@ -396,7 +433,18 @@ impl Store for MemoryStore {
         _writer_ttl: Duration,
         entries: &[(String, i64)],
     ) -> Result<PushOutcome, Error> {
-        Ok(self.with_counters(keys, |set| set.push(token, seq, after, entries)))
+        #[cfg(test)]
+        {
+            let held = lock(&self.in_process.held_push).take();
+            if let Some(held) = held {
+                let _ = held.reached.send(());
+                let _ = held.release.await;
+            }
+        }
+        let outcome = self.with_counters(keys, |set| set.push(token, seq, after, entries));
+        #[cfg(test)]
+        self.in_process.pushes.send_modify(|n| *n += 1);
+        Ok(outcome)
     }
 
     async fn counters_seal(

@@ -830,3 +830,63 @@ const GATHER_YIELDS: usize = 8;
 
 /// Default coalescing window.
 pub(crate) const DEFAULT_LINGER: Duration = Duration::from_millis(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An awaited increment of `set`, as `Counters::incr` makes it.
+    async fn incr(set: Arc<CounterSet>, id: &'static str) -> Result<(), Error> {
+        match set.add(id, 1)? {
+            Added::Wait(generation) => set.wait(id, &generation).await,
+            other => panic!("a healthy buffer waits for its push, got {other:?}"),
+        }
+    }
+
+    /// The pusher's half of the ordering protocol (the script's half is tested in `scripts.rs`
+    /// on a real server): a push that reaches the store before the one sent ahead of it is
+    /// refused there, and the pusher sends it again once the one ahead landed, so each applies
+    /// once. The in-memory store stands in for Redis (same push semantics); it can hold a push
+    /// on its way, which a real connection cannot be made to do on demand.
+    #[tokio::test]
+    async fn a_push_that_overtakes_the_one_ahead_of_it_is_resent_after_it() {
+        let cache = Cache::in_memory();
+        let Some(store) = cache.store().in_process().cloned() else {
+            panic!("an in-memory cache has an in-process store");
+        };
+        let config = CountersConfig::default().linger(Duration::ZERO);
+        let mut set = CounterSet::new(&cache, "views", config);
+        set.in_process = None; // push through the store, as to Redis
+        let set = Arc::new(set);
+        let mut pushes = store.pushes();
+
+        let (first_reached, release_first) = store.hold_next_push();
+        let first = tokio::spawn(incr(set.clone(), "a"));
+        // The first push is on its way (held); the second goes out behind it, overtakes it and
+        // is refused.
+        first_reached.await.unwrap();
+        let second = tokio::spawn(incr(set.clone(), "b"));
+        pushes.wait_for(|&n| n == 1).await.unwrap();
+        assert_eq!(set.stats.out_of_order.load(Ordering::Relaxed), 0);
+        release_first.send(()).unwrap();
+        first.await.unwrap().expect("first increment");
+        second.await.unwrap().expect("second increment");
+
+        assert_eq!(set.stats.out_of_order.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            set.stats.pushes.load(Ordering::Relaxed),
+            2,
+            "each applied once"
+        );
+        assert_eq!(*pushes.borrow(), 3, "the refused push was sent again");
+        let batch = store
+            .counters_seal(&set.keys, "b1", &set.token, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(batch);
+        let mut totals = store.counters_read(&set.keys, "b1").await.unwrap();
+        totals.sort();
+        assert_eq!(totals, [("a".to_owned(), 1), ("b".to_owned(), 1)]);
+        assert_eq!(set.buffered(), 0);
+    }
+}
