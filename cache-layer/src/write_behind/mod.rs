@@ -204,15 +204,20 @@ pub struct CounterStats {
 ///
 /// # How it works
 ///
-/// * **Increments** coalesce in memory for [`linger`](CountersConfig::linger) (1 ms by default)
-///   and go to Redis as one `EVALSHA` per batch of ids (HINCRBY into the live hash), so thousands
-///   of tasks incrementing cost a few round trips. [`Counters::incr`] returns when its increment is
+/// * **Increments** coalesce in memory for [`linger`](CountersConfig::linger) (1 ms by default,
+///   after a quiet spell; under load, while the previous push is in flight) and go to Redis as one
+///   `EVALSHA` per batch of ids (HINCRBY into the live hash), so thousands of tasks incrementing
+///   cost a few round trips. Two pushes are in flight at a time: while Redis applies one, the
+///   increments its predecessor's callers made since go out behind it. [`Counters::incr`] returns when its increment is
 ///   in Redis, and on a replica where Redis has replicas (group commit).
 /// * **Exactly once into Redis.** Every push carries this process's writer id and a sequence
 ///   number; the script applies a sequence number at most once and records it in the same atomic
 ///   step. When a connection drops after sending (Redis killed, network cut), the client cannot
 ///   know whether the push landed: it resends the identical push with the same number until Redis
-///   answers, and a push that had landed is acknowledged without being applied again. With
+///   answers, and a push that had landed is acknowledged without being applied again. A push sent
+///   while another is in flight names that one; Redis refuses it until that one landed (it
+///   overtook it on another connection, or that one was lost), and it is resent after it
+///   ([`CounterStats::out_of_order`]), so pushes apply in order. With
 ///   `appendonly yes` + `appendfsync always`, a Redis restart therefore loses and duplicates
 ///   nothing. (With `appendfsync everysec` Redis itself may lose the last second of acknowledged
 ///   writes; without persistence a restart loses everything not yet flushed.)
