@@ -82,7 +82,9 @@ struct InProcess {
     #[cfg(test)]
     held_push: Mutex<Option<HeldPush>>,
     #[cfg(test)]
-    pushes: tokio::sync::watch::Sender<u64>,
+    pushes: std::sync::atomic::AtomicU64,
+    #[cfg(test)]
+    pushed: tokio::sync::Notify,
 }
 
 /// Unit tests: a push held on its way (`MemoryStore::hold_next_push`).
@@ -192,10 +194,26 @@ impl MemoryStore {
         (reached, release)
     }
 
-    /// Unit tests: counts the `counters_push` calls that returned.
+    /// Unit tests: how many `counters_push` calls returned.
     #[cfg(test)]
-    pub(crate) fn pushes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.in_process.pushes.subscribe()
+    pub(crate) fn pushes(&self) -> u64 {
+        self.in_process
+            .pushes
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Unit tests: waits until `n` `counters_push` calls returned.
+    #[cfg(test)]
+    pub(crate) async fn pushed(&self, n: u64) {
+        loop {
+            let pushed = self.in_process.pushed.notified();
+            tokio::pin!(pushed);
+            pushed.as_mut().enable();
+            if self.pushes() >= n {
+                return;
+            }
+            pushed.await;
+        }
     }
 
     /// Adds `by` to counter `id` at once (a store in this process needs no buffering).
@@ -443,7 +461,13 @@ impl Store for MemoryStore {
         }
         let outcome = self.with_counters(keys, |set| set.push(token, seq, after, entries));
         #[cfg(test)]
-        self.in_process.pushes.send_modify(|n| *n += 1);
+        {
+            let in_process = &self.in_process;
+            in_process
+                .pushes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            in_process.pushed.notify_waiters();
+        }
         Ok(outcome)
     }
 

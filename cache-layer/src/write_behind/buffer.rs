@@ -858,7 +858,6 @@ mod tests {
         let mut set = CounterSet::new(&cache, "views", config);
         set.in_process = None; // push through the store, as to Redis
         let set = Arc::new(set);
-        let mut pushes = store.pushes();
 
         let (first_reached, release_first) = store.hold_next_push();
         let first = tokio::spawn(incr(set.clone(), "a"));
@@ -866,7 +865,7 @@ mod tests {
         // is refused.
         first_reached.await.unwrap();
         let second = tokio::spawn(incr(set.clone(), "b"));
-        pushes.wait_for(|&n| n == 1).await.unwrap();
+        store.pushed(1).await;
         assert_eq!(set.stats.out_of_order.load(Ordering::Relaxed), 0);
         release_first.send(()).unwrap();
         first.await.unwrap().expect("first increment");
@@ -878,7 +877,7 @@ mod tests {
             2,
             "each applied once"
         );
-        assert_eq!(*pushes.borrow(), 3, "the refused push was sent again");
+        assert_eq!(store.pushes(), 3, "the refused push was sent again");
         let batch = store
             .counters_seal(&set.keys, "b1", &set.token, Duration::from_secs(30))
             .await
