@@ -28,6 +28,7 @@ use std::{
 };
 
 use futures_util::{stream::FuturesOrdered, StreamExt};
+use hashbrown::hash_map::EntryRef;
 use tokio::sync::{watch, Notify};
 
 use super::{storage, CountersConfig};
@@ -112,7 +113,7 @@ enum Health {
 #[derive(Debug)]
 pub(crate) struct BufferState {
     /// Increments not yet frozen, coalesced per id (this is the bounded buffer).
-    map: HashMap<String, i64>,
+    map: Buffer,
     /// Generation of the increments in `map`.
     gen: u64,
     /// Its record, handed to its waiters.
@@ -156,7 +157,12 @@ impl BufferState {
         if self.map.is_empty() {
             return false;
         }
-        let entries: Vec<(String, i64)> = std::mem::take(&mut self.map).into_iter().collect();
+        // Drained, not replaced: the next generation reuses the table (unless an outage's backlog
+        // grew it far beyond what a generation holds).
+        let entries: Vec<(String, i64)> = self.map.drain().collect();
+        if self.map.capacity() > 4 * entries.len().max(1024) {
+            self.map.shrink_to(entries.len());
+        }
         let mut rest = entries.into_iter().peekable();
         let next = Generation::new(self.gen + 1);
         let generation = std::mem::replace(&mut self.current, next);
@@ -177,18 +183,53 @@ impl BufferState {
         true
     }
 
-    fn frozen_contains(&mut self, id: &str) -> bool {
-        let frozen = &self.frozen;
-        self.frozen_set
-            .get_or_insert_with(|| {
-                frozen
-                    .iter()
-                    .flat_map(|c| c.entries.iter().map(|(id, _)| id.clone()))
-                    .collect()
-            })
-            .contains(id)
+    /// Adds `by` to `id`'s buffered delta (one hash of `id`): `Ok(true)` when `id` is new in the
+    /// buffer, `Ok(false)` when added to its delta; `Err(None)` when the buffer is full and `id`
+    /// is not being pushed either, `Err(Some(..))` when its delta would overflow.
+    fn add(&mut self, id: &str, by: i64, max_buffered: usize) -> Result<bool, Option<Error>> {
+        let BufferState {
+            map,
+            frozen,
+            frozen_ids,
+            frozen_set,
+            ..
+        } = self;
+        let full = map.len() + *frozen_ids >= max_buffered;
+        match map.entry_ref(id) {
+            EntryRef::Occupied(mut slot) => {
+                let sum = slot.get().checked_add(by).ok_or_else(counter_overflow);
+                *slot.get_mut() = sum.map_err(Some)?;
+                Ok(false)
+            }
+            EntryRef::Vacant(slot) => {
+                if full && !frozen_contains(frozen, frozen_set, id) {
+                    return Err(None);
+                }
+                slot.insert(by);
+                Ok(true)
+            }
+        }
     }
 }
+
+/// Whether `id` is in a chunk being pushed (`set`: the ids of `frozen`, built on first use).
+fn frozen_contains(
+    frozen: &VecDeque<Arc<Chunk>>,
+    set: &mut Option<std::collections::HashSet<String>>,
+    id: &str,
+) -> bool {
+    set.get_or_insert_with(|| {
+        frozen
+            .iter()
+            .flat_map(|c| c.entries.iter().map(|(id, _)| id.clone()))
+            .collect()
+    })
+    .contains(id)
+}
+
+/// The in-memory buffer: deltas by id, with std's (SipHash, randomly keyed) hasher, as ids may come
+/// from users.
+type Buffer = hashbrown::HashMap<String, i64, std::collections::hash_map::RandomState>;
 
 /// What waiters read. Updated only while `BufferState` is locked, so updates are ordered; each
 /// update that may settle a generation is followed by a wake-up of that generation's waiters
@@ -288,7 +329,7 @@ impl CounterSet {
             cache: cache.downgrade(),
             in_process: cache.store().in_process().cloned(),
             state: Mutex::new(BufferState {
-                map: HashMap::new(),
+                map: Buffer::default(),
                 gen: 1,
                 current: Generation::new(1),
                 frozen: VecDeque::new(),
@@ -381,17 +422,13 @@ impl CounterSet {
             // The pusher waits for work only while the map is empty: the increment that makes it
             // non-empty wakes it, the others need not (one wake-up per batch, not per caller).
             let first = st.map.is_empty();
-            match st.map.get_mut(id) {
-                Some(slot) => *slot = slot.checked_add(by).ok_or_else(counter_overflow)?,
-                None => {
-                    if st.map.len() + st.frozen_ids >= self.config.max_buffered
-                        && !st.frozen_contains(id)
-                    {
-                        drop(st);
-                        return Err(self.overflowed());
-                    }
-                    st.map.insert(id.to_owned(), by);
-                    self.metrics.buffered.increment(1.0);
+            match st.add(id, by, self.config.max_buffered) {
+                Ok(true) => self.metrics.buffered.increment(1.0),
+                Ok(false) => {}
+                Err(Some(overflow)) => return Err(overflow),
+                Err(None) => {
+                    drop(st);
+                    return Err(self.overflowed());
                 }
             }
             self.ensure_pusher(&mut st);
