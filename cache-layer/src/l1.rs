@@ -538,6 +538,9 @@ pub(crate) struct Knowledge {
     pub(crate) namespace: NamespaceBook,
     /// Invalidations and writes the store did not take, honoured here and replayed until it does.
     pub(crate) missed: MissedBook,
+    /// Hard tag invalidations of this process sent to the store and not yet recorded in `tags`.
+    /// While one is, this process's readers may still trust what it invalidates.
+    pub(crate) hard_bumps_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl Knowledge {
@@ -549,6 +552,7 @@ impl Knowledge {
             tags: TagBook::new(max_tags),
             namespace: NamespaceBook::new(),
             missed: MissedBook::default(),
+            hard_bumps_in_flight: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 

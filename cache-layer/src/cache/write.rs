@@ -41,7 +41,26 @@ pub(crate) struct LoadStart {
     pub(crate) versions: Vec<(String, TagTimes)>,
     /// A lower bound of the Redis clock at load start (the entry's `created_ms`).
     pub(crate) stamp_ms: u64,
+    /// Whether a hard tag invalidation of this process was in flight after `stamp_ms` was taken
+    /// (see [`Cache::fill_entry`]'s late tags).
+    pub(crate) bump_in_flight: bool,
     pub(crate) started: Instant,
+}
+
+/// Counts one in-flight batch of hard tag invalidations (until dropped: done or cancelled).
+struct BumpsInFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> BumpsInFlight<'a> {
+    fn start(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        BumpsInFlight(count)
+    }
+}
+
+impl Drop for BumpsInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The L1 copy of `value`, just stored with `versions` (its tags' versions), `ttl` and `size`
@@ -82,11 +101,19 @@ impl Cache {
             },
         };
         let versions = self.load_versions(tags).await?;
+        let stamp_ms = self.load_stamp_ms();
+        let bump_in_flight = self
+            .inner
+            .known
+            .hard_bumps_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0;
         Ok(LoadStart {
             key: full_key,
             seen,
             versions,
-            stamp_ms: self.load_stamp_ms(),
+            stamp_ms,
+            bump_in_flight,
             started: Instant::now(),
         })
     }
@@ -106,6 +133,15 @@ impl Cache {
         let inner = &self.inner;
         if start.started.elapsed() >= TOMBSTONE_TTL {
             // A delete during this load may have left a tombstone that has expired by now.
+            return Ok(false);
+        }
+        if !late_tags.is_empty() && start.bump_in_flight {
+            // A hard invalidation of this process was in flight when the load started: Redis may
+            // have taken it before this process recorded it, and the load may have read what it
+            // invalidated meanwhile (trusted here) — under a tag only known now, so nothing
+            // marked the load. A bump sent after the load started is caught below instead (its
+            // time is after the load's stamp).
+            tracing::debug!(cache = %inner.name, "an invalidation was in flight when this response's load started; not storing it");
             return Ok(false);
         }
         let mut versions = start.versions.clone();
@@ -355,6 +391,9 @@ impl Cache {
         if tags.is_empty() {
             return Ok(());
         }
+        // Counted until each bump is recorded in the tag book below (loads with late tags check it).
+        let _in_flight = (field == TagField::Hard)
+            .then(|| BumpsInFlight::start(&inner.known.hard_bumps_in_flight));
         let results =
             futures_util::future::join_all(tags.iter().map(|tag| self.bump_tag(tag, field))).await;
         let mut first_error = None;
@@ -652,5 +691,41 @@ impl Listener for Inner {
 
     fn eviction_settings(&self, settings: EvictionSettings) {
         self.memory_policy.record(&self.name, settings);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The race `fill_entry` guards against with late tags: a hard invalidation of this process
+    /// is in flight (Redis may have it, the tag book not yet) when a load starts whose tags are
+    /// only known when it ends (an HTTP response's `Cache-Tag`). What the load read may be what
+    /// the invalidation covers, trusted here meanwhile, so its fill must not be stored, or it
+    /// would be served after the invalidation returned.
+    #[tokio::test]
+    async fn a_late_tagged_load_started_during_an_invalidation_is_not_stored() {
+        let cache = Cache::in_memory();
+        let policy = Policy::ttl(Duration::from_secs(60));
+        let late = ["category:3".to_owned()];
+        let value = "page listing product 100 v3".to_owned();
+
+        let in_flight = BumpsInFlight::start(&cache.inner.known.hard_bumps_in_flight);
+        let start = cache.load_start("page:60", &[], None).await.unwrap();
+        drop(in_flight); // the invalidation returns while the load runs
+        let timing = cache.entry_timing(&policy, start.stamp_ms, Duration::ZERO);
+        let stored = cache
+            .fill_entry(&start, &value, &policy, timing, &late)
+            .await
+            .unwrap();
+        assert!(!stored, "a load that overlapped an invalidation is not stored");
+
+        let start = cache.load_start("page:60", &[], None).await.unwrap();
+        let timing = cache.entry_timing(&policy, start.stamp_ms, Duration::ZERO);
+        let stored = cache
+            .fill_entry(&start, &value, &policy, timing, &late)
+            .await
+            .unwrap();
+        assert!(stored, "one that started after it is");
     }
 }
