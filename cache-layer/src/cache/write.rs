@@ -718,7 +718,10 @@ mod tests {
             .fill_entry(&start, &value, &policy, timing, &late)
             .await
             .unwrap();
-        assert!(!stored, "a load that overlapped an invalidation is not stored");
+        assert!(
+            !stored,
+            "a load that overlapped an invalidation is not stored"
+        );
 
         let start = cache.load_start("page:60", &[], None).await.unwrap();
         let timing = cache.entry_timing(&policy, start.stamp_ms, Duration::ZERO);
