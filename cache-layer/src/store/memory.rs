@@ -559,16 +559,16 @@ impl CounterSet {
         entries: &[(String, i64)],
     ) -> PushOutcome {
         let last = self.writers.entry(token.to_owned()).or_insert(0);
-        let refused = |status| PushOutcome {
+        let unapplied = |status| PushOutcome {
             status,
             rejected: Vec::new(),
             replica: ReplicaAck::NoReplicas,
         };
         if seq <= *last {
-            return refused(PushStatus::AlreadyApplied);
+            return unapplied(PushStatus::AlreadyApplied);
         }
         if after > *last {
-            return refused(PushStatus::OutOfOrder);
+            return unapplied(PushStatus::OutOfOrder);
         }
         *last = seq;
         let rejected = entries

@@ -570,7 +570,10 @@ impl CounterSet {
                     else {
                         break;
                     };
-                    in_flight.push_back(self.push_chunk(cache, chunk, after));
+                    in_flight.push_back(async move {
+                        let result = self.push_chunk(cache, &chunk, after).await;
+                        (chunk, result)
+                    });
                 }
             }
             let slot_free = in_flight.len() < PUSHES_IN_FLIGHT && !resend_from_oldest;
@@ -741,18 +744,8 @@ impl CounterSet {
         wake_all(&waited_on);
     }
 
-    /// One `PUSH` script call; the chunk comes back with what became of it.
+    /// One `PUSH` script call: what became of the chunk.
     async fn push_chunk(
-        &self,
-        cache: &Cache,
-        chunk: Arc<Chunk>,
-        after: u64,
-    ) -> (Arc<Chunk>, Result<PushStatus, Error>) {
-        let result = self.push_chunk_once(cache, &chunk, after).await;
-        (chunk, result)
-    }
-
-    async fn push_chunk_once(
         &self,
         cache: &Cache,
         chunk: &Chunk,
