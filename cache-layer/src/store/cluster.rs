@@ -32,6 +32,7 @@ use super::{
     endpoint::{self, TlsConfig},
     redis::RedisStoreConfig,
     replicas::{self, Replicas, REPLICA_INFO_TTL},
+    scripts::Invocation,
     ReplicaAck,
 };
 use crate::{util::lock, Error};
@@ -305,7 +306,7 @@ impl ClusterStore {
     /// [`Raw::invoke_acked`] within one op timeout.
     async fn invoke_acked_now<T: FromRedisValue + Send>(
         &self,
-        invocation: &redis::ScriptInvocation<'_>,
+        invocation: &Invocation,
         key: &str,
         resend: Resend,
     ) -> Result<(T, ReplicaAck), Error> {
@@ -429,7 +430,7 @@ impl Raw for ClusterStore {
 
     async fn invoke<T: FromRedisValue + Send>(
         &self,
-        invocation: &redis::ScriptInvocation<'_>,
+        invocation: &Invocation,
         _resend: Resend,
     ) -> Result<T, Error> {
         self.run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
@@ -438,7 +439,7 @@ impl Raw for ClusterStore {
 
     async fn invoke_acked<T: FromRedisValue + Send>(
         &self,
-        invocation: &redis::ScriptInvocation<'_>,
+        invocation: &Invocation,
         key: &str,
         resend: Resend,
     ) -> Result<(T, ReplicaAck), Error> {

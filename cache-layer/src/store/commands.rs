@@ -5,11 +5,12 @@
 
 use std::{collections::HashMap, future::Future, time::Duration};
 
-use bb8_redis::redis::{self, Cmd, FromRedisValue, ScriptInvocation};
+use bb8_redis::redis::{self, Cmd, FromRedisValue};
 
 use super::{
-    scripts, CounterKeys, LockToken, NamespaceBump, PushOutcome, PushStatus, ReplicaAck,
-    Subscription, TagField, TagTimes,
+    scripts::{self, Invocation},
+    CounterKeys, LockToken, NamespaceBump, PushOutcome, PushStatus, ReplicaAck, Subscription,
+    TagField, TagTimes,
 };
 use crate::{util::millis_at_least_one, Error};
 
@@ -35,7 +36,7 @@ pub(super) trait Raw: Send + Sync {
     /// Invokes a Lua script (all its keys in one hash slot) within the op timeout.
     fn invoke<T: FromRedisValue + Send>(
         &self,
-        invocation: &ScriptInvocation<'_>,
+        invocation: &Invocation,
         resend: Resend,
     ) -> impl Future<Output = Result<T, Error>> + Send;
 
@@ -44,7 +45,7 @@ pub(super) trait Raw: Send + Sync {
     /// `store/replicas.rs`); all within the op timeout.
     fn invoke_acked<T: FromRedisValue + Send>(
         &self,
-        invocation: &ScriptInvocation<'_>,
+        invocation: &Invocation,
         key: &str,
         resend: Resend,
     ) -> impl Future<Output = Result<(T, ReplicaAck), Error>> + Send;
@@ -132,9 +133,8 @@ pub(super) async fn lock_renew<R: Raw>(
     lock: &LockToken,
     ttl: Duration,
 ) -> Result<bool, Error> {
-    let mut invocation = scripts::COMPARE_AND_EXPIRE.script().prepare_invoke();
+    let mut invocation = scripts::COMPARE_AND_EXPIRE.invocation(&[&lock.key]);
     invocation
-        .key(&lock.key)
         .arg(&lock.token[..])
         .arg(millis_at_least_one(ttl));
     let extended: u64 = raw.invoke(&invocation, Resend::Safe).await?;
@@ -142,8 +142,8 @@ pub(super) async fn lock_renew<R: Raw>(
 }
 
 pub(super) async fn lock_release<R: Raw>(raw: &R, lock: &LockToken) -> Result<bool, Error> {
-    let mut invocation = scripts::COMPARE_AND_DELETE.script().prepare_invoke();
-    invocation.key(&lock.key).arg(&lock.token[..]);
+    let mut invocation = scripts::COMPARE_AND_DELETE.invocation(&[&lock.key]);
+    invocation.arg(&lock.token[..]);
     let removed: u64 = raw.invoke(&invocation, Resend::Safe).await?;
     Ok(removed > 0)
 }
@@ -154,9 +154,8 @@ pub(super) async fn bump_tag<R: Raw>(
     field: TagField,
     ttl: Duration,
 ) -> Result<TagTimes, Error> {
-    let mut invocation = scripts::BUMP_TAG.script().prepare_invoke();
+    let mut invocation = scripts::BUMP_TAG.invocation(&[key]);
     invocation
-        .key(key)
         .arg(match field {
             TagField::Hard => "hard",
             TagField::Soft => "soft",
@@ -185,8 +184,8 @@ pub(super) async fn repair_tags<R: Raw>(
     ttl: Duration,
 ) -> Result<Vec<TagTimes>, Error> {
     let runs = keys.iter().zip(known_hard).map(|(key, &known)| async move {
-        let mut invocation = scripts::REPAIR_TAG.script().prepare_invoke();
-        invocation.key(key).arg(known).arg(millis_at_least_one(ttl));
+        let mut invocation = scripts::REPAIR_TAG.invocation(&[key]);
+        invocation.arg(known).arg(millis_at_least_one(ttl));
         // Resending finds the repaired record: safe.
         let (hard_ms, soft_ms): (u64, u64) = raw.invoke(&invocation, Resend::Safe).await?;
         Ok::<_, Error>(TagTimes { hard_ms, soft_ms })
@@ -203,9 +202,8 @@ async fn namespace_epoch<R: Raw>(
     known: u64,
     bump: bool,
 ) -> Result<(u64, u64), Error> {
-    let mut invocation = scripts::NAMESPACE_EPOCH.script().prepare_invoke();
+    let mut invocation = scripts::NAMESPACE_EPOCH.invocation(&[key]);
     invocation
-        .key(key)
         .arg(known)
         .arg(if bump { "bump" } else { "read" });
     // A bump resent after it landed would bump twice (harmless, but not the contract).
@@ -250,9 +248,8 @@ pub(super) async fn fill_if<R: Raw>(
         // finds its own write and is refused, as the script's would be: safe.
         return set_nx(raw, key, value, ttl, Resend::Safe).await;
     }
-    let mut invocation = scripts::FILL_IF.script().prepare_invoke();
+    let mut invocation = scripts::FILL_IF.invocation(&[key]);
     invocation
-        .key(key)
         .arg(value)
         .arg(seen)
         .arg(millis_at_least_one(ttl));
@@ -267,11 +264,8 @@ pub(super) async fn delete_to_tombstone<R: Raw>(
     tombstone: Vec<u8>,
     ttl: Duration,
 ) -> Result<bool, Error> {
-    let mut invocation = scripts::DELETE_TO_TOMBSTONE.script().prepare_invoke();
-    invocation
-        .key(key)
-        .arg(tombstone)
-        .arg(millis_at_least_one(ttl));
+    let mut invocation = scripts::DELETE_TO_TOMBSTONE.invocation(&[key]);
+    invocation.arg(tombstone).arg(millis_at_least_one(ttl));
     let removed: i64 = raw.invoke(&invocation, Resend::Safe).await?;
     Ok(removed == 1)
 }
@@ -333,10 +327,8 @@ pub(super) async fn counters_push<R: Raw>(
     entries: &[(String, i64)],
 ) -> Result<PushOutcome, Error> {
     let writer = keys.writer(token);
-    let mut invocation = scripts::COUNTERS_PUSH.script().prepare_invoke();
+    let mut invocation = scripts::COUNTERS_PUSH.invocation(&[keys.live(), &writer]);
     invocation
-        .key(keys.live())
-        .key(&writer)
         .arg(seq)
         .arg(after)
         .arg(millis_at_least_one(writer_ttl));
@@ -373,12 +365,13 @@ pub(super) async fn counters_seal<R: Raw>(
     token: &str,
     lease: Duration,
 ) -> Result<bool, Error> {
-    let mut invocation = scripts::COUNTERS_SEAL.script().prepare_invoke();
+    let mut invocation = scripts::COUNTERS_SEAL.invocation(&[
+        keys.live(),
+        keys.index(),
+        keys.leases(),
+        &keys.batch(id),
+    ]);
     invocation
-        .key(keys.live())
-        .key(keys.index())
-        .key(keys.leases())
-        .key(keys.batch(id))
         .arg(id)
         .arg(token)
         .arg(millis_at_least_one(lease));
@@ -401,12 +394,8 @@ pub(super) async fn counters_claim<R: Raw>(
     token: &str,
     lease: Duration,
 ) -> Result<Option<String>, Error> {
-    let mut invocation = scripts::COUNTERS_CLAIM.script().prepare_invoke();
-    invocation
-        .key(keys.index())
-        .key(keys.leases())
-        .arg(token)
-        .arg(millis_at_least_one(lease));
+    let mut invocation = scripts::COUNTERS_CLAIM.invocation(&[keys.index(), keys.leases()]);
+    invocation.arg(token).arg(millis_at_least_one(lease));
     let (claimed, replica): (Option<String>, ReplicaAck) = raw
         .invoke_acked(&invocation, keys.live(), Resend::Never)
         .await?;
@@ -424,9 +413,8 @@ pub(super) async fn counters_renew<R: Raw>(
     token: &str,
     lease: Duration,
 ) -> Result<bool, Error> {
-    let mut invocation = scripts::COUNTERS_RENEW.script().prepare_invoke();
+    let mut invocation = scripts::COUNTERS_RENEW.invocation(&[keys.leases()]);
     invocation
-        .key(keys.leases())
         .arg(id)
         .arg(token)
         .arg(millis_at_least_one(lease));
@@ -440,8 +428,8 @@ pub(super) async fn counters_release<R: Raw>(
     id: &str,
     token: &str,
 ) -> Result<(), Error> {
-    let mut invocation = scripts::COUNTERS_RELEASE.script().prepare_invoke();
-    invocation.key(keys.leases()).arg(id).arg(token);
+    let mut invocation = scripts::COUNTERS_RELEASE.invocation(&[keys.leases()]);
+    invocation.arg(id).arg(token);
     let _: i64 = raw.invoke(&invocation, Resend::Safe).await?;
     Ok(())
 }
@@ -451,12 +439,9 @@ pub(super) async fn counters_complete<R: Raw>(
     keys: &CounterKeys,
     id: &str,
 ) -> Result<(), Error> {
-    let mut invocation = scripts::COUNTERS_COMPLETE.script().prepare_invoke();
-    invocation
-        .key(keys.batch(id))
-        .key(keys.index())
-        .key(keys.leases())
-        .arg(id);
+    let mut invocation =
+        scripts::COUNTERS_COMPLETE.invocation(&[&keys.batch(id), keys.index(), keys.leases()]);
+    invocation.arg(id);
     let _: i64 = raw.invoke(&invocation, Resend::Safe).await?;
     Ok(())
 }

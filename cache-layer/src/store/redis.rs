@@ -45,6 +45,7 @@ use tokio::{sync::watch, time::Instant};
 use super::commands::{self, impl_store, Raw, Resend};
 use super::endpoint::{self, Endpoint, TlsConfig};
 use super::replicas::{self, Replicas};
+use super::scripts::Invocation;
 use super::ReplicaAck;
 use crate::Error;
 
@@ -221,7 +222,7 @@ impl Connection<'_> {
     /// operation's deadline.
     pub(crate) async fn invoke<T: FromRedisValue>(
         &mut self,
-        invocation: &redis::ScriptInvocation<'_>,
+        invocation: &Invocation,
     ) -> Result<T, Error> {
         let deadline = self.deadline;
         let result =
@@ -574,7 +575,7 @@ impl RedisStore {
     /// [`Raw::invoke_acked`] within one op timeout.
     async fn invoke_acked_now<T: FromRedisValue + Send>(
         &self,
-        invocation: &redis::ScriptInvocation<'_>,
+        invocation: &Invocation,
         resend: Resend,
     ) -> Result<(T, ReplicaAck), Error> {
         if self.replica_count().await? == 0 {
@@ -629,7 +630,7 @@ impl Raw for RedisStore {
 
     async fn invoke<T: FromRedisValue + Send>(
         &self,
-        invocation: &redis::ScriptInvocation<'_>,
+        invocation: &Invocation,
         resend: Resend,
     ) -> Result<T, Error> {
         self.run(
@@ -641,7 +642,7 @@ impl Raw for RedisStore {
 
     async fn invoke_acked<T: FromRedisValue + Send>(
         &self,
-        invocation: &redis::ScriptInvocation<'_>,
+        invocation: &Invocation,
         _key: &str,
         resend: Resend,
     ) -> Result<(T, ReplicaAck), Error> {
@@ -806,12 +807,8 @@ mod tests {
                 .fill_if(&ours, b"filled".to_vec(), ttl, b"")
                 .await
                 .expect("fill");
-            let mut invocation = scripts::FILL_IF.script().prepare_invoke();
-            invocation
-                .key(&script)
-                .arg(&b"filled"[..])
-                .arg(&b""[..])
-                .arg(60_000);
+            let mut invocation = scripts::FILL_IF.invocation(&[&script]);
+            invocation.arg(&b"filled"[..]).arg(&b""[..]).arg(60_000);
             let by_script: i64 = invocation.invoke_async(&mut conn).await.expect("script");
             assert_eq!(stored, expected, "SET NX over {name}");
             assert_eq!(by_script == 1, expected, "the script over {name}");

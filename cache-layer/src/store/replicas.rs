@@ -28,9 +28,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bb8_redis::redis::{self, aio::MultiplexedConnection, FromRedisValue, ScriptInvocation, Value};
+use bb8_redis::redis::{self, aio::MultiplexedConnection, FromRedisValue, Value};
 
-use super::{commands::Resend, ReplicaAck};
+use super::{commands::Resend, scripts::Invocation, ReplicaAck};
 use crate::{util::lock, Error};
 
 /// How long a node's replica count is trusted before `INFO replication` is read again.
@@ -154,7 +154,7 @@ pub(super) async fn invoke_on_own_connection<T, C, CF>(
     replicas: &Replicas,
     node: &str,
     connect: C,
-    invocation: &ScriptInvocation<'_>,
+    invocation: &Invocation,
     timeout: Duration,
 ) -> redis::RedisResult<(T, ReplicaAck)>
 where
@@ -200,17 +200,10 @@ where
 /// [`ReplicaAck::TimedOut`]; the connection must then not be reused.
 pub(super) async fn invoke_then_wait<T: FromRedisValue>(
     connection: &mut MultiplexedConnection,
-    invocation: &ScriptInvocation<'_>,
+    invocation: &Invocation,
     timeout: Duration,
 ) -> redis::RedisResult<(T, ReplicaAck)> {
-    let mut pipe = redis::pipe();
-    pipe.invoke_script(invocation);
-    let Some(script) = pipe.cmd_iter().next().cloned() else {
-        return Err(redis::RedisError::from((
-            redis::ErrorKind::Client,
-            "script invocation without a command",
-        )));
-    };
+    let script = invocation.eval_cmd();
     let millis = u64::try_from(timeout.as_millis())
         .unwrap_or(u64::MAX)
         .max(1);
@@ -290,18 +283,16 @@ mod tests {
             }
         };
         let key = format!("replicas-test:{:016x}", rand::random::<u64>());
-        let script = redis::Script::new(
-            "redis.call('SET', KEYS[1], ARGV[1], 'PX', 60000) return redis.call('GET', KEYS[1])",
-        );
-        let mut invocation = script.prepare_invoke();
-        invocation.key(&key).arg("v");
+        let mut invocation = crate::store::scripts::BUMP_TAG.invocation(&[&key]);
+        invocation.arg("hard").arg(60_000);
         invocation.load_async(&mut conn).await.unwrap();
         let timeout = Duration::from_millis(30);
         let started = Instant::now();
-        let (reply, ack): (String, ReplicaAck) = invoke_then_wait(&mut conn, &invocation, timeout)
-            .await
-            .unwrap();
-        assert_eq!(reply, "v");
+        let ((hard_ms, _soft_ms), ack): ((u64, u64), ReplicaAck) =
+            invoke_then_wait(&mut conn, &invocation, timeout)
+                .await
+                .unwrap();
+        assert!(hard_ms > 0, "the script ran and bumped the tag");
         assert_eq!(
             ack,
             ReplicaAck::TimedOut(timeout),

@@ -2,13 +2,13 @@
 //! unit test against a real Redis.
 //!
 //! Each script touches keys of one hash slot only (cluster-safe), is loaded once per connection
-//! (`EVALSHA`, redis-rs reloads it on `NOSCRIPT`) and is documented with its `KEYS`, `ARGV` and
+//! (`EVALSHA` through [`Invocation`], which reloads it on `NOSCRIPT`) and is documented with its `KEYS`, `ARGV` and
 //! reply. Whether a script may be resent after a dropped connection is decided where it is called
 //! ([`super::commands`]).
 
 use std::sync::OnceLock;
 
-use bb8_redis::redis::Script;
+use bb8_redis::redis::{self, aio::ConnectionLike, Cmd, FromRedisValue, Script, ToRedisArgs};
 
 /// A Lua script compiled (hashed) on first use.
 pub(crate) struct Lua {
@@ -24,9 +24,67 @@ impl Lua {
         }
     }
 
-    /// The script, ready for `prepare_invoke`.
-    pub(crate) fn script(&self) -> &Script {
+    /// The script, hashed on first use.
+    fn script(&self) -> &Script {
         self.script.get_or_init(|| Script::new(self.source))
+    }
+
+    /// A call of this script on `keys` (all in one hash slot); add its `ARGV` with
+    /// [`Invocation::arg`].
+    pub(crate) fn invocation(&'static self, keys: &[&str]) -> Invocation {
+        let mut eval = Cmd::new();
+        eval.arg("EVALSHA")
+            .arg(self.script().get_hash())
+            .arg(keys.len());
+        for key in keys {
+            eval.arg(*key);
+        }
+        Invocation { lua: self, eval }
+    }
+}
+
+/// One call of a script: its `EVALSHA` command, with the keys and arguments written straight
+/// into it as they are added (redis-rs' `ScriptInvocation` keeps a buffer per argument and copies
+/// them into a new command per send: a write-behind push has two per counter), and the script to
+/// load when the server answers `NOSCRIPT` (a restarted or flushed server).
+pub(crate) struct Invocation {
+    lua: &'static Lua,
+    eval: Cmd,
+}
+
+impl Invocation {
+    /// Adds `ARGV[n + 1]`.
+    pub(crate) fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        self.eval.arg(arg);
+        self
+    }
+
+    /// The `EVALSHA` command.
+    pub(crate) fn eval_cmd(&self) -> &Cmd {
+        &self.eval
+    }
+
+    /// `SCRIPT LOAD`s the script on `connection`.
+    pub(crate) async fn load_async(
+        &self,
+        connection: &mut impl ConnectionLike,
+    ) -> redis::RedisResult<()> {
+        let _sha = self.lua.script().load_async(connection).await?;
+        Ok(())
+    }
+
+    /// Sends the `EVALSHA`; on `NOSCRIPT`, loads the script and sends it once more.
+    pub(crate) async fn invoke_async<T: FromRedisValue>(
+        &self,
+        connection: &mut impl ConnectionLike,
+    ) -> redis::RedisResult<T> {
+        match self.eval.query_async(connection).await {
+            Err(err) if err.code() == Some("NOSCRIPT") => {
+                self.load_async(connection).await?;
+                self.eval.query_async(connection).await
+            }
+            reply => reply,
+        }
     }
 }
 
@@ -315,6 +373,46 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_invocation_is_the_same_evalsha_as_redis_rs_builds() {
+        let mut ours = COUNTERS_PUSH.invocation(&["live", "writer:w"]);
+        ours.arg(7).arg(6).arg(60_000).arg("page:1").arg(-3_i64);
+        let mut theirs = COUNTERS_PUSH.script().prepare_invoke();
+        theirs
+            .key("live")
+            .key("writer:w")
+            .arg(7)
+            .arg(6)
+            .arg(60_000)
+            .arg("page:1")
+            .arg(-3_i64);
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&theirs);
+        let expected = pipe.cmd_iter().next().map(redis::Cmd::get_packed_command);
+        assert_eq!(Some(ours.eval_cmd().get_packed_command()), expected);
+    }
+
+    #[tokio::test]
+    async fn a_script_the_server_does_not_have_is_loaded_and_run() {
+        let Some((mut conn, p)) = redis().await else {
+            return;
+        };
+        // A source no server has seen (the test's unique prefix is in it): the first EVALSHA is
+        // answered NOSCRIPT.
+        let source = format!("-- {p}\nreturn redis.call('INCR', KEYS[1])");
+        let lua: &'static Lua = Box::leak(Box::new(Lua::new(Box::leak(source.into_boxed_str()))));
+        let key = format!("{p}:n");
+        let invocation = lua.invocation(&[&key]);
+        let first: redis::RedisResult<i64> = invocation.eval_cmd().query_async(&mut conn).await;
+        assert_eq!(
+            first.err().and_then(|err| err.code().map(str::to_owned)),
+            Some("NOSCRIPT".to_owned())
+        );
+        assert_eq!(invocation.invoke_async::<i64>(&mut conn).await.unwrap(), 1);
+        assert_eq!(invocation.invoke_async::<i64>(&mut conn).await.unwrap(), 2);
+        let _: () = conn.del(&key).await.unwrap();
+    }
+
     #[tokio::test]
     async fn compare_and_delete_removes_only_the_owners_lock() {
         let Some((mut conn, p)) = redis().await else {
@@ -323,8 +421,8 @@ mod tests {
         let key = format!("{p}:lock");
         let _: () = conn.set(&key, "mine").await.unwrap();
         let run = |token: &'static str| {
-            let mut invocation = COMPARE_AND_DELETE.script().prepare_invoke();
-            invocation.key(&key).arg(token);
+            let mut invocation = COMPARE_AND_DELETE.invocation(&[&key]);
+            invocation.arg(token);
             invocation
         };
         let removed: i64 = run("theirs").invoke_async(&mut conn).await.unwrap();
@@ -342,8 +440,8 @@ mod tests {
         let key = format!("{p}:lock");
         let _: () = conn.set_ex(&key, "mine", 10).await.unwrap();
         let run = |token: &'static str| {
-            let mut invocation = COMPARE_AND_EXPIRE.script().prepare_invoke();
-            invocation.key(&key).arg(token).arg(60_000);
+            let mut invocation = COMPARE_AND_EXPIRE.invocation(&[&key]);
+            invocation.arg(token).arg(60_000);
             invocation
         };
         let extended: i64 = run("theirs").invoke_async(&mut conn).await.unwrap();
@@ -362,8 +460,8 @@ mod tests {
         };
         let key = format!("{p}:tag");
         let bump = |field: &'static str| {
-            let mut invocation = BUMP_TAG.script().prepare_invoke();
-            invocation.key(&key).arg(field).arg(60_000);
+            let mut invocation = BUMP_TAG.invocation(&[&key]);
+            invocation.arg(field).arg(60_000);
             invocation
         };
         let (hard, soft): (u64, u64) = bump("hard").invoke_async(&mut conn).await.unwrap();
@@ -390,9 +488,8 @@ mod tests {
             return;
         };
         let key = format!("{p}:version");
-        let script = NAMESPACE_EPOCH.script();
-        let (v1, at1): (u64, u64) = script
-            .key(&key)
+        let (v1, at1): (u64, u64) = NAMESPACE_EPOCH
+            .invocation(&[&key])
             .arg(0)
             .arg("read")
             .invoke_async(&mut conn)
@@ -402,24 +499,24 @@ mod tests {
             v1 >= at1 && at1 > 1_600_000_000_000,
             "missing: repaired to the time"
         );
-        let (v2, _): (u64, u64) = script
-            .key(&key)
+        let (v2, _): (u64, u64) = NAMESPACE_EPOCH
+            .invocation(&[&key])
             .arg(v1)
             .arg("bump")
             .invoke_async(&mut conn)
             .await
             .unwrap();
         assert_eq!(v2, v1 + 1);
-        let (v3, _): (u64, u64) = script
-            .key(&key)
+        let (v3, _): (u64, u64) = NAMESPACE_EPOCH
+            .invocation(&[&key])
             .arg(0)
             .arg("read")
             .invoke_async(&mut conn)
             .await
             .unwrap();
         assert_eq!(v3, v2, "a present epoch is kept");
-        let (v4, _): (u64, u64) = script
-            .key(&key)
+        let (v4, _): (u64, u64) = NAMESPACE_EPOCH
+            .invocation(&[&key])
             .arg(v2 + 100)
             .arg("read")
             .invoke_async(&mut conn)
@@ -439,8 +536,8 @@ mod tests {
         };
         let key = format!("{p}:entry");
         let fill = |value: &'static str, seen: &'static [u8]| {
-            let mut invocation = FILL_IF.script().prepare_invoke();
-            invocation.key(&key).arg(value).arg(seen).arg(60_000);
+            let mut invocation = FILL_IF.invocation(&[&key]);
+            invocation.arg(value).arg(seen).arg(60_000);
             invocation
         };
         let stored: i64 = fill("a", b"").invoke_async(&mut conn).await.unwrap();
@@ -453,8 +550,7 @@ mod tests {
         tomb.extend_from_slice(&[0; 28]);
         tomb.extend_from_slice(b"12345678");
         let removed: i64 = DELETE_TO_TOMBSTONE
-            .script()
-            .key(&key)
+            .invocation(&[&key])
             .arg(&tomb[..])
             .arg(60_000)
             .invoke_async(&mut conn)
@@ -481,10 +577,8 @@ mod tests {
         };
         let (live, writer) = (format!("{p}:{{c}}"), format!("{p}:{{c}}:writer:w"));
         let push_after = |seq: u64, after: u64, field: &'static str, delta: i64| {
-            let mut invocation = COUNTERS_PUSH.script().prepare_invoke();
+            let mut invocation = COUNTERS_PUSH.invocation(&[&live, &writer]);
             invocation
-                .key(&live)
-                .key(&writer)
                 .arg(seq)
                 .arg(after)
                 .arg(60_000)
@@ -552,15 +646,8 @@ mod tests {
             format!("{live}:batch:b1"),
         );
         let seal = || {
-            let mut invocation = COUNTERS_SEAL.script().prepare_invoke();
-            invocation
-                .key(&live)
-                .key(&index)
-                .key(&leases)
-                .key(&batch)
-                .arg("b1")
-                .arg("me")
-                .arg(60_000);
+            let mut invocation = COUNTERS_SEAL.invocation(&[&live, &index, &leases, &batch]);
+            invocation.arg("b1").arg("me").arg(60_000);
             invocation
         };
         let sealed: i64 = seal().invoke_async(&mut conn).await.unwrap();
@@ -571,8 +658,8 @@ mod tests {
         assert_eq!(conn.hget::<_, _, i64>(&batch, "a").await.unwrap(), 5);
 
         let claim = |token: &'static str| {
-            let mut invocation = COUNTERS_CLAIM.script().prepare_invoke();
-            invocation.key(&index).key(&leases).arg(token).arg(60_000);
+            let mut invocation = COUNTERS_CLAIM.invocation(&[&index, &leases]);
+            invocation.arg(token).arg(60_000);
             invocation
         };
         let claimed: Option<String> = claim("other").invoke_async(&mut conn).await.unwrap();
@@ -581,8 +668,8 @@ mod tests {
         assert_eq!(claimed.as_deref(), Some("b1"), "own lease reclaimed");
 
         let renew = |token: &'static str| {
-            let mut invocation = COUNTERS_RENEW.script().prepare_invoke();
-            invocation.key(&leases).arg("b1").arg(token).arg(60_000);
+            let mut invocation = COUNTERS_RENEW.invocation(&[&leases]);
+            invocation.arg("b1").arg(token).arg(60_000);
             invocation
         };
         assert_eq!(
@@ -592,8 +679,8 @@ mod tests {
         assert_eq!(renew("me").invoke_async::<i64>(&mut conn).await.unwrap(), 1);
 
         let release = |token: &'static str| {
-            let mut invocation = COUNTERS_RELEASE.script().prepare_invoke();
-            invocation.key(&leases).arg("b1").arg(token);
+            let mut invocation = COUNTERS_RELEASE.invocation(&[&leases]);
+            invocation.arg("b1").arg(token);
             invocation
         };
         assert_eq!(
@@ -614,8 +701,8 @@ mod tests {
             "released: anyone may claim it"
         );
 
-        let mut complete = COUNTERS_COMPLETE.script().prepare_invoke();
-        complete.key(&batch).key(&index).key(&leases).arg("b1");
+        let mut complete = COUNTERS_COMPLETE.invocation(&[&batch, &index, &leases]);
+        complete.arg("b1");
         assert_eq!(complete.invoke_async::<i64>(&mut conn).await.unwrap(), 1);
         assert!(!conn.exists::<_, bool>(&batch).await.unwrap());
         let claimed: Option<String> = claim("me").invoke_async(&mut conn).await.unwrap();
