@@ -265,7 +265,7 @@ impl CacheBuilder {
     }
 
     /// Number of multiplexed Redis connections, each carrying many concurrent commands (default:
-    /// one per CPU, at most 4; see [`default_pool_size`](crate::store::default_pool_size)).
+    /// 1; see [`default_pool_size`](crate::store::default_pool_size)).
     pub fn pool_size(mut self, size: u32) -> Self {
         self.redis.pool_size = size;
         self

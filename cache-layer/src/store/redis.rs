@@ -7,8 +7,10 @@
 //!   the network and works outside a Tokio runtime;
 //! - a connection that saw an I/O error or a timeout is flagged and replaced at its next checkout
 //!   (bb8-redis' own manager reports connections as never broken);
-//! - the multiplexed connection is cloned out of the checkout and the checkout released at once,
-//!   so any number of commands share the pool's connections concurrently.
+//! - the store keeps `pool_size` distinct connections in round-robin slots and clones a slot's
+//!   multiplexed connection per operation (no checkout on the hot path), so any number of
+//!   commands share the pool's connections concurrently; slots are filled from checkouts of
+//!   every connection at once, which is what makes bb8 open distinct ones.
 //!
 //! Time bounds (nothing here can make a caller wait on a dead or hung Redis):
 //!
@@ -59,7 +61,7 @@ pub struct RedisStoreConfig {
     pub checkout_timeout: Duration,
     /// Longest time to establish a new connection: TCP connect plus handshake (`HELLO`, `AUTH`).
     pub connect_timeout: Duration,
-    /// Number of multiplexed connections in the pool (default: one per CPU, at most 4; see
+    /// Number of multiplexed connections the store keeps, each its own (default: 1; see
     /// [`default_pool_size`]).
     pub pool_size: u32,
 }
@@ -75,19 +77,20 @@ impl Default for RedisStoreConfig {
     }
 }
 
-/// One multiplexed connection per CPU, at most 4.
+/// One multiplexed connection.
 ///
 /// ```
-/// let connections = cache_layer::store::default_pool_size();
-/// assert!((1..=4).contains(&connections));
+/// assert_eq!(cache_layer::store::default_pool_size(), 1);
 /// ```
 ///
-/// Each connection pipelines every command sent to it and is driven by one task, so more
-/// connections only help when that task is the bottleneck, which needs free cores. Extra
-/// connections cost batching: with 64 concurrent hits on a 2-core machine, 4 connections did 0.67x
-/// the hits/s of 1 or 2 (BENCHMARKS.md, "Pool size").
+/// A multiplexed connection pipelines every command sent to it, from any number of callers, and
+/// is driven by one task; more connections only help when that task is the bottleneck (a client
+/// doing hundreds of thousands of operations per second with cores to spare). Each extra
+/// connection costs batching: fewer commands per write and per read on both sides. With 64
+/// concurrent hits on a 2-core machine, 2 connections did 0.75x–0.85x of a raw redis-rs `GET`
+/// on one connection where 1 did 0.90x–0.95x (BENCHMARKS.md, "Pool size").
 pub fn default_pool_size() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4) as u32)
+    1
 }
 
 /// A pooled connection plus the flag that retires it after an I/O error or timeout.
@@ -158,29 +161,20 @@ pub(crate) struct Connection<'s> {
     whole_budget: bool,
 }
 
-/// Where a [`Connection`] reports that it broke.
-enum Health<'s> {
-    /// Cloned from a slot: flagged through the slot, if the slot still holds it (a slot is only
-    /// refilled once its connection was flagged). Costs no reference count on the hot path.
-    Slot {
-        slot: &'s ArcSwapOption<SharedConnection>,
-        identity: u64,
-    },
-    /// From a pool checkout.
-    Pooled(Arc<AtomicBool>),
+/// Where a [`Connection`] reports that it broke: through the slot it was cloned from, if the slot
+/// still holds it (a slot is only refilled once its connection was flagged). Costs no reference
+/// count on the hot path.
+struct Health<'s> {
+    slot: &'s ArcSwapOption<SharedConnection>,
+    identity: u64,
 }
 
 impl Health<'_> {
     fn mark_broken(&self) {
-        match self {
-            Health::Slot { slot, identity } => {
-                if let Some(shared) = slot.load().as_ref() {
-                    if identity_of(shared) == *identity {
-                        shared.broken.store(true, Ordering::Relaxed);
-                    }
-                }
+        if let Some(shared) = self.slot.load().as_ref() {
+            if identity_of(shared) == self.identity {
+                shared.broken.store(true, Ordering::Relaxed);
             }
-            Health::Pooled(broken) => broken.store(true, Ordering::Relaxed),
         }
     }
 }
@@ -273,6 +267,8 @@ pub struct RedisStore {
     config: RedisStoreConfig,
     connect_failures: Arc<ConnectFailures>,
     recent: Arc<RecentConnections>,
+    /// Taken to fill [`RecentConnections`] slots from the pool (see [`RedisStore::refill`]).
+    filling: Arc<tokio::sync::Mutex<()>>,
     /// How connections are made (the pool's, and the write-behind `WAIT` connections').
     connection_config: AsyncConnectionConfig,
     /// Whether the server has replicas, and idle connections for writes that wait for one.
@@ -341,7 +337,7 @@ impl RecentConnections {
         match current.as_ref() {
             Some(shared) if !shared.broken.load(Ordering::Relaxed) => Ok((
                 shared.connection.clone(),
-                Health::Slot {
+                Health {
                     slot,
                     identity: identity_of(shared),
                 },
@@ -371,6 +367,29 @@ impl RecentConnections {
             identity: self.fills.fetch_add(1, Ordering::Relaxed) + 1,
         });
         slot.compare_and_swap(&*current, Some(fresh));
+    }
+
+    /// The slots that hold no healthy connection, each with the identity of what it holds.
+    fn vacancies(&self) -> Vec<(usize, u64)> {
+        (0..self.slots.len())
+            .filter_map(|index| self.get(index).err().map(|seen| (index, seen)))
+            .collect()
+    }
+
+    /// Whether a slot holds the healthy connection whose broken flag is `broken`.
+    fn holds(&self, broken: &Arc<AtomicBool>) -> bool {
+        self.slots.iter().any(|slot| {
+            slot.load()
+                .as_ref()
+                .is_some_and(|shared| Arc::ptr_eq(&shared.broken, broken))
+        })
+    }
+
+    /// A healthy connection from slot `preferred`, or else from any slot.
+    fn any(&self, preferred: usize) -> Option<(MultiplexedConnection, Health<'_>)> {
+        (0..self.slots.len())
+            .map(|offset| (preferred + offset) % self.slots.len())
+            .find_map(|index| self.get(index).ok())
     }
 }
 
@@ -436,6 +455,7 @@ impl RedisStore {
             config,
             connect_failures,
             recent,
+            filling: Arc::default(),
             connection_config,
             replicas: Arc::default(),
         })
@@ -457,34 +477,69 @@ impl RedisStore {
         first: bool,
     ) -> Result<Connection<'_>, Error> {
         let slot = self.recent.pick();
-        let seen = match self.recent.get(slot) {
-            Ok((inner, health)) => {
-                return Ok(Connection {
-                    inner,
-                    health,
-                    deadline,
-                    op_timeout: self.config.op_timeout,
-                    whole_budget: first,
-                })
-            }
-            Err(seen) => seen,
-        };
+        if let Ok((inner, health)) = self.recent.get(slot) {
+            return Ok(Connection {
+                inner,
+                health,
+                deadline,
+                op_timeout: self.config.op_timeout,
+                whole_budget: first,
+            });
+        }
         // Rare (start-up, after a failure): boxed, so the common path's future stays small.
-        match Box::pin(tokio::time::timeout_at(deadline, self.checkout(deadline))).await {
-            Ok(Ok((conn, broken))) => {
-                self.recent.put(slot, seen, &conn.inner, &broken);
-                Ok(conn)
-            }
+        match Box::pin(tokio::time::timeout_at(deadline, self.refill(slot))).await {
+            Ok(Ok((inner, health))) => Ok(Connection {
+                inner,
+                health,
+                deadline,
+                op_timeout: self.config.op_timeout,
+                whole_budget: false,
+            }),
             Ok(Err(err)) => Err(err),
             Err(_elapsed) => Err(Error::Timeout(self.config.op_timeout)),
         }
     }
 
-    /// A connection from a pool checkout, plus its broken flag (to share it through a slot).
-    async fn checkout(
-        &self,
-        deadline: Instant,
-    ) -> Result<(Connection<'_>, Arc<AtomicBool>), Error> {
+    /// Fills every slot that holds no healthy connection with a pooled connection no other slot
+    /// holds, then hands out slot `slot`'s connection (or, when not every connection could be
+    /// made, another slot's).
+    ///
+    /// bb8 hands out idle connections first, so filling one slot from one checkout would give
+    /// every slot the same connection. Checking out as many connections as there are slots, all
+    /// at once, makes the pool keep `pool_size` distinct ones (it opens the missing ones in
+    /// parallel). Fills take turns, so they never wait on each other's checkouts.
+    async fn refill(&self, slot: usize) -> Result<(MultiplexedConnection, Health<'_>), Error> {
+        let _turn = self.filling.lock().await;
+        if let Ok(filled) = self.recent.get(slot) {
+            return Ok(filled); // another caller's fill, while this one waited
+        }
+        let checkouts =
+            futures_util::future::join_all((0..self.recent.slots.len()).map(|_| self.checkout()))
+                .await;
+        let mut failure = None;
+        let mut fresh = Vec::with_capacity(checkouts.len());
+        for checkout in checkouts {
+            match checkout {
+                Ok(checkout) if !self.recent.holds(&checkout.broken) => fresh.push(checkout),
+                Ok(_in_a_slot) => {}
+                Err(err) => failure = Some(err),
+            }
+        }
+        for (index, seen) in self.recent.vacancies() {
+            let Some(checkout) = fresh.pop() else { break };
+            self.recent
+                .put(index, seen, &checkout.connection, &checkout.broken);
+        }
+        drop(fresh); // back to the pool: the slots hold clones
+        match (self.recent.any(slot), failure) {
+            (Some(filled), _) => Ok(filled),
+            (None, Some(err)) => Err(err),
+            (None, None) => Err(Error::Timeout(self.config.op_timeout)),
+        }
+    }
+
+    /// A pool checkout of a healthy connection (the checkout is released when dropped).
+    async fn checkout(&self) -> Result<bb8::PooledConnection<'_, Manager>, Error> {
         // Each broken connection found is dropped (bb8 asks `has_broken` and discards it), so this
         // loop ends after at most `pool_size` retirements.
         for _ in 0..=self.config.pool_size {
@@ -508,16 +563,9 @@ impl RedisStore {
                 }
             };
             if checkout.broken.load(Ordering::Relaxed) {
-                continue;
+                continue; // dropped: bb8 asks `has_broken` and discards it
             }
-            let connection = Connection {
-                inner: checkout.connection.clone(),
-                health: Health::Pooled(checkout.broken.clone()),
-                deadline,
-                op_timeout: self.config.op_timeout,
-                whole_budget: false,
-            };
-            return Ok((connection, checkout.broken.clone()));
+            return Ok(checkout);
         }
         Err(Error::Timeout(self.config.op_timeout))
     }
@@ -749,6 +797,76 @@ mod tests {
             "the slot still held the replacement"
         );
         assert!(!stale_fill.load(Ordering::Relaxed));
+    }
+
+    /// The server-side ids of the connections `count` operations ran on, sent `concurrently` or
+    /// one after the other.
+    async fn connection_ids(
+        store: &RedisStore,
+        count: usize,
+        concurrently: bool,
+    ) -> std::collections::BTreeSet<i64> {
+        let cmd = redis::cmd("CLIENT").arg("ID").clone();
+        let one = || async {
+            Raw::query::<i64>(store, &cmd, Resend::Safe)
+                .await
+                .expect("CLIENT ID on the shared Redis")
+        };
+        let mut ids = std::collections::BTreeSet::new();
+        if concurrently {
+            ids.extend(futures_util::future::join_all((0..count).map(|_| one())).await);
+        } else {
+            for _ in 0..count {
+                ids.insert(one().await);
+            }
+        }
+        ids
+    }
+
+    /// `pool_size` is how many connections the store talks on: each slot its own (bb8 hands out
+    /// its idle connection first, so filling slots one checkout at a time gave every slot the
+    /// same one), never more under a concurrent cold start, and a connection killed on the
+    /// server is replaced by a new one.
+    #[tokio::test]
+    async fn operations_spread_over_pool_size_distinct_connections_and_a_killed_one_is_replaced() {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let config = RedisStoreConfig {
+            pool_size: 3,
+            ..RedisStoreConfig::default()
+        };
+        let store = RedisStore::new(&url, config).expect("valid url");
+
+        let cold = connection_ids(&store, 32, true).await;
+        assert!(cold.len() <= 3, "a cold start opened {cold:?}");
+        let before = connection_ids(&store, 12, false).await;
+        assert_eq!(before.len(), 3, "round robin over 3 slots used {before:?}");
+        assert!(cold.is_subset(&before), "{cold:?} vs {before:?}");
+
+        let victim = *before.first().expect("three ids");
+        let mut admin = redis::Client::open(url.as_str())
+            .expect("valid url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("the shared Redis (scripts/test.sh starts one)");
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(victim)
+            .query_async(&mut admin)
+            .await
+            .expect("CLIENT KILL ID");
+        assert_eq!(killed, 1);
+
+        // Every operation still succeeds (the dead connection's is resent on another one), and
+        // the killed connection's slot gets a connection of its own again.
+        let after = connection_ids(&store, 12, false).await;
+        assert_eq!(after.len(), 3, "after the kill: {after:?}");
+        assert!(!after.contains(&victim));
+        assert_eq!(
+            after.intersection(&before).count(),
+            2,
+            "{before:?} then {after:?}"
+        );
     }
 
     /// A fill whose load saw no key runs `SET NX` instead of the conditional-fill script: on every
