@@ -88,7 +88,8 @@ impl Default for RedisStoreConfig {
 /// doing hundreds of thousands of operations per second with cores to spare). Each extra
 /// connection costs batching: fewer commands per write and per read on both sides. With 64
 /// concurrent hits on a 2-core machine, 2 connections did 0.75x–0.85x of a raw redis-rs `GET`
-/// on one connection where 1 did 0.90x–0.96x (BENCHMARKS.md, the L2 hit tables' `pool_size(2)` row).
+/// on one connection where 1 did 0.90x–0.96x (BENCHMARKS.md: the L2 hit tables'
+/// `pool_size(2)` row).
 pub fn default_pool_size() -> u32 {
     1
 }
