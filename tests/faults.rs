@@ -638,33 +638,59 @@ async fn client_ids(server: &Arc<RedisServer>) -> Vec<u64> {
 
 #[test]
 fn client_kill_replaces_connections() {
-    run(async {
-        let scenario = "client-kill";
-        let server = Arc::new(RedisServer::start());
-        let (cache, load) = under_load(scenario, &server).await;
-        let before = client_ids(&server).await;
-        assert!(!before.is_empty());
+    run(client_kill_scenario("client-kill", 1));
+}
 
-        for _ in 0..5 {
-            cli(&server, &["CLIENT", "KILL", "TYPE", "normal"]).await;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        let recovered_in = recovery(&cache, scenario).await;
-        let after = client_ids(&server).await;
-        load.finish(scenario, recovered_in, &cache).await;
-        assert!(!after.is_empty(), "reconnected");
-        assert!(
-            after.iter().all(|id| !before.contains(id)),
-            "every killed connection was replaced: before {before:?}, after {after:?}"
-        );
-        // A dropped connection is retried on another one: nobody noticed, not even the breaker.
-        let stats = cache.stats();
-        assert_eq!(
-            (stats.errors, stats.breaker_transitions),
-            (0, 0),
-            "{stats:?}"
-        );
-    });
+/// With `pool_size(3)` the cache talks on three connections of its own; killing them all
+/// (repeatedly) gets each replaced, and nobody notices either.
+#[test]
+fn client_kill_replaces_every_connection_of_a_larger_pool() {
+    run(client_kill_scenario("client-kill-pool-3", 3));
+}
+
+async fn client_kill_scenario(scenario: &str, pool_size: u32) {
+    let server = Arc::new(RedisServer::start());
+    let cache = builder(&server.url())
+        .pool_size(pool_size)
+        .breaker(BreakerConfig {
+            failure_threshold: 5,
+            cooldown: COOLDOWN,
+            ..Default::default()
+        })
+        .build()
+        .expect("valid configuration");
+    let load = Load::start(&cache);
+    warmed_up(&cache, scenario).await;
+    let before = client_ids(&server).await;
+    assert_eq!(
+        before.len(),
+        pool_size as usize,
+        "{scenario}: the cache's normal connections are its pool: {before:?}"
+    );
+
+    for _ in 0..5 {
+        cli(&server, &["CLIENT", "KILL", "TYPE", "normal"]).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let recovered_in = recovery(&cache, scenario).await;
+    let after = client_ids(&server).await;
+    load.finish(scenario, recovered_in, &cache).await;
+    assert_eq!(
+        after.len(),
+        pool_size as usize,
+        "{scenario}: reconnected: {after:?}"
+    );
+    assert!(
+        after.iter().all(|id| !before.contains(id)),
+        "{scenario}: every killed connection was replaced: before {before:?}, after {after:?}"
+    );
+    // A dropped connection is retried on another one: nobody noticed, not even the breaker.
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.errors, stats.breaker_transitions),
+        (0, 0),
+        "{scenario}: {stats:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
