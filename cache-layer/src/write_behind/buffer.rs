@@ -24,6 +24,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
+    task::{Poll, Waker},
     time::{Duration, Instant},
 };
 
@@ -58,17 +59,26 @@ pub(crate) struct Generation {
     /// Whether `rejected` holds anything (so a waiter of a generation without refusals, the
     /// common case, does not take its lock).
     any_rejected: AtomicBool,
-    /// Woken when [`Progress`] changed in a way that may settle this generation (its push landed,
-    /// Redis turned out unavailable, no replica acknowledged, the pusher ended). Only this
-    /// generation's waiters wake: those of the next one, gathering while this one is pushed, do
-    /// not.
-    settled: Notify,
+    /// The wakers of this generation's waiters, woken when [`Progress`] changed in a way that may
+    /// settle this generation (its push landed, Redis turned out unavailable, no replica
+    /// acknowledged, the pusher ended). Only this generation's waiters wake: those of the next
+    /// one, gathering while this one is pushed, do not. (A plain list under a mutex: with a
+    /// tokio `Notify` here, registering into its list, being woken and unregistering cost each
+    /// awaited increment ~190 instructions more.)
+    waiters: Mutex<Vec<Waker>>,
 }
 
 impl Generation {
     fn new(number: u64) -> Arc<Self> {
+        Self::with_waiters(number, Vec::new())
+    }
+
+    /// A record whose waiters go into `waiters` (empty: the list of a settled generation,
+    /// reused so that steady load allocates no waiter list per generation).
+    fn with_waiters(number: u64, waiters: Vec<Waker>) -> Arc<Self> {
         Arc::new(Generation {
             number,
+            waiters: Mutex::new(waiters),
             ..Generation::default()
         })
     }
@@ -79,6 +89,21 @@ impl Generation {
             return None;
         }
         lock(&self.rejected).get(id).copied()
+    }
+
+    /// Registers `waker` to be woken by [`wake_waiters`](Self::wake_waiters).
+    fn register(&self, waker: &Waker) {
+        lock(&self.waiters).push(waker.clone());
+    }
+
+    /// Wakes every waiter registered so far (they re-read the progress); returns the emptied
+    /// list, for a later generation to reuse.
+    fn wake_waiters(&self) -> Vec<Waker> {
+        let mut waiters = std::mem::take(&mut *lock(&self.waiters));
+        for waker in waiters.drain(..) {
+            waker.wake();
+        }
+        waiters
     }
 
     /// Records ids Redis refused (before the generation's fate is published).
@@ -127,6 +152,9 @@ pub(crate) struct BufferState {
     frozen_ids: usize,
     /// The ids in `frozen`, built only when the buffer is full (an id being pushed still fits).
     frozen_set: Option<std::collections::HashSet<String>>,
+    /// An emptied waiter list of a settled generation, for the next one (see
+    /// [`Generation::with_waiters`]).
+    spare_waiters: Vec<Waker>,
     next_seq: u64,
     health: Health,
     /// Identity of the running pusher task (0: none).
@@ -164,7 +192,7 @@ impl BufferState {
             self.map.shrink_to(entries.len());
         }
         let mut rest = entries.into_iter().peekable();
-        let next = Generation::new(self.gen + 1);
+        let next = Generation::with_waiters(self.gen + 1, std::mem::take(&mut self.spare_waiters));
         let generation = std::mem::replace(&mut self.current, next);
         while rest.peek().is_some() {
             let chunk: Vec<(String, i64)> = rest.by_ref().take(max_push.max(1)).collect();
@@ -233,7 +261,7 @@ type Buffer = hashbrown::HashMap<String, i64, std::collections::hash_map::Random
 
 /// What waiters read. Updated only while `BufferState` is locked, so updates are ordered; each
 /// update that may settle a generation is followed by a wake-up of that generation's waiters
-/// ([`Generation::settled`]).
+/// ([`Generation::wake_waiters`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Progress {
     /// Every increment of a generation `<= pushed` is in Redis.
@@ -336,6 +364,7 @@ impl CounterSet {
                 last_frozen: 0,
                 frozen_ids: 0,
                 frozen_set: None,
+                spare_waiters: Vec::new(),
                 next_seq: 1,
                 health: Health::Healthy,
                 pusher: 0,
@@ -462,17 +491,26 @@ impl CounterSet {
     /// [`Error::NotReplicated`] (no replica acknowledged it yet; kept and resent).
     pub(crate) async fn wait(&self, id: &str, generation: &Generation) -> Result<(), Error> {
         let ticket = generation.number;
-        let progress = loop {
-            let notified = generation.settled.notified();
-            tokio::pin!(notified);
-            // Registered before reading the progress: an update after the read wakes it.
-            notified.as_mut().enable();
-            let p = *self.progress.borrow();
-            if p.pushed >= ticket || p.released >= ticket || p.unreplicated >= ticket || !p.pusher {
-                break p;
-            }
-            notified.await;
+        let settled = |p: &Progress| {
+            p.pushed >= ticket || p.released >= ticket || p.unreplicated >= ticket || !p.pusher
         };
+        // Each poll that finds the generation unsettled registers its waker, then reads the
+        // progress again: an update after that read wakes it. (Waking takes every registered
+        // waker out of the list, so a poll after a wake that did not settle registers again.)
+        let progress = std::future::poll_fn(|cx| {
+            let p = *self.progress.borrow();
+            if settled(&p) {
+                return Poll::Ready(p);
+            }
+            generation.register(cx.waker());
+            let p = *self.progress.borrow();
+            if settled(&p) {
+                Poll::Ready(p)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
         if let Some(delta) = generation.rejected(id) {
             return Err(Error::CounterRejected {
                 counters: self.name.clone(),
@@ -700,7 +738,11 @@ impl CounterSet {
         });
         drop(st);
         if advanced {
-            chunk.generation.settled.notify_waiters();
+            let spare = chunk.generation.wake_waiters();
+            let mut st = lock(&self.state);
+            if spare.capacity() > st.spare_waiters.capacity() {
+                st.spare_waiters = spare;
+            }
         }
     }
 
@@ -793,7 +835,7 @@ impl CounterSet {
 /// Wakes the waiters of `generations` (they re-read the progress).
 fn wake_all(generations: &[Arc<Generation>]) {
     for generation in generations {
-        generation.settled.notify_waiters();
+        drop(generation.wake_waiters());
     }
 }
 
