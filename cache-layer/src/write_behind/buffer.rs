@@ -70,15 +70,8 @@ pub(crate) struct Generation {
 
 impl Generation {
     fn new(number: u64) -> Arc<Self> {
-        Self::with_waiters(number, Vec::new())
-    }
-
-    /// A record whose waiters go into `waiters` (empty: the list of a settled generation,
-    /// reused so that steady load allocates no waiter list per generation).
-    fn with_waiters(number: u64, waiters: Vec<Waker>) -> Arc<Self> {
         Arc::new(Generation {
             number,
-            waiters: Mutex::new(waiters),
             ..Generation::default()
         })
     }
@@ -96,14 +89,12 @@ impl Generation {
         lock(&self.waiters).push(waker.clone());
     }
 
-    /// Wakes every waiter registered so far (they re-read the progress); returns the emptied
-    /// list, for a later generation to reuse.
-    fn wake_waiters(&self) -> Vec<Waker> {
-        let mut waiters = std::mem::take(&mut *lock(&self.waiters));
-        for waker in waiters.drain(..) {
+    /// Wakes every waiter registered so far (they re-read the progress).
+    fn wake_waiters(&self) {
+        let waiters = std::mem::take(&mut *lock(&self.waiters));
+        for waker in waiters {
             waker.wake();
         }
-        waiters
     }
 
     /// Records ids Redis refused (before the generation's fate is published).
@@ -152,9 +143,6 @@ pub(crate) struct BufferState {
     frozen_ids: usize,
     /// The ids in `frozen`, built only when the buffer is full (an id being pushed still fits).
     frozen_set: Option<std::collections::HashSet<String>>,
-    /// An emptied waiter list of a settled generation, for the next one (see
-    /// [`Generation::with_waiters`]).
-    spare_waiters: Vec<Waker>,
     next_seq: u64,
     health: Health,
     /// Identity of the running pusher task (0: none).
@@ -192,7 +180,7 @@ impl BufferState {
             self.map.shrink_to(entries.len());
         }
         let mut rest = entries.into_iter().peekable();
-        let next = Generation::with_waiters(self.gen + 1, std::mem::take(&mut self.spare_waiters));
+        let next = Generation::new(self.gen + 1);
         let generation = std::mem::replace(&mut self.current, next);
         while rest.peek().is_some() {
             let chunk: Vec<(String, i64)> = rest.by_ref().take(max_push.max(1)).collect();
@@ -364,7 +352,6 @@ impl CounterSet {
                 last_frozen: 0,
                 frozen_ids: 0,
                 frozen_set: None,
-                spare_waiters: Vec::new(),
                 next_seq: 1,
                 health: Health::Healthy,
                 pusher: 0,
@@ -738,11 +725,7 @@ impl CounterSet {
         });
         drop(st);
         if advanced {
-            let spare = chunk.generation.wake_waiters();
-            let mut st = lock(&self.state);
-            if spare.capacity() > st.spare_waiters.capacity() {
-                st.spare_waiters = spare;
-            }
+            chunk.generation.wake_waiters();
         }
     }
 
@@ -835,7 +818,7 @@ impl CounterSet {
 /// Wakes the waiters of `generations` (they re-read the progress).
 fn wake_all(generations: &[Arc<Generation>]) {
     for generation in generations {
-        drop(generation.wake_waiters());
+        generation.wake_waiters();
     }
 }
 
