@@ -77,7 +77,12 @@ fn builder(url: &str) -> cache_layer::CacheBuilder {
 
 /// The cache under load.
 fn cache(url: &str) -> Cache {
-    builder(url)
+    with_breaker(builder(url))
+}
+
+/// `builder` with the breaker of the cache under load.
+fn with_breaker(builder: cache_layer::CacheBuilder) -> Cache {
+    builder
         .breaker(BreakerConfig {
             failure_threshold: 5,
             cooldown: COOLDOWN,
@@ -650,15 +655,7 @@ fn client_kill_replaces_every_connection_of_a_larger_pool() {
 
 async fn client_kill_scenario(scenario: &str, pool_size: u32) {
     let server = Arc::new(RedisServer::start());
-    let cache = builder(&server.url())
-        .pool_size(pool_size)
-        .breaker(BreakerConfig {
-            failure_threshold: 5,
-            cooldown: COOLDOWN,
-            ..Default::default()
-        })
-        .build()
-        .expect("valid configuration");
+    let cache = with_breaker(builder(&server.url()).pool_size(pool_size));
     let load = Load::start(&cache);
     warmed_up(&cache, scenario).await;
     let before = client_ids(&server).await;
